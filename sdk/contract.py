@@ -1,0 +1,552 @@
+"""The wire contract between the SDK and the migration server, defined once.
+
+Both sides import this module: the SDK to build requests and read answers, the
+reference server (``backend_stub``) to validate requests and shape answers. JSON
+field names are camelCase, Python names snake_case (pydantic aliases).
+
+It also defines the canonical encoding of an item and the checksums built on it,
+so that either side can recompute them from the items alone, whatever the
+batching::
+
+    >>> item = {"collection": "lessons", "key": "l1", "data": {"score": 3},
+    ...         "updatedAt": 1700000000000, "deleted": False}
+    >>> canonical_item(item)
+    b'{"collection":"lessons","data":{"score":3},"deleted":false,"key":"l1","updatedAt":1700000000000}'
+    >>> len(item_digest(item))
+    32
+    >>> dataset_checksum([item_digest(item)]) == dataset_checksum_of([item])
+    True
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from collections.abc import Iterable
+from typing import Any, Literal, TypedDict
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+__all__ = [
+    "API_PREFIX",
+    "CHECKSUM_HEADER",
+    "KEY_PATTERN",
+    "NAME_PATTERN",
+    "PROBLEM_CONTENT_TYPE",
+    "USER_ID_PATTERN",
+    "BatchReceipt",
+    "CompleteMigrationRequest",
+    "CompleteMigrationResponse",
+    "ConflictSide",
+    "DataConflict",
+    "DataConflicts",
+    "DetectMigrationResponse",
+    "Item",
+    "ItemVersion",
+    "Limits",
+    "Manifest",
+    "MigrationConfig",
+    "MigrationSummary",
+    "Problem",
+    "ProblemCode",
+    "Resolution",
+    "ResolveConflictsRequest",
+    "ResolveConflictsResponse",
+    "SessionStatus",
+    "StartMigrationRequest",
+    "StartMigrationResponse",
+    "GetMigrationStatusResponse",
+    "GetMigrationSummaryResponse",
+    "batch_body",
+    "batch_checksum",
+    "canonical_item",
+    "canonical_json",
+    "dataset_checksum",
+    "dataset_checksum_of",
+    "item_digest",
+]
+
+API_PREFIX = "/api/migration"
+CHECKSUM_HEADER = "X-Content-SHA256"
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$"
+#: Collection names: short identifiers, so they are safe in paths, logs and file names.
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
+#: Keys: any non-empty text up to 512 characters, without control characters.
+KEY_PATTERN = r"^[^\x00-\x1f]{1,512}$"
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def canonical_json(value: Any) -> str:
+    """Encode ``value`` canonically: sorted keys, no whitespace, no NaN.
+
+    >>> canonical_json({"b": 1, "a": [1.5, "é"]})
+    '{"a":[1.5,"é"],"b":1}'
+    """
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def canonical_item(item: Item) -> bytes:
+    """The canonical UTF-8 bytes of one wire item (what its digest is taken over).
+
+    >>> canonical_item({"collection": "c", "key": "k", "data": {},
+    ...                 "updatedAt": 1, "deleted": True})
+    b'{"collection":"c","data":{},"deleted":true,"key":"k","updatedAt":1}'
+    """
+    return canonical_json(item).encode("utf-8")
+
+
+def item_digest(item: Item) -> bytes:
+    """SHA-256 (32 raw bytes) of :func:`canonical_item`.
+
+    >>> item_digest({"collection": "c", "key": "k", "data": {}, "updatedAt": 1,
+    ...              "deleted": False}).hex()[:16]
+    '253caca58670dc23'
+    """
+    return hashlib.sha256(canonical_item(item)).digest()
+
+
+def dataset_checksum(digests: Iterable[bytes]) -> str:
+    """Hex SHA-256 over raw item digests, given in (collection, key) order.
+
+    >>> dataset_checksum([]) == hashlib.sha256(b"").hexdigest()
+    True
+    """
+    h = hashlib.sha256()
+    for digest in digests:
+        h.update(digest)
+    return h.hexdigest()
+
+
+def dataset_checksum_of(items: Iterable[Item]) -> str:
+    """Dataset checksum of items in any order (sorts them by (collection, key)).
+
+    >>> a = {"collection": "c", "key": "a", "data": {}, "updatedAt": 1, "deleted": False}
+    >>> b = {"collection": "c", "key": "b", "data": {}, "updatedAt": 1, "deleted": False}
+    >>> dataset_checksum_of([b, a]) == dataset_checksum_of([a, b])
+    True
+    """
+    ordered = sorted(items, key=lambda i: (i["collection"], i["key"]))
+    return dataset_checksum(item_digest(i) for i in ordered)
+
+
+def batch_body(canonical_items: Iterable[bytes]) -> bytes:
+    """Assemble one batch body ``{"items":[...]}`` from canonical item bytes.
+
+    >>> batch_body([b'{"a":1}', b'{"a":2}'])
+    b'{"items":[{"a":1},{"a":2}]}'
+    """
+    return b'{"items":[' + b",".join(canonical_items) + b"]}"
+
+
+def batch_checksum(body: bytes) -> str:
+    """Hex SHA-256 of an uncompressed batch body (the ``X-Content-SHA256`` header).
+
+    >>> batch_checksum(b"") == hashlib.sha256(b"").hexdigest()
+    True
+    """
+    return hashlib.sha256(body).hexdigest()
+
+
+# --------------------------------------------------------------------------- models
+
+
+class Item(TypedDict):
+    """One item on the wire. A TypedDict, so a batch stays a list of plain dicts.
+
+    >>> Item(collection="prefs", key="theme", data={"v": "dark"},
+    ...      updatedAt=1700000000000, deleted=False)["key"]
+    'theme'
+    """
+
+    collection: str
+    key: str
+    data: dict[str, Any]
+    updatedAt: int  # noqa: N815 - the wire's own name
+    deleted: bool
+
+
+class WireModel(BaseModel):
+    """Base of every wire model: camelCase aliases, unknown fields refused, frozen."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON-ready dict with camelCase names.
+
+        >>> Limits().wire()["maxBatchItems"]
+        5000
+        """
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class SessionStatus(str, enum.Enum):
+    """States of a migration session on the server.
+
+    >>> SessionStatus("completed").is_final
+    True
+    """
+
+    CREATED = "created"
+    UPLOADING = "uploading"
+    PROCESSING = "processing"
+    AWAITING_RESOLUTION = "awaiting_resolution"
+    READY = "ready"
+    COMMITTING = "committing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+    @property
+    def is_final(self) -> bool:
+        return self in _FINAL_STATES
+
+
+_FINAL_STATES = frozenset(
+    {SessionStatus.COMPLETED, SessionStatus.FAILED, SessionStatus.CANCELLED, SessionStatus.EXPIRED}
+)
+
+
+class ProblemCode(str, enum.Enum):
+    """Machine-readable ``code`` of a problem+json answer; the SDK maps it to an error type.
+
+    >>> ProblemCode("batch-mismatch").name
+    'BATCH_MISMATCH'
+    """
+
+    INVALID_REQUEST = "invalid-request"
+    VALIDATION_FAILED = "validation-failed"
+    BAD_CHECKSUM = "bad-checksum"
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not-found"
+    ALREADY_MIGRATED = "already-migrated"
+    ACTIVE_SESSION = "active-session"
+    INVALID_STATE = "invalid-state"
+    BATCH_OUT_OF_RANGE = "batch-out-of-range"
+    BATCH_MISMATCH = "batch-mismatch"
+    DUPLICATE_ITEM = "duplicate-item"
+    BATCHES_MISSING = "batches-missing"
+    CONFLICTS_UNRESOLVED = "conflicts-unresolved"
+    CHECKSUM_MISMATCH = "checksum-mismatch"
+    SESSION_EXPIRED = "session-expired"
+    VERSION_CONFLICT = "version-conflict"
+    PAYLOAD_TOO_LARGE = "payload-too-large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported-media-type"
+    UNSUPPORTED_DATA_VERSION = "unsupported-data-version"
+    METHOD_NOT_ALLOWED = "method-not-allowed"
+
+
+class Problem(WireModel):
+    """An RFC 9457 problem+json body, plus our ``code`` extension.
+
+    >>> Problem(type="about:blank", title="Not Found", status=404,
+    ...         code=ProblemCode.NOT_FOUND).status
+    404
+    """
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="allow", frozen=True
+    )
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+    code: ProblemCode | None = None
+
+
+class Limits(WireModel):
+    """What the server accepts; the SDK plans its batches within these.
+
+    >>> Limits(max_batch_items=100).max_batch_items
+    100
+    """
+
+    max_batch_items: int = 5000
+    max_batch_bytes: int = 8 * 1024 * 1024
+    max_items_per_migration: int = 10_000_000
+    max_parallel_batches: int = 4
+    session_ttl_seconds: int = 24 * 3600
+    max_resolutions_per_request: int = 1000
+    conflicts_page_size: int = 500
+
+
+class DetectMigrationResponse(WireModel):
+    """``GET /detect``: the server's view of whether this user can migrate now.
+
+    >>> DetectMigrationResponse(has_local_data=True, item_count=3, data_version=1,
+    ...     can_migrate=True, server_time=0).wire()["canMigrate"]
+    True
+    """
+
+    has_local_data: bool
+    item_count: int
+    data_version: int | None
+    can_migrate: bool
+    reason: str | None = None
+    already_migrated: bool = False
+    migration_candidate: bool = False
+    active_session_id: str | None = None
+    supported_data_versions: list[int] = Field(default_factory=lambda: [1])
+    limits: Limits = Field(default_factory=Limits)
+    capabilities: list[str] = Field(default_factory=list)
+    server_time: int
+
+
+class Manifest(WireModel):
+    """What the device is about to upload: counts, batch plan and dataset checksum.
+
+    >>> Manifest(item_count=2, collections={"a": 2}, batch_size=1, batch_count=2,
+    ...          dataset_checksum="0" * 64).batch_count
+    2
+    """
+
+    item_count: int = Field(ge=0)
+    collections: dict[str, int]
+    batch_size: int = Field(ge=1)
+    batch_count: int = Field(ge=0)
+    dataset_checksum: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class MigrationConfig(WireModel):
+    """Optional client preferences sent with ``start``.
+
+    >>> MigrationConfig().conflict_strategy
+    'server_wins'
+    """
+
+    conflict_strategy: str = "server_wins"
+    compression: Literal["gzip", "identity"] = "identity"
+
+
+class StartMigrationRequest(WireModel):
+    """``POST /start``; idempotent on ``migration_id``.
+
+    >>> m = Manifest(item_count=0, collections={}, batch_size=1, batch_count=0,
+    ...              dataset_checksum="0" * 64)
+    >>> StartMigrationRequest(migration_id="mig-0001", device_id="d1", data_version=1,
+    ...                       manifest=m).wire()["migrationId"]
+    'mig-0001'
+    """
+
+    migration_id: str = Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")
+    device_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    data_version: int
+    config: MigrationConfig | None = None
+    manifest: Manifest
+
+
+class StartMigrationResponse(WireModel):
+    """Answer to ``start``: the session and the batches the server already holds.
+
+    >>> StartMigrationResponse(session_id="s", migration_id="m", status="created",
+    ...     estimated_duration=1.0, received_batches=[], server_time=0).status
+    <SessionStatus.CREATED: 'created'>
+    """
+
+    session_id: str
+    migration_id: str
+    status: SessionStatus
+    estimated_duration: float
+    received_batches: list[int]
+    server_time: int
+    expires_at: int | None = None
+
+
+class BatchReceipt(WireModel):
+    """Answer to ``PUT .../batches/{seq}``; a replay returns the stored receipt.
+
+    >>> BatchReceipt(seq=0, item_count=1, checksum="0" * 64, new_count=1,
+    ...              unchanged_count=0, conflict_count=0).replayed
+    False
+    """
+
+    seq: int
+    item_count: int
+    checksum: str
+    new_count: int
+    unchanged_count: int
+    conflict_count: int
+    replayed: bool = False
+
+
+class GetMigrationStatusResponse(WireModel):
+    """``GET /status``: the truth about which batches the server holds.
+
+    >>> GetMigrationStatusResponse(session_id="s", status="uploading", progress=0.5,
+    ...     current_step="uploading", batch_count=2, received_batches=[0]).progress
+    0.5
+    """
+
+    session_id: str
+    migration_id: str | None = None
+    status: SessionStatus
+    progress: float
+    current_step: str
+    errors: list[str] = Field(default_factory=list)
+    batch_count: int
+    received_batches: list[int]
+    processed_batches: int = 0
+    conflict_count: int = 0
+    unresolved_conflicts: int = 0
+    expires_at: int | None = None
+
+
+class ItemVersion(WireModel):
+    """One side of a conflict: the item's content and, for the cloud, its provenance.
+
+    >>> ItemVersion(data={}, updated_at=1, deleted=False).version is None
+    True
+    """
+
+    data: dict[str, Any]
+    updated_at: int
+    deleted: bool
+    version: int | None = None
+    device_id: str | None = None
+
+
+ConflictSide = Literal["local", "server"]
+
+
+class DataConflict(WireModel):
+    """An item whose local and cloud versions differ.
+
+    >>> v = ItemVersion(data={}, updated_at=1, deleted=False)
+    >>> DataConflict(conflict_id="c1", collection="a", key="k", local=v, server=v).resolved
+    False
+    """
+
+    conflict_id: str
+    collection: str
+    key: str
+    local: ItemVersion
+    server: ItemVersion
+    resolved: bool = False
+    resolution: str | None = None
+
+
+class DataConflicts(WireModel):
+    """One page of conflicts; follow ``next_cursor`` until it is ``None``.
+
+    >>> DataConflicts(conflicts=[], total=0, unresolved=0).next_cursor is None
+    True
+    """
+
+    conflicts: list[DataConflict]
+    total: int
+    unresolved: int
+    next_cursor: str | None = None
+
+
+class Resolution(WireModel):
+    """The device's decision for one conflict. ``merged`` carries the merged item.
+
+    >>> Resolution(conflict_id="c1", choice="server").choice
+    'server'
+    """
+
+    conflict_id: str
+    choice: Literal["local", "server", "merged"]
+    data: dict[str, Any] | None = None
+    updated_at: int | None = None
+    deleted: bool | None = None
+    strategy: str | None = None
+
+
+class ResolveConflictsRequest(WireModel):
+    """``POST /resolve-conflicts``; replaying the same resolutions changes nothing.
+
+    >>> ResolveConflictsRequest(session_id="s", resolutions=[]).resolutions
+    []
+    """
+
+    session_id: str
+    resolutions: list[Resolution]
+
+
+class ResolveConflictsResponse(WireModel):
+    """How many resolutions were recorded and how many conflicts remain.
+
+    >>> ResolveConflictsResponse(resolved_count=1, remaining_conflicts=0).remaining_conflicts
+    0
+    """
+
+    resolved_count: int
+    remaining_conflicts: int
+
+
+class CompleteMigrationRequest(WireModel):
+    """``POST /sessions/{id}/complete``: confirm with the dataset checksum.
+
+    >>> CompleteMigrationRequest(dataset_checksum="0" * 64).wire()
+    {'datasetChecksum': '0000000000000000000000000000000000000000000000000000000000000000'}
+    """
+
+    dataset_checksum: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class CompleteMigrationResponse(WireModel):
+    """Result of the commit. ``cloud_checksum`` covers the migrated keys as the cloud now
+    holds them, in the dataset checksum's definition, so the device can verify.
+
+    >>> CompleteMigrationResponse(session_id="s", status="completed", item_count=1,
+    ...     applied_count=1, dataset_checksum="a", cloud_checksum="a",
+    ...     completed_at=0).status.is_final
+    True
+    """
+
+    session_id: str
+    status: SessionStatus
+    item_count: int
+    applied_count: int
+    dataset_checksum: str
+    cloud_checksum: str
+    completed_at: int
+
+
+class MigrationSummary(WireModel):
+    """Counts and checksums of a finished (or failed) migration.
+
+    >>> MigrationSummary(total_items=0, new_items=0, unchanged_items=0, conflicts=0,
+    ...     duration_ms=0, dataset_checksum=None, cloud_checksum=None, verified=False
+    ... ).resolutions_by_kind
+    {}
+    """
+
+    total_items: int
+    new_items: int
+    unchanged_items: int
+    conflicts: int
+    resolutions_by_kind: dict[str, int] = Field(default_factory=dict)
+    collections: dict[str, int] = Field(default_factory=dict)
+    duration_ms: int
+    dataset_checksum: str | None
+    cloud_checksum: str | None
+    verified: bool
+
+
+class GetMigrationSummaryResponse(WireModel):
+    """``GET /summary``: the result, its summary and what the user might do next.
+
+    >>> s = MigrationSummary(total_items=0, new_items=0, unchanged_items=0, conflicts=0,
+    ...     duration_ms=0, dataset_checksum=None, cloud_checksum=None, verified=False)
+    >>> GetMigrationSummaryResponse(session_id="s", result="completed", summary=s).result
+    <SessionStatus.COMPLETED: 'completed'>
+    """
+
+    session_id: str
+    result: SessionStatus
+    summary: MigrationSummary
+    recommendations: list[str] = Field(default_factory=list)
