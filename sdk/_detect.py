@@ -1,0 +1,327 @@
+"""Detection: what is at the store's path, judged without changing a byte of it.
+
+    >>> import tempfile, pathlib
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> detect_local(pathlib.Path(tmp.name) / "store.sqlite3").state
+    <LocalState.NO_STORE: 'no_store'>
+    >>> tmp.cleanup()
+
+The file is opened read-only (``mode=ro``; never ``immutable=1``, which would miss what
+is still in the WAL). SQLite may leave empty ``-wal``/``-shm`` files beside a WAL-mode
+database, as any reader needs them; the database file itself is not touched.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sdk._errors import (
+    CorruptStoreError,
+    ForeignStoreError,
+    StoreBusyError,
+    StoreError,
+    UnsupportedDataVersionError,
+)
+from sdk._store import (
+    MIGRATION_SET,
+    SCHEMA_STEPS,
+    STORE_APPLICATION_ID,
+    STORE_FORMAT,
+    SUPPORTED_DATA_VERSIONS,
+    MigrationState,
+    connect_read_only,
+    migration_state_from,
+    store_error,
+)
+
+__all__ = ["LocalDetection", "LocalState", "check_local", "detect_local"]
+
+logger = logging.getLogger(__name__)
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_HEADER_SIZE = 100
+
+
+class LocalState(str, enum.Enum):
+    """What detection found at the store's path.
+
+    >>> LocalState("ready") is LocalState.READY
+    True
+    """
+
+    NO_STORE = "no_store"
+    EMPTY = "empty"
+    READY = "ready"
+    MIGRATED = "migrated"
+    FOREIGN = "foreign"
+    CORRUPT = "corrupt"
+    UNSUPPORTED_VERSION = "unsupported_version"
+
+
+_ERRORS: dict[LocalState, type[StoreError]] = {
+    LocalState.FOREIGN: ForeignStoreError,
+    LocalState.CORRUPT: CorruptStoreError,
+    LocalState.UNSUPPORTED_VERSION: UnsupportedDataVersionError,
+}
+
+
+@dataclass(frozen=True)
+class LocalDetection:
+    """The verdict on one path. ``reason`` says what was found and what to do.
+
+    ``counts`` maps each collection to its item rows, tombstones included; ``item_count``
+    is their sum (what a migration uploads) and ``tombstones`` how many are deletions.
+    ``size_bytes`` is the database file plus its WAL.
+
+    >>> d = LocalDetection(LocalState.EMPTY, Path("s.sqlite3"), "no items")
+    >>> d.has_data, d.raise_for_state() is d
+    (False, True)
+    """
+
+    state: LocalState
+    path: Path
+    reason: str
+    data_version: int | None = None
+    device_id: str | None = None
+    counts: Mapping[str, int] = field(default_factory=dict)
+    item_count: int = 0
+    tombstones: int = 0
+    size_bytes: int = 0
+    migration: MigrationState | None = None
+
+    @property
+    def has_data(self) -> bool:
+        """Whether there is something to migrate (the state is ``READY``)."""
+        return self.state is LocalState.READY
+
+    def raise_for_state(self) -> LocalDetection:
+        """Raise the matching ``StoreError`` for a foreign, corrupt or unsupported store;
+        return ``self`` otherwise.
+
+        >>> LocalDetection(LocalState.FOREIGN, Path("x"), "not ours").raise_for_state()
+        Traceback (most recent call last):
+        ...
+        sdk._errors.ForeignStoreError: not ours
+        """
+        error = _ERRORS.get(self.state)
+        if error is not None:
+            raise error(self.reason, path=str(self.path))
+        return self
+
+
+def detect_local(path: str | os.PathLike[str]) -> LocalDetection:
+    """Classify the store at ``path``, read-only and cheaply (one GROUP BY for the counts).
+
+    >>> import tempfile, pathlib
+    >>> from sdk._store import LocalStore
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> with LocalStore(pathlib.Path(tmp.name) / "s.sqlite3") as store:
+    ...     _ = store.put("cards", "c1", {"front": "hola"})
+    >>> found = detect_local(pathlib.Path(tmp.name) / "s.sqlite3")
+    >>> found.state, found.counts
+    (<LocalState.READY: 'ready'>, {'cards': 1})
+    >>> tmp.cleanup()
+    """
+    detection = inspect_store(Path(path), count=True)
+    logger.debug("detected %s at %s: %s", detection.state.value, detection.path, detection.reason)
+    return detection
+
+
+def check_local(detection: LocalDetection) -> LocalDetection:
+    """Raise the typed ``StoreError`` for a foreign, corrupt or unsupported store; return
+    the detection otherwise. The same as ``detection.raise_for_state()``.
+
+    >>> check_local(LocalDetection(LocalState.CORRUPT, Path("x"), "damaged"))
+    Traceback (most recent call last):
+    ...
+    sdk._errors.CorruptStoreError: damaged
+    """
+    return detection.raise_for_state()
+
+
+def inspect_store(path: Path, *, count: bool) -> LocalDetection:
+    """:func:`detect_local`, optionally without counting the items (EMPTY/READY/MIGRATED
+    are then not told apart by their items, only the bad states matter)."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return LocalDetection(
+            LocalState.NO_STORE,
+            path,
+            f"no store at {path}: the app has not saved anything on this device, so there "
+            "is nothing to migrate",
+        )
+    except OSError as exc:
+        return _corrupt(path, 0, f"cannot be read ({exc})")
+    if not path.is_file():
+        return _foreign(path, 0, "not a file")
+    size = stat.st_size + _size_of(path.with_name(path.name + "-wal"))
+    if stat.st_size == 0:
+        return _foreign(path, size, "empty file")
+    try:
+        with path.open("rb") as file:
+            header = file.read(_HEADER_SIZE)
+    except OSError as exc:
+        return _corrupt(path, size, f"cannot be read ({exc})")
+    if not header.startswith(_SQLITE_MAGIC):
+        return _foreign(path, size, "not a SQLite database")
+    if len(header) < _HEADER_SIZE:
+        return _corrupt(path, size, f"truncated to {len(header)} bytes")
+    app_id = int.from_bytes(header[68:72], "big", signed=True)
+    if app_id != STORE_APPLICATION_ID:
+        return _foreign(path, size, f"another application's database (application id {app_id})")
+    try:
+        conn = connect_read_only(path)
+    except sqlite3.Error as exc:
+        return _corrupt(path, size, f"cannot be opened ({exc})")
+    try:
+        return _inspect_ours(conn, path, size, count=count)
+    except sqlite3.Error as exc:
+        error = store_error(exc, path, "inspect the store")
+        if isinstance(error, StoreBusyError):
+            raise error from exc  # a verdict of "corrupt" would be wrong: it is only busy
+        return _corrupt(path, size, f"unreadable ({exc})")
+    finally:
+        conn.close()
+
+
+def _inspect_ours(
+    conn: sqlite3.Connection, path: Path, size: int, *, count: bool
+) -> LocalDetection:
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    if "store_meta" not in tables:
+        return _corrupt(path, size, "its store_meta table is missing")
+    meta = dict(conn.execute("SELECT key, value FROM store_meta").fetchall())
+    if meta.get("format") != STORE_FORMAT:
+        return _corrupt(path, size, f"its format is {meta.get('format')!r}")
+    try:
+        data_version = int(meta["data_version"])
+        migration = migration_state_from(meta)
+    except (KeyError, ValueError, TypeError):
+        return _corrupt(path, size, "its store_meta table lacks a valid data_version")
+    found = _Found(path, size, data_version, meta.get("device_id"))
+    applied: set[str] = set()
+    if "_sqlite_migrations" in tables:
+        applied = {
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM _sqlite_migrations WHERE migration_set = ?", (MIGRATION_SET,)
+            )
+        }
+    newer = sorted(applied - set(SCHEMA_STEPS))
+    if newer or data_version > max(SUPPORTED_DATA_VERSIONS):
+        what = f"schema steps {newer}" if newer else f"data version {data_version}"
+        return found.verdict(
+            LocalState.UNSUPPORTED_VERSION,
+            f"the store at {path} was written by a newer version of the app ({what}; this "
+            f"SDK supports data versions {sorted(SUPPORTED_DATA_VERSIONS)}): update the app, "
+            "then migrate",
+        )
+    if data_version not in SUPPORTED_DATA_VERSIONS:
+        return found.verdict(
+            LocalState.UNSUPPORTED_VERSION,
+            f"the store at {path} holds data version {data_version}, older than this SDK "
+            f"supports ({sorted(SUPPORTED_DATA_VERSIONS)}): open it once with the app "
+            "release that upgrades it, or contact support",
+        )
+    counts: dict[str, int] = {}
+    tombstones = 0
+    if "items" in tables:
+        if count:
+            for collection, rows, deleted in conn.execute(
+                "SELECT collection, count(*), total(deleted) FROM items GROUP BY collection"
+            ):
+                counts[collection] = rows
+                tombstones += int(deleted)
+    elif "0002_items" in applied:
+        return _corrupt(path, size, "its items table is missing")
+    item_count = sum(counts.values())
+    if count and item_count == 0:
+        state = LocalState.EMPTY
+        reason = f"the store at {path} holds no items: there is nothing to migrate"
+    elif migration is not None:
+        state = LocalState.MIGRATED
+        reason = (
+            f"the store at {path} was already migrated (migration {migration.migration_id}): "
+            "there is nothing left to migrate"
+        )
+    else:
+        state = LocalState.READY
+        reason = (
+            f"the store at {path} holds {item_count} items ({tombstones} deletions) in "
+            f"{len(counts)} collections, data version {data_version}: ready to migrate"
+        )
+    return found.verdict(
+        state,
+        reason,
+        counts=counts,
+        item_count=item_count,
+        tombstones=tombstones,
+        migration=migration,
+    )
+
+
+@dataclass(frozen=True)
+class _Found:
+    """What every verdict on a readable store of ours repeats."""
+
+    path: Path
+    size_bytes: int
+    data_version: int
+    device_id: str | None
+
+    def verdict(
+        self,
+        state: LocalState,
+        reason: str,
+        *,
+        counts: Mapping[str, int] | None = None,
+        item_count: int = 0,
+        tombstones: int = 0,
+        migration: MigrationState | None = None,
+    ) -> LocalDetection:
+        return LocalDetection(
+            state,
+            self.path,
+            reason,
+            data_version=self.data_version,
+            device_id=self.device_id,
+            counts=counts or {},
+            item_count=item_count,
+            tombstones=tombstones,
+            size_bytes=self.size_bytes,
+            migration=migration,
+        )
+
+
+def _foreign(path: Path, size: int, what: str) -> LocalDetection:
+    return LocalDetection(
+        LocalState.FOREIGN,
+        path,
+        f"{path} is not this app's store ({what}); the SDK leaves it alone: move it away "
+        "or point the SDK at the right path",
+        size_bytes=size,
+    )
+
+
+def _corrupt(path: Path, size: int, what: str) -> LocalDetection:
+    return LocalDetection(
+        LocalState.CORRUPT,
+        path,
+        f"{path} is this app's store but it is damaged: {what}; the SDK will not migrate "
+        "it: restore it from a backup, or move it away to start afresh",
+        size_bytes=size,
+    )
+
+
+def _size_of(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

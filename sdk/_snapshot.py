@@ -1,0 +1,814 @@
+"""The snapshot: one point in time of the store, validated, checksummed and cut into batches.
+
+The copy is made with SQLite's online backup API (a file copy would lose what is still in
+the WAL, and could tear while the app writes). The batch plan is deterministic: the same
+store gives the same batches, and the dataset checksum does not depend on the batching::
+
+    >>> import tempfile, pathlib
+    >>> from sdk._store import LocalStore
+    >>> from sdk.contract import dataset_checksum_of
+    >>> tmp = pathlib.Path(tempfile.mkdtemp())
+    >>> with LocalStore(tmp / "store.sqlite3") as store:
+    ...     _ = store.put_many({"collection": "cards", "key": f"c{i}", "data": {"n": i}}
+    ...                        for i in range(5))
+    ...     items = list(store.iter_items())
+    >>> with take_snapshot(tmp / "store.sqlite3", tmp, batch_size=2,
+    ...                    max_batch_bytes=1 << 20, name="snap") as snap:
+    ...     snap.batch_sizes()[0][:2], snap.dataset_checksum == dataset_checksum_of(items)
+    ((0, 2), True)
+    >>> import shutil; shutil.rmtree(tmp)
+
+Memory stays bounded whatever the store's size: items are streamed through cursors, and a
+batch is rebuilt on demand from its plan row with one keyset query.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from sdk._detect import LocalState, inspect_store
+from sdk._errors import (
+    ConfigurationError,
+    CorruptStoreError,
+    ForeignStoreError,
+    SnapshotError,
+    StoreBusyError,
+    StoreNotFoundError,
+    UnsupportedDataVersionError,
+)
+from sdk._store import (
+    STORE_APPLICATION_ID,
+    STORE_FORMAT,
+    SUPPORTED_DATA_VERSIONS,
+    check_item,
+    connect_read_only,
+    item_label,
+    store_error,
+)
+from sdk.contract import (
+    KEY_PATTERN,
+    NAME_PATTERN,
+    Item,
+    Manifest,
+    batch_body,
+    batch_checksum,
+    canonical_item,
+    item_digest,
+)
+
+__all__ = ["PreparedBatch", "Snapshot", "open_snapshot", "take_snapshot"]
+
+logger = logging.getLogger(__name__)
+
+SNAPSHOT_FORMAT = "offline-migrate-snapshot"
+_NAME_RE = re.compile(NAME_PATTERN)
+_KEY_RE = re.compile(KEY_PATTERN)
+_SNAPSHOT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_ENVELOPE = len(batch_body([]))  # b'{"items":[]}'
+_MAX_PROBLEMS = 5  # invalid items named in the error
+_PAGE = 1000  # rows read per lock hold when scanning a snapshot
+
+_SCHEMA = (
+    """CREATE TABLE snapshot_batches (
+    seq INTEGER PRIMARY KEY,
+    first_collection TEXT NOT NULL,
+    first_key TEXT NOT NULL,
+    item_count INTEGER NOT NULL,
+    byte_count INTEGER NOT NULL,
+    checksum TEXT NOT NULL
+)""",
+    """CREATE TABLE snapshot_info (
+    format TEXT NOT NULL,
+    dataset_checksum TEXT NOT NULL,
+    item_count INTEGER NOT NULL,
+    collections TEXT NOT NULL,
+    batch_size INTEGER NOT NULL,
+    max_batch_bytes INTEGER NOT NULL,
+    batch_count INTEGER NOT NULL,
+    data_version INTEGER NOT NULL,
+    device_id TEXT NOT NULL,
+    source_path TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+)""",
+)
+_INFO_COLUMNS = (
+    "dataset_checksum, item_count, collections, batch_size, max_batch_bytes, batch_count,"
+    " data_version, device_id, source_path, created_at"
+)
+_ITEMS = "SELECT collection, key, data, updated_at, deleted FROM items"
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedBatch:
+    """One batch ready to send: the exact body and its SHA-256 (``X-Content-SHA256``).
+
+    >>> PreparedBatch(seq=0, body=b'{"items":[]}', checksum="0" * 64, item_count=0).seq
+    0
+    """
+
+    seq: int
+    body: bytes
+    checksum: str
+    item_count: int
+
+
+@dataclass(frozen=True)
+class _Info:
+    dataset_checksum: str
+    item_count: int
+    collections: dict[str, int]
+    batch_size: int
+    max_batch_bytes: int
+    batch_count: int
+    data_version: int
+    device_id: str
+    source_path: str
+    created_at: int
+
+
+class Snapshot:
+    """A taken snapshot: its metadata (fixed) and its batches (rebuilt on demand).
+
+    Safe to share between threads: metadata are plain values, and every read of the file
+    goes through one lock held for a single query, so one thread may iterate the batches
+    while others read metadata, fetch items or iterate too.
+
+    >>> import tempfile, pathlib
+    >>> from sdk._store import LocalStore
+    >>> tmp = pathlib.Path(tempfile.mkdtemp())
+    >>> LocalStore(tmp / "s.sqlite3").close()
+    >>> snap = take_snapshot(tmp / "s.sqlite3", tmp, batch_size=10, max_batch_bytes=4096)
+    >>> snap.item_count, snap.batch_count, list(snap.iter_batches())
+    (0, 0, [])
+    >>> snap.delete(); snap.path.exists()
+    False
+    >>> import shutil; shutil.rmtree(tmp)
+    """
+
+    def __init__(self, path: Path, info: _Info) -> None:
+        self._path = path
+        self._info = info
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+
+    # -- metadata
+
+    @property
+    def path(self) -> Path:
+        """The snapshot's file."""
+        return self._path
+
+    @property
+    def item_count(self) -> int:
+        """Items in the snapshot, tombstones included."""
+        return self._info.item_count
+
+    @property
+    def collections(self) -> dict[str, int]:
+        """Items per collection, tombstones included (a copy)."""
+        return dict(self._info.collections)
+
+    @property
+    def dataset_checksum(self) -> str:
+        """Hex SHA-256 over the item digests in ``(collection, key)`` order."""
+        return self._info.dataset_checksum
+
+    @property
+    def batch_size(self) -> int:
+        """Most items in one batch."""
+        return self._info.batch_size
+
+    @property
+    def max_batch_bytes(self) -> int:
+        """Most bytes in one batch body."""
+        return self._info.max_batch_bytes
+
+    @property
+    def batch_count(self) -> int:
+        """Batches in the plan, numbered ``0 .. batch_count - 1``."""
+        return self._info.batch_count
+
+    @property
+    def data_version(self) -> int:
+        """Data version of the store the snapshot was taken from."""
+        return self._info.data_version
+
+    @property
+    def device_id(self) -> str:
+        """Device id of the store the snapshot was taken from."""
+        return self._info.device_id
+
+    @property
+    def source_path(self) -> str:
+        """The store the snapshot was taken from."""
+        return self._info.source_path
+
+    @property
+    def created_at(self) -> int:
+        """When the snapshot was taken, in milliseconds since the epoch."""
+        return self._info.created_at
+
+    def manifest(self) -> Manifest:
+        """The manifest sent with ``start``.
+
+        >>> import tempfile, pathlib
+        >>> from sdk._store import LocalStore
+        >>> tmp = pathlib.Path(tempfile.mkdtemp())
+        >>> LocalStore(tmp / "s.sqlite3").close()
+        >>> with take_snapshot(tmp / "s.sqlite3", tmp, batch_size=10,
+        ...                    max_batch_bytes=4096) as snap:
+        ...     snap.manifest().item_count
+        0
+        >>> import shutil; shutil.rmtree(tmp)
+        """
+        return Manifest(
+            item_count=self.item_count,
+            collections=self.collections,
+            batch_size=self.batch_size,
+            batch_count=self.batch_count,
+            dataset_checksum=self.dataset_checksum,
+        )
+
+    # -- reading
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                if self._conn is None:
+                    if not self._path.is_file():
+                        raise SnapshotError(
+                            f"the snapshot {self._path} is gone; take a new snapshot"
+                        )
+                    self._conn = connect_read_only(self._path)
+                    self._conn.text_factory = _lenient_text
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise SnapshotError(
+                    f"cannot read the snapshot {self._path} ({exc}); delete it and take a "
+                    "new snapshot"
+                ) from exc
+
+    def batch_sizes(self) -> list[tuple[int, int, int]]:
+        """The plan as ``(seq, item_count, byte_count)`` rows.
+
+        >>> import tempfile, pathlib
+        >>> from sdk._store import LocalStore
+        >>> tmp = pathlib.Path(tempfile.mkdtemp())
+        >>> with LocalStore(tmp / "s.sqlite3") as store:
+        ...     _ = store.put("c", "k", {}, updated_at=1)
+        >>> with take_snapshot(tmp / "s.sqlite3", tmp, batch_size=10,
+        ...                    max_batch_bytes=4096) as snap:
+        ...     snap.batch_sizes()
+        [(0, 1, 80)]
+        >>> import shutil; shutil.rmtree(tmp)
+        """
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT seq, item_count, byte_count FROM snapshot_batches ORDER BY seq"
+            ).fetchall()
+        return [(int(seq), int(n), int(size)) for seq, n, size in rows]
+
+    def iter_batches(self, seqs: Iterable[int] | None = None) -> Iterator[PreparedBatch]:
+        """Rebuild batches (all, in order, or the given ``seqs``) and verify each against
+        the plan; a mismatch means the file was damaged or tampered with (``SnapshotError``).
+
+        >>> import tempfile, pathlib, json
+        >>> from sdk._store import LocalStore
+        >>> tmp = pathlib.Path(tempfile.mkdtemp())
+        >>> with LocalStore(tmp / "s.sqlite3") as store:
+        ...     _ = store.put("c", "k", {"v": 1}, updated_at=1)
+        >>> with take_snapshot(tmp / "s.sqlite3", tmp, batch_size=10,
+        ...                    max_batch_bytes=4096) as snap:
+        ...     [json.loads(b.body)["items"][0]["data"] for b in snap.iter_batches([0])]
+        [{'v': 1}]
+        >>> import shutil; shutil.rmtree(tmp)
+        """
+        for seq in range(self.batch_count) if seqs is None else seqs:
+            if type(seq) is not int or not 0 <= seq < self.batch_count:
+                raise ConfigurationError(
+                    f"batch {seq!r} is not in the plan of {self._path} "
+                    f"(batches 0 to {self.batch_count - 1})"
+                )
+            yield self._prepare(seq)
+
+    def _prepare(self, seq: int) -> PreparedBatch:
+        with self._reading() as conn:
+            plan = conn.execute(
+                "SELECT first_collection, first_key, item_count, byte_count, checksum"
+                " FROM snapshot_batches WHERE seq = ?",
+                (seq,),
+            ).fetchone()
+            if plan is None:
+                raise SnapshotError(
+                    f"batch {seq} is missing from the plan in {self._path}; the snapshot is "
+                    "damaged: delete it and take a new one"
+                )
+            first_collection, first_key, count, byte_count, checksum = plan
+            rows = conn.execute(
+                f"{_ITEMS} WHERE (collection, key) >= (?, ?) ORDER BY collection, key LIMIT ?",
+                (first_collection, first_key, count),
+            ).fetchall()
+        try:
+            body = batch_body(canonical_item(_item(row)) for row in rows)
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise self._tampered(seq, f"an item cannot be encoded ({exc})") from exc
+        actual = batch_checksum(body)
+        if len(rows) != count or len(body) != byte_count or actual != checksum:
+            raise self._tampered(seq, "its content does not match the plan's checksum")
+        return PreparedBatch(seq=seq, body=body, checksum=actual, item_count=count)
+
+    def _tampered(self, seq: int, what: str) -> SnapshotError:
+        return SnapshotError(
+            f"batch {seq} of the snapshot {self._path} was damaged or changed: {what}; "
+            "delete the snapshot and take a new one"
+        )
+
+    def get_items(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Item]:
+        """The snapshot's version of the given items; keys not in it are left out.
+
+        >>> import tempfile, pathlib
+        >>> from sdk._store import LocalStore
+        >>> tmp = pathlib.Path(tempfile.mkdtemp())
+        >>> with LocalStore(tmp / "s.sqlite3") as store:
+        ...     _ = store.put("c", "k", {"v": 1}, updated_at=1)
+        >>> with take_snapshot(tmp / "s.sqlite3", tmp, batch_size=10,
+        ...                    max_batch_bytes=4096) as snap:
+        ...     snap.get_items([("c", "k"), ("c", "nope")])[("c", "k")]["data"]
+        {'v': 1}
+        >>> import shutil; shutil.rmtree(tmp)
+        """
+        found: dict[tuple[str, str], Item] = {}
+        with self._reading() as conn:
+            for collection, key in keys:
+                row = conn.execute(
+                    f"{_ITEMS} WHERE collection = ? AND key = ?", (collection, key)
+                ).fetchone()
+                if row is not None:
+                    found[(collection, key)] = _item(row)
+        return found
+
+    def dataset_checksum_with(self, overrides: Mapping[tuple[str, str], Item]) -> str:
+        """The dataset checksum after replacing some items' versions, e.g. by resolved
+        conflicts. Every key must be in the snapshot (the cloud checksum covers exactly the
+        migrated keys).
+
+        >>> import tempfile, pathlib
+        >>> from sdk._store import LocalStore
+        >>> from sdk.contract import dataset_checksum_of
+        >>> tmp = pathlib.Path(tempfile.mkdtemp())
+        >>> with LocalStore(tmp / "s.sqlite3") as store:
+        ...     item = store.put("c", "k", {"v": 1}, updated_at=1)
+        >>> new = dict(item, data={"v": 2})
+        >>> with take_snapshot(tmp / "s.sqlite3", tmp, batch_size=10,
+        ...                    max_batch_bytes=4096) as snap:
+        ...     snap.dataset_checksum_with({("c", "k"): new}) == dataset_checksum_of([new])
+        True
+        >>> import shutil; shutil.rmtree(tmp)
+        """
+        pending = dict(overrides)
+        for (collection, key), item in pending.items():
+            check_item(
+                item.get("collection"),
+                item.get("key"),
+                item.get("data"),
+                item.get("updatedAt"),
+                item.get("deleted"),
+            )
+            if (item["collection"], item["key"]) != (collection, key):
+                raise ConfigurationError(
+                    f"the override for {item_label(collection, key)} is the item "
+                    f"{item_label(item['collection'], item['key'])}; key each override by its "
+                    "own (collection, key)"
+                )
+        hasher = hashlib.sha256()
+        for row in self._scan():
+            override = pending.pop((row[0], row[1]), None)
+            hasher.update(item_digest(_item(row) if override is None else override))
+        if pending:
+            names = ", ".join(item_label(*key) for key in sorted(pending)[:_MAX_PROBLEMS])
+            raise ConfigurationError(
+                f"{len(pending)} override(s) name items that are not in the snapshot "
+                f"({names}); only the snapshot's items are migrated"
+            )
+        return hasher.hexdigest()
+
+    def _scan(self) -> Iterator[tuple[Any, ...]]:
+        """Every item row in ``(collection, key)`` order, a page per lock hold."""
+        after: tuple[Any, ...] = ("", "")
+        while True:
+            with self._reading() as conn:
+                rows = conn.execute(
+                    f"{_ITEMS} WHERE (collection, key) > (?, ?) ORDER BY collection, key"
+                    f" LIMIT {_PAGE}",
+                    after,
+                ).fetchall()
+            yield from rows
+            if len(rows) < _PAGE:
+                return
+            after = rows[-1][:2]
+
+    # -- lifetime
+
+    def close(self) -> None:
+        """Close the read connection (it reopens on the next read)."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def delete(self) -> None:
+        """Close and remove the snapshot's file."""
+        self.close()
+        with contextlib.suppress(FileNotFoundError):
+            self._path.unlink()
+
+    def __enter__(self) -> Snapshot:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<Snapshot {str(self._path)!r} items={self.item_count} "
+            f"batches={self.batch_count} checksum={self.dataset_checksum[:12]}>"
+        )
+
+
+def _lenient_text(raw: bytes) -> str:
+    # Bytes that are not UTF-8 become lone surrogates, so validation can name the item
+    # instead of the cursor failing on the whole scan.
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _item(row: tuple[Any, ...]) -> Item:
+    collection, key, data, updated_at, deleted = row
+    return {
+        "collection": collection,
+        "key": key,
+        "data": json.loads(data),
+        "updatedAt": updated_at,
+        "deleted": bool(deleted),
+    }
+
+
+# ----------------------------------------------------------------------------- taking
+
+
+def take_snapshot(
+    store_path: str | os.PathLike[str],
+    dest_dir: str | os.PathLike[str],
+    *,
+    batch_size: int,
+    max_batch_bytes: int,
+    name: str | None = None,
+) -> Snapshot:
+    """Snapshot the store into ``dest_dir/<name>.sqlite3``, while the app may keep writing.
+
+    The copy is checked (``quick_check``, ours, every item valid), checksummed and planned
+    into batches of at most ``batch_size`` items and ``max_batch_bytes`` bytes, written to
+    ``<name>.partial``, synced, then renamed into place: a snapshot file is always complete.
+
+    >>> import tempfile, pathlib
+    >>> from sdk._store import LocalStore
+    >>> tmp = pathlib.Path(tempfile.mkdtemp())
+    >>> LocalStore(tmp / "s.sqlite3").close()
+    >>> take_snapshot(tmp / "s.sqlite3", tmp, batch_size=0, max_batch_bytes=4096)
+    Traceback (most recent call last):
+    ...
+    sdk._errors.ConfigurationError: batch_size must be an integer >= 1, got 0
+    >>> import shutil; shutil.rmtree(tmp)
+    """
+    if type(batch_size) is not int or batch_size < 1:
+        raise ConfigurationError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if type(max_batch_bytes) is not int or max_batch_bytes <= _ENVELOPE:
+        raise ConfigurationError(
+            f"max_batch_bytes must be an integer > {_ENVELOPE} (the empty body), "
+            f"got {max_batch_bytes!r}"
+        )
+    if name is None:
+        name = f"snapshot-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+    elif not isinstance(name, str) or not _SNAPSHOT_NAME_RE.fullmatch(name):
+        raise ConfigurationError(
+            f"name must be 1 to 128 letters, digits, '_', '.' or '-', not starting with "
+            f"'.', '_' or '-', got {name!r}"
+        )
+    source, dest = Path(store_path), Path(dest_dir)
+    final, partial = dest / f"{name}.sqlite3", dest / f"{name}.partial"
+    if final.exists():
+        raise ConfigurationError(
+            f"a snapshot named {name!r} already exists in {dest}; pick another name or "
+            "delete it first"
+        )
+    detection = inspect_store(source, count=False)
+    if detection.state is LocalState.NO_STORE:
+        raise StoreNotFoundError(f"no store at {source}: nothing to snapshot", path=str(source))
+    detection.raise_for_state()
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        _remove(partial)  # left by a crash during an earlier attempt
+        info = _build(source, partial, batch_size, max_batch_bytes)
+        _fsync(partial)
+        os.replace(partial, final)
+        _fsync_dir(dest)
+    except OSError as exc:
+        _remove(partial)
+        raise SnapshotError(
+            f"could not write the snapshot {final} ({exc}); check that {dest} is writable "
+            "and has free space, then take the snapshot again"
+        ) from exc
+    except BaseException:
+        _remove(partial)
+        raise
+    logger.info(
+        "snapshot %s: %d items in %d batches, checksum %s",
+        final,
+        info.item_count,
+        info.batch_count,
+        info.dataset_checksum,
+    )
+    return Snapshot(final, info)
+
+
+def open_snapshot(path: str | os.PathLike[str]) -> Snapshot:
+    """Open a snapshot taken earlier (e.g. before the process restarted).
+
+    >>> open_snapshot("/nonexistent/snap.sqlite3")
+    Traceback (most recent call last):
+    ...
+    sdk._errors.SnapshotError: no snapshot at /nonexistent/snap.sqlite3; take a new snapshot
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SnapshotError(f"no snapshot at {path}; take a new snapshot")
+    try:
+        conn = connect_read_only(path)
+    except sqlite3.Error as exc:
+        raise SnapshotError(f"cannot open the snapshot {path} ({exc})") from exc
+    try:
+        row = conn.execute(f"SELECT format, {_INFO_COLUMNS} FROM snapshot_info").fetchall()
+        (batches,) = conn.execute("SELECT count(*) FROM snapshot_batches").fetchone()
+        if len(row) != 1 or row[0][0] != SNAPSHOT_FORMAT:
+            raise ValueError("snapshot_info must hold exactly one row of our format")
+        values = list(row[0][1:])
+        values[2] = json.loads(values[2])  # collections
+        info = _Info(*values)
+        if batches != info.batch_count:
+            raise ValueError(f"the plan has {batches} batches, the info says {info.batch_count}")
+    except (sqlite3.Error, ValueError, TypeError) as exc:
+        raise SnapshotError(
+            f"{path} is not a usable snapshot ({exc}); delete it and take a new snapshot"
+        ) from exc
+    finally:
+        conn.close()
+    return Snapshot(path, info)
+
+
+def _build(source: Path, partial: Path, batch_size: int, max_batch_bytes: int) -> _Info:
+    dst = sqlite3.connect(str(partial), isolation_level=None)
+    try:
+        src = connect_read_only(source)
+        try:
+            # One step (pages=-1) holds one read transaction for the whole copy, so the
+            # copy is a single point in time even while the app commits.
+            src.backup(dst)
+        except sqlite3.Error as exc:
+            error = store_error(exc, source, "copy the store")
+            if isinstance(error, (StoreBusyError, CorruptStoreError)):
+                raise error from exc
+            # Anything else (disk full, I/O error) is most likely the destination's doing.
+            raise SnapshotError(
+                f"could not copy {source} into {partial} ({exc}); check that the folder is "
+                "writable and has free space, then take the snapshot again"
+            ) from exc
+        finally:
+            src.close()
+        try:
+            return _check_and_plan(dst, source, batch_size, max_batch_bytes)
+        except sqlite3.Error as exc:
+            error = store_error(exc, partial, "write the snapshot")
+            if isinstance(error, CorruptStoreError):
+                raise CorruptStoreError(
+                    f"the store {source} is damaged ({exc}); restore it from a backup",
+                    path=str(source),
+                ) from exc
+            raise SnapshotError(
+                f"could not write the snapshot {partial} ({exc}); check free space and "
+                "take the snapshot again"
+            ) from exc
+    finally:
+        dst.close()
+
+
+def _check_and_plan(
+    conn: sqlite3.Connection, source: Path, batch_size: int, max_batch_bytes: int
+) -> _Info:
+    conn.execute("PRAGMA journal_mode=DELETE")
+    problems = [
+        msg
+        for (msg,) in conn.execute("PRAGMA quick_check(5)")
+        # A broken CHECK or NOT NULL is a bad item, not a damaged file: the item
+        # validation below names it.
+        if msg != "ok" and not msg.startswith(("CHECK constraint failed", "NULL value in"))
+    ]
+    if problems:
+        raise CorruptStoreError(
+            f"the store {source} is damaged ({'; '.join(problems)}); restore it from a "
+            "backup, or move it away to start afresh",
+            path=str(source),
+        )
+    (app_id,) = conn.execute("PRAGMA application_id").fetchone()
+    meta = dict(conn.execute("SELECT key, value FROM store_meta").fetchall())
+    if app_id != STORE_APPLICATION_ID or meta.get("format") != STORE_FORMAT:
+        raise ForeignStoreError(f"{source} is not this app's store", path=str(source))
+    data_version = int(meta.get("data_version", -1))
+    if data_version not in SUPPORTED_DATA_VERSIONS:
+        raise UnsupportedDataVersionError(
+            f"{source} holds data version {data_version}; this SDK supports "
+            f"{sorted(SUPPORTED_DATA_VERSIONS)}",
+            path=str(source),
+        )
+    conn.text_factory = _lenient_text
+    conn.execute("BEGIN")
+    for statement in _SCHEMA:
+        conn.execute(statement)
+    planner = _Planner(conn, batch_size, max_batch_bytes)
+    problems = []
+    invalid = 0
+    for row in conn.execute(f"{_ITEMS} ORDER BY collection, key"):
+        encoded = _encode_row(row)
+        if isinstance(encoded, str):
+            invalid += 1
+            if len(problems) < _MAX_PROBLEMS:
+                problems.append(f"{item_label(row[0], row[1])}: {encoded}")
+        elif not invalid:  # once an item is bad the snapshot fails: stop planning
+            planner.add(row[0], row[1], encoded)
+    if invalid:
+        raise SnapshotError(
+            f"{invalid} item(s) in {source} cannot be migrated: {'; '.join(problems)}; "
+            "rewrite them with valid data (LocalStore.put) or delete them, then take the "
+            "snapshot again"
+        )
+    planner.finish()
+    info = _Info(
+        dataset_checksum=planner.dataset.hexdigest(),
+        item_count=planner.item_count,
+        collections=planner.collections,
+        batch_size=batch_size,
+        max_batch_bytes=max_batch_bytes,
+        batch_count=planner.seq,
+        data_version=data_version,
+        device_id=str(meta.get("device_id", "")),
+        source_path=str(source),
+        created_at=time.time_ns() // 1_000_000,
+    )
+    conn.execute(
+        f"INSERT INTO snapshot_info (format, {_INFO_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            SNAPSHOT_FORMAT,
+            info.dataset_checksum,
+            info.item_count,
+            json.dumps(info.collections, sort_keys=True),
+            info.batch_size,
+            info.max_batch_bytes,
+            info.batch_count,
+            info.data_version,
+            info.device_id,
+            info.source_path,
+            info.created_at,
+        ),
+    )
+    conn.execute("COMMIT")
+    return info
+
+
+def _encode_row(row: tuple[Any, ...]) -> bytes | str:
+    """The canonical bytes of an item row, or what is wrong with it."""
+    collection, key, data, updated_at, deleted = row
+    if type(collection) is not str or not _NAME_RE.fullmatch(collection):
+        return "invalid collection name"
+    if type(key) is not str or not _KEY_RE.fullmatch(key):
+        return "invalid key"
+    if type(updated_at) is not int or updated_at < 0:
+        return f"updated_at must be an integer >= 0, is {updated_at!r}"
+    if type(deleted) is not int or deleted not in (0, 1):
+        return f"deleted must be 0 or 1, is {deleted!r}"
+    try:
+        value = json.loads(data) if type(data) is str else None
+    except (ValueError, RecursionError):
+        return "data is not valid JSON"
+    if type(value) is not dict:
+        return "data is not a JSON object"
+    try:
+        return canonical_item(
+            {
+                "collection": collection,
+                "key": key,
+                "data": value,
+                "updatedAt": updated_at,
+                "deleted": bool(deleted),
+            }
+        )
+    except UnicodeEncodeError:
+        return "holds text that is not valid UTF-8"
+    except (ValueError, TypeError, RecursionError) as exc:
+        return f"data cannot be encoded canonically ({exc})"
+
+
+class _Planner:
+    """Greedy batch planner and streaming checksums; one small object per batch, none
+    per item."""
+
+    def __init__(self, conn: sqlite3.Connection, batch_size: int, max_bytes: int) -> None:
+        self.conn = conn
+        self.batch_size = batch_size
+        self.max_bytes = max_bytes
+        self.dataset = hashlib.sha256()
+        self.collections: dict[str, int] = {}
+        self.item_count = 0
+        self.seq = 0
+        self._first: tuple[str, str] = ("", "")
+        self._count = 0
+        self._size = 0
+        self._body = hashlib.sha256()
+
+    def add(self, collection: str, key: str, encoded: bytes) -> None:
+        self.dataset.update(hashlib.sha256(encoded).digest())
+        self.collections[collection] = self.collections.get(collection, 0) + 1
+        self.item_count += 1
+        if self._count and (
+            self._count == self.batch_size or self._size + 1 + len(encoded) > self.max_bytes
+        ):
+            self._close()
+        if self._count == 0:
+            if _ENVELOPE + len(encoded) > self.max_bytes:
+                raise SnapshotError(
+                    f"item {item_label(collection, key)} is {len(encoded)} bytes encoded, "
+                    f"too large for a batch of max_batch_bytes={self.max_bytes}; raise "
+                    "max_batch_bytes (within the server's limit) or split the item's data"
+                )
+            self._first = (collection, key)
+            self._body = hashlib.sha256(b'{"items":[')
+            self._body.update(encoded)
+            self._size = _ENVELOPE + len(encoded)
+            self._count = 1
+        else:
+            self._body.update(b",")
+            self._body.update(encoded)
+            self._size += 1 + len(encoded)
+            self._count += 1
+
+    def finish(self) -> None:
+        if self._count:
+            self._close()
+
+    def _close(self) -> None:
+        self._body.update(b"]}")
+        self.conn.execute(
+            "INSERT INTO snapshot_batches VALUES (?, ?, ?, ?, ?, ?)",
+            (self.seq, *self._first, self._count, self._size, self._body.hexdigest()),
+        )
+        self.seq += 1
+        self._count = 0
+
+
+def _fsync(path: Path) -> None:
+    with path.open("rb+") as file:
+        os.fsync(file.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    # Makes the rename durable; directories cannot be opened this way on Windows.
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(partial: Path) -> None:
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        with contextlib.suppress(OSError):
+            partial.with_name(partial.name + suffix).unlink()
