@@ -1,0 +1,97 @@
+"""Offline-first migration SDK: move a device's local SQLite store to the cloud once,
+with nothing lost and nothing duplicated.
+
+    >>> import sdk
+    >>> sorted(sdk.__all__) == sdk.__all__
+    True
+
+The public surface is everything in ``__all__``; modules starting with ``_`` are
+private. ``sdk.contract`` (the wire models) is public too.
+"""
+
+from ._client import Detection, MigrationClient, migrate
+from ._detect import LocalDetection, LocalState, detect_local
+from ._errors import (
+    AuthError,
+    ConfigurationError,
+    ConflictError,
+    CorruptStoreError,
+    ForeignStoreError,
+    InvalidItemError,
+    InvalidRequestError,
+    JournalError,
+    MigrationBlockedError,
+    MigrationError,
+    NotFoundError,
+    OfflineError,
+    ProtocolError,
+    RefusedError,
+    ServerError,
+    SnapshotError,
+    StoreBusyError,
+    StoreError,
+    StoreNotFoundError,
+    TransportError,
+    UnsupportedDataVersionError,
+    VerificationError,
+)
+from ._events import (
+    DataConflictDetected,
+    Event,
+    LocalDataDetected,
+    MigrationCompleted,
+    MigrationFailed,
+    MigrationStarted,
+    Progress,
+    ProgressPhase,
+)
+from ._migrate import MigrationOptions, MigrationOutcome, MigrationResult
+from ._retry import RetryPolicy
+from ._store import LocalStore, default_store_path
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthError",
+    "ConfigurationError",
+    "ConflictError",
+    "CorruptStoreError",
+    "DataConflictDetected",
+    "Detection",
+    "Event",
+    "ForeignStoreError",
+    "InvalidItemError",
+    "InvalidRequestError",
+    "JournalError",
+    "LocalDataDetected",
+    "LocalDetection",
+    "LocalState",
+    "LocalStore",
+    "MigrationBlockedError",
+    "MigrationClient",
+    "MigrationCompleted",
+    "MigrationError",
+    "MigrationFailed",
+    "MigrationOptions",
+    "MigrationOutcome",
+    "MigrationResult",
+    "MigrationStarted",
+    "NotFoundError",
+    "OfflineError",
+    "Progress",
+    "ProgressPhase",
+    "ProtocolError",
+    "RefusedError",
+    "RetryPolicy",
+    "ServerError",
+    "SnapshotError",
+    "StoreBusyError",
+    "StoreError",
+    "StoreNotFoundError",
+    "TransportError",
+    "UnsupportedDataVersionError",
+    "VerificationError",
+    "default_store_path",
+    "detect_local",
+    "migrate",
+]

@@ -104,50 +104,89 @@ class StoreError(MigrationError):
 
 
 class StoreNotFoundError(StoreError):
-    """No store at the given path (and the caller asked not to create one)."""
+    """No store at the given path (and the caller asked not to create one).
+
+    >>> issubclass(StoreNotFoundError, StoreError)
+    True
+    """
 
 
 class ForeignStoreError(StoreError):
-    """The file is a SQLite database of another application, or not SQLite at all."""
+    """The file is a SQLite database of another application, or not SQLite at all.
+
+    >>> issubclass(ForeignStoreError, StoreError)
+    True
+    """
 
 
 class CorruptStoreError(StoreError):
-    """The file claims to be our store but is damaged (truncated, byte-flipped, ...)."""
+    """The file claims to be our store but is damaged (truncated, byte-flipped, ...).
+
+    >>> issubclass(CorruptStoreError, StoreError)
+    True
+    """
 
 
 class UnsupportedDataVersionError(StoreError):
-    """The store's data version is newer or older than this SDK (or the server) supports."""
+    """The store's data version is newer or older than this SDK (or the server) supports.
+
+    >>> issubclass(UnsupportedDataVersionError, StoreError)
+    True
+    """
 
 
 class StoreBusyError(StoreError):
-    """The store stayed locked by another writer longer than the SDK waits."""
+    """The store stayed locked by another writer longer than the SDK waits.
+
+    >>> issubclass(StoreBusyError, StoreError)
+    True
+    """
 
     retryable = True
 
 
 class SnapshotError(MigrationError):
-    """The snapshot could not be written or failed validation (disk full, bad item, ...)."""
+    """The snapshot could not be written or failed validation (disk full, bad item, ...).
+
+    >>> issubclass(SnapshotError, MigrationError)
+    True
+    """
 
 
 class JournalError(MigrationError):
-    """The migration journal could not be read or written."""
+    """The migration journal could not be read or written.
+
+    >>> issubclass(JournalError, MigrationError)
+    True
+    """
 
 
 class TransportError(MigrationError):
-    """Talking to the migration server failed."""
+    """Talking to the migration server failed.
+
+    >>> issubclass(TransportError, MigrationError)
+    True
+    """
 
 
 class OfflineError(TransportError):
     """The server could not be reached (no network, refused connection, timeout).
 
     Not a crash: the migration keeps its journal and resumes when called again.
+
+    >>> issubclass(OfflineError, TransportError)
+    True
     """
 
     retryable = True
 
 
 class ServerError(TransportError):
-    """The server kept answering 5xx or 429 until the retry budget ran out."""
+    """The server kept answering 5xx or 429 until the retry budget ran out.
+
+    >>> issubclass(ServerError, TransportError)
+    True
+    """
 
     retryable = True
 
@@ -157,7 +196,11 @@ class ServerError(TransportError):
 
 
 class ProtocolError(TransportError):
-    """The server's answer does not follow the wire contract (wrong shape or type)."""
+    """The server's answer does not follow the wire contract (wrong shape or type).
+
+    >>> issubclass(ProtocolError, TransportError)
+    True
+    """
 
 
 class RefusedError(TransportError):
@@ -183,19 +226,35 @@ class RefusedError(TransportError):
 
 
 class AuthError(RefusedError):
-    """401 or 403: the token is missing, expired, or for another user."""
+    """401 or 403: the token is missing, expired, or for another user.
+
+    >>> issubclass(AuthError, RefusedError)
+    True
+    """
 
 
 class NotFoundError(RefusedError):
-    """404: the session does not exist (or belongs to someone else)."""
+    """404: the session does not exist (or belongs to someone else).
+
+    >>> issubclass(NotFoundError, RefusedError)
+    True
+    """
 
 
 class ConflictError(RefusedError):
-    """409: the request clashes with the session's state (see ``code``)."""
+    """409: the request clashes with the session's state (see ``code``).
+
+    >>> issubclass(ConflictError, RefusedError)
+    True
+    """
 
 
 class InvalidRequestError(RefusedError):
-    """400, 413, 415 or 422: the server rejected the request's content."""
+    """400, 413, 415 or 422: the server rejected the request's content.
+
+    >>> issubclass(InvalidRequestError, RefusedError)
+    True
+    """
 
 
 class MigrationBlockedError(MigrationError):
@@ -214,4 +273,7 @@ class VerificationError(MigrationError):
     """After completion the cloud's checksum differs from the device's expected state.
 
     The local store is left untouched and not marked migrated.
+
+    >>> issubclass(VerificationError, MigrationError)
+    True
     """

@@ -43,6 +43,8 @@ __all__ = [
     "DataConflict",
     "DataConflicts",
     "DetectMigrationResponse",
+    "GetMigrationStatusResponse",
+    "GetMigrationSummaryResponse",
     "Item",
     "ItemVersion",
     "Limits",
@@ -57,8 +59,6 @@ __all__ = [
     "SessionStatus",
     "StartMigrationRequest",
     "StartMigrationResponse",
-    "GetMigrationStatusResponse",
-    "GetMigrationSummaryResponse",
     "batch_body",
     "batch_checksum",
     "canonical_item",
@@ -168,7 +168,7 @@ class Item(TypedDict):
     collection: str
     key: str
     data: dict[str, Any]
-    updatedAt: int  # noqa: N815 - the wire's own name
+    updatedAt: int  # camelCase: the wire's own name
     deleted: bool
 
 

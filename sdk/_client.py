@@ -1,0 +1,224 @@
+"""The SDK's front door: :class:`MigrationClient` and the one-call :func:`migrate`."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+import platformdirs
+
+from . import contract as c
+from ._detect import LocalDetection, LocalState, detect_local
+from ._errors import ConfigurationError, MigrationError
+from ._events import Event, Hooks, MigrationFailed, Progress
+from ._journal import Journal, journal_path_for
+from ._lock import MigrationLock, lock_path_for
+from ._migrate import MigrationOptions, MigrationResult, run_migration
+from ._retry import RetryPolicy
+from ._store import default_store_path
+from ._transport import Transport
+
+__all__ = ["Detection", "MigrationClient", "migrate"]
+
+Token = str | Callable[[], str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Detection:
+    """What the device holds (``local``) and what the server says (``server``, asked only
+    when there is something to migrate).
+
+    >>> import pathlib
+    >>> from sdk import LocalState, LocalDetection
+    >>> local = LocalDetection(LocalState.EMPTY, pathlib.Path("s.sqlite3"), "no items")
+    >>> Detection(local=local, server=None).should_migrate
+    False
+    """
+
+    local: LocalDetection
+    server: c.DetectMigrationResponse | None
+
+    @property
+    def should_migrate(self) -> bool:
+        """True when the store holds data and the server accepts its migration."""
+        return (
+            self.local.state is LocalState.READY
+            and self.server is not None
+            and self.server.can_migrate
+        )
+
+
+class MigrationClient:
+    """Migrates one user's local store to the migration server.
+
+    Give it the server (a URL, or your own ``httpx.Client`` whose ``base_url`` is the
+    server), the user and their token (a string, or a callable returning a fresh one),
+    and the store (``store_path``, or ``app_name`` for the platform's default place)::
+
+        with MigrationClient(server="http://127.0.0.1:8000", user_id="u1",
+                             token=get_token, app_name="FlashCards") as client:
+            if client.detect().should_migrate:
+                result = client.migrate()
+
+    Every method may be called again after any failure or crash: the journal beside
+    the store makes :meth:`migrate` continue the same migration.
+    """
+
+    def __init__(
+        self,
+        *,
+        user_id: str,
+        token: Token,
+        server: str | None = None,
+        http_client: httpx.Client | None = None,
+        store_path: str | Path | None = None,
+        app_name: str | None = None,
+        options: MigrationOptions | None = None,
+        retry: RetryPolicy | None = None,
+        on_progress: Callable[[Progress], object] | None = None,
+        on_event: Callable[[Event], object] | None = None,
+    ) -> None:
+        if (server is None) == (http_client is None):
+            raise ConfigurationError(
+                "give exactly one of server= (a URL) or http_client= (an httpx.Client "
+                "whose base_url is the server)"
+            )
+        if store_path is None and app_name is None:
+            raise ConfigurationError(
+                "give store_path= (the store's file) or app_name= (to use the platform's "
+                "default data folder for that app)"
+            )
+        self.options = options or MigrationOptions()
+        self.store_path = Path(store_path) if store_path else default_store_path(str(app_name))
+        self.cache_dir = (
+            self.options.cache_dir
+            or Path(platformdirs.user_cache_dir(app_name or "offline-migrate", appauthor=False))
+            / "snapshots"
+        )
+        self.hooks = Hooks(on_progress=on_progress, on_event=on_event)
+        retry = retry or RetryPolicy()
+        if http_client is not None:
+            self.transport = Transport(http_client, user_id=user_id, token=token, retry=retry)
+        else:
+            self.transport = Transport.from_url(
+                str(server), user_id=user_id, token=token, retry=retry
+            )
+
+    def __enter__(self) -> MigrationClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the HTTP client if this object created it."""
+        self.transport.close()
+
+    def detect(self) -> Detection:
+        """Look at the store (read-only) and, when it holds data, ask the server."""
+        local = detect_local(self.store_path)
+        server = None
+        if local.state is LocalState.READY:
+            server = self.transport.detect(
+                has_local_data=True,
+                item_count=local.item_count,
+                data_version=local.data_version,
+                device_id=local.device_id,
+            )
+        return Detection(local=local, server=server)
+
+    def migrate(self) -> MigrationResult:
+        """Run the migration to the end, or continue the one a crash interrupted.
+
+        Raises :class:`sdk.MigrationBlockedError` when another process is migrating
+        the same store, :class:`sdk.OfflineError` when the server stays unreachable
+        (call again later: it resumes), and the other :class:`sdk.MigrationError` types.
+        """
+        with MigrationLock(lock_path_for(self.store_path)), self._journal() as journal:
+            try:
+                return run_migration(
+                    store_path=self.store_path,
+                    transport=self.transport,
+                    journal=journal,
+                    options=self.options,
+                    cache_dir=self.cache_dir,
+                    hooks=self.hooks,
+                )
+            except MigrationError as exc:
+                record = journal.load()
+                self.hooks.emit(
+                    MigrationFailed(
+                        session_id=record.session_id if record else None,
+                        error=str(exc),
+                        retryable=exc.retryable,
+                    )
+                )
+                raise
+
+    def status(self) -> c.GetMigrationStatusResponse:
+        """The server's status of this device's migration (or the user's latest)."""
+        with self._journal() as journal:
+            record = journal.load()
+        return self.transport.status(record.session_id if record else None)
+
+    def summary(self) -> c.GetMigrationSummaryResponse:
+        """The server's summary of this device's migration (or the user's latest)."""
+        with self._journal() as journal:
+            record = journal.load()
+        return self.transport.summary(record.session_id if record else None)
+
+    def cancel(self) -> bool:
+        """Cancel the migration in progress, if any: the server purges what it staged,
+        the journal and snapshot are dropped, the store is untouched. Returns whether
+        there was one to cancel."""
+        with MigrationLock(lock_path_for(self.store_path)), self._journal() as journal:
+            record = journal.load()
+            if record is None:
+                return False
+            if record.session_id is not None:
+                self.transport.cancel(record.session_id)
+            Path(record.snapshot_path).unlink(missing_ok=True)
+            journal.clear()
+            return True
+
+    def _journal(self) -> Journal:
+        return Journal(journal_path_for(self.store_path))
+
+
+def migrate(
+    *,
+    user_id: str,
+    token: Token,
+    server: str | None = None,
+    http_client: httpx.Client | None = None,
+    store_path: str | Path | None = None,
+    app_name: str | None = None,
+    options: MigrationOptions | None = None,
+    on_progress: Callable[[Progress], object] | None = None,
+    on_event: Callable[[Event], object] | None = None,
+) -> MigrationResult:
+    """Migrate a store in one call (see :class:`MigrationClient` for the arguments)::
+
+        result = migrate(server=url, user_id="u1", token=token, app_name="FlashCards")
+        assert result.verified
+    """
+    with MigrationClient(
+        user_id=user_id,
+        token=token,
+        server=server,
+        http_client=http_client,
+        store_path=store_path,
+        app_name=app_name,
+        options=options,
+        on_progress=on_progress,
+        on_event=on_event,
+    ) as client:
+        return client.migrate()

@@ -1,0 +1,297 @@
+"""The migration journal: a small SQLite file beside the store, separate from it.
+
+It records the migration id, the server session, the snapshot and its checksum, the
+phase reached, the batches the server acknowledged and the conflict resolutions decided
+locally. Each record is written (and synced) *before* the side effect it enables, so a
+process killed at any moment restarts into the same migration instead of a second one::
+
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "store.sqlite3.journal"
+    >>> with Journal(path) as journal:
+    ...     _ = journal.create(JournalRecord.new(user_id="u1", device_id="d1",
+    ...         migration_id="mig-0001", snapshot_path="/tmp/s.sqlite3",
+    ...         dataset_checksum="0" * 64, item_count=3, batch_count=1))
+    ...     journal.advance(Phase.STARTED, session_id="s1").session_id
+    's1'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from ._errors import JournalError
+
+__all__ = ["Journal", "JournalRecord", "Phase", "ResolutionRecord", "journal_path_for"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS journal (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS acked_batches (
+    seq INTEGER PRIMARY KEY,
+    item_count INTEGER NOT NULL,
+    byte_count INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS resolutions (
+    conflict_id TEXT PRIMARY KEY,
+    collection TEXT NOT NULL,
+    key TEXT NOT NULL,
+    choice TEXT NOT NULL,
+    strategy TEXT NOT NULL,
+    item TEXT NOT NULL,
+    posted INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+class Phase(str, enum.Enum):
+    """How far a migration got. Each phase is journaled before the step that follows it.
+
+    >>> Phase.PREPARED < Phase.COMPLETED
+    True
+    """
+
+    PREPARED = "prepared"  # snapshot taken and checksummed; nothing sent yet
+    STARTED = "started"  # the server session exists
+    UPLOADED = "uploaded"  # the server holds every batch
+    RESOLVED = "resolved"  # conflicts decided, written locally and posted
+    COMPLETED = "completed"  # the server committed; its checksum is journaled
+    VERIFIED = "verified"  # checksums matched; the store is marked migrated
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, Phase):
+            return NotImplemented
+        return _ORDER.index(self) < _ORDER.index(other)
+
+
+_ORDER = list(Phase)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class JournalRecord:
+    """What the journal knows about the one migration in progress.
+
+    >>> JournalRecord.new(user_id="u", device_id="d", migration_id="mig-0001",
+    ...     snapshot_path="s", dataset_checksum="0" * 64, item_count=0,
+    ...     batch_count=0).phase
+    <Phase.PREPARED: 'prepared'>
+    """
+
+    migration_id: str
+    user_id: str
+    device_id: str
+    phase: Phase
+    snapshot_path: str
+    dataset_checksum: str
+    item_count: int
+    batch_count: int
+    session_id: str | None = None
+    expected_checksum: str | None = None
+    cloud_checksum: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    @classmethod
+    def new(cls, **fields: Any) -> JournalRecord:
+        now = time.time()
+        return cls(phase=Phase.PREPARED, created_at=now, updated_at=now, **fields)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self) | {"phase": self.phase.value})
+
+    @classmethod
+    def from_json(cls, text: str) -> JournalRecord:
+        raw = json.loads(text)
+        raw["phase"] = Phase(raw["phase"])
+        return cls(**raw)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ResolutionRecord:
+    """A conflict decided on the device: ``item`` is the wire item both sides will hold.
+
+    >>> ResolutionRecord(conflict_id="c1", collection="a", key="k", choice="server",
+    ...     strategy="server_wins", item={}).posted
+    False
+    """
+
+    conflict_id: str
+    collection: str
+    key: str
+    choice: str
+    strategy: str
+    item: dict[str, Any]
+    posted: bool = False
+
+
+def journal_path_for(store_path: str | Path) -> Path:
+    """Where the journal of the store at ``store_path`` lives: beside it.
+
+    >>> journal_path_for("/data/store.sqlite3").name
+    'store.sqlite3.migration-journal'
+    """
+    path = Path(store_path)
+    return path.with_name(path.name + ".migration-journal")
+
+
+class Journal:
+    """The journal file. Thread-safe; every write is one synced transaction.
+
+    >>> import tempfile, pathlib
+    >>> with Journal(pathlib.Path(tempfile.mkdtemp()) / "j") as journal:
+    ...     journal.load() is None
+    True
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=10.0)
+        except (OSError, sqlite3.Error) as exc:
+            raise JournalError(
+                f"cannot open the migration journal at {self.path}: {exc}; "
+                "check that the folder is writable and the disk is not full"
+            ) from exc
+        try:
+            # FULL: a journaled step must survive power loss, not just a process kill.
+            self._conn.execute("PRAGMA synchronous = FULL")
+            self._conn.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise JournalError(
+                f"the migration journal at {self.path} is damaged ({exc}); delete it to "
+                "start the migration over (the store itself is not affected)"
+            ) from exc
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the file; the journal stays on disk."""
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                with self._conn:
+                    yield self._conn
+            except sqlite3.Error as exc:
+                raise JournalError(
+                    f"cannot write the migration journal at {self.path}: {exc}; "
+                    "free disk space and run the migration again: it resumes"
+                ) from exc
+
+    def load(self) -> JournalRecord | None:
+        """The migration in progress, or ``None``."""
+        with self._lock:
+            try:
+                row = self._conn.execute("SELECT record FROM journal WHERE id = 1").fetchone()
+                return None if row is None else JournalRecord.from_json(row[0])
+            except (sqlite3.Error, ValueError, TypeError, KeyError) as exc:
+                raise JournalError(
+                    f"the migration journal at {self.path} cannot be read ({exc}); delete it "
+                    "to start over (the store itself is not affected)"
+                ) from exc
+
+    def create(self, record: JournalRecord) -> JournalRecord:
+        """Start journaling a new migration (replaces any finished one)."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM acked_batches")
+            conn.execute("DELETE FROM resolutions")
+            conn.execute("INSERT OR REPLACE INTO journal VALUES (1, ?)", (record.to_json(),))
+        return record
+
+    def advance(self, phase: Phase | None = None, **fields: Any) -> JournalRecord:
+        """Record a new phase and/or fields of the current migration; returns the record."""
+        with self._lock:
+            current = self.load()
+            if current is None:
+                raise JournalError(f"no migration is journaled at {self.path}")
+            changes: dict[str, Any] = dict(fields, updated_at=time.time())
+            if phase is not None:
+                changes["phase"] = phase
+            record = dataclasses.replace(current, **changes)
+            with self._write() as conn:
+                conn.execute("UPDATE journal SET record = ? WHERE id = 1", (record.to_json(),))
+            return record
+
+    def clear(self) -> None:
+        """Forget the migration (after it is verified, or abandoned)."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM journal")
+            conn.execute("DELETE FROM acked_batches")
+            conn.execute("DELETE FROM resolutions")
+
+    def record_batches(self, acked: Iterable[tuple[int, int, int]]) -> None:
+        """Remember batches the server acknowledged: (seq, item_count, byte_count)."""
+        with self._write() as conn:
+            conn.executemany("INSERT OR REPLACE INTO acked_batches VALUES (?, ?, ?)", acked)
+
+    def acked_batches(self) -> set[int]:
+        """Sequence numbers acknowledged so far (a hint; the server's status is the truth)."""
+        with self._lock:
+            return {row[0] for row in self._conn.execute("SELECT seq FROM acked_batches")}
+
+    def save_resolutions(self, records: Iterable[ResolutionRecord]) -> None:
+        """Persist decided conflicts before they are applied locally or posted."""
+        rows = [
+            (r.conflict_id, r.collection, r.key, r.choice, r.strategy, json.dumps(r.item))
+            for r in records
+        ]
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO resolutions"
+                " (conflict_id, collection, key, choice, strategy, item) VALUES (?,?,?,?,?,?)",
+                rows,
+            )
+
+    def mark_posted(self, conflict_ids: Iterable[str]) -> None:
+        """The server has recorded these resolutions."""
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE resolutions SET posted = 1 WHERE conflict_id = ?",
+                ((cid,) for cid in conflict_ids),
+            )
+
+    def resolutions(self) -> list[ResolutionRecord]:
+        """Every resolution decided for this migration, in (collection, key) order."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT conflict_id, collection, key, choice, strategy, item, posted"
+                " FROM resolutions ORDER BY collection, key"
+            ).fetchall()
+        return [
+            ResolutionRecord(
+                conflict_id=r[0],
+                collection=r[1],
+                key=r[2],
+                choice=r[3],
+                strategy=r[4],
+                item=json.loads(r[5]),
+                posted=bool(r[6]),
+            )
+            for r in rows
+        ]

@@ -1,0 +1,94 @@
+"""One migrating process per store: an OS file lock beside the store.
+
+The operating system releases the lock when the holder dies (even by SIGKILL), so a
+crashed migration never blocks the next one::
+
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "store.sqlite3.migration-lock"
+    >>> with MigrationLock(path) as first:
+    ...     MigrationLock(path).try_acquire()
+    False
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from types import TracebackType
+
+from ._errors import MigrationBlockedError
+
+__all__ = ["MigrationLock", "lock_path_for"]
+
+
+def lock_path_for(store_path: str | Path) -> Path:
+    """The lock file of the store at ``store_path``.
+
+    >>> lock_path_for("/data/store.sqlite3").name
+    'store.sqlite3.migration-lock'
+    """
+    path = Path(store_path)
+    return path.with_name(path.name + ".migration-lock")
+
+
+class MigrationLock:
+    """A non-blocking, process-wide exclusive lock on a file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free; ``False`` if another process holds it."""
+        if self._fd is not None:
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            _lock(fd)
+        except OSError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`MigrationBlockedError` saying who holds it."""
+        if not self.try_acquire():
+            raise MigrationBlockedError(
+                f"another process is already migrating this store (lock {self.path}); "
+                "wait for it to finish, or watch its progress with `status`",
+                reason="in-progress",
+            )
+
+    def release(self) -> None:
+        """Give the lock back (closing the file releases it)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> MigrationLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+if sys.platform == "win32":  # pragma: no cover - exercised on Windows clients only
+    import msvcrt
+
+    def _lock(fd: int) -> None:
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+
+else:
+    import fcntl
+
+    def _lock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
