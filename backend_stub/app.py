@@ -1,0 +1,135 @@
+"""The app factory: :func:`create_app` builds a server from settings; nothing at import.
+
+Every refusal leaves as ``application/problem+json``, including FastAPI's own request
+validation errors, unknown routes and wrong methods::
+
+    >>> app = create_app(Settings())
+    >>> sorted(app.openapi()["paths"])[0]
+    '/api/migration/{userId}/detect'
+    >>> app.state.storage.close()
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from backend_stub.problems import ApiError, code_for_status, problem_response
+from backend_stub.routes import router
+from backend_stub.service import now_ms
+from backend_stub.settings import Settings
+from backend_stub.storage import Storage
+from backend_stub.storage.sqlite import SQLiteStorage
+from sdk.contract import ProblemCode
+
+__all__ = ["create_app", "open_storage"]
+
+logger = logging.getLogger(__name__)
+
+
+def open_storage(settings: Settings) -> Storage:
+    """The storage ``settings`` describe: SQLite in ``data_dir``, or in memory if ``None``.
+
+    >>> storage = open_storage(Settings())
+    >>> storage.latest_session("alice") is None
+    True
+    >>> storage.close()
+    """
+    if settings.data_dir is None:
+        return SQLiteStorage.in_memory()
+    return SQLiteStorage.open(settings.data_dir)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    storage: Storage | None = None,
+    clock: Callable[[], int] | None = None,
+) -> FastAPI:
+    """A migration server. ``settings`` default to :meth:`Settings.from_env` (so
+    ``uvicorn --factory backend_stub:create_app`` works). Seams: ``storage`` (default:
+    :func:`open_storage`; a storage passed in is not closed by the app) and ``clock`` (ms
+    since the epoch; tests move it to expire sessions).
+
+    >>> app = create_app(Settings(), clock=lambda: 0)
+    >>> app.state.clock()
+    0
+    """
+    settings = settings or Settings.from_env()
+    owned = storage is None
+    store = open_storage(settings) if storage is None else storage
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owned:
+            store.close()
+
+    app = FastAPI(
+        title="Offline-first migration server (reference)",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.storage = store
+    app.state.clock = clock or now_ms
+    app.include_router(router)
+    _install_problem_handlers(app)
+    return app
+
+
+def _install_problem_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> Response:
+        return problem_response(
+            exc.status,
+            exc.code,
+            exc.detail,
+            instance=request.url.path,
+            extra=exc.extra,
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        errors: list[dict[str, Any]] = [
+            {
+                "loc": [str(part) for part in e.get("loc", ())],
+                "msg": str(e.get("msg", "")),
+                "type": str(e.get("type", "")),
+            }
+            for e in exc.errors()
+        ]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        return problem_response(
+            422,
+            ProblemCode.VALIDATION_FAILED,
+            f"invalid {'.'.join(first['loc']) or 'request'}: {first['msg']}",
+            instance=request.url.path,
+            extra={"errors": errors[:20]},
+        )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        detail = exc.detail if isinstance(exc.detail, str) else None
+        return problem_response(
+            exc.status_code,
+            code_for_status(exc.status_code),
+            detail,
+            instance=request.url.path,
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        logger.exception("unexpected error on %s %s", request.method, request.url.path)
+        return problem_response(
+            500, None, "the server failed unexpectedly: retry later", instance=request.url.path
+        )

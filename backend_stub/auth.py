@@ -1,0 +1,114 @@
+"""Bearer tokens: HS256 JWTs whose subject is the user id of the path.
+
+The reference server mints its own development tokens (:func:`issue_token`, the CLI's
+``token`` command); a deployment would verify its identity provider's tokens instead::
+
+    >>> from backend_stub.settings import DEV_JWT_SECRET
+    >>> token = issue_token("alice", DEV_JWT_SECRET, ttl=60)
+    >>> verify_token(token, DEV_JWT_SECRET)
+    'alice'
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Annotated
+
+import jwt
+from fastapi import Depends, Path, Request
+
+from backend_stub.problems import ApiError
+from backend_stub.settings import Settings
+from sdk.contract import USER_ID_PATTERN, ProblemCode
+
+__all__ = ["ALGORITHM", "authenticated_user", "issue_token", "verify_token"]
+
+#: The only algorithm accepted; in particular ``none`` is refused.
+ALGORITHM = "HS256"
+
+_USER_ID = re.compile(USER_ID_PATTERN)
+
+
+def issue_token(user_id: str, secret: str, ttl: int = 3600, *, now: float | None = None) -> str:
+    """A signed token for ``user_id``, valid ``ttl`` seconds from ``now`` (default: now).
+
+    >>> from backend_stub.settings import DEV_JWT_SECRET
+    >>> issue_token("alice", DEV_JWT_SECRET).count(".")
+    2
+    """
+    issued = int(time.time() if now is None else now)
+    return jwt.encode(
+        {"sub": user_id, "iat": issued, "exp": issued + ttl}, secret, algorithm=ALGORITHM
+    )
+
+
+def verify_token(token: str, secret: str) -> str:
+    """The token's subject, or :class:`~backend_stub.problems.ApiError` 401.
+
+    Expired, tampered, unsigned (``alg: none``) and malformed tokens are all refused.
+
+    >>> from backend_stub.settings import DEV_JWT_SECRET
+    >>> verify_token("not-a-token", DEV_JWT_SECRET)
+    Traceback (most recent call last):
+    ...
+    backend_stub.problems.ApiError: the bearer token is invalid: get a new one
+    """
+    try:
+        claims = jwt.decode(
+            token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp"]}
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise _unauthenticated(
+            "the bearer token has expired: get a new one", "invalid_token"
+        ) from exc
+    except jwt.InvalidTokenError as exc:
+        raise _unauthenticated(
+            "the bearer token is invalid: get a new one", "invalid_token"
+        ) from exc
+    subject = claims["sub"]
+    if not isinstance(subject, str):  # pragma: no cover - PyJWT already checks this
+        raise _unauthenticated("the bearer token has no user subject", "invalid_token")
+    return subject
+
+
+def authenticated_user(request: Request, user_id: Annotated[str, Path(alias="userId")]) -> str:
+    """FastAPI dependency: the path's user id, once the bearer token proves it.
+
+    Order of checks: a valid token (401), a well-formed user id (400), the token's
+    subject is that user (403).
+
+    >>> from types import SimpleNamespace
+    >>> from starlette.requests import Request
+    >>> settings = Settings()
+    >>> token = issue_token("alice", settings.jwt_secret)
+    >>> request = Request({"type": "http", "app": SimpleNamespace(state=SimpleNamespace(
+    ...     settings=settings)), "headers": [(b"authorization", f"Bearer {token}".encode())]})
+    >>> authenticated_user(request, "alice")
+    'alice'
+    >>> authenticated_user(request, "bob")
+    Traceback (most recent call last):
+    ...
+    backend_stub.problems.ApiError: the bearer token belongs to another user
+    """
+    settings: Settings = request.app.state.settings
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthenticated("send 'Authorization: Bearer <token>'", None)
+    subject = verify_token(token.strip(), settings.jwt_secret)
+    if not _USER_ID.fullmatch(user_id):
+        raise ApiError(400, ProblemCode.INVALID_REQUEST, f"malformed user id {user_id!r}")
+    if subject != user_id:
+        raise ApiError(403, ProblemCode.FORBIDDEN, "the bearer token belongs to another user")
+    return user_id
+
+
+#: The authenticated user of a request, as a route parameter.
+UserId = Annotated[str, Depends(authenticated_user)]
+
+
+def _unauthenticated(detail: str, error: str | None) -> ApiError:
+    challenge = "Bearer" if error is None else f'Bearer error="{error}"'
+    return ApiError(
+        401, ProblemCode.UNAUTHENTICATED, detail, headers={"WWW-Authenticate": challenge}
+    )

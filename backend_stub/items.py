@@ -1,0 +1,205 @@
+"""Wire items on the server: one validation per batch, and seeding a user's cloud data.
+
+A batch body is validated by a single pydantic ``TypeAdapter`` pass (no model object per
+row; items stay plain dicts), then each item is encoded canonically once, for its digest::
+
+    >>> body = b'{"items":[{"collection":"c","key":"k","data":{},"updatedAt":1,"deleted":false}]}'
+    >>> [row.item["key"] for row in parse_batch(body, max_items=10)]
+    ['k']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any, NamedTuple
+
+from pydantic import ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+from typing_extensions import TypedDict
+
+from backend_stub.bodies import validation_problem
+from backend_stub.problems import ApiError
+from backend_stub.storage import CloudItem, Storage
+from sdk.contract import KEY_PATTERN, NAME_PATTERN, Item, ProblemCode, canonical_json
+
+__all__ = [
+    "MAX_TIMESTAMP",
+    "EncodedItem",
+    "cloud_item",
+    "parse_batch",
+    "seed_cloud_items",
+    "validate_item",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The largest `updatedAt` accepted: SQLite integers are 64-bit.
+MAX_TIMESTAMP = 2**63 - 1
+
+
+class _WireItem(TypedDict):
+    # strict: 1.0 is not an int, 0 is not a bool; the canonical encoding must not depend
+    # on what the parser coerced.
+    __pydantic_config__ = ConfigDict(extra="forbid", strict=True)  # type: ignore[misc]
+
+    collection: Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+    key: Annotated[str, StringConstraints(pattern=KEY_PATTERN)]
+    data: dict[str, Any]
+    updatedAt: Annotated[int, Field(ge=0, le=MAX_TIMESTAMP)]
+    deleted: bool
+
+
+class _BatchBody(TypedDict):
+    __pydantic_config__ = ConfigDict(extra="forbid", strict=True)  # type: ignore[misc]
+
+    items: list[_WireItem]
+
+
+_BATCH = TypeAdapter(_BatchBody)
+_ITEM = TypeAdapter(_WireItem)
+
+
+class EncodedItem(NamedTuple):
+    """A validated item with its canonical bytes and their SHA-256 digest.
+
+    >>> row = parse_batch(b'{"items":[{"collection":"c","key":"k","data":{},"updatedAt":1,'
+    ...                   b'"deleted":false}]}', max_items=1)[0]
+    >>> row.canonical
+    b'{"collection":"c","data":{},"deleted":false,"key":"k","updatedAt":1}'
+    """
+
+    item: Item
+    canonical: bytes
+    digest: bytes
+
+
+def _encode(item: Item) -> EncodedItem:
+    try:
+        canonical = canonical_json(item).encode("utf-8")
+    except ValueError as exc:
+        raise ApiError(
+            400,
+            ProblemCode.INVALID_REQUEST,
+            f"item {item['collection']}/{item['key']} holds NaN or Infinity, which JSON lacks",
+        ) from exc
+    return EncodedItem(item, canonical, hashlib.sha256(canonical).digest())
+
+
+def parse_batch(body: bytes, *, max_items: int) -> list[EncodedItem]:
+    """Validate a batch body and encode its items.
+
+    400: not JSON (or NaN, or nested too deep); 422: wrong shape, an empty batch, or
+    items not strictly ascending by (collection, key); 413: more than ``max_items``.
+
+    >>> parse_batch(b'{"items": []}', max_items=10)
+    Traceback (most recent call last):
+    ...
+    backend_stub.problems.ApiError: a batch holds at least one item
+    """
+    try:
+        items: list[Item] = _BATCH.validate_json(body)["items"]  # type: ignore[assignment]
+    except ValidationError as exc:
+        raise validation_problem(exc) from exc
+    if len(items) > max_items:
+        raise ApiError(
+            413,
+            ProblemCode.PAYLOAD_TOO_LARGE,
+            f"the batch holds {len(items)} items, more than the limit of {max_items}",
+            extra={"limit": max_items},
+        )
+    if not items:
+        raise ApiError(422, ProblemCode.VALIDATION_FAILED, "a batch holds at least one item")
+    previous: tuple[str, str] | None = None
+    for index, item in enumerate(items):
+        key = (item["collection"], item["key"])
+        if previous is not None and key <= previous:
+            raise ApiError(
+                422,
+                ProblemCode.VALIDATION_FAILED,
+                f"items must be strictly ascending by (collection, key); item {index}"
+                f" ({key[0]}/{key[1]}) is not",
+            )
+        previous = key
+    return [_encode(item) for item in items]
+
+
+def validate_item(value: Mapping[str, Any]) -> Item:
+    """Validate one wire item given as a Python mapping (``ValueError`` if invalid).
+
+    >>> validate_item({"collection": "c", "key": "k", "data": {}, "updatedAt": 1,
+    ...                "deleted": False})["collection"]
+    'c'
+    """
+    item: Item = _ITEM.validate_python(value)
+    canonical_json(item)  # NaN and Infinity have no JSON form
+    return item
+
+
+def cloud_item(item: Item, *, version: int, device_id: str) -> CloudItem:
+    """The cloud record holding ``item`` at ``version``, written by ``device_id``.
+
+    >>> cloud_item({"collection": "c", "key": "k", "data": {"b": 1, "a": 2}, "updatedAt": 5,
+    ...             "deleted": False}, version=1, device_id="d1").data
+    '{"a":2,"b":1}'
+    """
+    return CloudItem(
+        item["collection"],
+        item["key"],
+        canonical_json(item["data"]),
+        item["updatedAt"],
+        item["deleted"],
+        version,
+        device_id,
+    )
+
+
+def seed_cloud_items(
+    storage: Storage,
+    user_id: str,
+    items: Iterable[Mapping[str, Any]],
+    *,
+    device_id: str = "seed",
+    now: int | None = None,
+) -> int:
+    """Write items into a user's cloud data, as another device would have. Returns the count.
+
+    An item already in the cloud gets the next version (so a session that staged it sees
+    the change). Everything is written in one transaction; any invalid item writes
+    nothing (``ValueError``).
+
+    >>> from backend_stub.storage.sqlite import SQLiteStorage
+    >>> storage = SQLiteStorage.in_memory()
+    >>> item = {"collection": "c", "key": "k", "data": {}, "updatedAt": 1, "deleted": False}
+    >>> seed_cloud_items(storage, "alice", [item, item | {"key": "j"}])
+    2
+    >>> storage.cloud_items("alice", [("c", "k")])[("c", "k")].version
+    1
+    >>> storage.close()
+    """
+    when = int(time.time() * 1000) if now is None else now
+    valid: dict[tuple[str, str], Item] = {}
+    for number, value in enumerate(items, start=1):
+        try:
+            item = validate_item(value)
+        except ValueError as exc:
+            raise ValueError(f"item {number} is not a valid wire item: {exc}") from exc
+        valid[(item["collection"], item["key"])] = item
+    keys = sorted(valid)
+    with storage.atomic():
+        current = storage.cloud_items(user_id, keys)
+        storage.put_cloud_items(
+            user_id,
+            [
+                cloud_item(
+                    valid[key],
+                    version=current[key].version + 1 if key in current else 1,
+                    device_id=device_id,
+                )
+                for key in keys
+            ],
+            when,
+        )
+    logger.info("seeded %d cloud items for user %s", len(keys), user_id)
+    return len(keys)

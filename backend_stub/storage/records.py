@@ -1,0 +1,281 @@
+"""The records the migration server keeps, and the conditions backends report.
+
+Sessions, batches and conflicts are frozen dataclasses; the per-item rows of the hot path
+(staged and cloud items) stay named tuples, so a batch builds no object graph per row::
+
+    >>> item = CloudItem("lessons", "l1", '{"score":3}', 1700000000000, False, 1, "phone")
+    >>> item.wire()["data"], item.version
+    ({'score': 3}, 1)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import NamedTuple
+
+from sdk.contract import (
+    BatchReceipt,
+    CompleteMigrationResponse,
+    DataConflict,
+    Item,
+    ItemVersion,
+    Manifest,
+    MigrationConfig,
+    SessionStatus,
+    item_digest,
+)
+
+__all__ = [
+    "Batch",
+    "CloudItem",
+    "Conflict",
+    "DuplicateBatch",
+    "DuplicateItem",
+    "DuplicateSession",
+    "Key",
+    "Session",
+    "StagedItem",
+    "StorageError",
+    "VersionConflict",
+]
+
+#: ``(collection, key)``: how an item is addressed everywhere.
+Key = tuple[str, str]
+
+
+class StorageError(Exception):
+    """Base of the conditions a backend reports to the service layer.
+
+    >>> issubclass(VersionConflict, StorageError)
+    True
+    """
+
+
+class VersionConflict(StorageError):
+    """A conditional write lost: the record changed since it was read. Re-read and retry.
+
+    >>> from backend_stub.storage.sqlite import SQLiteStorage
+    >>> storage = SQLiteStorage.in_memory()
+    >>> m = Manifest(item_count=0, collections={}, batch_size=1, batch_count=0,
+    ...              dataset_checksum="0" * 64)
+    >>> s = Session(id="s1", user_id="u", migration_id="mig-0001", device_id="d",
+    ...             data_version=1, manifest=m, config=None, status=SessionStatus.CREATED,
+    ...             version=1, created_at=0, updated_at=0, expires_at=10)
+    >>> storage.insert_session(s)
+    >>> storage.update_session(s).version
+    2
+    >>> storage.update_session(s)  # still version 1: another write got there first
+    Traceback (most recent call last):
+    ...
+    backend_stub.storage.records.VersionConflict: s1
+    >>> storage.close()
+    """
+
+
+class DuplicateSession(StorageError):
+    """A session with this ``(user, migration id)`` already exists.
+
+    >>> raise DuplicateSession("mig-0001")
+    Traceback (most recent call last):
+    ...
+    backend_stub.storage.records.DuplicateSession: mig-0001
+    """
+
+
+class DuplicateBatch(StorageError):
+    """This ``(session, seq)`` was stored by a concurrent request.
+
+    >>> issubclass(DuplicateBatch, StorageError)
+    True
+    """
+
+
+class DuplicateItem(StorageError):
+    """An item key of the batch is already staged in this session by another batch.
+
+    >>> issubclass(DuplicateItem, StorageError)
+    True
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class Session:
+    """One migration of one device's store to one user's cloud data.
+
+    ``received_count`` and ``staged_count`` are kept on the session (not only derived
+    from the batches) so that the version check serialises concurrent batches and the
+    staged total can never pass the manifest.
+
+    >>> m = Manifest(item_count=0, collections={}, batch_size=1, batch_count=0,
+    ...              dataset_checksum="0" * 64)
+    >>> s = Session(id="s1", user_id="u", migration_id="mig-0001", device_id="d",
+    ...             data_version=1, manifest=m, config=None, status=SessionStatus.CREATED,
+    ...             version=1, created_at=0, updated_at=0, expires_at=10)
+    >>> s.status_at(5), s.status_at(10)
+    (<SessionStatus.CREATED: 'created'>, <SessionStatus.EXPIRED: 'expired'>)
+    """
+
+    id: str
+    user_id: str
+    migration_id: str
+    device_id: str
+    data_version: int
+    manifest: Manifest
+    config: MigrationConfig | None
+    status: SessionStatus
+    version: int
+    created_at: int
+    updated_at: int
+    expires_at: int
+    completed_at: int | None = None
+    received_count: int = 0
+    staged_count: int = 0
+    conflicts_announced: bool = False
+    result: CompleteMigrationResponse | None = None
+    error: str | None = None
+
+    def status_at(self, now: int) -> SessionStatus:
+        """The status as readers see it at ``now``: a stale open session reads as expired."""
+        if not self.status.is_final and self.expires_at <= now:
+            return SessionStatus.EXPIRED
+        return self.status
+
+    def is_active(self, now: int) -> bool:
+        """Open (not final) and not expired: such a session blocks a new one for the user."""
+        return not self.status_at(now).is_final
+
+    @property
+    def all_batches_held(self) -> bool:
+        """Whether every batch of the manifest's plan has been stored."""
+        return self.received_count >= self.manifest.batch_count
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """A stored batch: its checksum (for replays) and what conflict detection found.
+
+    >>> Batch(session_id="s", seq=0, checksum="c", item_count=2, new_count=2,
+    ...       unchanged_count=0, conflict_count=0, received_at=0).receipt(replayed=True).replayed
+    True
+    """
+
+    session_id: str
+    seq: int
+    checksum: str
+    item_count: int
+    new_count: int
+    unchanged_count: int
+    conflict_count: int
+    received_at: int
+
+    def receipt(self, *, replayed: bool = False) -> BatchReceipt:
+        """The wire answer for this batch."""
+        return BatchReceipt(
+            seq=self.seq,
+            item_count=self.item_count,
+            checksum=self.checksum,
+            new_count=self.new_count,
+            unchanged_count=self.unchanged_count,
+            conflict_count=self.conflict_count,
+            replayed=replayed,
+        )
+
+
+class StagedItem(NamedTuple):
+    """One uploaded item, held until completion. ``item`` is its canonical JSON.
+
+    ``outcome`` is ``new``, ``unchanged`` or ``conflict``; ``cloud_version`` is the version
+    of the cloud item seen when it was classified (``None``: there was none), so that
+    completion can tell whether the cloud changed since.
+
+    >>> StagedItem("c", "k", 0, '{}', b"", "new", None).outcome
+    'new'
+    """
+
+    collection: str
+    key: str
+    seq: int
+    item: str
+    digest: bytes
+    outcome: str
+    cloud_version: int | None
+
+    def wire(self) -> Item:
+        """The uploaded wire item."""
+        value: Item = json.loads(self.item)
+        return value
+
+
+class CloudItem(NamedTuple):
+    """A user's item as the cloud holds it. ``data`` is the canonical JSON of the object.
+
+    >>> CloudItem("c", "k", "{}", 1, False, 1, "d1").wire()["updatedAt"]
+    1
+    """
+
+    collection: str
+    key: str
+    data: str
+    updated_at: int
+    deleted: bool
+    version: int
+    device_id: str
+
+    def wire(self) -> Item:
+        """The item in wire form (what its digest is taken over)."""
+        return Item(
+            collection=self.collection,
+            key=self.key,
+            data=json.loads(self.data),
+            updatedAt=self.updated_at,
+            deleted=self.deleted,
+        )
+
+    def digest(self) -> bytes:
+        """The canonical item digest, comparable with an uploaded item's."""
+        return item_digest(self.wire())
+
+    def as_version(self) -> ItemVersion:
+        """This item as the ``server`` side of a conflict."""
+        return ItemVersion(
+            data=json.loads(self.data),
+            updated_at=self.updated_at,
+            deleted=self.deleted,
+            version=self.version,
+            device_id=self.device_id,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Conflict:
+    """An uploaded item that differs from the cloud's, and the device's decision on it.
+
+    >>> v = ItemVersion(data={}, updated_at=1, deleted=False)
+    >>> Conflict(id="c1", session_id="s", collection="a", key="k", local=v,
+    ...          server=v).wire().resolved
+    False
+    """
+
+    id: str
+    session_id: str
+    collection: str
+    key: str
+    local: ItemVersion
+    server: ItemVersion
+    resolved: bool = False
+    choice: str | None = None
+    strategy: str | None = None
+    merged: ItemVersion | None = None
+
+    def wire(self) -> DataConflict:
+        """The wire form listed by ``GET .../conflicts``."""
+        return DataConflict(
+            conflict_id=self.id,
+            collection=self.collection,
+            key=self.key,
+            local=self.local,
+            server=self.server,
+            resolved=self.resolved,
+            resolution=self.choice,
+        )

@@ -1,0 +1,621 @@
+"""The embedded storage backend: one SQLite file in the data folder.
+
+One connection, shared by the server's worker threads, behind one re-entrant lock: a
+statement or transaction runs alone, so a reader never sees another thread's
+uncommitted writes. WAL journaling keeps the file durable across a killed process and
+lets other processes (the CLI's ``seed``) read while the server writes; writers take the
+write lock up front (``BEGIN IMMEDIATE``) and wait up to the busy timeout for each other.
+The schema is versioned with sqlite-utils ``Migrations``, one transaction per step::
+
+    >>> storage = SQLiteStorage.in_memory()
+    >>> storage.cloud_items("alice", [("lessons", "l1")])
+    {}
+    >>> storage.close()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database, Migrations
+
+from backend_stub.events import Event, EventType
+from backend_stub.storage import (
+    Batch,
+    CloudItem,
+    Conflict,
+    DuplicateBatch,
+    DuplicateItem,
+    DuplicateSession,
+    Key,
+    Session,
+    StagedItem,
+    VersionConflict,
+)
+from sdk.contract import (
+    CompleteMigrationResponse,
+    ItemVersion,
+    Manifest,
+    MigrationConfig,
+    SessionStatus,
+)
+
+__all__ = ["DATABASE_NAME", "SQLiteStorage"]
+
+#: File name of the database inside the data folder.
+DATABASE_NAME = "migration-server.sqlite"
+
+# Large IN lists are split so a batch never passes SQLite's bound-parameter limit.
+_KEYS_PER_QUERY = 400
+
+_FINAL = tuple(s.value for s in SessionStatus if s.is_final)
+
+migrations = Migrations("backend_stub")
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    # Statement by statement: executescript() would commit the migration's transaction.
+    for statement in _INITIAL_SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+_INITIAL_SCHEMA = """
+        CREATE TABLE sessions (
+            id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL,
+            migration_id TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            data_version INTEGER NOT NULL,
+            manifest TEXT NOT NULL,
+            config TEXT,
+            status TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL,
+            completed_at INTEGER,
+            received_count INTEGER NOT NULL,
+            staged_count INTEGER NOT NULL,
+            conflicts_announced INTEGER NOT NULL,
+            result TEXT,
+            error TEXT,
+            UNIQUE (user_id, migration_id)
+        );
+        CREATE INDEX sessions_by_user ON sessions (user_id, created_at);
+        CREATE TABLE batches (
+            session_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            checksum TEXT NOT NULL,
+            item_count INTEGER NOT NULL,
+            new_count INTEGER NOT NULL,
+            unchanged_count INTEGER NOT NULL,
+            conflict_count INTEGER NOT NULL,
+            received_at INTEGER NOT NULL,
+            PRIMARY KEY (session_id, seq)
+        ) WITHOUT ROWID;
+        CREATE TABLE staged_items (
+            session_id TEXT NOT NULL,
+            collection TEXT NOT NULL,
+            key TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            item TEXT NOT NULL,
+            digest BLOB NOT NULL,
+            outcome TEXT NOT NULL,
+            cloud_version INTEGER,
+            PRIMARY KEY (session_id, collection, key)
+        ) WITHOUT ROWID;
+        CREATE TABLE conflicts (
+            id TEXT PRIMARY KEY,
+            session_id TEXT NOT NULL,
+            collection TEXT NOT NULL,
+            key TEXT NOT NULL,
+            local TEXT NOT NULL,
+            server TEXT NOT NULL,
+            resolved INTEGER NOT NULL,
+            choice TEXT,
+            strategy TEXT,
+            merged TEXT,
+            UNIQUE (session_id, collection, key)
+        );
+        CREATE TABLE cloud_items (
+            user_id TEXT NOT NULL,
+            collection TEXT NOT NULL,
+            key TEXT NOT NULL,
+            data TEXT NOT NULL,
+            updated_at INTEGER NOT NULL,
+            deleted INTEGER NOT NULL,
+            version INTEGER NOT NULL,
+            device_id TEXT NOT NULL,
+            written_at INTEGER NOT NULL,
+            PRIMARY KEY (user_id, collection, key)
+        ) WITHOUT ROWID;
+        CREATE TABLE candidates (
+            user_id TEXT PRIMARY KEY,
+            registered_at INTEGER NOT NULL
+        );
+        CREATE TABLE events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            type TEXT NOT NULL,
+            time INTEGER NOT NULL,
+            user_id TEXT NOT NULL,
+            session_id TEXT,
+            detail TEXT NOT NULL
+        );
+        CREATE INDEX events_by_user ON events (user_id, seq);
+"""
+
+
+_SESSION_COLUMNS = (
+    "id, user_id, migration_id, device_id, data_version, manifest, config, status, version,"
+    " created_at, updated_at, expires_at, completed_at, received_count, staged_count,"
+    " conflicts_announced, result, error"
+)
+_STAGED_COLUMNS = "collection, key, seq, item, digest, outcome, cloud_version"
+_CONFLICT_COLUMNS = (
+    "id, session_id, collection, key, local, server, resolved, choice, strategy, merged"
+)
+_CLOUD_COLUMNS = "collection, key, data, updated_at, deleted, version, device_id"
+
+
+class SQLiteStorage:
+    """The :class:`~backend_stub.storage.Storage` backend on one SQLite database.
+
+    >>> storage = SQLiteStorage.in_memory()
+    >>> with storage.atomic():
+    ...     storage.mark_candidate("alice", 0)
+    >>> storage.is_candidate("alice"), storage.is_candidate("bob")
+    (True, False)
+    >>> storage.close()
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._db = Database(conn)
+        self._lock = threading.RLock()
+        self._depth = 0
+        # The write lock first, so that processes opening a new database at the same time
+        # (a server and the CLI's seed) apply the schema one after the other; the
+        # migration steps nest inside as savepoints.
+        with self.atomic():
+            migrations.apply(self._db)
+
+    @classmethod
+    def open(cls, data_dir: Path, *, busy_timeout: float = 10.0) -> SQLiteStorage:
+        """Open (creating if needed) the database in ``data_dir``.
+
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     SQLiteStorage.open(Path(tmp)).close()
+        """
+        data_dir.mkdir(parents=True, exist_ok=True)
+        conn = cls._connect(str(data_dir / DATABASE_NAME), busy_timeout)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode loses nothing when the process dies, only on power loss.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return cls(conn)
+
+    @classmethod
+    def in_memory(cls) -> SQLiteStorage:
+        """A private in-memory database (tests, embedding).
+
+        >>> SQLiteStorage.in_memory().close()
+        """
+        return cls(cls._connect(":memory:", 0.0))
+
+    @staticmethod
+    def _connect(target: str, busy_timeout: float) -> sqlite3.Connection:
+        # isolation_level=None: transactions are ours (atomic()), never implicit.
+        conn = sqlite3.connect(
+            target, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        return conn
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._conn.close()
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        """One transaction around the block; a nested block is a savepoint inside it."""
+        with self._lock:
+            if self._depth:
+                savepoint = f"nested_{self._depth}"
+                self._conn.execute(f"SAVEPOINT {savepoint}")
+                self._depth += 1
+                try:
+                    yield
+                except BaseException:
+                    self._conn.execute(f"ROLLBACK TO {savepoint}")
+                    raise
+                finally:
+                    self._depth -= 1
+                    self._conn.execute(f"RELEASE {savepoint}")
+                return
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield
+                self._conn.execute("COMMIT")
+            except BaseException:
+                # Also after a failed COMMIT: the next transaction must start clean.
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+            finally:
+                self._depth = 0
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """Several reads from one snapshot, even while another process writes."""
+        with self._lock:
+            if self._depth:
+                yield
+                return
+            self._conn.execute("BEGIN")
+            try:
+                yield
+            finally:
+                self._conn.execute("COMMIT")
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
+        with self.atomic():
+            return self._conn.execute(sql, params).rowcount
+
+    # ------------------------------------------------------------------ sessions
+
+    def get_session(self, session_id: str) -> Session | None:
+        rows = self._rows(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", [session_id])
+        return _session(rows[0]) if rows else None
+
+    def session_for_migration(self, user_id: str, migration_id: str) -> Session | None:
+        rows = self._rows(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE user_id = ? AND migration_id = ?",
+            [user_id, migration_id],
+        )
+        return _session(rows[0]) if rows else None
+
+    def latest_session(self, user_id: str) -> Session | None:
+        rows = self._rows(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE user_id = ?"
+            " ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            [user_id],
+        )
+        return _session(rows[0]) if rows else None
+
+    def active_session(self, user_id: str, now: int) -> Session | None:
+        marks = ",".join("?" * len(_FINAL))
+        rows = self._rows(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE user_id = ?"
+            f" AND status NOT IN ({marks}) AND expires_at > ?"
+            " ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            [user_id, *_FINAL, now],
+        )
+        return _session(rows[0]) if rows else None
+
+    def has_completed(self, user_id: str, device_id: str) -> bool:
+        rows = self._rows(
+            "SELECT 1 FROM sessions WHERE user_id = ? AND device_id = ? AND status = ? LIMIT 1",
+            [user_id, device_id, SessionStatus.COMPLETED.value],
+        )
+        return bool(rows)
+
+    def insert_session(self, session: Session) -> None:
+        try:
+            self._write(
+                f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES ({','.join('?' * 18)})",
+                _session_row(session),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise DuplicateSession(session.migration_id) from exc
+
+    def update_session(self, session: Session) -> Session:
+        stored = _session_row(session)
+        columns = [c.strip() for c in _SESSION_COLUMNS.split(",")]
+        assignments = ", ".join(f"{c} = ?" for c in columns if c not in ("id", "version"))
+        values = [v for c, v in zip(columns, stored, strict=True) if c not in ("id", "version")]
+        changed = self._write(
+            f"UPDATE sessions SET {assignments}, version = version + 1"
+            " WHERE id = ? AND version = ?",
+            [*values, session.id, session.version],
+        )
+        if changed != 1:
+            raise VersionConflict(session.id)
+        return dataclasses.replace(session, version=session.version + 1)
+
+    # ------------------------------------------------------------------ batches
+
+    def get_batch(self, session_id: str, seq: int) -> Batch | None:
+        rows = self._rows(
+            "SELECT session_id, seq, checksum, item_count, new_count, unchanged_count,"
+            " conflict_count, received_at FROM batches WHERE session_id = ? AND seq = ?",
+            [session_id, seq],
+        )
+        return Batch(*rows[0]) if rows else None
+
+    def received_batches(self, session_id: str) -> list[int]:
+        rows = self._rows("SELECT seq FROM batches WHERE session_id = ? ORDER BY seq", [session_id])
+        return [row[0] for row in rows]
+
+    def insert_batch(self, batch: Batch, items: Sequence[StagedItem]) -> None:
+        with self.atomic():
+            try:
+                self._conn.execute(
+                    "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        batch.session_id,
+                        batch.seq,
+                        batch.checksum,
+                        batch.item_count,
+                        batch.new_count,
+                        batch.unchanged_count,
+                        batch.conflict_count,
+                        batch.received_at,
+                    ],
+                )
+            except sqlite3.IntegrityError as exc:
+                raise DuplicateBatch(f"{batch.session_id}/{batch.seq}") from exc
+            try:
+                self._conn.executemany(
+                    f"INSERT INTO staged_items (session_id, {_STAGED_COLUMNS})"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    ((batch.session_id, *item) for item in items),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise DuplicateItem(batch.session_id) from exc
+
+    def staged_keys(self, session_id: str, keys: Sequence[Key]) -> list[Key]:
+        found: list[Key] = []
+        with self._snapshot():
+            for chunk in _chunks(keys):
+                found.extend(
+                    (row[0], row[1])
+                    for row in self._rows(
+                        "SELECT collection, key FROM staged_items WHERE session_id = ?"
+                        f" AND (collection, key) IN ({_pairs(len(chunk))})",
+                        [session_id, *_flatten(chunk)],
+                    )
+                )
+        return sorted(found)
+
+    def staged_items(self, session_id: str, *, after: Key | None, limit: int) -> list[StagedItem]:
+        sql = f"SELECT {_STAGED_COLUMNS} FROM staged_items WHERE session_id = ?"
+        params: list[Any] = [session_id]
+        if after is not None:
+            sql += " AND (collection, key) > (?, ?)"
+            params.extend(after)
+        rows = self._rows(sql + " ORDER BY collection, key LIMIT ?", [*params, limit])
+        return [StagedItem(*row) for row in rows]
+
+    def outcome_counts(self, session_id: str) -> dict[str, int]:
+        rows = self._rows(
+            "SELECT outcome, count(*) FROM staged_items WHERE session_id = ? GROUP BY outcome",
+            [session_id],
+        )
+        return {outcome: count for outcome, count in rows}
+
+    def set_staged_outcome(
+        self, session_id: str, key: Key, outcome: str, cloud_version: int | None
+    ) -> None:
+        self._write(
+            "UPDATE staged_items SET outcome = ?, cloud_version = ?"
+            " WHERE session_id = ? AND collection = ? AND key = ?",
+            [outcome, cloud_version, session_id, *key],
+        )
+
+    def purge_session(self, session_id: str) -> None:
+        with self.atomic():
+            for table in ("batches", "staged_items", "conflicts"):
+                self._conn.execute(f"DELETE FROM {table} WHERE session_id = ?", [session_id])
+
+    # ------------------------------------------------------------------ conflicts
+
+    def save_conflicts(self, conflicts: Sequence[Conflict]) -> None:
+        with self.atomic():
+            self._conn.executemany(
+                f"INSERT OR REPLACE INTO conflicts ({_CONFLICT_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (_conflict_row(c) for c in conflicts),
+            )
+
+    def delete_conflict(self, conflict_id: str) -> None:
+        self._write("DELETE FROM conflicts WHERE id = ?", [conflict_id])
+
+    def get_conflicts(self, session_id: str, conflict_ids: Sequence[str]) -> list[Conflict]:
+        found: list[Conflict] = []
+        with self._snapshot():
+            for chunk in _chunks(conflict_ids):
+                rows = self._rows(
+                    f"SELECT {_CONFLICT_COLUMNS} FROM conflicts WHERE session_id = ?"
+                    f" AND id IN ({','.join('?' * len(chunk))})",
+                    [session_id, *chunk],
+                )
+                found.extend(_conflict(row) for row in rows)
+        return found
+
+    def list_conflicts(self, session_id: str, *, after: Key | None, limit: int) -> list[Conflict]:
+        sql = f"SELECT {_CONFLICT_COLUMNS} FROM conflicts WHERE session_id = ?"
+        params: list[Any] = [session_id]
+        if after is not None:
+            sql += " AND (collection, key) > (?, ?)"
+            params.extend(after)
+        rows = self._rows(sql + " ORDER BY collection, key LIMIT ?", [*params, limit])
+        return [_conflict(row) for row in rows]
+
+    def conflict_counts(self, session_id: str) -> tuple[int, int]:
+        rows = self._rows(
+            "SELECT count(*), coalesce(sum(resolved = 0), 0) FROM conflicts WHERE session_id = ?",
+            [session_id],
+        )
+        return int(rows[0][0]), int(rows[0][1])
+
+    # ------------------------------------------------------------------ cloud items
+
+    def cloud_items(self, user_id: str, keys: Sequence[Key]) -> dict[Key, CloudItem]:
+        found: dict[Key, CloudItem] = {}
+        with self._snapshot():
+            for chunk in _chunks(keys):
+                rows = self._rows(
+                    f"SELECT {_CLOUD_COLUMNS} FROM cloud_items WHERE user_id = ?"
+                    f" AND (collection, key) IN ({_pairs(len(chunk))})",
+                    [user_id, *_flatten(chunk)],
+                )
+                for row in rows:
+                    item = CloudItem(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6])
+                    found[(item.collection, item.key)] = item
+        return found
+
+    def put_cloud_items(self, user_id: str, items: Sequence[CloudItem], now: int) -> None:
+        with self.atomic():
+            self._conn.executemany(
+                f"INSERT OR REPLACE INTO cloud_items (user_id, {_CLOUD_COLUMNS}, written_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                ((user_id, *item, now) for item in items),
+            )
+
+    # ------------------------------------------------------------------ users and events
+
+    def mark_candidate(self, user_id: str, registered_at: int) -> None:
+        self._write(
+            "INSERT OR IGNORE INTO candidates (user_id, registered_at) VALUES (?, ?)",
+            [user_id, registered_at],
+        )
+
+    def is_candidate(self, user_id: str) -> bool:
+        return bool(self._rows("SELECT 1 FROM candidates WHERE user_id = ?", [user_id]))
+
+    def record_event(self, event: Event) -> None:
+        self._write(
+            "INSERT INTO events (id, type, time, user_id, session_id, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                event.id,
+                event.type.value,
+                event.time,
+                event.user_id,
+                event.session_id,
+                json.dumps(event.detail),
+            ],
+        )
+
+    def events(self, *, user_id: str | None = None, type: str | None = None) -> list[Event]:
+        sql = "SELECT id, type, time, user_id, session_id, detail FROM events WHERE 1 = 1"
+        params: list[Any] = []
+        if user_id is not None:
+            sql += " AND user_id = ?"
+            params.append(user_id)
+        if type is not None:
+            sql += " AND type = ?"
+            params.append(type)
+        rows = self._rows(sql + " ORDER BY seq", params)
+        return [
+            Event(row[0], EventType(row[1]), row[2], row[3], row[4], json.loads(row[5]))
+            for row in rows
+        ]
+
+
+# ---------------------------------------------------------------------- row mapping
+
+
+def _chunks(values: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(values), _KEYS_PER_QUERY):
+        yield values[start : start + _KEYS_PER_QUERY]
+
+
+def _pairs(count: int) -> str:
+    return ",".join(["(?, ?)"] * count)
+
+
+def _flatten(keys: Sequence[Key]) -> list[str]:
+    return [part for key in keys for part in key]
+
+
+def _session_row(s: Session) -> list[Any]:
+    return [
+        s.id,
+        s.user_id,
+        s.migration_id,
+        s.device_id,
+        s.data_version,
+        s.manifest.model_dump_json(by_alias=True),
+        s.config.model_dump_json(by_alias=True) if s.config else None,
+        s.status.value,
+        s.version,
+        s.created_at,
+        s.updated_at,
+        s.expires_at,
+        s.completed_at,
+        s.received_count,
+        s.staged_count,
+        int(s.conflicts_announced),
+        s.result.model_dump_json(by_alias=True) if s.result else None,
+        s.error,
+    ]
+
+
+def _session(row: tuple[Any, ...]) -> Session:
+    return Session(
+        id=row[0],
+        user_id=row[1],
+        migration_id=row[2],
+        device_id=row[3],
+        data_version=row[4],
+        manifest=Manifest.model_validate_json(row[5]),
+        config=MigrationConfig.model_validate_json(row[6]) if row[6] else None,
+        status=SessionStatus(row[7]),
+        version=row[8],
+        created_at=row[9],
+        updated_at=row[10],
+        expires_at=row[11],
+        completed_at=row[12],
+        received_count=row[13],
+        staged_count=row[14],
+        conflicts_announced=bool(row[15]),
+        result=CompleteMigrationResponse.model_validate_json(row[16]) if row[16] else None,
+        error=row[17],
+    )
+
+
+def _conflict_row(c: Conflict) -> list[Any]:
+    return [
+        c.id,
+        c.session_id,
+        c.collection,
+        c.key,
+        c.local.model_dump_json(by_alias=True),
+        c.server.model_dump_json(by_alias=True),
+        int(c.resolved),
+        c.choice,
+        c.strategy,
+        c.merged.model_dump_json(by_alias=True) if c.merged else None,
+    ]
+
+
+def _conflict(row: tuple[Any, ...]) -> Conflict:
+    return Conflict(
+        id=row[0],
+        session_id=row[1],
+        collection=row[2],
+        key=row[3],
+        local=ItemVersion.model_validate_json(row[4]),
+        server=ItemVersion.model_validate_json(row[5]),
+        resolved=bool(row[6]),
+        choice=row[7],
+        strategy=row[8],
+        merged=ItemVersion.model_validate_json(row[9]) if row[9] else None,
+    )

@@ -1,0 +1,276 @@
+"""End-to-end migrations: the SDK against the real server app, in-process and on loopback."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from sdk_fixtures import learning_items, make_store
+
+from backend_stub import seed_cloud_items
+from sdk import (
+    DataConflictDetected,
+    ForeignStoreError,
+    LocalDataDetected,
+    LocalState,
+    LocalStore,
+    MigrationBlockedError,
+    MigrationClient,
+    MigrationCompleted,
+    MigrationFailed,
+    MigrationOptions,
+    MigrationOutcome,
+    MigrationStarted,
+    OfflineError,
+    Progress,
+    ProgressPhase,
+    RetryPolicy,
+    VerificationError,
+    detect_local,
+)
+from sdk._journal import Journal, journal_path_for
+from sdk.contract import Item, dataset_checksum_of
+
+
+def client_for(server, store: Path, user: str, tmp_path: Path, **kwargs) -> MigrationClient:
+    kwargs.setdefault("options", MigrationOptions(batch_size=50, cache_dir=tmp_path / "cache"))
+    kwargs.setdefault("retry", RetryPolicy.none())
+    return MigrationClient(
+        http_client=server.client, user_id=user, token=server.token(user), store_path=store,
+        **kwargs,
+    )
+
+
+def cloud_of(server, user: str, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Item]:
+    return {k: v.wire() for k, v in server.storage.cloud_items(user, keys).items()}
+
+
+def local_of(store: Path) -> dict[tuple[str, str], Item]:
+    with LocalStore(store, create=False) as s:
+        return {(i["collection"], i["key"]): i for i in s.iter_items()}
+
+
+def test_a_store_migrates_end_to_end_and_the_cloud_then_equals_the_device(server, tmp_path):
+    items = learning_items(400)
+    store = make_store(tmp_path / "store.sqlite3", items)
+    # Another device already uploaded some: 20 identical, 10 different, 5 the device lacks.
+    different = [dict(i, data={"score": 100}) for i in items[20:30]]
+    cloud_only = [
+        Item(collection="lesson_progress", key=f"other-{n}", data={"n": n}, updatedAt=1,
+             deleted=False)
+        for n in range(5)
+    ]
+    seed_cloud_items(server.storage, "alice", items[:20] + different + cloud_only,
+                     device_id="tablet")
+    events: list[object] = []
+    progress: list[Progress] = []
+
+    with client_for(server, store, "alice", tmp_path, on_event=events.append,
+                    on_progress=progress.append) as client:
+        result = client.migrate()
+
+    assert result.outcome is MigrationOutcome.COMPLETED
+    assert result.verified
+    assert result.item_count == len(items)
+    assert (result.new_items, result.unchanged_items, result.conflicts) == (
+        len(items) - 30, 20, 10)
+    assert result.resolutions_by_kind == {"server_wins": 10}
+    # Server wins by default: the device now holds the cloud's version of the 10 conflicts,
+    # and for every migrated key the cloud and the device hold the same item.
+    local = local_of(store)
+    cloud = cloud_of(server, "alice", list(local))
+    assert cloud == local
+    assert all(local[(d["collection"], d["key"])]["data"] == {"score": 100} for d in different)
+    assert result.cloud_checksum == dataset_checksum_of(local.values())
+    # The cloud-only items are untouched.
+    assert len(cloud_of(server, "alice", [(i["collection"], i["key"]) for i in cloud_only])) == 5
+    # The store is marked migrated, the journal is empty and the snapshot is gone.
+    assert detect_local(store).state is LocalState.MIGRATED
+    with Journal(journal_path_for(store)) as journal:
+        assert journal.load() is None
+    assert list((tmp_path / "cache").glob("*.sqlite3*")) == []
+    # Events in order, progress never backwards within the upload.
+    kinds = [type(e) for e in events]
+    assert kinds == [LocalDataDetected, MigrationStarted, DataConflictDetected, MigrationCompleted]
+    uploads = [p.items_done for p in progress if p.phase is ProgressPhase.UPLOADING]
+    assert uploads == sorted(uploads) and uploads[-1] == len(items)
+    assert progress[-1].phase is ProgressPhase.DONE
+
+
+def test_a_migrated_store_is_not_migrated_twice(server, tmp_path):
+    store = make_store(tmp_path / "store.sqlite3", learning_items(30))
+    with client_for(server, store, "bob", tmp_path) as client:
+        first = client.migrate()
+        second = client.migrate()
+    assert second.outcome is MigrationOutcome.ALREADY_MIGRATED
+    assert second.session_id == first.session_id
+    started = server.storage.events(user_id="bob", type="MigrationStarted")
+    assert len(started) == 1
+
+
+@pytest.mark.parametrize(
+    "prepare",
+    [
+        pytest.param(lambda p: None, id="no store"),
+        pytest.param(lambda p: LocalStore(p).close(), id="empty store"),
+    ],
+)
+def test_nothing_is_sent_when_there_is_nothing_to_migrate(server, tmp_path, prepare):
+    store = tmp_path / "store.sqlite3"
+    prepare(store)
+    with client_for(server, store, "carol", tmp_path) as client:
+        result = client.migrate()
+    assert result.outcome is MigrationOutcome.NOTHING_TO_MIGRATE
+    assert server.storage.events(user_id="carol") == []
+
+
+def test_a_foreign_database_is_refused_with_a_typed_error_and_nothing_is_uploaded(
+    server, tmp_path
+):
+    import sqlite3
+
+    store = tmp_path / "store.sqlite3"
+    conn = sqlite3.connect(store)
+    conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+    conn.execute("INSERT INTO notes (body) VALUES ('hello')")
+    conn.commit()
+    conn.close()
+    before = store.read_bytes()
+    failures: list[object] = []
+    with client_for(server, store, "dave", tmp_path, on_event=failures.append) as client:
+        with pytest.raises(ForeignStoreError, match="another application"):
+            client.migrate()
+    assert store.read_bytes() == before
+    assert server.storage.latest_session("dave") is None
+    assert [type(e) for e in failures] == [MigrationFailed]
+
+
+def test_an_interrupted_upload_resumes_in_the_same_session_and_sends_only_what_is_missing(
+    server, tmp_path
+):
+    items = learning_items(300)
+    store = make_store(tmp_path / "store.sqlite3", items)
+    puts = {"n": 0}
+
+    def go_offline_after_four_batches(request: httpx.Request) -> None:
+        if request.method == "PUT":
+            puts["n"] += 1
+            if puts["n"] > 4:
+                raise httpx.ConnectError("network is unreachable", request=request)
+
+    server.client.event_hooks["request"].append(go_offline_after_four_batches)
+    options = MigrationOptions(batch_size=20, max_in_flight=1, cache_dir=tmp_path / "cache")
+    with client_for(server, store, "erin", tmp_path, options=options) as client:
+        with pytest.raises(OfflineError, match="resume"):
+            client.migrate()
+        first_session = server.storage.latest_session("erin")
+        assert first_session is not None
+        assert len(server.storage.received_batches(first_session.id)) == 4
+        assert detect_local(store).state is LocalState.READY  # not marked before verification
+
+        server.client.event_hooks["request"].clear()
+        result = client.migrate()
+
+    assert result.verified and result.resumed
+    assert result.session_id == first_session.id
+    assert result.batches_uploaded == -(-len(items) // 20) - 4
+    local = local_of(store)
+    assert cloud_of(server, "erin", list(local)) == local
+
+
+def test_a_second_migration_of_the_same_store_waits_for_the_first(server, tmp_path):
+    from sdk._lock import MigrationLock, lock_path_for
+
+    store = make_store(tmp_path / "store.sqlite3", learning_items(10))
+    with MigrationLock(lock_path_for(store)), client_for(server, store, "fay", tmp_path) as c:
+        with pytest.raises(MigrationBlockedError, match="already migrating"):
+            c.migrate()
+
+
+def verification_fault(real: httpx.BaseTransport) -> httpx.BaseTransport:
+    """The real app, except that `complete` reports a wrong cloud checksum (a fault the
+    real server cannot be made to produce)."""
+
+    class Lying(httpx.BaseTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            response = real.handle_request(request)
+            if request.url.path.endswith("/complete") and response.status_code == 200:
+                body = json.loads(response.read())
+                body["cloudChecksum"] = "0" * 64
+                return httpx.Response(200, json=body)
+            return response
+
+    return Lying()
+
+
+def test_a_checksum_mismatch_after_completion_leaves_the_store_unmarked(server, tmp_path):
+    store = make_store(tmp_path / "store.sqlite3", learning_items(20))
+    lying = httpx.Client(transport=verification_fault(server.client._transport),
+                         base_url="http://testserver")
+    client = MigrationClient(http_client=lying, user_id="gus", token=server.token("gus"),
+                             store_path=store, retry=RetryPolicy.none(),
+                             options=MigrationOptions(cache_dir=tmp_path / "cache"))
+    with client, lying, pytest.raises(VerificationError, match="not marked migrated"):
+        client.migrate()
+    assert detect_local(store).state is LocalState.READY
+    assert len(local_of(store)) == 22
+
+
+def test_the_app_can_keep_writing_while_it_migrates_and_later_writes_stay_local(
+    server, tmp_path
+):
+    store = make_store(tmp_path / "store.sqlite3", learning_items(100))
+    writes: list[int] = []
+
+    def write_during_upload(p: Progress) -> None:
+        if p.phase is ProgressPhase.UPLOADING and len(writes) < 3:
+            with LocalStore(store) as s:
+                s.put("lesson_progress", f"late-{len(writes)}", {"score": 1})
+            writes.append(1)
+
+    with client_for(server, store, "hal", tmp_path, on_progress=write_during_upload) as client:
+        result = client.migrate()
+    assert result.verified and result.item_count == 102
+    assert cloud_of(server, "hal", [("lesson_progress", "late-0")]) == {}
+    assert len(local_of(store)) == 105
+
+
+def test_a_migration_runs_over_a_real_loopback_socket_in_parallel_and_gzipped(
+    live_server, tmp_path
+):
+    items = learning_items(2_000)
+    store = make_store(tmp_path / "store.sqlite3", items)
+    options = MigrationOptions(batch_size=97, max_in_flight=4, compress=True,
+                               cache_dir=tmp_path / "cache")
+    with MigrationClient(server=live_server.url, user_id="ivy", token=live_server.token("ivy"),
+                         store_path=store, options=options) as client:
+        result = client.migrate()
+        summary = client.summary()
+    assert result.verified
+    assert result.batches_uploaded == -(-len(items) // 97)
+    assert summary.summary.verified and summary.summary.total_items == len(items)
+    assert result.cloud_checksum == dataset_checksum_of(items)
+
+
+def make_token_source(server, user: str) -> Callable[[], str]:
+    calls = {"n": 0}
+
+    def token() -> str:
+        calls["n"] += 1
+        return server.token(user)
+
+    token.calls = calls  # type: ignore[attr-defined]
+    return token
+
+
+def test_a_token_callable_is_asked_for_every_request(server, tmp_path):
+    store = make_store(tmp_path / "store.sqlite3", learning_items(10))
+    token = make_token_source(server, "jay")
+    with MigrationClient(http_client=server.client, user_id="jay", token=token,
+                         store_path=store,
+                         options=MigrationOptions(cache_dir=tmp_path / "c")) as client:
+        assert client.migrate().verified
+    assert token.calls["n"] >= 5  # type: ignore[attr-defined]

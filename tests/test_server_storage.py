@@ -1,0 +1,197 @@
+"""The server's SQLite storage, optimistic locking and settings, below the HTTP layer."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from backend_stub import Settings, SQLiteStorage
+from backend_stub.events import Event, EventType
+from backend_stub.problems import ApiError
+from backend_stub.service import retrying
+from backend_stub.settings import DEV_JWT_SECRET
+from backend_stub.storage import Session, VersionConflict
+from sdk.contract import Manifest, SessionStatus
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Iterator[SQLiteStorage]:
+    opened = SQLiteStorage.open(tmp_path)
+    yield opened
+    opened.close()
+
+
+def a_session(**changes: object) -> Session:
+    manifest = Manifest(
+        item_count=0, collections={}, batch_size=1, batch_count=0, dataset_checksum="0" * 64
+    )
+    session = Session(
+        id="s1",
+        user_id="alice",
+        migration_id="mig-00000001",
+        device_id="d1",
+        data_version=1,
+        manifest=manifest,
+        config=None,
+        status=SessionStatus.CREATED,
+        version=1,
+        created_at=0,
+        updated_at=0,
+        expires_at=1_000,
+    )
+    return dataclasses.replace(session, **changes)  # type: ignore[arg-type]
+
+
+def test_an_update_from_a_stale_read_loses_and_changes_nothing(storage: SQLiteStorage) -> None:
+    storage.insert_session(a_session())
+    read = storage.get_session("s1")
+    assert read is not None
+    storage.update_session(dataclasses.replace(read, status=SessionStatus.UPLOADING))
+
+    with pytest.raises(VersionConflict):
+        storage.update_session(dataclasses.replace(read, status=SessionStatus.CANCELLED))
+
+    stored = storage.get_session("s1")
+    assert stored is not None
+    assert (stored.status, stored.version) == (SessionStatus.UPLOADING, 2)
+
+
+def test_concurrent_updates_of_one_version_have_exactly_one_winner(storage: SQLiteStorage) -> None:
+    storage.insert_session(a_session())
+    read = storage.get_session("s1")
+    assert read is not None
+    outcomes: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def update(n: int) -> None:
+        barrier.wait()
+        try:
+            storage.update_session(dataclasses.replace(read, received_count=n))
+            outcomes.append("won")
+        except VersionConflict:
+            outcomes.append("lost")
+
+    threads = [threading.Thread(target=update, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(outcomes) == ["lost"] * 7 + ["won"]
+
+
+def test_a_failed_transaction_leaves_nothing_behind(storage: SQLiteStorage) -> None:
+    with pytest.raises(RuntimeError), storage.atomic():
+        storage.insert_session(a_session())
+        storage.mark_candidate("alice", 0)
+        raise RuntimeError("boom")
+
+    assert storage.get_session("s1") is None
+    assert not storage.is_candidate("alice")
+
+
+def test_the_database_survives_reopening(tmp_path: Path) -> None:
+    first = SQLiteStorage.open(tmp_path)
+    first.insert_session(a_session())
+    first.close()
+
+    second = SQLiteStorage.open(tmp_path)
+    try:
+        assert second.get_session("s1") is not None
+    finally:
+        second.close()
+
+
+def test_an_open_session_reads_as_expired_once_its_ttl_passed(storage: SQLiteStorage) -> None:
+    storage.insert_session(a_session())
+
+    assert storage.active_session("alice", now=999) is not None
+    assert storage.active_session("alice", now=1_000) is None
+    assert a_session().status_at(1_000) is SessionStatus.EXPIRED
+    assert a_session(status=SessionStatus.COMPLETED).status_at(1_000) is SessionStatus.COMPLETED
+
+
+def test_events_are_kept_in_order_and_filtered(storage: SQLiteStorage) -> None:
+    for kind, user in [
+        (EventType.MIGRATION_STARTED, "alice"),
+        (EventType.LOCAL_DATA_DETECTED, "bob"),
+        (EventType.MIGRATION_COMPLETED, "alice"),
+    ]:
+        storage.record_event(Event.new(kind, user_id=user, session_id=None, detail={}, now=0))
+
+    assert [e.type for e in storage.events(user_id="alice")] == [
+        EventType.MIGRATION_STARTED,
+        EventType.MIGRATION_COMPLETED,
+    ]
+    assert [e.user_id for e in storage.events(type="LocalDataDetected")] == ["bob"]
+
+
+def test_a_race_lost_too_often_becomes_a_version_conflict_problem() -> None:
+    calls = 0
+
+    def always_loses() -> None:
+        nonlocal calls
+        calls += 1
+        raise VersionConflict("s1")
+
+    with pytest.raises(ApiError) as caught:
+        retrying(always_loses, attempts=3)
+
+    assert (caught.value.status, caught.value.code.value, calls) == (409, "version-conflict", 3)
+
+
+@pytest.mark.parametrize(
+    ("environ", "field", "expected"),
+    [
+        pytest.param({}, "jwt_secret", DEV_JWT_SECRET, id="dev-secret-by-default"),
+        pytest.param({}, "data_dir", Path("migration-data"), id="default-data-dir"),
+        pytest.param({"MIGRATION_DATA_DIR": "/srv/m"}, "data_dir", Path("/srv/m"), id="data-dir"),
+        pytest.param(
+            {"MIGRATION_SUPPORTED_DATA_VERSIONS": "1, 2"},
+            "supported_data_versions",
+            (1, 2),
+            id="data-versions",
+        ),
+    ],
+)
+def test_settings_come_from_the_environment(
+    environ: dict[str, str], field: str, expected: object
+) -> None:
+    assert getattr(Settings.from_env(environ), field) == expected
+
+
+def test_limits_and_ttl_come_from_the_environment() -> None:
+    settings = Settings.from_env(
+        {"MIGRATION_LIMITS": '{"maxBatchItems": 7}', "MIGRATION_SESSION_TTL": "30"}
+    )
+
+    assert settings.limits.max_batch_items == 7
+    assert settings.session_ttl_ms == 30_000
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        pytest.param({"MIGRATION_JWT_SECRET": "short"}, id="short-secret"),
+        pytest.param({"MIGRATION_LIMITS": '{"nope": 1}'}, id="unknown-limit"),
+        pytest.param({"MIGRATION_SESSION_TTL": "soon"}, id="ttl-not-a-number"),
+        pytest.param({"MIGRATION_SUPPORTED_DATA_VERSIONS": ","}, id="no-data-version"),
+    ],
+)
+def test_bad_settings_are_refused(environ: dict[str, str]) -> None:
+    with pytest.raises(ValueError):
+        Settings.from_env(environ)
+
+
+def test_a_failed_nested_block_rolls_back_alone(storage: SQLiteStorage) -> None:
+    with storage.atomic():
+        storage.mark_candidate("alice", 0)
+        with pytest.raises(RuntimeError), storage.atomic():
+            storage.mark_candidate("bob", 0)
+            raise RuntimeError("boom")
+
+    assert (storage.is_candidate("alice"), storage.is_candidate("bob")) == (True, False)
