@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
-from demo import cli, run_server  # noqa: E402  (the demo's server and CLI helpers)
+from demo import cli, run_server
 
 TARGET_MB = 50.0
 

@@ -134,7 +134,7 @@ def seed_cloud(server_dir: Path, store_path: Path, jsonl: Path) -> int:
     return len(lines)
 
 
-class run_server:  # noqa: N801 - used as a context manager, reads like a function
+class run_server:
     """`python -m backend_stub` on port 0; yields its URL; stops it on exit."""
 
     def __init__(self, data_dir: Path) -> None:

@@ -207,8 +207,8 @@ def migrate(
 ) -> MigrationResult:
     """Migrate a store in one call (see :class:`MigrationClient` for the arguments)::
 
-        result = migrate(server=url, user_id="u1", token=token, app_name="FlashCards")
-        assert result.verified
+    result = migrate(server=url, user_id="u1", token=token, app_name="FlashCards")
+    assert result.verified
     """
     with MigrationClient(
         user_id=user_id,

@@ -431,8 +431,13 @@ def _resolve(run: _Run, record: JournalRecord, snapshot: Snapshot) -> JournalRec
         )
         run.journal.mark_posted(r.conflict_id for r in part)
         run.hooks.progress(Progress(ProgressPhase.RESOLVING, start + len(part), len(pending)))
-    overrides = {(r.collection, r.key): r.item for r in decided}
-    expected = snapshot.dataset_checksum_with(overrides)  # type: ignore[arg-type]
+    overrides = {(r.collection, r.key): r.item for r in decided if r.choice != "local"}
+    # With nothing overridden the expected state is the snapshot itself: skip a full pass.
+    expected = (
+        snapshot.dataset_checksum_with(overrides)  # type: ignore[arg-type]
+        if overrides
+        else snapshot.dataset_checksum
+    )
     return run.journal.advance(Phase.RESOLVED, expected_checksum=expected)
 
 

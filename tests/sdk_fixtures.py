@@ -23,8 +23,13 @@ def learning_items(count: int, *, updated_at: int = 1_700_000_000_000) -> list[I
             )
         )
     items.append(
-        Item(collection="preferences", key="theme", data={"v": "dark"}, updatedAt=updated_at,
-             deleted=False)
+        Item(
+            collection="preferences",
+            key="theme",
+            data={"v": "dark"},
+            updatedAt=updated_at,
+            deleted=False,
+        )
     )
     items.append(
         Item(collection="flashcards", key="gone", data={}, updatedAt=updated_at, deleted=True)

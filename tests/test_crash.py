@@ -13,7 +13,7 @@ import httpx
 import pytest
 from sdk_fixtures import learning_items, make_store
 
-from sdk import LocalStore, LocalState, detect_local
+from sdk import LocalState, LocalStore, detect_local
 from sdk.contract import dataset_checksum_of
 
 CHILD = str(Path(__file__).with_name("migrate_child.py"))
@@ -21,8 +21,16 @@ CHILD = str(Path(__file__).with_name("migrate_child.py"))
 
 def run_child(live_server, user, store, cache, *pause: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, CHILD, live_server.url, user, live_server.token(user), str(store),
-         str(cache), *pause],
+        [
+            sys.executable,
+            CHILD,
+            live_server.url,
+            user,
+            live_server.token(user),
+            str(store),
+            str(cache),
+            *pause,
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -59,9 +67,20 @@ def seed(live_server, user: str, items, tmp_path: Path) -> None:
     path = tmp_path / "seed.jsonl"
     path.write_text("".join(json.dumps(i) + "\n" for i in items))
     subprocess.run(
-        [sys.executable, "-m", "backend_stub", "seed", user, str(path), "--device-id", "tablet",
-         "--data-dir", str(live_server.data_dir)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "backend_stub",
+            "seed",
+            user,
+            str(path),
+            "--device-id",
+            "tablet",
+            "--data-dir",
+            str(live_server.data_dir),
+        ],
+        check=True,
+        capture_output=True,
     )
 
 

@@ -13,9 +13,7 @@ import pytest
 import sdk
 
 ROOT = Path(__file__).resolve().parent.parent
-SDK_MODULES = sorted(
-    f"sdk.{p.stem}" for p in (ROOT / "sdk").glob("*.py") if p.stem != "__main__"
-)
+SDK_MODULES = sorted(f"sdk.{p.stem}" for p in (ROOT / "sdk").glob("*.py") if p.stem != "__main__")
 
 
 @pytest.mark.parametrize("name", [pytest.param(m, id=m) for m in ["sdk", *SDK_MODULES]])
@@ -33,7 +31,8 @@ def test_every_public_name_is_exported_sorted_and_documented_with_an_example():
     undocumented = [
         name
         for name in sdk.__all__
-        if callable(getattr(sdk, name)) and ">>>" not in (getattr(sdk, name).__doc__ or "")
+        if callable(getattr(sdk, name))
+        and ">>>" not in (getattr(sdk, name).__doc__ or "")
         and "::" not in (getattr(sdk, name).__doc__ or "")
     ]
     assert undocumented == []

@@ -39,7 +39,10 @@ def client_for(server, store: Path, user: str, tmp_path: Path, **kwargs) -> Migr
     kwargs.setdefault("options", MigrationOptions(batch_size=50, cache_dir=tmp_path / "cache"))
     kwargs.setdefault("retry", RetryPolicy.none())
     return MigrationClient(
-        http_client=server.client, user_id=user, token=server.token(user), store_path=store,
+        http_client=server.client,
+        user_id=user,
+        token=server.token(user),
+        store_path=store,
         **kwargs,
     )
 
@@ -59,24 +62,30 @@ def test_a_store_migrates_end_to_end_and_the_cloud_then_equals_the_device(server
     # Another device already uploaded some: 20 identical, 10 different, 5 the device lacks.
     different = [dict(i, data={"score": 100}) for i in items[20:30]]
     cloud_only = [
-        Item(collection="lesson_progress", key=f"other-{n}", data={"n": n}, updatedAt=1,
-             deleted=False)
+        Item(
+            collection="lesson_progress",
+            key=f"other-{n}",
+            data={"n": n},
+            updatedAt=1,
+            deleted=False,
+        )
         for n in range(5)
     ]
-    seed_cloud_items(server.storage, "alice", items[:20] + different + cloud_only,
-                     device_id="tablet")
+    seed_cloud_items(
+        server.storage, "alice", items[:20] + different + cloud_only, device_id="tablet"
+    )
     events: list[object] = []
     progress: list[Progress] = []
 
-    with client_for(server, store, "alice", tmp_path, on_event=events.append,
-                    on_progress=progress.append) as client:
+    with client_for(
+        server, store, "alice", tmp_path, on_event=events.append, on_progress=progress.append
+    ) as client:
         result = client.migrate()
 
     assert result.outcome is MigrationOutcome.COMPLETED
     assert result.verified
     assert result.item_count == len(items)
-    assert (result.new_items, result.unchanged_items, result.conflicts) == (
-        len(items) - 30, 20, 10)
+    assert (result.new_items, result.unchanged_items, result.conflicts) == (len(items) - 30, 20, 10)
     assert result.resolutions_by_kind == {"server_wins": 10}
     # Server wins by default: the device now holds the cloud's version of the 10 conflicts,
     # and for every migrated key the cloud and the device hold the same item.
@@ -127,9 +136,7 @@ def test_nothing_is_sent_when_there_is_nothing_to_migrate(server, tmp_path, prep
     assert server.storage.events(user_id="carol") == []
 
 
-def test_a_foreign_database_is_refused_with_a_typed_error_and_nothing_is_uploaded(
-    server, tmp_path
-):
+def test_a_foreign_database_is_refused_with_a_typed_error_and_nothing_is_uploaded(server, tmp_path):
     import sqlite3
 
     store = tmp_path / "store.sqlite3"
@@ -140,9 +147,11 @@ def test_a_foreign_database_is_refused_with_a_typed_error_and_nothing_is_uploade
     conn.close()
     before = store.read_bytes()
     failures: list[object] = []
-    with client_for(server, store, "dave", tmp_path, on_event=failures.append) as client:
-        with pytest.raises(ForeignStoreError, match="another application"):
-            client.migrate()
+    with (
+        client_for(server, store, "dave", tmp_path, on_event=failures.append) as client,
+        pytest.raises(ForeignStoreError, match="another application"),
+    ):
+        client.migrate()
     assert store.read_bytes() == before
     assert server.storage.latest_session("dave") is None
     assert [type(e) for e in failures] == [MigrationFailed]
@@ -185,9 +194,12 @@ def test_a_second_migration_of_the_same_store_waits_for_the_first(server, tmp_pa
     from sdk._lock import MigrationLock, lock_path_for
 
     store = make_store(tmp_path / "store.sqlite3", learning_items(10))
-    with MigrationLock(lock_path_for(store)), client_for(server, store, "fay", tmp_path) as c:
-        with pytest.raises(MigrationBlockedError, match="already migrating"):
-            c.migrate()
+    with (
+        MigrationLock(lock_path_for(store)),
+        client_for(server, store, "fay", tmp_path) as c,
+        pytest.raises(MigrationBlockedError, match="already migrating"),
+    ):
+        c.migrate()
 
 
 def verification_fault(real: httpx.BaseTransport) -> httpx.BaseTransport:
@@ -208,20 +220,24 @@ def verification_fault(real: httpx.BaseTransport) -> httpx.BaseTransport:
 
 def test_a_checksum_mismatch_after_completion_leaves_the_store_unmarked(server, tmp_path):
     store = make_store(tmp_path / "store.sqlite3", learning_items(20))
-    lying = httpx.Client(transport=verification_fault(server.client._transport),
-                         base_url="http://testserver")
-    client = MigrationClient(http_client=lying, user_id="gus", token=server.token("gus"),
-                             store_path=store, retry=RetryPolicy.none(),
-                             options=MigrationOptions(cache_dir=tmp_path / "cache"))
+    lying = httpx.Client(
+        transport=verification_fault(server.client._transport), base_url="http://testserver"
+    )
+    client = MigrationClient(
+        http_client=lying,
+        user_id="gus",
+        token=server.token("gus"),
+        store_path=store,
+        retry=RetryPolicy.none(),
+        options=MigrationOptions(cache_dir=tmp_path / "cache"),
+    )
     with client, lying, pytest.raises(VerificationError, match="not marked migrated"):
         client.migrate()
     assert detect_local(store).state is LocalState.READY
     assert len(local_of(store)) == 22
 
 
-def test_the_app_can_keep_writing_while_it_migrates_and_later_writes_stay_local(
-    server, tmp_path
-):
+def test_the_app_can_keep_writing_while_it_migrates_and_later_writes_stay_local(server, tmp_path):
     store = make_store(tmp_path / "store.sqlite3", learning_items(100))
     writes: list[int] = []
 
@@ -243,10 +259,16 @@ def test_a_migration_runs_over_a_real_loopback_socket_in_parallel_and_gzipped(
 ):
     items = learning_items(2_000)
     store = make_store(tmp_path / "store.sqlite3", items)
-    options = MigrationOptions(batch_size=97, max_in_flight=4, compress=True,
-                               cache_dir=tmp_path / "cache")
-    with MigrationClient(server=live_server.url, user_id="ivy", token=live_server.token("ivy"),
-                         store_path=store, options=options) as client:
+    options = MigrationOptions(
+        batch_size=97, max_in_flight=4, compress=True, cache_dir=tmp_path / "cache"
+    )
+    with MigrationClient(
+        server=live_server.url,
+        user_id="ivy",
+        token=live_server.token("ivy"),
+        store_path=store,
+        options=options,
+    ) as client:
         result = client.migrate()
         summary = client.summary()
     assert result.verified
@@ -269,8 +291,12 @@ def make_token_source(server, user: str) -> Callable[[], str]:
 def test_a_token_callable_is_asked_for_every_request(server, tmp_path):
     store = make_store(tmp_path / "store.sqlite3", learning_items(10))
     token = make_token_source(server, "jay")
-    with MigrationClient(http_client=server.client, user_id="jay", token=token,
-                         store_path=store,
-                         options=MigrationOptions(cache_dir=tmp_path / "c")) as client:
+    with MigrationClient(
+        http_client=server.client,
+        user_id="jay",
+        token=token,
+        store_path=store,
+        options=MigrationOptions(cache_dir=tmp_path / "c"),
+    ) as client:
         assert client.migrate().verified
     assert token.calls["n"] >= 5  # type: ignore[attr-defined]

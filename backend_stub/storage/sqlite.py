@@ -165,6 +165,7 @@ _CONFLICT_COLUMNS = (
     "id, session_id, collection, key, local, server, resolved, choice, strategy, merged"
 )
 _CLOUD_COLUMNS = "collection, key, data, updated_at, deleted, version, device_id"
+_CLOUD_COLUMNS_T = ", ".join("t." + name for name in _CLOUD_COLUMNS.split(", "))
 
 
 class SQLiteStorage:
@@ -386,9 +387,8 @@ class SQLiteStorage:
                 found.extend(
                     (row[0], row[1])
                     for row in self._rows(
-                        "SELECT collection, key FROM staged_items WHERE session_id = ?"
-                        f" AND (collection, key) IN ({_pairs(len(chunk))})",
-                        [session_id, *_flatten(chunk)],
+                        _keyed("SELECT t.collection, t.key", "staged_items", "session_id", chunk),
+                        [*_flatten(chunk), session_id],
                     )
                 )
         return sorted(found)
@@ -471,9 +471,8 @@ class SQLiteStorage:
         with self._snapshot():
             for chunk in _chunks(keys):
                 rows = self._rows(
-                    f"SELECT {_CLOUD_COLUMNS} FROM cloud_items WHERE user_id = ?"
-                    f" AND (collection, key) IN ({_pairs(len(chunk))})",
-                    [user_id, *_flatten(chunk)],
+                    _keyed(f"SELECT {_CLOUD_COLUMNS_T}", "cloud_items", "user_id", chunk),
+                    [*_flatten(chunk), user_id],
                 )
                 for row in rows:
                     item = CloudItem(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6])
@@ -537,8 +536,18 @@ def _chunks(values: Sequence[Any]) -> Iterator[Sequence[Any]]:
         yield values[start : start + _KEYS_PER_QUERY]
 
 
-def _pairs(count: int) -> str:
-    return ",".join(["(?, ?)"] * count)
+def _keyed(select: str, table: str, owner: str, keys: Sequence[Key]) -> str:
+    """``select`` from ``table`` (aliased ``t``) for these keys of one owner.
+
+    Driven from a VALUES list joined on the primary key: ``(collection, key) IN (...)``
+    makes SQLite scan every row of the owner once per query, quadratic over a migration.
+    """
+    pairs = ",".join(["(?, ?)"] * len(keys))
+    return (
+        f"WITH wanted(collection, key) AS (VALUES {pairs}) {select} FROM wanted"
+        f" CROSS JOIN {table} AS t ON t.{owner} = ?"
+        " AND t.collection = wanted.collection AND t.key = wanted.key"
+    )
 
 
 def _flatten(keys: Sequence[Key]) -> list[str]:
