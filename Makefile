@@ -24,6 +24,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
+	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/memory.py
 
 clean:

@@ -21,13 +21,14 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from backend_stub.batches import put_batch
 from backend_stub.problems import ApiError, code_for_status, problem_response
 from backend_stub.routes import router
 from backend_stub.service import now_ms
 from backend_stub.settings import Settings
 from backend_stub.storage import Storage
 from backend_stub.storage.sqlite import SQLiteStorage
-from sdk.contract import ProblemCode
+from sdk.contract import BatchReceipt, ProblemCode
 
 __all__ = ["create_app", "open_storage"]
 
@@ -35,13 +36,19 @@ logger = logging.getLogger(__name__)
 
 
 def open_storage(settings: Settings) -> Storage:
-    """The storage ``settings`` describe: SQLite in ``data_dir``, or in memory if ``None``.
+    """The storage ``settings`` describe: SQLite in ``data_dir`` (in memory if ``None``),
+    or, with ``backend="aws"``, :class:`~backend_stub.storage.aws.AwsStorage`.
 
     >>> storage = open_storage(Settings())
     >>> storage.latest_session("alice") is None
     True
     >>> storage.close()
     """
+    if settings.backend == "aws":
+        # Imported here: only the aws backend needs boto3 (the ``aws`` extra).
+        from backend_stub.storage.aws import AwsStorage
+
+        return AwsStorage.open(settings.aws)
     if settings.data_dir is None:
         return SQLiteStorage.in_memory()
     return SQLiteStorage.open(settings.data_dir)
@@ -80,9 +87,20 @@ def create_app(
     app.state.settings = settings
     app.state.storage = store
     app.state.clock = clock or now_ms
+    app.state.batch_intake = _batch_intake(settings)
     app.include_router(router)
     _install_problem_handlers(app)
     return app
+
+
+def _batch_intake(settings: Settings) -> Callable[..., BatchReceipt]:
+    """What ``PUT .../batches/{seq}`` runs: processing in the request (embedded), or
+    storing and queueing (aws; the worker processes)."""
+    if settings.backend == "aws":
+        from backend_stub.worker import accept_batch
+
+        return accept_batch
+    return put_batch
 
 
 def _install_problem_handlers(app: FastAPI) -> None:

@@ -16,6 +16,7 @@ at most the limit. JSON is parsed and validated in one pydantic pass; broken JSO
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import zlib
 from collections.abc import Awaitable, Callable
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 
 from backend_stub.problems import ApiError
 from backend_stub.settings import Settings
@@ -35,6 +37,7 @@ __all__ = [
     "json_body",
     "parse_model",
     "read_body",
+    "reject_duplicate_members",
     "validation_problem",
 ]
 
@@ -148,14 +151,23 @@ async def read_body(request: Request, *, limit: int) -> bytes:
     inflater = Inflater(limit) if _encoding(request) == "gzip" else None
     received = 0
     body = bytearray()
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > limit:
-            raise _too_large(limit)
-        if inflater is not None:
-            inflater.feed(chunk)
-        else:
-            body += chunk
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise _too_large(limit)
+            if inflater is not None:
+                inflater.feed(chunk)
+            else:
+                body += chunk
+    except ClientDisconnect as exc:
+        # A network fault, not a server failure: nobody hears this answer, but it must
+        # not be logged (and counted) as a 500.
+        raise ApiError(
+            400,
+            ProblemCode.INVALID_REQUEST,
+            "the client disconnected before sending the whole body",
+        ) from exc
     return inflater.finish() if inflater is not None else bytes(body)
 
 
@@ -214,9 +226,51 @@ def parse_model(model: type[M], body: bytes) -> M:
         canonical_json(value.model_dump())
     except ValueError as exc:
         raise ApiError(
-            400, ProblemCode.INVALID_REQUEST, "the body is not valid JSON: NaN or Infinity"
+            400,
+            ProblemCode.INVALID_REQUEST,
+            "the body is not valid JSON for this API: NaN, Infinity or a number too long",
         ) from exc
+    reject_duplicate_members(body)
     return value
+
+
+class _Repeated(Exception):
+    pass
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    members = dict(pairs)
+    if len(members) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise _Repeated(name)
+            seen.add(name)
+    return members
+
+
+def reject_duplicate_members(body: bytes) -> None:
+    """400 when a JSON object repeats a member name. Parsers disagree on which one wins
+    (RFC 8259, section 4), so such a body means different things to different readers;
+    pydantic silently keeps the last one. A body that is not JSON is left to the parser
+    that reports it.
+
+    >>> reject_duplicate_members(b'{"a": 1, "b": {"a": 2}}')
+    >>> reject_duplicate_members(b'{"items": [], "items": [1]}')
+    Traceback (most recent call last):
+    ...
+    backend_stub.problems.ApiError: the body repeats the member 'items' in one object
+    """
+    try:
+        json.loads(body, object_pairs_hook=_unique_members)
+    except _Repeated as repeated:
+        raise ApiError(
+            400,
+            ProblemCode.INVALID_REQUEST,
+            f"the body repeats the member {repeated.args[0]!r} in one object",
+        ) from None
+    except (ValueError, RecursionError):
+        return
 
 
 def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import itertools
 import logging
+from collections import Counter
 
 from backend_stub.batches import new_conflict
 from backend_stub.events import Event, EventType
@@ -140,6 +141,16 @@ def _ensure_complete(storage: Storage, session: Session) -> None:
     if not session.all_batches_held:
         held = set(storage.received_batches(session.id))
         count = session.manifest.batch_count - len(held)
+        if count <= 0:
+            # Every batch is held, some not processed yet (a backend that queues them).
+            pending = storage.backlog(session.id).pending
+            raise ApiError(
+                409,
+                ProblemCode.BATCHES_MISSING,
+                f"{len(pending)} batch(es) are still being processed: poll GET /status until"
+                " processedBatches equals batchCount, then complete",
+                extra={"missingBatches": [], "pendingBatches": pending[:100]},
+            )
         # The first hundred are enough to act on; the plan may hold millions.
         missing = list(
             itertools.islice((s for s in range(session.manifest.batch_count) if s not in held), 100)
@@ -169,6 +180,7 @@ def _commit(storage: Storage, session: Session, now: int) -> CompleteMigrationRe
     staged_hash = hashlib.sha256()
     cloud_hash = hashlib.sha256()
     count = applied = 0
+    outcomes: Counter[str] = Counter()
     drifted: list[tuple[StagedItem, CloudItem | None]] = []
     with storage.atomic():
         for page in iter_staged(storage, session.id):
@@ -176,6 +188,7 @@ def _commit(storage: Storage, session: Session, now: int) -> CompleteMigrationRe
             writes: list[CloudItem] = []
             for staged in page:
                 count += 1
+                outcomes[staged.outcome] += 1
                 staged_hash.update(staged.digest)
                 key = (staged.collection, staged.key)
                 current = cloud.get(key)
@@ -202,6 +215,12 @@ def _commit(storage: Storage, session: Session, now: int) -> CompleteMigrationRe
             dataset_checksum=dataset,
             cloud_checksum=cloud_hash.hexdigest(),
             completed_at=now,
+            new_items=outcomes["new"],
+            unchanged_items=outcomes["unchanged"],
+            conflicts=count - outcomes["new"] - outcomes["unchanged"],
+            resolutions_by_kind=dict(
+                Counter(c.strategy or c.choice or "unknown" for c in decisions.values())
+            ),
         )
         storage.update_session(
             dataclasses.replace(
@@ -236,7 +255,7 @@ def _target(
     """What to write for one staged item (``None``: keep the cloud's) and the digest the
     cloud then holds for it."""
     if staged.outcome == "new":
-        return cloud_item(staged.wire(), version=1, device_id=device_id), staged.digest
+        return staged.as_cloud(version=1, device_id=device_id), staged.digest
     if staged.outcome == "unchanged":
         return None, staged.digest
     assert current is not None
@@ -247,9 +266,7 @@ def _target(
     if conflict.choice == "server":
         return None, current.digest()
     if conflict.choice == "local":
-        return cloud_item(
-            staged.wire(), version=current.version + 1, device_id=device_id
-        ), staged.digest
+        return staged.as_cloud(version=current.version + 1, device_id=device_id), staged.digest
     assert conflict.merged is not None
     merged = cloud_item(
         Item(

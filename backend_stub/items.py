@@ -19,10 +19,10 @@ from typing import Annotated, Any, NamedTuple
 from pydantic import ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
-from backend_stub.bodies import validation_problem
+from backend_stub.bodies import reject_duplicate_members, validation_problem
 from backend_stub.problems import ApiError
 from backend_stub.storage import CloudItem, Storage
-from sdk.contract import KEY_PATTERN, NAME_PATTERN, Item, ProblemCode, canonical_json
+from sdk.contract import KEY_PATTERN, NAME_PATTERN, Item, ProblemCode, batch_body, canonical_json
 
 __all__ = [
     "MAX_TIMESTAMP",
@@ -122,7 +122,12 @@ def parse_batch(body: bytes, *, max_items: int) -> list[EncodedItem]:
                 f" ({key[0]}/{key[1]}) is not",
             )
         previous = key
-    return [_encode(item) for item in items]
+    encoded = [_encode(item) for item in items]
+    # The SDK sends canonical bodies, which cannot repeat a member: one comparison. Any
+    # other body is parsed once more to find repeated members pydantic would hide.
+    if body != batch_body(row.canonical for row in encoded):
+        reject_duplicate_members(body)
+    return encoded
 
 
 def validate_item(value: Mapping[str, Any]) -> Item:

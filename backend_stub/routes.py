@@ -6,7 +6,7 @@ before any body is read), read the body, call one service function. Handlers are
 never stall the event loop::
 
     >>> len(router.routes), router.routes[0].path
-    (9, '/api/migration/{userId}/detect')
+    (10, '/api/migration/{userId}/detect')
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 
-from backend_stub import batches, completion, conflicts, service, start, summary
+from backend_stub import completion, conflicts, plan, service, start, summary
 from backend_stub.auth import UserId
 from backend_stub.bodies import Upload, batch_upload, json_body
 from backend_stub.settings import Settings
@@ -30,6 +30,8 @@ from sdk.contract import (
     DetectMigrationResponse,
     GetMigrationStatusResponse,
     GetMigrationSummaryResponse,
+    PlanRequest,
+    PlanResponse,
     ResolveConflictsRequest,
     ResolveConflictsResponse,
     StartMigrationRequest,
@@ -55,6 +57,12 @@ def _settings(request: Request) -> Settings:
 def _now(request: Request) -> int:
     clock: Callable[[], int] = request.app.state.clock
     return clock()
+
+
+def _batch_intake(request: Request) -> Callable[..., BatchReceipt]:
+    # batches.put_batch, or on the aws backend worker.accept_batch (store and queue).
+    intake: Callable[..., BatchReceipt] = request.app.state.batch_intake
+    return intake
 
 
 StorageDep = Annotated[Storage, Depends(_storage)]
@@ -90,6 +98,18 @@ def detect_migration(
     )
 
 
+@router.post("/plan")
+def plan_migration(
+    user_id: UserId,
+    body: Annotated[PlanRequest, Depends(json_body(PlanRequest))],
+    storage: StorageDep,
+    settings: SettingsDep,
+    now: Now,
+) -> PlanResponse:
+    """Classify a page of keys and digests against the cloud (read-only)."""
+    return plan.plan_items(storage, settings, user_id, body, now=now)
+
+
 @router.post("/start")
 def start_migration(
     user_id: UserId,
@@ -111,9 +131,10 @@ def put_batch(
     storage: StorageDep,
     settings: SettingsDep,
     now: Now,
+    intake: Annotated[Callable[..., BatchReceipt], Depends(_batch_intake)],
 ) -> BatchReceipt:
     """Upload batch ``seq``; replaying the same batch answers the stored receipt."""
-    return batches.put_batch(storage, settings, user_id, session_id, seq, upload, now=now)
+    return intake(storage, settings, user_id, session_id, seq, upload, now=now)
 
 
 @router.get("/status")

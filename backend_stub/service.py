@@ -234,18 +234,27 @@ def status_response(storage: Storage, session: Session, now: int) -> GetMigratio
     """
     status = session.status_at(now)
     received = storage.received_batches(session.id)
+    # A backend that processes batches later (AWS) holds some not processed yet.
+    backlog = storage.backlog(session.id)
     total, unresolved = storage.conflict_counts(session.id)
     batch_count = session.manifest.batch_count
+    processed = len(received) - len(backlog.pending)
+    waiting = status in (SessionStatus.CREATED, SessionStatus.UPLOADING)
+    if backlog.pending and waiting and len(received) >= batch_count:
+        status = SessionStatus.PROCESSING
+    step = _step(session, status, len(received), unresolved)
+    if status is SessionStatus.PROCESSING:
+        step = f"processing: {processed} of {batch_count} batches processed"
     return GetMigrationStatusResponse(
         session_id=session.id,
         migration_id=session.migration_id,
         status=status,
         progress=1.0 if batch_count == 0 else min(1.0, len(received) / batch_count),
-        current_step=_step(session, status, len(received), unresolved),
-        errors=[session.error] if session.error else [],
+        current_step=step,
+        errors=([session.error] if session.error else []) + backlog.failures,
         batch_count=batch_count,
         received_batches=received,
-        processed_batches=len(received),
+        processed_batches=processed,
         conflict_count=total,
         unresolved_conflicts=unresolved,
         expires_at=None if status.is_final else session.expires_at,

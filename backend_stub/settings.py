@@ -21,6 +21,12 @@ Environment variables:
 ``MIGRATION_LIMITS``
     JSON object of :class:`~sdk.contract.Limits` fields in camelCase, e.g.
     ``{"maxBatchItems": 1000}``.
+``MIGRATION_BACKEND``
+    ``sqlite`` (the default: embedded, batches processed as they arrive) or ``aws``
+    (DynamoDB, S3, SQS and EventBridge; batches processed by ``python -m backend_stub
+    worker`` or the SQS-triggered Lambda). The ``aws`` backend reads the variables of
+    :class:`AwsSettings`; credentials come from the usual AWS chain (environment, profile,
+    role), never from these settings.
 """
 
 from __future__ import annotations
@@ -29,12 +35,13 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import ValidationError
 
 from sdk.contract import Limits
 
-__all__ = ["DEFAULT_DATA_DIR", "DEV_JWT_SECRET", "Settings"]
+__all__ = ["DEFAULT_DATA_DIR", "DEV_JWT_SECRET", "AwsSettings", "Settings"]
 
 #: The development secret used when none is configured. Anyone can mint tokens with it:
 #: never use it for a server that holds real data.
@@ -45,6 +52,89 @@ DEFAULT_DATA_DIR = Path("migration-data")
 
 # HS256 keys shorter than the hash are weak (RFC 7518, section 3.2).
 _MIN_SECRET_BYTES = 32
+
+Backend = Literal["sqlite", "aws"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AwsSettings:
+    """Where the ``aws`` backend keeps things, and how its batch queue behaves.
+
+    Each field has a ``MIGRATION_AWS_*`` variable (the upper-cased field name), read by
+    :meth:`from_env`. ``endpoint_url`` points every client at one endpoint (moto, LocalStack);
+    leave it unset on AWS.
+
+    >>> AwsSettings.from_env({"MIGRATION_AWS_TABLE": "mig", "MIGRATION_AWS_MAX_RECEIVES": "3"})
+    AwsSettings(region='us-east-1', endpoint_url=None, table='mig', ...max_receives=3, ...)
+    >>> AwsSettings(sse="none")
+    Traceback (most recent call last):
+    ...
+    ValueError: MIGRATION_AWS_SSE must be 'AES256' or 'aws:kms', got 'none'
+    """
+
+    #: AWS region of every resource.
+    region: str = "us-east-1"
+    #: One endpoint for every client (moto, LocalStack); ``None`` on AWS.
+    endpoint_url: str | None = None
+    #: The DynamoDB table (single-table design: sessions, ledger, items, outbox).
+    table: str = "offline-migrate"
+    #: The S3 bucket of batch bodies, snapshots and large values.
+    bucket: str = "offline-migrate-data"
+    #: The SQS queue of batch jobs (and inbound ``UserRegistered`` events).
+    queue: str = "offline-migrate-jobs"
+    #: The dead-letter queue of the job queue.
+    dead_letter_queue: str = "offline-migrate-jobs-dlq"
+    #: The EventBridge bus events are published on (and ``UserRegistered`` arrives on).
+    event_bus: str = "offline-migrate"
+    #: Receives of a job before SQS moves it to the dead-letter queue.
+    max_receives: int = 5
+    #: Seconds a received job stays invisible, and a worker's lease on its batch.
+    visibility_timeout: int = 300
+    #: First retry delay of a failed job, doubled per receive (seconds).
+    retry_delay: float = 2.0
+    #: Days the working set of a session (staged items, conflicts, batches) is kept.
+    retention_days: int = 30
+    #: Server-side encryption of S3 objects: ``AES256`` or ``aws:kms``.
+    sse: str = "AES256"
+    #: The KMS key for ``aws:kms`` (``None``: the account's AWS-managed key).
+    kms_key_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.sse not in ("AES256", "aws:kms"):
+            raise ValueError(f"MIGRATION_AWS_SSE must be 'AES256' or 'aws:kms', got {self.sse!r}")
+        if not 1 <= self.max_receives <= 1000:
+            raise ValueError("MIGRATION_AWS_MAX_RECEIVES must be between 1 and 1000")
+        if not 1 <= self.visibility_timeout <= 43_200:
+            raise ValueError("MIGRATION_AWS_VISIBILITY_TIMEOUT must be between 1 and 43200")
+        if self.retry_delay < 0 or self.retention_days < 1:
+            raise ValueError("MIGRATION_AWS_RETRY_DELAY and _RETENTION_DAYS must be positive")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> AwsSettings:
+        """Settings from ``MIGRATION_AWS_*`` variables; unset ones keep their default.
+
+        The region falls back to ``AWS_REGION`` and ``AWS_DEFAULT_REGION``.
+
+        >>> AwsSettings.from_env({"AWS_REGION": "eu-west-1"}).region
+        'eu-west-1'
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        region = env.get("MIGRATION_AWS_REGION") or env.get("AWS_REGION")
+        region = region or env.get("AWS_DEFAULT_REGION")
+        if region:
+            values["region"] = region
+        for field in dataclasses.fields(cls):
+            raw = env.get(f"MIGRATION_AWS_{field.name.upper()}")
+            if not raw or field.name == "region":
+                continue
+            if field.type in ("int",):
+                values[field.name] = int(raw)
+            elif field.type in ("float",):
+                values[field.name] = float(raw)
+            else:
+                values[field.name] = raw
+        return cls(**values)  # type: ignore[arg-type]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -66,8 +156,13 @@ class Settings:
     jwt_secret: str = DEV_JWT_SECRET
     limits: Limits = dataclasses.field(default_factory=Limits)
     supported_data_versions: tuple[int, ...] = (1,)
+    #: ``sqlite`` (embedded, in ``data_dir``) or ``aws`` (see :class:`AwsSettings`).
+    backend: Backend = "sqlite"
+    aws: AwsSettings = dataclasses.field(default_factory=AwsSettings)
 
     def __post_init__(self) -> None:
+        if self.backend not in ("sqlite", "aws"):
+            raise ValueError(f"MIGRATION_BACKEND must be 'sqlite' or 'aws', got {self.backend!r}")
         if len(self.jwt_secret.encode("utf-8")) < _MIN_SECRET_BYTES:
             raise ValueError(f"the JWT secret must be at least {_MIN_SECRET_BYTES} bytes long")
         if not self.supported_data_versions:
@@ -100,6 +195,7 @@ class Settings:
                 for part in env.get("MIGRATION_SUPPORTED_DATA_VERSIONS", "1").split(",")
                 if part.strip()
             )
+            aws = AwsSettings.from_env(env)
         except (ValidationError, ValueError) as exc:
             raise ValueError(f"invalid MIGRATION_* setting: {exc}") from exc
         return cls(
@@ -107,4 +203,6 @@ class Settings:
             jwt_secret=env.get("MIGRATION_JWT_SECRET") or DEV_JWT_SECRET,
             limits=limits,
             supported_data_versions=versions,
+            backend=env.get("MIGRATION_BACKEND") or "sqlite",  # type: ignore[arg-type]
+            aws=aws,
         )

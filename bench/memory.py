@@ -12,40 +12,16 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from demo import cli, run_server
+from common import backend_stub, fill_store, rss_kb, token
 
 TARGET_MB = 50.0
-
-
-def proc_status_kb(field: str) -> int:
-    """VmRSS (now) or VmHWM (peak) of this process, in kB, from /proc."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status (Linux only)")
-
-
-FILL = """
-import sys, random
-from sdk import LocalStore
-rng = random.Random(1)
-with LocalStore(sys.argv[1]) as store:
-    n = int(sys.argv[2])
-    for start in range(0, n, 10_000):
-        store.put_many({"collection": "lesson_progress", "key": f"lesson-{i:08d}",
-                        "data": {"score": rng.randint(0, 100), "attempts": rng.randint(1, 9),
-                                 "completed": True, "notes": "x" * rng.randint(10, 80)},
-                        "updatedAt": 1_700_000_000_000 + i, "deleted": False}
-                       for i in range(start, min(n, start + 10_000)))
-"""
 
 
 def main() -> int:
@@ -59,22 +35,21 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-memory-"))
     store_path = work / "device" / "store.sqlite3"
     try:
-        subprocess.run([sys.executable, "-c", FILL, str(store_path), str(args.items)], check=True)
-        with run_server(work / "server") as url:
-            token = cli("token", "bench-user").strip()
+        fill_store(store_path, args.items)
+        with backend_stub(work / "server") as (url, _proc):
             client = MigrationClient(
                 server=url,
                 user_id="bench-user",
-                token=token,
+                token=token("bench-user"),
                 store_path=store_path,
                 options=MigrationOptions(batch_size=args.batch_size, cache_dir=work / "cache"),
             )
-            rss_before = proc_status_kb("VmRSS")
-            hwm_before = proc_status_kb("VmHWM")
+            rss_before = rss_kb(field="VmRSS")
+            hwm_before = rss_kb()
             started = time.perf_counter()
             result = client.migrate()
             seconds = time.perf_counter() - started
-            hwm_after = proc_status_kb("VmHWM")
+            hwm_after = rss_kb()
             client.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -9,7 +9,9 @@ The public surface is everything in ``__all__``; modules starting with ``_`` are
 private. ``sdk.contract`` (the wire models) is public too.
 """
 
+from ._auto import AutoMigration, AutoState, AutoStatus, auto_migrate
 from ._client import Detection, MigrationClient, migrate
+from ._conflicts import Conflict, ConflictPolicy, FlaggedItem
 from ._detect import LocalDetection, LocalState, detect_local
 from ._errors import (
     AuthError,
@@ -45,7 +47,9 @@ from ._events import (
     Progress,
     ProgressPhase,
 )
+from ._legacy import LegacyImport, LegacyTable, import_legacy
 from ._migrate import MigrationOptions, MigrationOutcome, MigrationResult
+from ._plan import CollectionPlan, MigrationPlan
 from ._retry import RetryPolicy
 from ._store import LocalStore, default_store_path
 
@@ -53,16 +57,25 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AuthError",
+    "AutoMigration",
+    "AutoState",
+    "AutoStatus",
+    "CollectionPlan",
     "ConfigurationError",
+    "Conflict",
     "ConflictError",
+    "ConflictPolicy",
     "CorruptStoreError",
     "DataConflictDetected",
     "Detection",
     "Event",
+    "FlaggedItem",
     "ForeignStoreError",
     "InvalidItemError",
     "InvalidRequestError",
     "JournalError",
+    "LegacyImport",
+    "LegacyTable",
     "LocalDataDetected",
     "LocalDetection",
     "LocalState",
@@ -74,6 +87,7 @@ __all__ = [
     "MigrationFailed",
     "MigrationOptions",
     "MigrationOutcome",
+    "MigrationPlan",
     "MigrationResult",
     "MigrationStarted",
     "NotFoundError",
@@ -91,7 +105,9 @@ __all__ = [
     "TransportError",
     "UnsupportedDataVersionError",
     "VerificationError",
+    "auto_migrate",
     "default_store_path",
     "detect_local",
+    "import_legacy",
     "migrate",
 ]

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 import platformdirs
 
 from . import contract as c
+from ._conflicts import Conflict, resolved_item
 from ._detect import LocalDetection, LocalState, detect_local
 from ._errors import ConfigurationError, MigrationError
 from ._events import Event, Hooks, MigrationFailed, Progress
 from ._journal import Journal, journal_path_for
 from ._lock import MigrationLock, lock_path_for
-from ._migrate import MigrationOptions, MigrationResult, run_migration
+from ._migrate import MigrationOptions, MigrationResult, run_migration, stoppable_sleep
+from ._plan import MigrationPlan, make_plan
 from ._retry import RetryPolicy
 from ._store import default_store_path
 from ._transport import Transport
@@ -100,11 +105,15 @@ class MigrationClient:
         )
         self.hooks = Hooks(on_progress=on_progress, on_event=on_event)
         retry = retry or RetryPolicy()
+        # Retry waits end early when a migrate(stop=...) caller sets its stop event.
+        self._stop: threading.Event | None = None
         if http_client is not None:
-            self.transport = Transport(http_client, user_id=user_id, token=token, retry=retry)
+            self.transport = Transport(
+                http_client, user_id=user_id, token=token, retry=retry, sleep=self._sleep
+            )
         else:
             self.transport = Transport.from_url(
-                str(server), user_id=user_id, token=token, retry=retry
+                str(server), user_id=user_id, token=token, retry=retry, sleep=self._sleep
             )
 
     def __enter__(self) -> MigrationClient:
@@ -135,14 +144,19 @@ class MigrationClient:
             )
         return Detection(local=local, server=server)
 
-    def migrate(self) -> MigrationResult:
+    def migrate(self, *, stop: threading.Event | None = None) -> MigrationResult:
         """Run the migration to the end, or continue the one a crash interrupted.
+
+        ``stop``: set it from another thread (at app shutdown) to leave at the next safe
+        point, between batches or steps or during a retry wait; the result's outcome is
+        then ``STOPPED`` and the next call resumes.
 
         Raises :class:`sdk.MigrationBlockedError` when another process is migrating
         the same store, :class:`sdk.OfflineError` when the server stays unreachable
         (call again later: it resumes), and the other :class:`sdk.MigrationError` types.
         """
         with MigrationLock(lock_path_for(self.store_path)), self._journal() as journal:
+            self._stop = stop
             try:
                 return run_migration(
                     store_path=self.store_path,
@@ -151,6 +165,7 @@ class MigrationClient:
                     options=self.options,
                     cache_dir=self.cache_dir,
                     hooks=self.hooks,
+                    stop=stop,
                 )
             except MigrationError as exc:
                 record = journal.load()
@@ -162,6 +177,8 @@ class MigrationClient:
                     )
                 )
                 raise
+            finally:
+                self._stop = None
 
     def status(self) -> c.GetMigrationStatusResponse:
         """The server's status of this device's migration (or the user's latest)."""
@@ -189,8 +206,75 @@ class MigrationClient:
             journal.clear()
             return True
 
+    def plan(self) -> MigrationPlan:
+        """Predict the migration before any item leaves the device: per collection, how
+        many items are new, unchanged or in conflict with the cloud, and what the
+        conflict policy (``options.conflicts``) would do with each conflict. Only keys
+        and digests are sent; nothing is written on either side::
+
+            plan = client.plan()
+            print(plan.new_items, plan.unchanged_items, plan.conflicts,
+                  plan.resolutions_by_kind, plan.pending_conflicts)
+        """
+        return make_plan(self.store_path, self.transport, self.options.conflicts)
+
+    def pending_conflicts(self) -> list[Conflict]:
+        """The conflicts waiting for the app's decision (``manual``, deferred by a
+        callback, or flagged with a ``manual`` fallback), in (collection, key) order.
+
+        Read from the journal beside the store: it works offline and after a restart.
+        Show both sides to the user, then call :meth:`resolve_conflict` for each::
+
+            for conflict in client.pending_conflicts():
+                keep = ask_user(conflict.local, conflict.server)  # "local" or "server"
+                client.resolve_conflict(conflict.conflict_id, keep)
+            result = client.migrate()  # applies the decisions, posts them, completes
+        """
+        with self._journal() as journal:
+            rows = journal.pending()
+        return [Conflict.from_json(row.conflict) for row in rows if row.choice is None]
+
+    def resolve_conflict(
+        self, conflict_id: str, choice: str, data: dict[str, Any] | None = None
+    ) -> None:
+        """Decide one pending conflict: keep the ``"local"`` version, the ``"server"``'s,
+        or ``"merged"`` with ``data`` (the merged JSON object; the item gets the later of
+        the two ``updatedAt``). The decision is journaled, so it survives a restart;
+        the next :meth:`migrate` writes it into the store, posts it and continues.
+        Deciding the same conflict again replaces the decision.
+
+        Raises :class:`sdk.ConfigurationError` for an unknown (or already applied)
+        conflict id, a bad choice, or merged data that is not a JSON object::
+
+            client.resolve_conflict(conflict.conflict_id, "merged",
+                                    data={**conflict.server["data"], "score": 10})
+        """
+        with self._journal() as journal:
+            rows = {row.conflict_id: row for row in journal.pending()}
+            row = rows.get(conflict_id)
+            if row is None:
+                raise ConfigurationError(
+                    f"no conflict {conflict_id!r} waits for a decision; list the waiting "
+                    "ones with pending_conflicts() (a decision already applied by "
+                    "migrate() cannot be changed)"
+                )
+            decision = resolved_item(Conflict.from_json(row.conflict), choice, data)
+            assert decision.item is not None
+            if not journal.decide(conflict_id, decision.choice, decision.item):
+                raise ConfigurationError(
+                    f"conflict {conflict_id!r} was applied by a migration running at the "
+                    "same time; its decision can no longer change"
+                )
+
     def _journal(self) -> Journal:
         return Journal(journal_path_for(self.store_path))
+
+    def _sleep(self, seconds: float) -> None:
+        stop = self._stop
+        if stop is None:
+            time.sleep(seconds)
+        else:
+            stoppable_sleep(stop)(seconds)
 
 
 def migrate(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import re
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ __all__ = ["LocalDetection", "LocalState", "check_local", "detect_local"]
 logger = logging.getLogger(__name__)
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+# The wire contract's device ids (StartMigrationRequest.device_id); ours are uuid4 hex.
+_DEVICE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _HEADER_SIZE = 100
 
 
@@ -187,6 +190,10 @@ def inspect_store(path: Path, *, count: bool) -> LocalDetection:
         if isinstance(error, StoreBusyError):
             raise error from exc  # a verdict of "corrupt" would be wrong: it is only busy
         return _corrupt(path, size, f"unreadable ({exc})")
+    except UnicodeDecodeError as exc:
+        # sqlite3 raises this instead of DatabaseError when SQLite's own error message
+        # quotes damaged bytes (e.g. a malformed schema entry).
+        return _corrupt(path, size, f"unreadable (its schema holds bytes that are not text: {exc})")
     finally:
         conn.close()
 
@@ -205,6 +212,9 @@ def _inspect_ours(
         migration = migration_state_from(meta)
     except (KeyError, ValueError, TypeError):
         return _corrupt(path, size, "its store_meta table lacks a valid data_version")
+    device_id = meta.get("device_id")
+    if not isinstance(device_id, str) or not _DEVICE_ID.fullmatch(device_id):
+        return _corrupt(path, size, f"its device id {device_id!r} is damaged")
     found = _Found(path, size, data_version, meta.get("device_id"))
     applied: set[str] = set()
     if "_sqlite_migrations" in tables:

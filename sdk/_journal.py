@@ -23,15 +23,24 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from ._errors import JournalError
+from ._failpoints import failpoint
+from .contract import canonical_json
 
-__all__ = ["Journal", "JournalRecord", "Phase", "ResolutionRecord", "journal_path_for"]
+__all__ = [
+    "Journal",
+    "JournalRecord",
+    "PendingRecord",
+    "Phase",
+    "ResolutionRecord",
+    "journal_path_for",
+]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal (
@@ -52,14 +61,26 @@ CREATE TABLE IF NOT EXISTS resolutions (
     item TEXT NOT NULL,
     posted INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS pending_conflicts (
+    conflict_id TEXT PRIMARY KEY,
+    collection TEXT NOT NULL,
+    key TEXT NOT NULL,
+    conflict TEXT NOT NULL,
+    choice TEXT,
+    item TEXT
+);
+CREATE TABLE IF NOT EXISTS conflict_flags (
+    conflict_id TEXT PRIMARY KEY,
+    flag TEXT NOT NULL
+);
 """
 
 
 class Phase(str, enum.Enum):
     """How far a migration got. Each phase is journaled before the step that follows it.
 
-    >>> Phase.PREPARED < Phase.COMPLETED
-    True
+    >>> Phase.PREPARED < Phase.COMPLETED, Phase.UPLOADED >= Phase.COMPLETED
+    (True, False)
     """
 
     PREPARED = "prepared"  # snapshot taken and checksummed; nothing sent yet
@@ -69,10 +90,27 @@ class Phase(str, enum.Enum):
     COMPLETED = "completed"  # the server committed; its checksum is journaled
     VERIFIED = "verified"  # checksums matched; the store is marked migrated
 
+    # All four: a str enum would otherwise compare the missing ones as text
+    # ("uploaded" >= "completed").
     def __lt__(self, other: object) -> bool:
         if not isinstance(other, Phase):
             return NotImplemented
         return _ORDER.index(self) < _ORDER.index(other)
+
+    def __le__(self, other: object) -> bool:
+        if not isinstance(other, Phase):
+            return NotImplemented
+        return _ORDER.index(self) <= _ORDER.index(other)
+
+    def __gt__(self, other: object) -> bool:
+        if not isinstance(other, Phase):
+            return NotImplemented
+        return _ORDER.index(self) > _ORDER.index(other)
+
+    def __ge__(self, other: object) -> bool:
+        if not isinstance(other, Phase):
+            return NotImplemented
+        return _ORDER.index(self) >= _ORDER.index(other)
 
 
 _ORDER = list(Phase)
@@ -99,6 +137,13 @@ class JournalRecord:
     session_id: str | None = None
     expected_checksum: str | None = None
     cloud_checksum: str | None = None
+    #: The device clock minus the server's, measured at detect/start (for newest_wins).
+    clock_offset_ms: int | None = None
+    clock_uncertainty_ms: int | None = None
+    #: Items per collection in the snapshot.
+    collections: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: The server's counts from ``complete`` (new, unchanged, conflicts, resolutions).
+    completion: dict[str, Any] | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
 
@@ -133,6 +178,30 @@ class ResolutionRecord:
     strategy: str
     item: dict[str, Any]
     posted: bool = False
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PendingRecord:
+    """A conflict waiting for the app: ``conflict`` as JSON, and the app's decision once
+    it made one (``choice`` and the resulting wire ``item``; ``None`` while waiting).
+
+    >>> PendingRecord(conflict_id="c1", collection="a", key="k", conflict={}).choice is None
+    True
+    """
+
+    conflict_id: str
+    collection: str
+    key: str
+    conflict: dict[str, Any]
+    choice: str | None = None
+    item: dict[str, Any] | None = None
+
+
+def _damaged(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+    if isinstance(code, int):
+        return code & 0xFF in (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
+    return "malformed" in str(exc) or "not a database" in str(exc)
 
 
 def journal_path_for(store_path: str | Path) -> Path:
@@ -171,6 +240,12 @@ class Journal:
             self._conn.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
             self._conn.close()
+            if not _damaged(exc):
+                # A full disk, an I/O error or a lock is no reason to delete the journal.
+                raise JournalError(
+                    f"cannot open the migration journal at {self.path} ({exc}); check that "
+                    "the disk is not full and the folder is writable, then migrate again"
+                ) from exc
             raise JournalError(
                 f"the migration journal at {self.path} is damaged ({exc}); delete it to "
                 "start the migration over (the store itself is not affected)"
@@ -198,6 +273,7 @@ class Journal:
             try:
                 with self._conn:
                     yield self._conn
+                    failpoint("journal.write")  # written, not committed
             except sqlite3.Error as exc:
                 raise JournalError(
                     f"cannot write the migration journal at {self.path}: {exc}; "
@@ -221,6 +297,8 @@ class Journal:
         with self._write() as conn:
             conn.execute("DELETE FROM acked_batches")
             conn.execute("DELETE FROM resolutions")
+            conn.execute("DELETE FROM pending_conflicts")
+            conn.execute("DELETE FROM conflict_flags")
             conn.execute("INSERT OR REPLACE INTO journal VALUES (1, ?)", (record.to_json(),))
         return record
 
@@ -244,6 +322,8 @@ class Journal:
             conn.execute("DELETE FROM journal")
             conn.execute("DELETE FROM acked_batches")
             conn.execute("DELETE FROM resolutions")
+            conn.execute("DELETE FROM pending_conflicts")
+            conn.execute("DELETE FROM conflict_flags")
 
     def record_batches(self, acked: Iterable[tuple[int, int, int]]) -> None:
         """Remember batches the server acknowledged: (seq, item_count, byte_count)."""
@@ -295,3 +375,128 @@ class Journal:
             )
             for r in rows
         ]
+
+    # -- conflicts decided by the policy or waiting for the app
+
+    def save_decisions(
+        self,
+        *,
+        resolutions: Iterable[ResolutionRecord] = (),
+        pending: Iterable[PendingRecord] = (),
+        flags: Mapping[str, dict[str, Any] | None] | None = None,
+        drop: Iterable[str] = (),
+        listed: Iterable[str] | None = None,
+    ) -> int:
+        """Record one round of decisions in one transaction; returns how many of the app's
+        decisions it turned into resolutions.
+
+        ``resolutions`` replace earlier ones by conflict id (and end their wait);
+        ``pending`` conflicts wait for the app, which keeps its decision on one whose
+        content is unchanged; ``flags`` sets (or, with ``None``, removes) a conflict's
+        flag; ``drop`` forgets decisions on conflicts the server no longer has; pending
+        conflicts not in ``listed`` (the server's unresolved ones) are forgotten. Last,
+        every decision the app made (:meth:`decide`) becomes a ``manual`` resolution.
+
+        >>> import tempfile, pathlib
+        >>> with Journal(pathlib.Path(tempfile.mkdtemp()) / "j") as journal:
+        ...     _ = journal.save_decisions(pending=[PendingRecord(conflict_id="c1",
+        ...         collection="a", key="k", conflict={"v": 1})])
+        ...     journal.decide("c1", "server", {"collection": "a", "key": "k"})
+        ...     journal.save_decisions(listed=["c1"]), journal.resolutions()[0].strategy
+        True
+        (1, 'manual')
+        """
+        resolution_rows = [
+            (r.conflict_id, r.collection, r.key, r.choice, r.strategy, json.dumps(r.item))
+            for r in resolutions
+        ]
+        pending_rows = [
+            (p.conflict_id, p.collection, p.key, canonical_json(p.conflict)) for p in pending
+        ]
+        with self._write() as conn:
+            if listed is not None:
+                keep = set(listed)
+                stale = [
+                    (cid,)
+                    for (cid,) in conn.execute("SELECT conflict_id FROM pending_conflicts")
+                    if cid not in keep
+                ]
+                conn.executemany("DELETE FROM pending_conflicts WHERE conflict_id = ?", stale)
+                conn.executemany("DELETE FROM conflict_flags WHERE conflict_id = ?", stale)
+            dropped = [(cid,) for cid in drop]
+            conn.executemany("DELETE FROM resolutions WHERE conflict_id = ?", dropped)
+            conn.executemany("DELETE FROM conflict_flags WHERE conflict_id = ?", dropped)
+            conn.executemany(
+                "INSERT OR REPLACE INTO resolutions"
+                " (conflict_id, collection, key, choice, strategy, item) VALUES (?,?,?,?,?,?)",
+                resolution_rows,
+            )
+            conn.executemany(
+                "DELETE FROM pending_conflicts WHERE conflict_id = ?",
+                ((row[0],) for row in resolution_rows),
+            )
+            conn.executemany(
+                "INSERT INTO pending_conflicts (conflict_id, collection, key, conflict)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (conflict_id) DO UPDATE SET"
+                " choice = CASE WHEN conflict = excluded.conflict THEN choice END,"
+                " item = CASE WHEN conflict = excluded.conflict THEN item END,"
+                " conflict = excluded.conflict",
+                pending_rows,
+            )
+            for cid, flag in (flags or {}).items():
+                conn.execute("DELETE FROM conflict_flags WHERE conflict_id = ?", (cid,))
+                if flag is not None:
+                    conn.execute(
+                        "INSERT INTO conflict_flags VALUES (?, ?)", (cid, json.dumps(flag))
+                    )
+            decided = conn.execute(
+                "SELECT conflict_id, collection, key, choice, item FROM pending_conflicts"
+                " WHERE choice IS NOT NULL"
+            ).fetchall()
+            conn.executemany(
+                "INSERT OR REPLACE INTO resolutions"
+                " (conflict_id, collection, key, choice, strategy, item)"
+                " VALUES (?, ?, ?, ?, 'manual', ?)",
+                decided,
+            )
+            conn.executemany(
+                "DELETE FROM pending_conflicts WHERE conflict_id = ?",
+                ((row[0],) for row in decided),
+            )
+        return len(decided)
+
+    def decide(self, conflict_id: str, choice: str, item: Mapping[str, Any]) -> bool:
+        """Record the app's decision on a pending conflict (a later one replaces it);
+        ``False`` if no such conflict waits."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE pending_conflicts SET choice = ?, item = ? WHERE conflict_id = ?",
+                (choice, json.dumps(dict(item)), conflict_id),
+            )
+            return cursor.rowcount == 1
+
+    def pending(self) -> list[PendingRecord]:
+        """Conflicts waiting for the app (decided or not), in (collection, key) order."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT conflict_id, collection, key, conflict, choice, item"
+                " FROM pending_conflicts ORDER BY collection, key, conflict_id"
+            ).fetchall()
+        return [
+            PendingRecord(
+                conflict_id=r[0],
+                collection=r[1],
+                key=r[2],
+                conflict=json.loads(r[3]),
+                choice=r[4],
+                item=None if r[5] is None else json.loads(r[5]),
+            )
+            for r in rows
+        ]
+
+    def flags(self) -> list[dict[str, Any]]:
+        """The flags of this migration's conflicts, in (collection, key) order."""
+        with self._lock:
+            rows = self._conn.execute("SELECT flag FROM conflict_flags").fetchall()
+        flags: list[dict[str, Any]] = [json.loads(row[0]) for row in rows]
+        return sorted(flags, key=lambda f: (f.get("collection", ""), f.get("key", "")))

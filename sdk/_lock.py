@@ -12,14 +12,19 @@ crashed migration never blocks the next one::
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
 from types import TracebackType
 
-from ._errors import MigrationBlockedError
+from ._errors import MigrationBlockedError, StoreError
 
 __all__ = ["MigrationLock", "lock_path_for"]
+
+
+# What the OS answers when another process holds the lock (flock, or msvcrt.locking).
+_HELD = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES, errno.EDEADLK})
 
 
 def lock_path_for(store_path: str | Path) -> Path:
@@ -43,13 +48,25 @@ class MigrationLock:
         """Take the lock if it is free; ``False`` if another process holds it."""
         if self._fd is not None:
             return True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the migration lock {self.path} ({exc}); check that the "
+                "store's folder is writable and the disk is not full",
+                path=str(self.path),
+            ) from exc
         try:
             _lock(fd)
-        except OSError:
+        except OSError as exc:
             os.close(fd)
-            return False
+            if exc.errno in _HELD:
+                return False
+            raise StoreError(
+                f"cannot lock {self.path} ({exc}); the file system may not support locks",
+                path=str(self.path),
+            ) from exc
         self._fd = fd
         return True
 

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 from . import contract as c
+from ._conflicts import ClockEstimate, Conflict, ConflictPolicy, FlaggedItem, decide
 from ._detect import LocalState, check_local, detect_local
 from ._errors import (
     ConfigurationError,
@@ -30,6 +33,7 @@ from ._errors import (
     MigrationError,
     NotFoundError,
     ProtocolError,
+    ServerError,
     SnapshotError,
     VerificationError,
 )
@@ -42,9 +46,10 @@ from ._events import (
     Progress,
     ProgressPhase,
 )
-from ._journal import Journal, JournalRecord, Phase, ResolutionRecord
+from ._failpoints import configure_from_env, failpoint
+from ._journal import Journal, JournalRecord, PendingRecord, Phase, ResolutionRecord
 from ._snapshot import Snapshot, open_snapshot, take_snapshot
-from ._store import LocalStore
+from ._store import LocalStore, now_ms
 from ._transport import Transport
 
 __all__ = ["MigrationOptions", "MigrationOutcome", "MigrationResult", "run_migration"]
@@ -59,6 +64,9 @@ _MAX_RESTARTS = 2
 _MAX_UPLOAD_PASSES = 3
 #: How many rounds of "complete → cloud changed → resolve again" one call accepts.
 _MAX_RESOLVE_ROUNDS = 3
+#: How long one call waits for a server that processes batches asynchronously (its
+#: status says ``processing``) before it gives up; the next call resumes the wait.
+_PROCESSING_TIMEOUT = 600.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -82,16 +90,25 @@ class MigrationOptions:
     compress: bool = False
     #: Where snapshots go; default: the user cache directory of the app.
     cache_dir: Path | None = None
+    #: How conflicts with the cloud's items are decided (default: the cloud's version).
+    conflicts: ConflictPolicy = dataclasses.field(default_factory=ConflictPolicy)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigurationError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.max_in_flight < 1:
             raise ConfigurationError(f"max_in_flight must be at least 1, got {self.max_in_flight}")
+        if not isinstance(self.conflicts, ConflictPolicy):
+            raise ConfigurationError(
+                f"conflicts must be a ConflictPolicy, got {type(self.conflicts).__name__}"
+            )
 
 
 class MigrationOutcome(str, enum.Enum):
     """How a call to migrate ended without an error.
+
+    ``STOPPED``: the caller's stop event was set; the migration paused at a safe point
+    and the next call resumes it.
 
     >>> MigrationOutcome.COMPLETED.value
     'completed'
@@ -100,6 +117,10 @@ class MigrationOutcome(str, enum.Enum):
     COMPLETED = "completed"
     NOTHING_TO_MIGRATE = "nothing_to_migrate"
     ALREADY_MIGRATED = "already_migrated"
+    STOPPED = "stopped"
+    #: Conflicts wait for the app (``manual`` or deferred): list them with
+    #: ``pending_conflicts()``, decide with ``resolve_conflict()``, then migrate again.
+    AWAITING_RESOLUTION = "awaiting_resolution"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -126,10 +147,44 @@ class MigrationResult:
     resumed: bool = False
     batches_uploaded: int = 0
     duration_s: float = 0.0
+    #: Conflicts waiting for the app (``AWAITING_RESOLUTION``).
+    pending_conflicts: int = 0
+    #: Items ``newest_wins`` could not order with confidence, decided by the fallback.
+    flagged: list[FlaggedItem] = dataclasses.field(default_factory=list)
 
 
 class _Restart(Exception):
     """The server session is gone; start over with a fresh snapshot."""
+
+
+class Stopped(Exception):
+    """The caller's stop event was set: leave at this safe point (the journal is current).
+
+    Raised inside the engine (and by :func:`stoppable_sleep` during retry waits), turned
+    into a ``STOPPED`` result by :func:`run_migration`; never reaches the app.
+
+    >>> issubclass(Stopped, Exception)
+    True
+    """
+
+
+def stoppable_sleep(stop: threading.Event) -> Callable[[float], None]:
+    """A ``sleep`` for the transport's retry waits that ends early, with :class:`Stopped`,
+    as soon as ``stop`` is set.
+
+    >>> stop = threading.Event()
+    >>> stop.set()
+    >>> stoppable_sleep(stop)(30.0)
+    Traceback (most recent call last):
+    ...
+    sdk._migrate.Stopped: stopped during a retry wait
+    """
+
+    def sleep(seconds: float) -> None:
+        if stop.wait(seconds):
+            raise Stopped("stopped during a retry wait")
+
+    return sleep
 
 
 @dataclasses.dataclass
@@ -144,6 +199,14 @@ class _Run:
     batches_uploaded: int = 0
     conflicts_seen: int = 0
     compress: bool = False
+    stop: threading.Event | None = None
+    #: The device clock minus the server's, measured at detect/start in this process.
+    clock: ClockEstimate | None = None
+
+    def check_stop(self) -> None:
+        """Leave here if the caller asked to stop; call only where the journal is current."""
+        if self.stop is not None and self.stop.is_set():
+            raise Stopped("stopped at a safe point")
 
 
 def run_migration(
@@ -154,9 +217,33 @@ def run_migration(
     options: MigrationOptions,
     cache_dir: Path,
     hooks: Hooks,
+    stop: threading.Event | None = None,
 ) -> MigrationResult:
-    """Run (or resume) the migration of the store at ``store_path`` to the end."""
-    run = _Run(store_path, transport, journal, options, cache_dir, hooks)
+    """Run (or resume) the migration of the store at ``store_path`` to the end.
+
+    When ``stop`` is set (from any thread) the run leaves at the next safe point (between
+    batches or steps) and returns a ``STOPPED`` result; the next call resumes it.
+    """
+    configure_from_env()  # tests crash child processes at named steps (no-op when unset)
+    run = _Run(store_path, transport, journal, options, cache_dir, hooks, stop=stop)
+    try:
+        return _run(run)
+    except Stopped:
+        record = journal.load()
+        logger.info("migration stopped at a safe point; the next call resumes it")
+        return MigrationResult(
+            outcome=MigrationOutcome.STOPPED,
+            migration_id=record.migration_id if record else None,
+            session_id=record.session_id if record else None,
+            item_count=record.item_count if record else 0,
+            resumed=record is not None,
+            batches_uploaded=run.batches_uploaded,
+            duration_s=time.monotonic() - run.started,
+        )
+
+
+def _run(run: _Run) -> MigrationResult:
+    journal = run.journal
     record = journal.load()
     resumed = record is not None
     for _attempt in range(_MAX_RESTARTS + 1):
@@ -169,7 +256,8 @@ def run_migration(
             return _drive(run, record, resumed=resumed)
         except _Restart as why:
             logger.warning("starting the migration over: %s", why)
-            _abandon(run, record)
+            # The journal's record, not ours: _drive may have journaled a session since.
+            _abandon(run, journal.load() or record)
             record = None
     raise MigrationError(
         "the server discarded the migration session several times in a row; "
@@ -197,6 +285,9 @@ def _prepare(run: _Run) -> JournalRecord | MigrationResult:
             verified=True,
         )
     check_local(local)
+    # Resolved conflicts and the migrated mark are written back at the end: a store that
+    # cannot even be opened for that is refused now, before anything is uploaded.
+    LocalStore(run.store_path, create=False).close()
     run.hooks.emit(
         LocalDataDetected(
             item_count=local.item_count,
@@ -216,15 +307,20 @@ def _prepare(run: _Run) -> JournalRecord | MigrationResult:
             reason=server.reason,
         )
     run.compress = run.options.compress and "gzip" in server.capabilities
+    run.clock = _measured(run, server.server_time)
+    run.check_stop()
     migration_id = uuid.uuid4().hex
+    prefix = _snapshot_prefix(run.store_path)
+    _drop_stale_snapshots(run.cache_dir, prefix)
     run.hooks.progress(Progress(ProgressPhase.SNAPSHOTTING, 0, local.item_count))
     snapshot = take_snapshot(
         run.store_path,
         run.cache_dir,
         batch_size=min(run.options.batch_size, server.limits.max_batch_items),
         max_batch_bytes=server.limits.max_batch_bytes,
-        name=migration_id,
+        name=f"{prefix}-{migration_id}",
     )
+    failpoint("snapshot.taken")
     with snapshot:
         record = JournalRecord.new(
             migration_id=migration_id,
@@ -234,6 +330,7 @@ def _prepare(run: _Run) -> JournalRecord | MigrationResult:
             dataset_checksum=snapshot.dataset_checksum,
             item_count=snapshot.item_count,
             batch_count=snapshot.batch_count,
+            collections=dict(snapshot.collections),
         )
     return run.journal.create(record)
 
@@ -247,13 +344,17 @@ def _drive(run: _Run, record: JournalRecord, *, resumed: bool) -> MigrationResul
             assert snapshot is not None
             record = _start(run, record, snapshot, resumed=resumed)
         for _round in range(_MAX_RESOLVE_ROUNDS):
+            run.check_stop()
             if record.phase is Phase.STARTED:
                 assert snapshot is not None
                 record = _upload(run, record, snapshot)
             if record.phase is Phase.UPLOADED:
                 assert snapshot is not None
                 record = _resolve(run, record, snapshot)
+                if record.phase is Phase.UPLOADED:  # conflicts wait for the app
+                    return _awaiting(run, record, resumed=resumed)
             if record.phase is Phase.RESOLVED:
+                run.check_stop()
                 record = _complete(run, record)
             if record.phase >= Phase.COMPLETED:
                 break
@@ -288,13 +389,18 @@ def _start(run: _Run, record: JournalRecord, snapshot: Snapshot, *, resumed: boo
         config=c.MigrationConfig(compression="gzip" if run.compress else "identity"),
         manifest=snapshot.manifest(),
     )
+    failpoint("start.before")
     try:
         answer = run.transport.start(request)
     except ConflictError as exc:
         raise MigrationBlockedError(
             f"the server refused to start this migration: {exc}", reason=exc.code
         ) from exc
-    record = run.journal.advance(Phase.STARTED, session_id=answer.session_id)
+    failpoint("start.sent")
+    run.clock = _measured(run, answer.server_time)
+    record = run.journal.advance(
+        Phase.STARTED, session_id=answer.session_id, **_clock_fields(run.clock)
+    )
     run.hooks.emit(
         MigrationStarted(
             migration_id=record.migration_id,
@@ -329,6 +435,12 @@ def _upload(run: _Run, record: JournalRecord, snapshot: Snapshot) -> JournalReco
             return run.journal.advance(Phase.UPLOADED)
         held = set(status.received_batches)
         missing = [seq for seq in sorted(sizes) if seq not in held]
+        if not missing and status.status is c.SessionStatus.PROCESSING:
+            # Held, not processed yet: conflicts are known once they are. A batch the
+            # server then fails to process is no longer held, and is sent again.
+            status = _await_processing(run, session_id)
+            held = set(status.received_batches)
+            missing = [seq for seq in sorted(sizes) if seq not in held]
         if not missing:
             return run.journal.advance(Phase.UPLOADED)
         done_items = sum(sizes[s][0] for s in held if s in sizes)
@@ -337,6 +449,7 @@ def _upload(run: _Run, record: JournalRecord, snapshot: Snapshot) -> JournalReco
         run.hooks.progress(progress.report())
 
         def acknowledge(receipts: list[c.BatchReceipt], progress: _Counter = progress) -> None:
+            failpoint("batch.answered")
             run.journal.record_batches((r.seq, *sizes[r.seq]) for r in receipts)
             for receipt in receipts:
                 progress.add(*sizes[receipt.seq])
@@ -347,7 +460,29 @@ def _upload(run: _Run, record: JournalRecord, snapshot: Snapshot) -> JournalReco
     raise ProtocolError(
         f"the server acknowledged every batch of session {session_id} but its status still "
         "lists some as missing; report this to the server's operators"
+        + (f" (it says: {'; '.join(status.errors)})" if status.errors else "")
     )
+
+
+def _await_processing(run: _Run, session_id: str) -> c.GetMigrationStatusResponse:
+    """Poll ``status`` (backing off to 2 s) while the server says ``processing``."""
+    deadline = time.monotonic() + _PROCESSING_TIMEOUT
+    delay = 0.05
+    while True:
+        status = _session_status(run, session_id)
+        if status.status is not c.SessionStatus.PROCESSING:
+            return status
+        if time.monotonic() + delay > deadline:
+            raise ServerError(
+                f"the server was still processing the batches of session {session_id} after"
+                f" {_PROCESSING_TIMEOUT:.0f} s; run the migration again later: it resumes here",
+                status=503,
+            )
+        if run.stop is not None:
+            stoppable_sleep(run.stop)(delay)
+        else:
+            time.sleep(delay)
+        delay = min(delay * 2, 2.0)
 
 
 def _send_batches(
@@ -363,6 +498,8 @@ def _send_batches(
         in_flight: set[Future[c.BatchReceipt]] = set()
         try:
             for batch in snapshot.iter_batches(seqs):
+                if run.stop is not None and run.stop.is_set():
+                    break  # let the batches in flight land (and be journaled), then stop
                 while len(in_flight) >= limit:
                     in_flight = _collect(in_flight, acknowledge, FIRST_COMPLETED)
                 in_flight.add(
@@ -377,6 +514,7 @@ def _send_batches(
                 )
             while in_flight:
                 in_flight = _collect(in_flight, acknowledge, FIRST_COMPLETED)
+            run.check_stop()
         except BaseException:
             for future in in_flight:
                 future.cancel()
@@ -406,31 +544,80 @@ def _collect(
 
 
 def _resolve(run: _Run, record: JournalRecord, snapshot: Snapshot) -> JournalRecord:
+    """Decide every conflict the server lists with the policy, write the outcome into the
+    store, post it. Returns the record in ``RESOLVED``, or still in ``UPLOADED`` while
+    conflicts wait for the app (nothing is confirmed before they are decided)."""
     session_id = _session_id(record)
-    unresolved = [x for x in run.transport.iter_conflicts(session_id) if not x.resolved]
-    if unresolved:
-        run.conflicts_seen = max(run.conflicts_seen, len(unresolved))
+    _session_status(run, session_id)  # an expired session starts over, it does not wait
+    listing = list(run.transport.iter_conflicts(session_id))
+    clock = _clock(run, record)
+    unresolved = [x for x in listing if not x.resolved]
+    known = {r.conflict_id: r for r in run.journal.resolutions()}
+    waiting = {p.conflict_id: p for p in run.journal.pending()}
+    run.conflicts_seen = max(run.conflicts_seen, len(listing))
+    if any(x.conflict_id not in known and x.conflict_id not in waiting for x in unresolved):
         run.hooks.emit(DataConflictDetected(session_id=session_id, count=len(unresolved)))
+    if unresolved:
         run.hooks.progress(Progress(ProgressPhase.RESOLVING, 0, len(unresolved)))
-        # Decided and journaled before anything is written locally or posted.
-        run.journal.save_resolutions(_server_wins(conflict) for conflict in unresolved)
-    decided = run.journal.resolutions()
-    _apply_locally(run, snapshot, decided)
-    pending = [r for r in decided if not r.posted]
-    chunk = 500
-    for start in range(0, len(pending), chunk):
-        part = pending[start : start + chunk]
-        run.transport.resolve(
-            c.ResolveConflictsRequest(
-                session_id=session_id,
-                resolutions=[
-                    c.Resolution(conflict_id=r.conflict_id, choice=r.choice, strategy=r.strategy)  # type: ignore[arg-type]
-                    for r in part
-                ],
+    listed = {x.conflict_id for x in listing}
+    # Conflicts the server dropped (the cloud came to hold this device's item): forget
+    # their decisions, and undo them in the store.
+    obsolete = [r for r in known.values() if r.conflict_id not in listed]
+    previous: dict[tuple[str, str], Any] = {(r.collection, r.key): r.item for r in obsolete}
+    resolutions: list[ResolutionRecord] = []
+    pending: list[PendingRecord] = []
+    flags: dict[str, dict[str, Any] | None] = {}
+    now = now_ms()
+    for found in unresolved:
+        old = known.get(found.conflict_id)
+        if old is not None and not old.posted:
+            continue  # decided before a restart: post it as it was decided
+        conflict = Conflict.from_wire(found)
+        row = waiting.get(found.conflict_id)
+        if row is not None and row.choice is not None and _same(row.conflict, conflict):
+            continue  # the app decided it; the journal turns that into a resolution
+        if old is not None:
+            # Posted, yet unresolved again: the cloud changed meanwhile. Decide anew, and
+            # replace the earlier outcome in the store.
+            previous[(old.collection, old.key)] = old.item
+        decision = decide(conflict, run.options.conflicts, clock, now_ms=now)
+        flags[found.conflict_id] = None if decision.flag is None else _as_dict(decision.flag)
+        if decision.item is None:
+            waiting_for = dataclasses.replace(conflict, reason=decision.reason)
+            pending.append(
+                PendingRecord(
+                    conflict_id=conflict.conflict_id,
+                    collection=conflict.collection,
+                    key=conflict.key,
+                    conflict=waiting_for.to_json(),
+                )
             )
-        )
-        run.journal.mark_posted(r.conflict_id for r in part)
-        run.hooks.progress(Progress(ProgressPhase.RESOLVING, start + len(part), len(pending)))
+        else:
+            resolutions.append(
+                ResolutionRecord(
+                    conflict_id=conflict.conflict_id,
+                    collection=conflict.collection,
+                    key=conflict.key,
+                    choice=decision.choice,
+                    strategy=decision.kind,
+                    item=dict(decision.item),
+                )
+            )
+    # Journaled before anything is written locally or posted.
+    run.journal.save_decisions(
+        resolutions=resolutions,
+        pending=pending,
+        flags=flags,
+        drop=[r.conflict_id for r in obsolete],
+        listed=[x.conflict_id for x in unresolved],
+    )
+    decided = run.journal.resolutions()
+    _apply_locally(run, snapshot, decided, previous)
+    _post(run, session_id, [r for r in decided if not r.posted])
+    still_waiting = sum(1 for p in run.journal.pending() if p.choice is None)
+    if still_waiting:
+        logger.info("%d conflict(s) wait for the app's decision", still_waiting)
+        return record
     overrides = {(r.collection, r.key): r.item for r in decided if r.choice != "local"}
     # With nothing overridden the expected state is the snapshot itself: skip a full pass.
     expected = (
@@ -441,43 +628,149 @@ def _resolve(run: _Run, record: JournalRecord, snapshot: Snapshot) -> JournalRec
     return run.journal.advance(Phase.RESOLVED, expected_checksum=expected)
 
 
-def _server_wins(conflict: c.DataConflict) -> ResolutionRecord:
-    server = conflict.server
-    return ResolutionRecord(
-        conflict_id=conflict.conflict_id,
-        collection=conflict.collection,
-        key=conflict.key,
-        choice="server",
-        strategy="server_wins",
-        item={
-            "collection": conflict.collection,
-            "key": conflict.key,
-            "data": server.data,
-            "updatedAt": server.updated_at,
-            "deleted": server.deleted,
-        },
+def _post(run: _Run, session_id: str, pending: list[ResolutionRecord]) -> None:
+    """Post decided resolutions in chunks; each chunk is journaled as posted once the
+    server recorded it (posting it again changes nothing)."""
+    chunk = 500
+    for start in range(0, len(pending), chunk):
+        part = pending[start : start + chunk]
+        failpoint("resolve.before")
+        try:
+            run.transport.resolve(
+                c.ResolveConflictsRequest(
+                    session_id=session_id, resolutions=[_wire(r) for r in part]
+                )
+            )
+        except NotFoundError as exc:
+            raise _Restart(f"the server no longer knows session {session_id}") from exc
+        except ConflictError as exc:
+            if exc.code == c.ProblemCode.SESSION_EXPIRED.value:
+                raise _Restart(f"session {session_id} expired while resolving") from exc
+            raise
+        failpoint("resolve.after")
+        run.journal.mark_posted(r.conflict_id for r in part)
+        run.hooks.progress(Progress(ProgressPhase.RESOLVING, start + len(part), len(pending)))
+
+
+def _wire(record: ResolutionRecord) -> c.Resolution:
+    if record.choice == "merged":
+        return c.Resolution(
+            conflict_id=record.conflict_id,
+            choice="merged",
+            strategy=record.strategy,
+            data=record.item["data"],
+            updated_at=record.item["updatedAt"],
+            deleted=record.item["deleted"],
+        )
+    return c.Resolution(
+        conflict_id=record.conflict_id,
+        choice="local" if record.choice == "local" else "server",
+        strategy=record.strategy,
     )
 
 
-def _apply_locally(run: _Run, snapshot: Snapshot, decided: Iterable[ResolutionRecord]) -> None:
-    """Write the winning versions into the store, where the app has not edited them since."""
-    decided = [r for r in decided if r.choice != "local"]
-    if not decided:
+def _apply_locally(
+    run: _Run,
+    snapshot: Snapshot,
+    decided: Iterable[ResolutionRecord],
+    previous: Mapping[tuple[str, str], Any] | None = None,
+) -> None:
+    """Write the decided versions into the store, where the app has not edited the item
+    since the snapshot (or since an earlier decision, in ``previous``, that this one
+    replaces; a key in ``previous`` without a decision goes back to the snapshot's)."""
+    previous = previous or {}
+    targets: dict[tuple[str, str], Any] = dict.fromkeys(previous)
+    for r in decided:
+        key = (r.collection, r.key)
+        if r.choice != "local" or key in previous:
+            targets[key] = r.item
+    if not targets:
         return
-    originals = snapshot.get_items([(r.collection, r.key) for r in decided])
-    pairs: list[tuple[Any, Any]] = [
-        (originals[(r.collection, r.key)], r.item)
-        for r in decided
-        if (r.collection, r.key) in originals
-    ]
+    originals = snapshot.get_items(list(targets))
+    pairs: list[tuple[Any, Any]] = []
+    for key, target in targets.items():
+        original = originals.get(key)
+        if original is None:
+            continue
+        new = original if target is None else target
+        for expected in (original, previous.get(key)):
+            if expected is not None and c.canonical_json(expected) != c.canonical_json(new):
+                pairs.append((expected, new))
+    if not pairs:
+        return
     with LocalStore(run.store_path, create=False) as store:
         replaced = store.replace_if_unchanged(pairs)
     logger.info("applied %d of %d conflict resolutions to the local store", replaced, len(pairs))
 
 
+def _awaiting(run: _Run, record: JournalRecord, *, resumed: bool) -> MigrationResult:
+    """The result while conflicts wait for the app; the next call continues from here."""
+    waiting = sum(1 for p in run.journal.pending() if p.choice is None)
+    decided = run.journal.resolutions()
+    kinds: dict[str, int] = {}
+    for r in decided:
+        kinds[r.strategy] = kinds.get(r.strategy, 0) + 1
+    run.hooks.progress(Progress(ProgressPhase.RESOLVING, len(decided), len(decided) + waiting))
+    return MigrationResult(
+        outcome=MigrationOutcome.AWAITING_RESOLUTION,
+        migration_id=record.migration_id,
+        session_id=record.session_id,
+        item_count=record.item_count,
+        collections=dict(record.collections),
+        conflicts=run.conflicts_seen,
+        resolutions_by_kind=dict(sorted(kinds.items())),
+        dataset_checksum=record.dataset_checksum,
+        resumed=resumed,
+        batches_uploaded=run.batches_uploaded,
+        duration_s=time.monotonic() - run.started,
+        pending_conflicts=waiting,
+        flagged=_flagged(run.journal),
+    )
+
+
+def _measured(run: _Run, server_time: int) -> ClockEstimate | None:
+    """The clock offset from the last round trip, if it beats the one known so far."""
+    measured = ClockEstimate.measure(run.transport.last_exchange, server_time)
+    return run.clock if measured is None else measured.better(run.clock)
+
+
+def _clock_fields(clock: ClockEstimate | None) -> dict[str, Any]:
+    if clock is None:
+        return {}
+    return {"clock_offset_ms": clock.offset_ms, "clock_uncertainty_ms": clock.uncertainty_ms}
+
+
+def _clock(run: _Run, record: JournalRecord) -> ClockEstimate:
+    """The clock estimate for ``newest_wins``: measured in this process, journaled at
+    start, or (a journal without one) the ``Date`` header of the last answer."""
+    if run.clock is not None:
+        return run.clock
+    if record.clock_offset_ms is not None:
+        return ClockEstimate(record.clock_offset_ms, record.clock_uncertainty_ms or 0)
+    estimate = ClockEstimate.from_date(run.transport.last_exchange)
+    if estimate is None:
+        logger.warning("no measure of the server's clock: comparing timestamps uncorrected")
+        return ClockEstimate()
+    return estimate
+
+
+def _flagged(journal: Journal) -> list[FlaggedItem]:
+    return [FlaggedItem(**flag) for flag in journal.flags()]
+
+
+def _same(stored: Mapping[str, Any], conflict: Conflict) -> bool:
+    """Whether a journaled conflict is the one listed now (the reason aside)."""
+    return {**stored, "reason": None} == conflict.to_json()
+
+
+def _as_dict(flag: FlaggedItem) -> dict[str, Any]:
+    return dataclasses.asdict(flag)
+
+
 def _complete(run: _Run, record: JournalRecord) -> JournalRecord:
     session_id = _session_id(record)
     run.hooks.progress(Progress(ProgressPhase.COMPLETING, 0, record.item_count))
+    failpoint("complete.before")
     try:
         answer = run.transport.complete(
             session_id, c.CompleteMigrationRequest(dataset_checksum=record.dataset_checksum)
@@ -493,7 +786,18 @@ def _complete(run: _Run, record: JournalRecord) -> JournalRecord:
         raise
     except NotFoundError as exc:
         raise _Restart(f"the server no longer knows session {session_id}") from exc
-    return run.journal.advance(Phase.COMPLETED, cloud_checksum=answer.cloud_checksum)
+    failpoint("complete.after")
+    completion = None
+    if answer.new_items is not None:
+        completion = {
+            "new_items": answer.new_items,
+            "unchanged_items": answer.unchanged_items,
+            "conflicts": answer.conflicts,
+            "resolutions_by_kind": answer.resolutions_by_kind,
+        }
+    return run.journal.advance(
+        Phase.COMPLETED, cloud_checksum=answer.cloud_checksum, completion=completion
+    )
 
 
 def _verify(run: _Run, record: JournalRecord, *, resumed: bool) -> MigrationResult:
@@ -514,7 +818,11 @@ def _verify(run: _Run, record: JournalRecord, *, resumed: bool) -> MigrationResu
                 cloud_checksum=record.cloud_checksum,
             )
         record = run.journal.advance(Phase.VERIFIED)
-    summary = _summary(run, session_id)
+    failpoint("cleanup.before")
+    # The commit's own counts; the summary (a second full pass on the server) only when
+    # the server did not send them.
+    summary = None if record.completion else _summary(run, session_id)
+    flagged = _flagged(run.journal)
     Path(record.snapshot_path).unlink(missing_ok=True)
     run.journal.clear()
     run.hooks.progress(Progress(ProgressPhase.DONE, record.item_count, record.item_count))
@@ -524,22 +832,26 @@ def _verify(run: _Run, record: JournalRecord, *, resumed: bool) -> MigrationResu
             session_id=session_id, item_count=record.item_count, checksum=record.cloud_checksum
         )
     )
+    counts: dict[str, Any] = record.completion or (
+        summary.model_dump() if summary else {"conflicts": run.conflicts_seen}
+    )
     return MigrationResult(
         outcome=MigrationOutcome.COMPLETED,
         migration_id=record.migration_id,
         session_id=session_id,
         item_count=record.item_count,
-        collections=dict(summary.collections) if summary else {},
-        new_items=summary.new_items if summary else None,
-        unchanged_items=summary.unchanged_items if summary else None,
-        conflicts=summary.conflicts if summary else run.conflicts_seen,
-        resolutions_by_kind=dict(summary.resolutions_by_kind) if summary else {},
+        collections=dict(record.collections),
+        new_items=counts.get("new_items"),
+        unchanged_items=counts.get("unchanged_items"),
+        conflicts=counts.get("conflicts") or 0,
+        resolutions_by_kind=dict(counts.get("resolutions_by_kind") or {}),
         dataset_checksum=record.dataset_checksum,
         cloud_checksum=record.cloud_checksum,
         verified=True,
         resumed=resumed,
         batches_uploaded=run.batches_uploaded,
         duration_s=time.monotonic() - run.started,
+        flagged=flagged,
     )
 
 
@@ -550,6 +862,22 @@ def _summary(run: _Run, session_id: str) -> c.MigrationSummary | None:
     except MigrationError as exc:
         logger.warning("migration verified, but its summary could not be fetched: %s", exc)
         return None
+
+
+def _snapshot_prefix(store_path: Path) -> str:
+    """How this store's snapshots are named: stores of one app share the cache folder."""
+    return "s" + hashlib.sha256(str(store_path.resolve()).encode()).hexdigest()[:16]
+
+
+def _drop_stale_snapshots(cache_dir: Path, prefix: str) -> None:
+    """Delete this store's snapshot files that no journal names: a process killed while
+    it took a snapshot, or before it journaled it, leaves one (or a ``.partial``) behind.
+    Called with an empty journal and the store's migration lock held, so none is in use."""
+    if not cache_dir.is_dir():
+        return
+    for path in cache_dir.glob(f"{prefix}-*"):
+        logger.info("removing the unfinished snapshot %s", path)
+        path.unlink(missing_ok=True)
 
 
 def _abandon(run: _Run, record: JournalRecord | None) -> None:

@@ -50,6 +50,7 @@ from sdk._errors import (
     StoreNotFoundError,
     UnsupportedDataVersionError,
 )
+from sdk._failpoints import failpoint
 from sdk._store import (
     STORE_APPLICATION_ID,
     STORE_FORMAT,
@@ -66,7 +67,8 @@ from sdk.contract import (
     Manifest,
     batch_body,
     batch_checksum,
-    canonical_item,
+    canonical_item_parts,
+    canonical_json,
     item_digest,
 )
 
@@ -324,7 +326,11 @@ class Snapshot:
                 (first_collection, first_key, count),
             ).fetchall()
         try:
-            body = batch_body(canonical_item(_item(row)) for row in rows)
+            # The snapshot's data is canonical JSON (normalized when it was taken), so
+            # the item is formatted around it: no parse and re-encode per row.
+            body = batch_body(
+                canonical_item_parts(c, k, d, u, bool(x)) for c, k, d, u, x in rows
+            )
         except (ValueError, TypeError, RecursionError) as exc:
             raise self._tampered(seq, f"an item cannot be encoded ({exc})") from exc
         actual = batch_checksum(body)
@@ -592,6 +598,7 @@ def _build(source: Path, partial: Path, batch_size: int, max_batch_bytes: int) -
             # One step (pages=-1) holds one read transaction for the whole copy, so the
             # copy is a single point in time even while the app commits.
             src.backup(dst)
+            failpoint("snapshot.during")
         except sqlite3.Error as exc:
             error = store_error(exc, source, "copy the store")
             if isinstance(error, (StoreBusyError, CorruptStoreError)):
@@ -607,7 +614,7 @@ def _build(source: Path, partial: Path, batch_size: int, max_batch_bytes: int) -
             return _check_and_plan(dst, source, batch_size, max_batch_bytes)
         except sqlite3.Error as exc:
             error = store_error(exc, partial, "write the snapshot")
-            if isinstance(error, CorruptStoreError):
+            if isinstance(error, CorruptStoreError) or _schema_error(exc):
                 raise CorruptStoreError(
                     f"the store {source} is damaged ({exc}); restore it from a backup",
                     path=str(source),
@@ -616,8 +623,25 @@ def _build(source: Path, partial: Path, batch_size: int, max_batch_bytes: int) -
                 f"could not write the snapshot {partial} ({exc}); check free space and "
                 "take the snapshot again"
             ) from exc
+    except UnicodeDecodeError as exc:
+        # sqlite3 raises this instead of DatabaseError when SQLite's message quotes
+        # damaged bytes (a malformed schema entry copied from the store).
+        raise CorruptStoreError(
+            f"the store {source} is damaged (its schema holds bytes that are not text); "
+            "restore it from a backup",
+            path=str(source),
+        ) from exc
     finally:
         dst.close()
+
+
+def _schema_error(exc: sqlite3.Error) -> bool:
+    """SQLITE_ERROR from our own queries on the copy ("no such column: updated_at"): the
+    store's schema is not the one its version promises, so the store is damaged."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+    if isinstance(code, int):
+        return code & 0xFF == 1
+    return str(exc).startswith("no such ")
 
 
 def _check_and_plan(
@@ -655,6 +679,7 @@ def _check_and_plan(
     planner = _Planner(conn, batch_size, max_batch_bytes)
     problems = []
     invalid = 0
+    conn.execute("CREATE TEMP TABLE normalized (collection TEXT, key TEXT, data TEXT)")
     for row in conn.execute(f"{_ITEMS} ORDER BY collection, key"):
         encoded = _encode_row(row)
         if isinstance(encoded, str):
@@ -662,7 +687,12 @@ def _check_and_plan(
             if len(problems) < _MAX_PROBLEMS:
                 problems.append(f"{item_label(row[0], row[1])}: {encoded}")
         elif not invalid:  # once an item is bad the snapshot fails: stop planning
-            planner.add(row[0], row[1], encoded)
+            canonical, normalized = encoded
+            planner.add(row[0], row[1], canonical)
+            if normalized is not None:
+                conn.execute(
+                    "INSERT INTO temp.normalized VALUES (?, ?, ?)", (row[0], row[1], normalized)
+                )
     if invalid:
         raise SnapshotError(
             f"{invalid} item(s) in {source} cannot be migrated: {'; '.join(problems)}; "
@@ -670,6 +700,13 @@ def _check_and_plan(
             "snapshot again"
         )
     planner.finish()
+    # Data written by the store is canonical already; anything else (a row written
+    # around the store) is rewritten in the copy, so batches can be built without
+    # parsing and still match the digests computed here.
+    conn.executemany(
+        "UPDATE items SET data = ? WHERE collection = ? AND key = ?",
+        conn.execute("SELECT data, collection, key FROM temp.normalized").fetchall(),
+    )
     info = _Info(
         dataset_checksum=planner.dataset.hexdigest(),
         item_count=planner.item_count,
@@ -702,8 +739,9 @@ def _check_and_plan(
     return info
 
 
-def _encode_row(row: tuple[Any, ...]) -> bytes | str:
-    """The canonical bytes of an item row, or what is wrong with it."""
+def _encode_row(row: tuple[Any, ...]) -> tuple[bytes, str | None] | str:
+    """The canonical bytes of an item row and, when its data text is not canonical JSON,
+    the canonical text to store instead; or what is wrong with the row."""
     collection, key, data, updated_at, deleted = row
     if type(collection) is not str or not _NAME_RE.fullmatch(collection):
         return "invalid collection name"
@@ -720,15 +758,9 @@ def _encode_row(row: tuple[Any, ...]) -> bytes | str:
     if type(value) is not dict:
         return "data is not a JSON object"
     try:
-        return canonical_item(
-            {
-                "collection": collection,
-                "key": key,
-                "data": value,
-                "updatedAt": updated_at,
-                "deleted": bool(deleted),
-            }
-        )
+        text = canonical_json(value)
+        canonical = canonical_item_parts(collection, key, text, updated_at, bool(deleted))
+        return canonical, (None if text == data else text)
     except UnicodeEncodeError:
         return "holds text that is not valid UTF-8"
     except (ValueError, TypeError, RecursionError) as exc:
@@ -751,8 +783,22 @@ class _Planner:
         self._count = 0
         self._size = 0
         self._body = hashlib.sha256()
+        self._last_collection = ""
+        self._last_key = ""
 
     def add(self, collection: str, key: str, encoded: bytes) -> None:
+        if self.item_count and (
+            collection < self._last_collection
+            or (collection == self._last_collection and key <= self._last_key)
+        ):
+            # A damaged page can hold a key out of order, which quick_check does not look
+            # at; the batches (and the server) need strictly ascending keys. This is what
+            # integrity_check would report, and _build names the store as damaged.
+            raise sqlite3.DatabaseError(
+                "database disk image is malformed: items out of order at "
+                f"{item_label(collection, key)}"
+            )
+        self._last_collection, self._last_key = collection, key
         self.dataset.update(hashlib.sha256(encoded).digest())
         self.collections[collection] = self.collections.get(collection, 0) + 1
         self.item_count += 1

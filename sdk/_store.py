@@ -158,7 +158,10 @@ def store_error(exc: sqlite3.Error, path: Path | str, action: str) -> StoreError
             "the busy timeout; try again once the other writer is done",
             path=where,
         )
-    if primary in (11, 26) or "malformed" in text or "not a database" in text:
+    # "Could not decode to UTF-8": sqlite3 met text bytes that damage made invalid.
+    if primary in (11, 26) or any(
+        sign in text for sign in ("malformed", "not a database", "Could not decode")
+    ):
         return CorruptStoreError(
             f"could not {action}: {where} is damaged ({text}); restore it from a backup "
             "or move it away",
@@ -354,6 +357,16 @@ class LocalStore:
         except sqlite3.Error as exc:
             conn.close()
             raise store_error(exc, path, "open the store") from exc
+        except (ValueError, LookupError, TypeError) as exc:
+            # What damaged schema bookkeeping looks like from here: sqlite3 raises
+            # UnicodeDecodeError when SQLite's message quotes damaged bytes, sqlite-utils
+            # a KeyError when a column of its migrations table lost its name.
+            conn.close()
+            raise CorruptStoreError(
+                f"could not open the store: {path} is damaged ({type(exc).__name__}: {exc});"
+                " restore it from a backup or move it away",
+                path=str(path),
+            ) from exc
         except BaseException:
             conn.close()
             raise

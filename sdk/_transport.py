@@ -51,6 +51,7 @@ from ._errors import (
     ServerError,
     TransportError,
 )
+from ._failpoints import failpoint
 from ._retry import (
     Retrier,
     RetryDecision,
@@ -71,6 +72,8 @@ from .contract import (
     DetectMigrationResponse,
     GetMigrationStatusResponse,
     GetMigrationSummaryResponse,
+    PlanEntry,
+    PlanResponse,
     ProblemCode,
     ResolveConflictsRequest,
     ResolveConflictsResponse,
@@ -441,6 +444,7 @@ class Transport:
             content=content,
             headers=headers,
         )
+        failpoint("batch.sent")  # the server holds the batch; the engine has not seen it
         if receipt.seq != seq or receipt.checksum.lower() != checksum:
             raise ProtocolError(
                 f"put_batch: the server acknowledged batch {receipt.seq} with checksum "
@@ -513,6 +517,24 @@ class Transport:
         return self._call(
             "resolve", "POST", "/resolve-conflicts", ResolveConflictsResponse, json=request.wire()
         )
+
+    def plan(self, entries: list[PlanEntry]) -> PlanResponse:
+        """``POST /plan``: what the cloud holds under these keys (read-only). ``entries``
+        are plain dicts, ascending by (collection, key); the answer has one outcome each.
+
+        >>> transport.plan([{"collection": "c", "key": "k", "digest": "0" * 64}]
+        ...                ).outcomes  # doctest: +SKIP
+        ['new']
+        """
+        # The entries are already wire dicts: no model object per entry on the way out.
+        answer = self._call("plan", "POST", "/plan", PlanResponse, json={"entries": entries})
+        if len(answer.outcomes) != len(entries):
+            raise ProtocolError(
+                f"plan: the server answered {len(answer.outcomes)} outcomes for "
+                f"{len(entries)} entries; the server and the SDK disagree on the wire "
+                "contract, update whichever is older"
+            )
+        return answer
 
     def complete(
         self, session_id: str, request: CompleteMigrationRequest

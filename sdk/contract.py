@@ -24,9 +24,11 @@ import enum
 import hashlib
 import json
 from collections.abc import Iterable
-from typing import Any, Literal, TypedDict
+from json.encoder import encode_basestring as _quote  # what ensure_ascii=False uses
+from typing import Annotated, Any, Literal, TypedDict
 
-from pydantic import BaseModel, ConfigDict, Field
+import typing_extensions
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, with_config
 from pydantic.alias_generators import to_camel
 
 __all__ = [
@@ -51,6 +53,11 @@ __all__ = [
     "Manifest",
     "MigrationConfig",
     "MigrationSummary",
+    "PlanConflict",
+    "PlanEntry",
+    "PlanOutcome",
+    "PlanRequest",
+    "PlanResponse",
     "Problem",
     "ProblemCode",
     "Resolution",
@@ -62,6 +69,7 @@ __all__ = [
     "batch_body",
     "batch_checksum",
     "canonical_item",
+    "canonical_item_parts",
     "canonical_json",
     "dataset_checksum",
     "dataset_checksum_of",
@@ -100,6 +108,28 @@ def canonical_item(item: Item) -> bytes:
     b'{"collection":"c","data":{},"deleted":true,"key":"k","updatedAt":1}'
     """
     return canonical_json(item).encode("utf-8")
+
+
+def canonical_item_parts(
+    collection: str, key: str, data_json: str, updated_at: int, deleted: bool
+) -> bytes:
+    """:func:`canonical_item` of an item whose ``data`` is already canonical JSON text.
+
+    Both sides keep item data as canonical JSON, so the hot paths (batching, digests of
+    stored items) format the item around it instead of parsing and re-encoding it:
+
+    >>> item = {"collection": "c", "key": "k\u00e9", "data": {"a": [1, "x"]},
+    ...         "updatedAt": 5, "deleted": False}
+    >>> canonical_item_parts("c", "k\u00e9", canonical_json(item["data"]), 5, False) == (
+    ...     canonical_item(item))
+    True
+    """
+    return _ITEM_FORMAT.format(
+        _quote(collection), data_json, "true" if deleted else "false", _quote(key), updated_at
+    ).encode("utf-8")
+
+
+_ITEM_FORMAT = '{{"collection":{},"data":{},"deleted":{},"key":{},"updatedAt":{:d}}}'
 
 
 def item_digest(item: Item) -> bytes:
@@ -487,6 +517,67 @@ class ResolveConflictsResponse(WireModel):
     remaining_conflicts: int
 
 
+@with_config(ConfigDict(extra="forbid", strict=True))
+class PlanEntry(typing_extensions.TypedDict):
+    """One item of a plan page: its address and the hex SHA-256 of its canonical encoding
+    (:func:`item_digest`). A TypedDict, so a page stays a list of plain dicts.
+
+    >>> item = {"collection": "c", "key": "k", "data": {}, "updatedAt": 1, "deleted": False}
+    >>> PlanEntry(collection="c", key="k", digest=item_digest(item).hex())["digest"][:8]
+    '253caca5'
+    """
+
+    collection: Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+    key: Annotated[str, StringConstraints(pattern=KEY_PATTERN)]
+    digest: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class PlanRequest(WireModel):
+    """``POST /plan``: one page of at most ``limits.max_batch_items`` entries, strictly
+    ascending by (collection, key). Only keys and digests leave the device.
+
+    >>> PlanRequest(entries=[{"collection": "c", "key": "k", "digest": "0" * 64}]
+    ...             ).entries[0]["key"]
+    'k'
+    """
+
+    entries: list[PlanEntry]
+
+
+#: What the cloud would make of one planned item.
+PlanOutcome = Literal["new", "unchanged", "conflict"]
+
+
+class PlanConflict(WireModel):
+    """A planned item whose cloud version differs: the cloud's side, for the policy.
+
+    >>> PlanConflict(collection="c", key="k",
+    ...              server=ItemVersion(data={}, updated_at=1, deleted=True)).server.deleted
+    True
+    """
+
+    collection: str
+    key: str
+    server: ItemVersion
+
+
+class PlanResponse(WireModel):
+    """Answer to ``POST /plan``: one outcome per entry, in the request's order, and the
+    cloud's version of every entry in conflict. Read-only: nothing is staged or recorded.
+
+    >>> PlanResponse(outcomes=["new"], conflicts=[], new_count=1, unchanged_count=0,
+    ...              conflict_count=0, server_time=0).wire()["newCount"]
+    1
+    """
+
+    outcomes: list[PlanOutcome]
+    conflicts: list[PlanConflict]
+    new_count: int
+    unchanged_count: int
+    conflict_count: int
+    server_time: int
+
+
 class CompleteMigrationRequest(WireModel):
     """``POST /sessions/{id}/complete``: confirm with the dataset checksum.
 
@@ -514,6 +605,12 @@ class CompleteMigrationResponse(WireModel):
     dataset_checksum: str
     cloud_checksum: str
     completed_at: int
+    #: What the commit found, so the device needs no second pass over the cloud
+    #: (``GET /summary`` re-verifies from scratch); ``None`` from older servers.
+    new_items: int | None = None
+    unchanged_items: int | None = None
+    conflicts: int | None = None
+    resolutions_by_kind: dict[str, int] = Field(default_factory=dict)
 
 
 class MigrationSummary(WireModel):

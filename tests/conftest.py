@@ -14,6 +14,9 @@ from server_fixtures import TestClient
 from backend_stub import Settings, create_app, issue_token
 from backend_stub.storage import Storage
 
+# moto in server mode, per-test AWS resources, and the sqlite/aws ``backend`` parameter.
+pytest_plugins = ["aws_fixtures"]
+
 
 @pytest.fixture(autouse=True)
 def _private_user_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):

@@ -1,8 +1,13 @@
-"""Helpers for the server tests: the real app in-process, on a temp-dir SQLite database.
+"""Helpers for the server tests: the real app in-process, on either storage backend.
 
 Tests build a :class:`Server` with :func:`running_server` and talk to it through
 ``fastapi.testclient.TestClient`` (a real ``httpx.Client`` over the ASGI app). Time is a
 :class:`Clock` the test moves, so expiry needs no sleeping.
+
+The backend is a temp-dir SQLite database, or (``backend`` fixture, ``aws``) DynamoDB, S3,
+SQS and EventBridge on moto: there every batch upload is followed, in the uploading
+thread, by a worker draining the job queue, so a test sees each batch processed when its
+``PUT`` returns, as on SQLite (the receipt itself only acknowledges storage).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import httpx
 from starlette.exceptions import StarletteDeprecationWarning
 
 from backend_stub import Settings, create_app, issue_token
+from backend_stub.storage import Storage
 from backend_stub.storage.sqlite import SQLiteStorage
 from sdk.contract import (
     CHECKSUM_HEADER,
@@ -119,9 +125,12 @@ class Server:
     """The app under test, its storage and clock, and shortcuts for the wire calls."""
 
     client: httpx.Client  # a TestClient: an httpx.Client over the ASGI app
-    storage: SQLiteStorage
+    storage: Storage
     settings: Settings
     clock: Clock
+    backend: str = "sqlite"
+    #: Opens another connection to the same data (as another process would read it).
+    open_reader: Any = None
 
     def auth(self, user: str = "alice", **extra: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {issue_token(user, self.settings.jwt_secret)}", **extra}
@@ -226,14 +235,44 @@ class Server:
 
 @contextmanager
 def running_server(
-    data_dir: Path, *, limits: Limits | None = None, **settings: Any
+    data_dir: Path, *, limits: Limits | None = None, backend: Any = None, **settings: Any
 ) -> Iterator[Server]:
-    """The app on a SQLite database in ``data_dir``, with a test clock."""
+    """The app on a SQLite database in ``data_dir`` (or on ``backend``), with a test clock.
+
+    ``backend`` is the ``backend`` fixture's value (``None``: SQLite).
+    """
+    if backend is not None and backend.name == "aws":
+        with _running_aws(backend.aws, limits=limits, **settings) as server:
+            yield server
+        return
     config = Settings(data_dir=data_dir, limits=limits or Limits(), **settings)
     storage = SQLiteStorage.open(data_dir)
     clock = Clock()
     try:
         with TestClient(create_app(config, storage=storage, clock=clock)) as client:
-            yield Server(client, storage, config, clock)
+            yield Server(
+                client, storage, config, clock, open_reader=lambda: SQLiteStorage.open(data_dir)
+            )
+    finally:
+        storage.close()
+
+
+@contextmanager
+def _running_aws(aws: Any, *, limits: Limits | None, **settings: Any) -> Iterator[Server]:
+    from backend_stub.worker import Worker
+
+    config = Settings(backend="aws", aws=aws.settings, limits=limits or Limits(), **settings)
+    storage = aws.open()
+    clock = Clock()
+    worker = Worker(storage, config, clock=clock, wait_seconds=0)
+
+    def process_after_upload(response: httpx.Response) -> None:
+        if response.request.method == "PUT" and "/batches/" in response.request.url.path:
+            worker.drain()
+
+    try:
+        with TestClient(create_app(config, storage=storage, clock=clock)) as client:
+            client.event_hooks["response"].append(process_after_upload)
+            yield Server(client, storage, config, clock, backend="aws", open_reader=aws.open)
     finally:
         storage.close()

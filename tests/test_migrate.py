@@ -300,3 +300,23 @@ def test_a_token_callable_is_asked_for_every_request(server, tmp_path):
     ) as client:
         assert client.migrate().verified
     assert token.calls["n"] >= 5  # type: ignore[attr-defined]
+
+
+def test_data_written_around_the_store_in_non_canonical_json_still_migrates_verified(
+    server, tmp_path
+):
+    import sqlite3
+
+    items = learning_items(30)
+    store = make_store(tmp_path / "store.sqlite3", items)
+    conn = sqlite3.connect(store)
+    conn.execute(
+        "UPDATE items SET data = ? WHERE key = ?", ('{ "b": 1,  "a": [1, 2] }', "item-000003")
+    )
+    conn.commit()
+    conn.close()
+    with client_for(server, store, "kim", tmp_path) as client:
+        result = client.migrate()
+    assert result.verified
+    cloud = cloud_of(server, "kim", [("lesson_progress", "item-000003")])
+    assert cloud[("lesson_progress", "item-000003")]["data"] == {"a": [1, 2], "b": 1}

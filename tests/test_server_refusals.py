@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from aws_fixtures import Backend, backend_named
 from server_fixtures import Server, items_of, make_plan, running_server
 
 from backend_stub import Settings, create_app, issue_token
@@ -25,8 +26,18 @@ SMALL = Limits(max_batch_items=10, max_batch_bytes=4096)
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    with running_server(tmp_path, limits=SMALL) as running:
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """SQLite: most refusals happen before storage is touched. The ones that depend on
+    what storage holds run on both backends (``on_both_backends``)."""
+    return backend_named(request, getattr(request, "param", "sqlite"))
+
+
+on_both_backends = pytest.mark.parametrize("backend", ["sqlite", "aws"], indirect=True)
+
+
+@pytest.fixture
+def server(tmp_path: Path, backend: Backend) -> Iterator[Server]:
+    with running_server(tmp_path, limits=SMALL, backend=backend) as running:
         yield running
 
 
@@ -150,6 +161,7 @@ def test_a_token_for_another_user_is_forbidden_on_every_endpoint(
     assert_problem(response, 403, "forbidden")
 
 
+@on_both_backends
 @pytest.mark.parametrize(
     ("method", "path", "body"), [p for p in ENDPOINTS if "{sid}" in str(p.values)]
 )
@@ -174,6 +186,7 @@ def test_a_malformed_user_id_is_a_bad_request(server: Server, user: str) -> None
 # --------------------------------------------------------------------------- sizes
 
 
+@on_both_backends
 def test_a_batch_with_more_items_than_the_limit_is_too_large(server: Server, session: str) -> None:
     items = items_of(11)
     body = json.dumps({"items": items}, separators=(",", ":")).encode()
@@ -334,6 +347,7 @@ def test_a_json_endpoint_refuses_a_body_that_is_not_json(server: Server) -> None
 # --------------------------------------------------------------------------- bodies
 
 
+@on_both_backends
 @pytest.mark.parametrize(
     ("body", "status"),
     [
@@ -367,6 +381,7 @@ def test_a_malformed_batch_is_refused_and_nothing_is_stored(
     assert server.status(session).json()["receivedBatches"] == []
 
 
+@on_both_backends
 @pytest.mark.parametrize(
     ("checksum", "code"),
     [
@@ -452,6 +467,7 @@ def test_nan_in_a_merged_resolution_is_refused(server: Server, session: str) -> 
 # --------------------------------------------------------------------------- sequence and state
 
 
+@on_both_backends
 @pytest.mark.parametrize(
     ("seq", "status", "code"),
     [
@@ -476,6 +492,7 @@ def test_a_batch_outside_the_plan_is_refused(
     assert_problem(response, status, code)
 
 
+@on_both_backends
 def test_a_batch_for_a_completed_session_is_refused(server: Server) -> None:
     plan = make_plan(items_of(2), batch_size=1)
     session_id = server.started(plan)
@@ -489,6 +506,7 @@ def test_a_batch_for_a_completed_session_is_refused(server: Server) -> None:
     assert server.put(session_id, 1, plan.bodies[1]).json()["replayed"] is True
 
 
+@on_both_backends
 def test_an_unknown_session_is_not_found(server: Server) -> None:
     assert_problem(server.status("no-such-session"), 404, "not-found")
     assert_problem(server.complete("no-such-session", "0" * 64), 404, "not-found")

@@ -13,8 +13,8 @@ read, so concurrent requests cannot overwrite each other (the loser gets
     True
     >>> storage.close()
 
-Backends: :mod:`backend_stub.storage.sqlite` (embedded, the default). A DynamoDB/S3
-backend comes later behind the same protocol.
+Backends: :mod:`backend_stub.storage.sqlite` (embedded, the default) and
+:mod:`backend_stub.storage.aws` (DynamoDB, S3, SQS, EventBridge), behind this protocol.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol
 
 from backend_stub.storage.records import (
+    Backlog,
     Batch,
     CloudItem,
     Conflict,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from backend_stub.events import Event
 
 __all__ = [
+    "Backlog",
     "Batch",
     "CloudItem",
     "Conflict",
@@ -123,6 +125,10 @@ class Storage(Protocol):
 
     def received_batches(self, session_id: str) -> list[int]:
         """Sequence numbers of the stored batches, ascending."""
+        ...
+
+    def backlog(self, session_id: str) -> Backlog:
+        """Held batches not processed yet, and failures (backends that process later)."""
         ...
 
     def insert_batch(self, batch: Batch, items: Sequence[StagedItem]) -> None:

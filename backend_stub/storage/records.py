@@ -11,7 +11,9 @@ Sessions, batches and conflicts are frozen dataclasses; the per-item rows of the
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+from json.encoder import encode_basestring as _quote
 from typing import NamedTuple
 
 from sdk.contract import (
@@ -23,10 +25,12 @@ from sdk.contract import (
     Manifest,
     MigrationConfig,
     SessionStatus,
-    item_digest,
+    canonical_item_parts,
+    canonical_json,
 )
 
 __all__ = [
+    "Backlog",
     "Batch",
     "CloudItem",
     "Conflict",
@@ -182,6 +186,22 @@ class Batch:
         )
 
 
+class Backlog(NamedTuple):
+    """Batches a backend holds but has not processed yet, and why others failed processing.
+
+    A backend that processes each batch as it arrives (SQLite) never has a backlog; one
+    that queues them (AWS) reports the pending ones (``GET /status`` then says
+    ``processing``) and the failed ones (dropped from the held batches, so the client
+    sends them again, with the reason in ``errors``).
+
+    >>> Backlog(pending=[3], failures=["batch 4 could not be processed: ..."]).pending
+    [3]
+    """
+
+    pending: list[int]
+    failures: list[str]
+
+
 class StagedItem(NamedTuple):
     """One uploaded item, held until completion. ``item`` is its canonical JSON.
 
@@ -205,6 +225,49 @@ class StagedItem(NamedTuple):
         """The uploaded wire item."""
         value: Item = json.loads(self.item)
         return value
+
+    def as_cloud(self, *, version: int, device_id: str) -> CloudItem:
+        """The cloud record holding this item, cut from its canonical text.
+
+        The canonical layout is fixed (``{"collection":..,"data":..,"deleted":..,"key":..,
+        "updatedAt":..}``, sorted keys), so the data's canonical JSON is the text between
+        the known head and tail: a commit writes every item without parsing it again.
+
+        >>> text = '{"collection":"c","data":{"a":[1]},"deleted":false,"key":"k","updatedAt":7}'
+        >>> StagedItem("c", "k", 0, text, b"", "new", None).as_cloud(version=1, device_id="d")
+        CloudItem(collection='c', key='k', data='{"a":[1]}', updated_at=7, deleted=False, \
+version=1, device_id='d')
+        """
+        head = '{"collection":' + _quote(self.collection) + ',"data":'
+        rest, _, updated_at = self.item[:-1].rpartition(',"updatedAt":')
+        rest, _, key = rest.rpartition(',"key":')
+        rest, _, deleted = rest.rpartition(',"deleted":')
+        if (
+            not self.item.startswith(head)
+            or not self.item.endswith("}")
+            or key != _quote(self.key)
+            or deleted not in ("true", "false")
+            or not updated_at.isdigit()
+        ):  # not the canonical layout: never written by this server, but stay correct
+            item = self.wire()
+            return CloudItem(
+                self.collection,
+                self.key,
+                canonical_json(item["data"]),
+                item["updatedAt"],
+                item["deleted"],
+                version,
+                device_id,
+            )
+        return CloudItem(
+            self.collection,
+            self.key,
+            rest[len(head) :],
+            int(updated_at),
+            deleted == "true",
+            version,
+            device_id,
+        )
 
 
 class CloudItem(NamedTuple):
@@ -233,8 +296,14 @@ class CloudItem(NamedTuple):
         )
 
     def digest(self) -> bytes:
-        """The canonical item digest, comparable with an uploaded item's."""
-        return item_digest(self.wire())
+        """The canonical item digest, comparable with an uploaded item's.
+
+        ``data`` is stored canonical, so the item is formatted around it, not re-encoded.
+        """
+        canonical = canonical_item_parts(
+            self.collection, self.key, self.data, self.updated_at, self.deleted
+        )
+        return hashlib.sha256(canonical).digest()
 
     def as_version(self) -> ItemVersion:
         """This item as the ``server`` side of a conflict."""

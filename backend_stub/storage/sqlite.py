@@ -28,6 +28,7 @@ from sqlite_utils import Database, Migrations
 
 from backend_stub.events import Event, EventType
 from backend_stub.storage import (
+    Backlog,
     Batch,
     CloudItem,
     Conflict,
@@ -352,6 +353,10 @@ class SQLiteStorage:
     def received_batches(self, session_id: str) -> list[int]:
         rows = self._rows("SELECT seq FROM batches WHERE session_id = ? ORDER BY seq", [session_id])
         return [row[0] for row in rows]
+
+    def backlog(self, session_id: str) -> Backlog:
+        # Every batch is processed in the request that stores it: nothing ever waits.
+        return Backlog([], [])
 
     def insert_batch(self, batch: Batch, items: Sequence[StagedItem]) -> None:
         with self.atomic():

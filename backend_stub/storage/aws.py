@@ -1,0 +1,629 @@
+"""The scale-out storage backend: DynamoDB, S3, SQS and EventBridge.
+
+:class:`AwsStorage` implements :class:`~backend_stub.storage.Storage` on one DynamoDB
+table (layout: :mod:`backend_stub.storage.aws_rows`), keeps batch bodies, snapshots and
+large values in S3 (server-side encrypted, SHA-256 checked on the way in and out), and
+publishes events on an EventBridge bus through a transactional outbox. Batches are
+processed by a worker reading SQS (:mod:`backend_stub.worker`).
+
+Writes that must land together go through a unit of work
+(:mod:`backend_stub.storage.aws_unit`): small writes are applied in one transaction at the
+end of ``atomic()``, bulk writes are set aside and made visible by that transaction.
+
+* **Sessions** use optimistic locking: every update is conditional on the ``version`` it
+  read. A user's profile holds the id of the last session started; a new session may take
+  it only from a session that is no longer active, so two concurrent starts cannot both
+  open one.
+* **Batches** go through a ledger row: ``pending`` (stored in S3, queued), then
+  ``processed``, or ``failed``. Processing takes a lease on the row and a fresh *attempt*
+  id; every staged item and conflict it writes carries the attempt, in transactions that
+  also check the attempt still holds the lease (a fence), and the final transaction flips
+  the ledger to ``processed`` with that attempt, together with the session's update. A
+  staged row counts only when its attempt is the one the ledger recorded, so a crashed or
+  duplicate attempt leaves nothing visible, two workers on one message apply the batch
+  once, and an item staged by another batch is found by a conditional write.
+* **Cloud items** are committed by set-aside, flip and roll-forward
+  (:mod:`backend_stub.storage.aws_cloud`): no reader ever sees half a migration, and a
+  commit interrupted after its flip is finished by the next writer.
+
+Modules: :mod:`~backend_stub.storage.aws_rows` (layout), ``aws_table`` (calls),
+``aws_unit`` and ``aws_commit`` (units of work), ``aws_ledger`` (batches),
+``aws_cloud`` (cloud items), ``aws_resources`` (clients, provisioning). Everything here
+talks to AWS (or moto), so the examples are in the tests; offline:
+
+    >>> AwsStorage.open(AwsSettings(endpoint_url="http://127.0.0.1:1")).ledger.__class__
+    <class 'backend_stub.storage.aws_ledger.Ledger'>
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+
+from backend_stub.events import Event
+from backend_stub.settings import AwsSettings
+from backend_stub.storage.aws_cloud import PROFILE, CloudItems
+from backend_stub.storage.aws_commit import commit, publish, store_snapshot
+from backend_stub.storage.aws_ledger import (
+    FAILED,
+    PENDING,
+    PROCESSED,
+    BatchBusy,
+    HeldBatch,
+    Ledger,
+)
+from backend_stub.storage.aws_resources import OUTBOX_INDEX, AwsResources
+from backend_stub.storage.aws_rows import (
+    Row,
+    b,
+    batch_of,
+    conflict_attrs,
+    conflict_body,
+    conflict_of,
+    conflicts_pk,
+    event_of,
+    event_row,
+    get_b,
+    get_flag,
+    get_n,
+    get_s,
+    item_key,
+    key,
+    key_of_conflict_id,
+    ledger_sk,
+    n,
+    opt_n,
+    opt_s,
+    s,
+    session_attrs,
+    session_of,
+    session_pk,
+    session_sk,
+    split_item_key,
+    staged_pk,
+    user_pk,
+)
+from backend_stub.storage.aws_table import DamagedObject, Table
+from backend_stub.storage.aws_unit import Claim, Op, SessionWrite, Unit, put_op, update_op
+from backend_stub.storage.records import (
+    Backlog,
+    Batch,
+    CloudItem,
+    Conflict,
+    DuplicateSession,
+    Key,
+    Session,
+    StagedItem,
+    VersionConflict,
+)
+from sdk.contract import SessionStatus
+
+__all__ = ["AwsStorage", "BatchBusy", "DamagedObject", "HeldBatch"]
+
+logger = logging.getLogger(__name__)
+
+
+class AwsStorage:
+    """The :class:`~backend_stub.storage.Storage` backend on DynamoDB, S3 and EventBridge.
+
+    Build it with :meth:`open` (or from :class:`AwsResources`); it is shared by all the
+    threads of a process. Opening makes no call; the first read does:
+
+    >>> storage = AwsStorage.open(AwsSettings(table="mig", endpoint_url="http://127.0.0.1:1"))
+    >>> storage.table.name
+    'mig'
+    >>> storage.close()
+    """
+
+    def __init__(self, resources: AwsResources, *, owns_clients: bool = False) -> None:
+        self.resources = resources
+        self._owns_clients = owns_clients
+        self.settings = resources.settings
+        self.table = Table(resources)
+        self._retention_s = self.settings.retention_days * 24 * 3600
+        self.cloud = CloudItems(self.table, retention_s=self._retention_s)
+        self.ledger = Ledger(self.table, self.settings, retention_s=self._retention_s)
+        self._local = threading.local()
+        self._owners: dict[str, str] = {}
+
+    @classmethod
+    def open(cls, settings: AwsSettings) -> AwsStorage:
+        """The backend on the resources that ``settings`` name (no call is made yet)."""
+        return cls(AwsResources(settings), owns_clients=True)
+
+    def close(self) -> None:
+        """Close the clients' connection pools (when :meth:`open` made them)."""
+        if not self._owns_clients:
+            return
+        for client in (
+            self.resources.dynamodb,
+            self.resources.s3,
+            self.resources.sqs,
+            self.resources.events,
+        ):
+            client.close()
+
+    # ------------------------------------------------------------------ units of work
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        """Buffer the writes inside; apply them when the outermost block ends (see the
+        module docs). A nested block that fails forgets its own writes only."""
+        unit: Unit | None = getattr(self._local, "unit", None)
+        if unit is not None:
+            mark = unit.mark()
+            try:
+                yield
+            except BaseException:
+                self._forget_aside(unit, int(mark[6]))
+                unit.restore(mark)
+                raise
+            return
+        unit = Unit()
+        self._local.unit = unit
+        try:
+            yield
+        finally:
+            self._local.unit = None
+        commit(self, unit)
+
+    def _unit(self) -> Unit:
+        unit: Unit | None = getattr(self._local, "unit", None)
+        assert unit is not None, "only inside atomic()"
+        return unit
+
+    # ------------------------------------------------------------------ sessions
+
+    def get_session(self, session_id: str) -> Session | None:
+        user_id = self._owner(session_id)
+        if user_id is None:
+            return None
+        row = self.table.get(user_pk(user_id), session_sk(session_id))
+        return session_of(row) if row else None
+
+    def session_for_migration(self, user_id: str, migration_id: str) -> Session | None:
+        claim = self.table.get(user_pk(user_id), f"MIGRATIONID#{migration_id}")
+        return self.get_session(get_s(claim, "sessionId")) if claim else None
+
+    def latest_session(self, user_id: str) -> Session | None:
+        rows = self._session_rows(user_id)
+        return session_of(rows[-1]) if rows else None
+
+    def active_session(self, user_id: str, now: int) -> Session | None:
+        active = [s for s in map(session_of, self._session_rows(user_id)) if s.is_active(now)]
+        return active[-1] if active else None
+
+    def has_completed(self, user_id: str, device_id: str) -> bool:
+        return any(
+            get_s(row, "deviceId") == device_id
+            and get_s(row, "status") == SessionStatus.COMPLETED.value
+            for row in self._session_rows(user_id)
+        )
+
+    def insert_session(self, session: Session) -> None:
+        with self.atomic():
+            unit = self._unit()
+            user = session.user_id
+            profile = self.table.get(user_pk(user), PROFILE, projection="#active")
+            seen = opt_s(profile, "active") if profile else None
+            if seen is not None and seen != session.id:
+                other = self.get_session(seen)
+                if other is not None and other.is_active(session.created_at):
+                    raise VersionConflict(f"{user} started session {seen} meanwhile")
+            row = key(user_pk(user), session_sk(session.id))
+            row.update(session_attrs(session, retention_s=self._retention_s))
+            row.update(
+                {
+                    "version": n(session.version),
+                    "createdSeq": n(time.time_ns()),
+                    "conflictTotal": n(0),
+                    "conflictUnresolved": n(0),
+                }
+            )
+            unit.add(put_op(row, "attribute_not_exists(#pk)", failure=DuplicateSession))
+            claim = key(user_pk(user), f"MIGRATIONID#{session.migration_id}")
+            claim["sessionId"] = s(session.id)
+            unit.add(put_op(claim, "attribute_not_exists(#pk)", failure=DuplicateSession))
+            pointer = key(session_pk(session.id), "SESSION")
+            pointer["userId"] = s(user)
+            unit.add(put_op(pointer, "attribute_not_exists(#pk)", failure=DuplicateSession))
+            condition = "attribute_not_exists(#active)"
+            values: Row = {":sid": s(session.id)}
+            if seen is not None:
+                condition += " OR #active = :seen"
+                values[":seen"] = s(seen)
+            unit.add(update_op(user_pk(user), PROFILE, "SET #active = :sid", condition, values))
+        self._owners[session.id] = user
+
+    def update_session(self, session: Session) -> Session:
+        with self.atomic():
+            unit = self._unit()
+            attrs = session_attrs(session, retention_s=self._retention_s)
+            completing = session.status is SessionStatus.COMPLETED
+            earlier = unit.sessions.get(session.id)
+            if earlier is None:
+                write = SessionWrite(
+                    session.user_id, session.id, session.version, attrs, completing
+                )
+            elif session.version == earlier.expected + earlier.bumps:
+                write = dataclasses.replace(
+                    earlier, attrs=attrs, completing=completing, bumps=earlier.bumps + 1
+                )
+            else:
+                raise VersionConflict(session.id)
+            unit.sessions[session.id] = write
+        return dataclasses.replace(session, version=session.version + 1)
+
+    def _owner(self, session_id: str) -> str | None:
+        user = self._owners.get(session_id)
+        if user is None:
+            row = self.table.get(session_pk(session_id), "SESSION", projection="#userId")
+            if row is None:
+                return None
+            user = self._owners[session_id] = get_s(row, "userId")
+        return user
+
+    def _session_rows(self, user_id: str) -> list[Row]:
+        rows = list(self.table.query(user_pk(user_id), prefix="MIGRATION#"))
+        rows.sort(key=lambda r: (get_n(r, "createdAt"), opt_n(r, "createdSeq") or 0))
+        return rows
+
+    # ------------------------------------------------------------------ batches
+
+    def get_batch(self, session_id: str, seq: int) -> Batch | None:
+        row = self.table.get(session_pk(session_id), ledger_sk(seq))
+        if row is None or get_s(row, "state") != PROCESSED:
+            return None
+        return batch_of(session_id, row)
+
+    def received_batches(self, session_id: str) -> list[int]:
+        return [
+            seq
+            for seq, row in sorted(self.ledger.rows(session_id).items())
+            if get_s(row, "state") in (PENDING, PROCESSED)
+        ]
+
+    def backlog(self, session_id: str) -> Backlog:
+        pending: list[int] = []
+        failures: list[str] = []
+        for seq, row in sorted(self.ledger.rows(session_id).items()):
+            state = get_s(row, "state")
+            if state == PENDING:
+                pending.append(seq)
+            elif state == FAILED:
+                failures.append(
+                    f"batch {seq} could not be processed ({opt_s(row, 'error') or 'no detail'});"
+                    " it is no longer held: upload it again"
+                )
+        return Backlog(pending, failures)
+
+    def insert_batch(self, batch: Batch, items: Sequence[StagedItem]) -> None:
+        with self.atomic():
+            unit = self._unit()
+            attempt = self.ledger.claim(batch)
+            expires = n(int(time.time()) + self._retention_s)
+            rows: list[tuple[Row, int]] = []
+            for item in items:
+                row = key(staged_pk(batch.session_id), item_key(item.collection, item.key))
+                packed, size = self.table.pack("item", item.item)
+                row.update(packed)
+                row.update(
+                    {
+                        "seq": n(batch.seq),
+                        "attempt": s(attempt),
+                        "digest": b(item.digest),
+                        "outcome": s(item.outcome),
+                        "ttl": expires,
+                    }
+                )
+                if item.cloud_version is not None:
+                    row["cloudVersion"] = n(item.cloud_version)
+                rows.append((row, size + 128))
+            self.ledger.write_fenced(batch.session_id, batch.seq, attempt, rows, claim=True)
+            unit.claim = Claim(batch.session_id, batch.seq, attempt)
+            unit.add(self.ledger.flip(batch, attempt))
+
+    def staged_keys(self, session_id: str, keys: Sequence[Key]) -> list[Key]:
+        pk = staged_pk(session_id)
+        rows = self.table.batch_get(
+            [key(pk, item_key(c, k)) for c, k in keys], projection="#sk, #seq, #attempt"
+        )
+        return sorted(split_item_key(get_s(r, "sk")) for r in self.ledger.visible(session_id, rows))
+
+    def staged_items(self, session_id: str, *, after: Key | None, limit: int) -> list[StagedItem]:
+        found: list[StagedItem] = []
+        start = item_key(*after) if after is not None else None
+        rows = self.table.query(staged_pk(session_id), after=start, limit=limit)
+        for page in _pages(rows, limit):
+            for row in self.ledger.visible(session_id, page):
+                collection, item = split_item_key(get_s(row, "sk"))
+                found.append(
+                    StagedItem(
+                        collection,
+                        item,
+                        get_n(row, "seq"),
+                        self.table.unpack(row, "item"),
+                        get_b(row, "digest"),
+                        get_s(row, "outcome"),
+                        opt_n(row, "cloudVersion"),
+                    )
+                )
+                if len(found) == limit:
+                    return found
+        return found
+
+    def outcome_counts(self, session_id: str) -> dict[str, int]:
+        rows = self.table.query(staged_pk(session_id), projection="#seq, #attempt, #outcome")
+        counts: collections.Counter[str] = collections.Counter()
+        for page in _pages(rows, 1000):
+            counts.update(get_s(r, "outcome") for r in self.ledger.visible(session_id, page))
+        return dict(counts)
+
+    def set_staged_outcome(
+        self, session_id: str, key_: Key, outcome: str, cloud_version: int | None
+    ) -> None:
+        with self.atomic():
+            expression = "SET #outcome = :outcome"
+            values: Row = {":outcome": s(outcome)}
+            if cloud_version is None:
+                expression += " REMOVE #cloudVersion"
+            else:
+                expression += ", #cloudVersion = :cv"
+                values[":cv"] = n(cloud_version)
+            self._unit().add(
+                update_op(
+                    staged_pk(session_id),
+                    item_key(*key_),
+                    expression,
+                    "attribute_exists(#pk)",
+                    values,
+                )
+            )
+
+    def purge_session(self, session_id: str) -> None:
+        with self.atomic():
+            user = self._owner(session_id)
+            if user is not None:
+                self._unit().purges[session_id] = user
+
+    # ------------------------------------------------------------------ conflicts
+
+    def save_conflicts(self, conflicts: Sequence[Conflict]) -> None:
+        with self.atomic():
+            unit = self._unit()
+            by_session: dict[str, list[Conflict]] = collections.defaultdict(list)
+            for conflict in conflicts:
+                by_session[conflict.session_id].append(conflict)
+            for session_id, group in by_session.items():
+                user = self._owner(session_id)
+                if user is None:
+                    continue
+                claim = unit.claim
+                if claim is not None and claim.session_id == session_id:
+                    self._save_batch_conflicts(claim, user, group)
+                else:
+                    self._save_decided_conflicts(user, session_id, group)
+
+    def _save_batch_conflicts(self, claim: Claim, user: str, group: list[Conflict]) -> None:
+        # The conflicts a batch found: new rows, fenced and tagged like its staged items.
+        expires = n(int(time.time()) + self._retention_s)
+        rows: list[tuple[Row, int]] = []
+        for conflict in group:
+            row = self._conflict_row(conflict)
+            row.update({"seq": n(claim.seq), "attempt": s(claim.attempt), "ttl": expires})
+            rows.append((row, _size(row)))
+        self.ledger.write_fenced(claim.session_id, claim.seq, claim.attempt, rows, claim=False)
+        unresolved = sum(1 for c in group if not c.resolved)
+        self._unit().add_delta((user, claim.session_id), len(group), unresolved)
+
+    def _save_decided_conflicts(self, user: str, session_id: str, group: list[Conflict]) -> None:
+        # Resolutions and reclassifications: buffered, counted against what is visible.
+        pk = conflicts_pk(session_id)
+        existing = self.table.batch_get(
+            [key(pk, item_key(c.collection, c.key)) for c in group],
+            projection="#sk, #seq, #attempt, #resolved",
+        )
+        old = {get_s(r, "sk"): r for r in self.ledger.visible(session_id, existing)}
+        expires = n(int(time.time()) + self._retention_s)
+        for conflict in group:
+            row = self._conflict_row(conflict)
+            row["ttl"] = expires
+            before = old.get(get_s(row, "sk"))
+            delta = _subtract(_weight(conflict.resolved), _weight_of(before))
+            op = put_op(row)
+            op.counted, op.delta, op.size = (user, session_id), delta, _size(row)
+            self._unit().add(op)
+
+    def _conflict_row(self, conflict: Conflict) -> Row:
+        row = key(conflicts_pk(conflict.session_id), item_key(conflict.collection, conflict.key))
+        row.update(conflict_attrs(conflict))
+        row.update(self.table.pack("body", conflict_body(conflict))[0])
+        return row
+
+    def delete_conflict(self, conflict_id: str) -> None:
+        address = key_of_conflict_id(conflict_id)
+        if address is None:
+            return
+        session_id, collection, item = address
+        with self.atomic():
+            user = self._owner(session_id)
+            pk, sk = conflicts_pk(session_id), item_key(collection, item)
+            row = self.table.get(pk, sk, projection="#sk, #seq, #attempt, #resolved")
+            if user is None or row is None:
+                return
+            visible = self.ledger.visible(session_id, [row])
+            op = Op({"Delete": {"Key": key(pk, sk)}}, (pk, sk))
+            op.counted = (user, session_id)
+            op.delta = _subtract((0, 0), _weight_of(visible[0] if visible else None))
+            self._unit().add(op)
+
+    def get_conflicts(self, session_id: str, conflict_ids: Sequence[str]) -> list[Conflict]:
+        pk = conflicts_pk(session_id)
+        wanted = []
+        for conflict_id in conflict_ids:
+            address = key_of_conflict_id(conflict_id)
+            if address is not None and address[0] == session_id:
+                wanted.append(key(pk, item_key(address[1], address[2])))
+        rows = self.ledger.visible(session_id, self.table.batch_get(wanted))
+        found = [conflict_of(session_id, r, self.table.unpack(r, "body")) for r in rows]
+        return sorted(found, key=lambda c: (c.collection, c.key))
+
+    def list_conflicts(self, session_id: str, *, after: Key | None, limit: int) -> list[Conflict]:
+        found: list[Conflict] = []
+        start = item_key(*after) if after is not None else None
+        rows = self.table.query(conflicts_pk(session_id), after=start, limit=limit)
+        for page in _pages(rows, limit):
+            for row in self.ledger.visible(session_id, page):
+                found.append(conflict_of(session_id, row, self.table.unpack(row, "body")))
+                if len(found) == limit:
+                    return found
+        return found
+
+    def conflict_counts(self, session_id: str) -> tuple[int, int]:
+        user = self._owner(session_id)
+        row = (
+            self.table.get(
+                user_pk(user),
+                session_sk(session_id),
+                projection="#conflictTotal, #conflictUnresolved",
+            )
+            if user
+            else None
+        )
+        total = (opt_n(row, "conflictTotal") or 0) if row else 0
+        unresolved = (opt_n(row, "conflictUnresolved") or 0) if row else 0
+        unit: Unit | None = getattr(self._local, "unit", None)
+        if unit is not None:
+            # Inside a unit, its own buffered changes count, as in a SQL transaction.
+            if session_id in unit.purges:
+                return 0, 0
+            delta = unit.delta_of(session_id)
+            total, unresolved = total + delta[0], unresolved + delta[1]
+        return total, unresolved
+
+    # ------------------------------------------------------------------ cloud items
+
+    def cloud_items(self, user_id: str, keys: Sequence[Key]) -> dict[Key, CloudItem]:
+        found, generation = self.cloud.read_at(user_id, keys)
+        unit: Unit | None = getattr(self._local, "unit", None)
+        if unit is not None:
+            # What a unit read, it may commit upon only if no commit came in between.
+            unit.generations.setdefault(user_id, generation)
+        return found
+
+    def put_cloud_items(self, user_id: str, items: Sequence[CloudItem], now: int) -> None:
+        with self.atomic():
+            unit = self._unit()
+            if user_id not in unit.cloud:
+                # Only one commit rolls forward per user at a time: finish a stalled one.
+                self.cloud.settle(user_id, self._snapshot)
+                unit.cloud[user_id] = 0
+                unit.generations.setdefault(user_id, self.cloud.generation(user_id))
+            written = self.cloud.set_aside(unit.tx, user_id, items, now)
+            unit.cloud[user_id] += len(written)
+            unit.aside.extend((user_id, sk) for sk in written)
+
+    def settle(self, user_id: str) -> None:
+        """Finish the user's commit if a crash stopped it after its flip (idempotent).
+
+        Readers never need it (they resolve through the pointer); writers call it first.
+        """
+        self.cloud.settle(user_id, self._snapshot)
+
+    def _snapshot(self, session_id: str) -> None:
+        store_snapshot(self, session_id)
+
+    # ------------------------------------------------------------------ users and events
+
+    def mark_candidate(self, user_id: str, registered_at: int) -> None:
+        with self.atomic():
+            self._unit().add(
+                update_op(
+                    user_pk(user_id),
+                    PROFILE,
+                    "SET #registeredAt = if_not_exists(#registeredAt, :at)",
+                    None,
+                    {":at": n(registered_at)},
+                )
+            )
+
+    def is_candidate(self, user_id: str) -> bool:
+        row = self.table.get(user_pk(user_id), PROFILE, projection="#registeredAt")
+        return bool(row and "registeredAt" in row)
+
+    def record_event(self, event: Event) -> None:
+        with self.atomic():
+            unit = self._unit()
+            row = event_row(event, time.time_ns())
+            op = put_op(row)
+            op.last = True
+            unit.add(op)
+            unit.events.append((event, op.target))
+
+    def events(self, *, user_id: str | None = None, type: str | None = None) -> list[Event]:
+        if user_id is not None:
+            rows = list(self.table.query(f"USER#{user_id}#EVENTS"))
+        else:
+            # A debugging aid: a scan reads the whole table.
+            rows = list(self.table.scan("#kind = :event", {":event": s("event")}))
+            rows.sort(key=lambda r: get_s(r, "sk"))
+        events = [event_of(r) for r in rows]
+        return [e for e in events if type is None or e.type.value == type]
+
+    def publish_outbox(self, *, limit: int = 100) -> int:
+        """Publish events whose publication failed after their commit (the sweeper)."""
+        answer = self.resources.dynamodb.query(
+            TableName=self.table.name,
+            IndexName=OUTBOX_INDEX,
+            KeyConditionExpression="#obx = :pending",
+            ExpressionAttributeNames={"#obx": "obx"},
+            ExpressionAttributeValues={":pending": s("pending")},
+            Limit=limit,
+        )
+        pending: list[tuple[Event, tuple[str, str]]] = []
+        for found in answer.get("Items", []):
+            row = self.table.get(get_s(found, "pk"), get_s(found, "sk"))
+            if row is not None and "obx" in row:
+                pending.append((event_of(row), (get_s(row, "pk"), get_s(row, "sk"))))
+        return publish(self, pending)
+
+    # ------------------------------------------------------------------ internals
+
+    def _forget_aside(self, unit: Unit, size: int) -> None:
+        by_user: dict[str, list[str]] = collections.defaultdict(list)
+        for user, sk in unit.aside[size:]:
+            by_user[user].append(sk)
+        for user, sks in by_user.items():
+            self.cloud.forget_aside(unit.tx, user, sks)
+
+
+def _weight(resolved: bool) -> tuple[int, int]:
+    return 1, 0 if resolved else 1
+
+
+def _weight_of(row: Row | None) -> tuple[int, int]:
+    return (0, 0) if row is None else _weight(get_flag(row, "resolved"))
+
+
+def _subtract(a: tuple[int, int], c: tuple[int, int]) -> tuple[int, int]:
+    return a[0] - c[0], a[1] - c[1]
+
+
+def _size(row: Row) -> int:
+    return sum(len(name) + len(str(value)) for name, value in row.items())
+
+
+def _pages(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
+    page: list[Row] = []
+    for row in rows:
+        page.append(row)
+        if len(page) >= size:
+            yield page
+            page = []
+    if page:
+        yield page

@@ -1,0 +1,79 @@
+"""What the benchmarks share: a filled store, servers in their own processes, RSS figures.
+
+Every benchmark measures its baseline in the same run, on the same machine, and
+prints ratios against it; nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+_FILL = """
+import sys, random
+from sdk import LocalStore
+rng = random.Random(1)
+with LocalStore(sys.argv[1]) as store:
+    n = int(sys.argv[2])
+    for start in range(0, n, 20_000):
+        store.put_many({"collection": ("lesson_progress", "flashcards")[i % 2],
+                        "key": f"item-{i:08d}",
+                        "data": {"score": rng.randint(0, 100), "attempts": rng.randint(1, 9),
+                                 "completed": True, "notes": "x" * rng.randint(10, 80)},
+                        "updatedAt": 1_700_000_000_000 + i, "deleted": False}
+                       for i in range(start, min(n, start + 20_000)))
+"""
+
+
+def fill_store(path: Path, items: int) -> Path:
+    """A learning-app store with ``items`` items, filled by a child process (so the
+    measuring process's memory figures stay its own)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-c", _FILL, str(path), str(items)], check=True)
+    return path
+
+
+def rss_kb(pid: int | str = "self", field: str = "VmHWM") -> int:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of a process, in kB (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/{pid}/status (Linux only)")
+
+
+@contextlib.contextmanager
+def serve(argv: list[str], log: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """Run a server process that prints ``listening on URL`` first; yield (url, process)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True)
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if not line.startswith("listening on "):
+                raise RuntimeError(f"server did not start: {line!r}; see {log}")
+            yield line.split("listening on ", 1)[1].strip(), proc
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+def backend_stub(
+    data_dir: Path,
+) -> contextlib.AbstractContextManager[tuple[str, subprocess.Popen[str]]]:
+    """The reference server on a free loopback port, quiet (logs to a file)."""
+    argv = [sys.executable, "-m", "backend_stub", "--port", "0", "--data-dir", str(data_dir)]
+    return serve(argv, data_dir / "server.log")
+
+
+def token(user: str) -> str:
+    from backend_stub import Settings, issue_token
+
+    return issue_token(user, Settings().jwt_secret, ttl=24 * 3600)

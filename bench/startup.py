@@ -1,0 +1,167 @@
+"""How long the startup hook keeps the app's start-up waiting: the time `auto_migrate(...)`
+takes to return, in the cases an app meets at start.
+
+Target (issue 4): a median under 5 ms in every case. Only the call is timed; the migration
+it starts runs in its background thread and is waited for (untimed) before the next call,
+so each call meets the same conditions. The server runs in its own process on loopback.
+
+    .venv/bin/python bench/startup.py [--runs 200] [--items 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+
+from demo import cli, run_server
+
+TARGET_MS = 5.0
+IMPORT_TIME = "import time; t = time.perf_counter(); import sdk; print(time.perf_counter() - t)"
+
+
+def closed_port() -> int:
+    """A loopback port nobody listens on: connections are refused, as when offline."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=200, help="calls per case")
+    parser.add_argument("--items", type=int, default=1000, help="items in a store to migrate")
+    args = parser.parse_args()
+
+    from sdk import LocalStore, MigrationClient, MigrationOptions, auto_migrate
+
+    # In a fresh interpreter: what `import sdk` adds to the app's start-up, once.
+    import_ms = 1000 * float(
+        subprocess.run(
+            [sys.executable, "-c", IMPORT_TIME], check=True, capture_output=True, text=True
+        ).stdout
+    )
+    work = Path(tempfile.mkdtemp(prefix="bench-startup-"))
+    rows: list[tuple[str, list[float], str]] = []
+    try:
+        with run_server(work / "server") as url:
+
+            def token(user: str) -> str:
+                return cli("token", user).strip()
+
+            def fill(path: Path, n: int) -> Path:
+                with LocalStore(path) as store:
+                    store.put_many(
+                        {"collection": "lesson_progress", "key": f"l{i:06d}", "data": {"s": i}}
+                        for i in range(n)
+                    )
+                return path
+
+            def measure(
+                name: str,
+                runs: int,
+                prepare: Callable[[int], dict[str, Any]],
+                server: str = url,
+                stop: bool = False,
+            ) -> None:
+                timings: list[float] = []
+                states: set[str] = set()
+                for run in range(runs):
+                    kwargs = prepare(run)  # untimed: the store and token exist before start
+                    started = time.perf_counter()
+                    handle = auto_migrate(server=server, **kwargs)
+                    timings.append((time.perf_counter() - started) * 1000)
+                    if stop:  # the app quits while the hook waits for the network
+                        handle.stop(10)
+                    states.add(handle.wait(120).value)
+                rows.append((name, timings, "/".join(sorted(states))))
+
+            cache = work / "cache"
+            shared_token = token("bench-start")
+            options = MigrationOptions(cache_dir=cache)
+
+            measure(
+                "no store",
+                args.runs,
+                lambda run: {
+                    "user_id": "bench-start",
+                    "token": shared_token,
+                    "store_path": work / "absent.sqlite3",
+                },
+            )
+
+            migrated = fill(work / "migrated.sqlite3", args.items)
+            with MigrationClient(
+                server=url,
+                user_id="bench-done",
+                token=token("bench-done"),
+                store_path=migrated,
+                options=options,
+            ) as client:
+                client.migrate()
+            measure(
+                "already migrated",
+                args.runs,
+                lambda run: {
+                    "user_id": "bench-done",
+                    "token": shared_token,
+                    "store_path": migrated,
+                },
+            )
+
+            # Each run migrates a fresh store for a fresh user: fewer runs, same call.
+            fresh_runs = max(20, args.runs // 4)
+            fresh_token = token("bench-fresh")
+            measure(
+                f"{args.items} items to migrate",
+                fresh_runs,
+                lambda run: {
+                    "user_id": "bench-fresh",
+                    "token": fresh_token,
+                    "store_path": fill(work / f"fresh-{run}" / "store.sqlite3", args.items),
+                    "options": options,
+                },
+            )
+
+            offline_store = fill(work / "offline.sqlite3", args.items)
+            measure(
+                "server unreachable",
+                max(20, args.runs // 4),
+                lambda run: {
+                    "user_id": "bench-off",
+                    "token": shared_token,
+                    "store_path": offline_store,
+                },
+                server=f"http://127.0.0.1:{closed_port()}",
+                stop=True,
+            )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"import sdk (once, before start-up): {import_ms:.1f} ms")
+    print(f"{'case':<24} {'runs':>5} {'median':>9} {'p90':>9} {'max':>9} {'first':>9}  ended as")
+    ok = True
+    for name, timings, states in rows:
+        median = statistics.median(timings)
+        p90 = statistics.quantiles(timings, n=10)[-1]
+        ok = ok and median < TARGET_MS
+        print(
+            f"{name:<24} {len(timings):>5} {median:>7.3f}ms {p90:>7.3f}ms "
+            f"{max(timings):>7.3f}ms {timings[0]:>7.3f}ms  {states}"
+        )
+    print(f"target: median < {TARGET_MS:.0f} ms in every case: {'PASS' if ok else 'FAIL'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

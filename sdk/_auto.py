@@ -1,0 +1,681 @@
+"""The startup hook: one call at app start, the migration in a background thread.
+
+:func:`auto_migrate` returns at once (it starts a thread and does no I/O of its own) and
+the thread does the rest: nothing when the store is absent, empty or already migrated;
+otherwise it migrates, waits with backoff while the device is offline or the server is
+down, follows the progress of another instance of the app that holds the store's lock,
+and leaves at a safe point when the app stops it. Nothing it meets raises into the app:
+everything arrives as callbacks (see :class:`AutoMigration`)::
+
+    migration = auto_migrate(server=URL, user_id=user_or_none, token=get_token,
+                             app_name="FlashCards", on_progress=show_progress,
+                             dispatch=ui_calls.put)   # callbacks run on the GUI thread
+    ...
+    migration.user_registered("u-42", get_token)     # the UserRegistered path
+    ...
+    migration.stop()                                 # at shutdown: resumes next start
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import dataclasses
+import enum
+import logging
+import math
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from ._client import MigrationClient, Token
+from ._conflicts import Conflict
+from ._detect import LocalState, detect_local
+from ._errors import (
+    AuthError,
+    ConfigurationError,
+    MigrationBlockedError,
+    MigrationError,
+    StoreBusyError,
+)
+from ._events import Event, Progress, ProgressPhase
+from ._journal import Journal, Phase, journal_path_for
+from ._lock import MigrationLock, lock_path_for
+from ._migrate import MigrationOptions, MigrationOutcome, MigrationResult
+from ._retry import Retrier, RetryPolicy
+from ._snapshot import open_snapshot
+from ._store import default_store_path
+
+__all__ = ["AutoMigration", "AutoState", "AutoStatus", "auto_migrate", "journal_progress"]
+
+logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+#: Between attempts while the app runs: 2 s, 4 s, ... at most 5 min, never giving up.
+DEFAULT_BACKOFF = RetryPolicy(
+    attempts=sys.maxsize, timeout=math.inf, initial=2.0, max_delay=300.0, jitter=1.0
+)
+#: The lock's ``MigrationBlockedError.reason`` (another process migrates this store).
+_LOCKED = "in-progress"
+#: The server's reason when another device of the same user is migrating.
+_ACTIVE_SESSION = "active-session"
+
+_PHASE_PROGRESS = {
+    Phase.PREPARED: ProgressPhase.STARTING,
+    Phase.STARTED: ProgressPhase.UPLOADING,
+    Phase.UPLOADED: ProgressPhase.RESOLVING,
+    Phase.RESOLVED: ProgressPhase.COMPLETING,
+    Phase.COMPLETED: ProgressPhase.VERIFYING,
+    Phase.VERIFIED: ProgressPhase.VERIFYING,
+}
+
+
+class AutoState(str, enum.Enum):
+    """Where the startup migration stands.
+
+    Settled states (:meth:`AutoMigration.wait` returns on them): ``ANONYMOUS``,
+    ``AWAITING_USER``, ``DONE``, ``NOTHING_TO_MIGRATE``, ``FAILED``, ``STOPPED``.
+
+    >>> AutoState.RETRYING.value
+    'retrying'
+    >>> AutoState.DONE.settled, AutoState.MIGRATING.settled
+    (True, False)
+    """
+
+    #: Looking at the local store.
+    CHECKING = "checking"
+    #: The store holds data but nobody is signed in: call ``user_registered()``.
+    ANONYMOUS = "anonymous"
+    #: Migrating (progress arrives through ``on_progress``).
+    MIGRATING = "migrating"
+    #: Offline, or the server is unavailable: trying again after ``retry_in`` seconds.
+    RETRYING = "retrying"
+    #: Another instance of the app migrates this store; its progress is relayed.
+    WATCHING = "watching"
+    #: Conflicts wait for the user's decision (``on_conflicts``).
+    AWAITING_USER = "awaiting_user"
+    #: Migrated and verified while this app ran.
+    DONE = "done"
+    #: No store, an empty one, or one migrated before: nothing was done.
+    NOTHING_TO_MIGRATE = "nothing_to_migrate"
+    #: Cannot finish without a change (a damaged store, a refusal): see ``error``.
+    FAILED = "failed"
+    #: Stopped by the app at a safe point; the next start resumes.
+    STOPPED = "stopped"
+
+    @property
+    def settled(self) -> bool:
+        """True when nothing more happens without the app or the user doing something."""
+        return self in _SETTLED
+
+
+_SETTLED = frozenset(
+    {
+        AutoState.ANONYMOUS,
+        AutoState.AWAITING_USER,
+        AutoState.DONE,
+        AutoState.NOTHING_TO_MIGRATE,
+        AutoState.FAILED,
+        AutoState.STOPPED,
+    }
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoStatus:
+    """One state change, with a sentence for the user (``detail``); ``error`` is the last
+    failure (in ``RETRYING`` and ``FAILED``), ``retry_in`` the seconds until the next try.
+
+    >>> AutoStatus(AutoState.RETRYING, "offline", retry_in=4.0).retry_in
+    4.0
+    """
+
+    state: AutoState
+    detail: str
+    error: MigrationError | None = None
+    retry_in: float | None = None
+
+
+class AutoMigration:
+    """The handle :func:`auto_migrate` returns; safe to use from any thread.
+
+    Callbacks (each optional, each given one argument):
+
+    - ``on_progress(Progress)``: for a progress bar, also while another instance migrates;
+    - ``on_event(Event)``: the SDK's events (``MigrationStarted``, ``MigrationFailed``, ...);
+    - ``on_state(AutoStatus)``: every state change, with a sentence to show;
+    - ``on_conflicts(list)``: conflicts the user must decide (see :meth:`resolve`);
+    - ``on_done(MigrationResult)``: migrated and verified while the app ran;
+    - ``on_failure(MigrationError)``: it cannot finish without a change (``FAILED``).
+
+    They run on the migration thread, unless ``dispatch`` is given: a function that runs
+    a zero-argument callable on the app's own thread (a ``queue.Queue().put`` the GUI loop
+    drains, for example). A callback that raises is logged and ignored.
+
+    >>> import tempfile, pathlib
+    >>> store = pathlib.Path(tempfile.mkdtemp()) / "store.sqlite3"   # no store there
+    >>> migration = auto_migrate(server="http://127.0.0.1:9", user_id="u1", token="t",
+    ...                          store_path=store)
+    >>> migration.wait(timeout=10)
+    <AutoState.NOTHING_TO_MIGRATE: 'nothing_to_migrate'>
+    """
+
+    def __init__(
+        self,
+        *,
+        user_id: str | None,
+        token: Token | None,
+        server: str | None = None,
+        http_client: httpx.Client | None = None,
+        store_path: str | Path | None = None,
+        app_name: str | None = None,
+        options: MigrationOptions | None = None,
+        retry: RetryPolicy | None = None,
+        backoff: RetryPolicy | None = None,
+        watch_interval: float = 0.5,
+        shutdown_timeout: float = 5.0,
+        on_progress: Callable[[Progress], object] | None = None,
+        on_event: Callable[[Event], object] | None = None,
+        on_state: Callable[[AutoStatus], object] | None = None,
+        on_conflicts: Callable[[list[Conflict]], object] | None = None,
+        on_done: Callable[[MigrationResult], object] | None = None,
+        on_failure: Callable[[MigrationError], object] | None = None,
+        dispatch: Callable[[Callable[[], None]], object] | None = None,
+    ) -> None:
+        # Nothing here may fail or block: arguments are checked by the worker, which
+        # reports a bad one as FAILED instead of raising into the app's start-up.
+        self._user_id = user_id
+        self._token = token
+        self._server = server
+        self._http_client = http_client
+        self._store_path = store_path
+        self._app_name = app_name
+        self._options = options
+        self._retry = retry
+        self._backoff = backoff or DEFAULT_BACKOFF
+        self._watch_interval = watch_interval
+        self._shutdown_timeout = shutdown_timeout
+        self._on_progress = on_progress
+        self._on_event = on_event
+        self._on_state = on_state
+        self._on_conflicts = on_conflicts
+        self._on_done = on_done
+        self._on_failure = on_failure
+        self._dispatch = dispatch
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._status = AutoStatus(AutoState.CHECKING, "not started yet")
+        self._progress: Progress | None = None
+        self._result: MigrationResult | None = None
+        self._client: MigrationClient | None = None
+        self._asked: set[str] = set()
+        self._at_exit_registered = False
+        # start() calls made, and how many of them the running thread has taken in.
+        self._requests = 0
+        self._handled = 0
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def status(self) -> AutoStatus:
+        """The current state, with its sentence and last error."""
+        with self._cond:
+            return self._status
+
+    @property
+    def state(self) -> AutoState:
+        """The current :class:`AutoState`."""
+        return self.status.state
+
+    @property
+    def progress(self) -> Progress | None:
+        """The last progress reported (``None`` before the first)."""
+        with self._cond:
+            return self._progress
+
+    @property
+    def result(self) -> MigrationResult | None:
+        """The result of the last migration attempt that ended (``None`` before one)."""
+        with self._cond:
+            return self._result
+
+    @property
+    def running(self) -> bool:
+        """Whether the migration thread is alive."""
+        with self._cond:
+            return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> AutoMigration:
+        """Start the migration thread, or wake it if it waits; returns ``self`` at once."""
+        with self._cond:
+            self._requests += 1
+            if self._thread is None or not self._thread.is_alive():
+                self._spawn()
+                return self
+            if self._status.state.settled:
+                # Not settled any more from now on, so wait() cannot return early; the
+                # thread reports its next state (or, if it is just ending, a new one
+                # starts: see _work).
+                self._status = AutoStatus(AutoState.MIGRATING, "continuing")
+            self._wake.set()
+        return self
+
+    def _spawn(self) -> None:
+        """Start a migration thread; call with ``self._cond`` held."""
+        self._handled = self._requests
+        self._stop.clear()
+        self._wake.clear()
+        self._status = AutoStatus(AutoState.CHECKING, "looking at the local store")
+        self._thread = threading.Thread(target=self._work, name="sdk-auto-migrate", daemon=True)
+        self._thread.start()
+        if not self._at_exit_registered:
+            # A daemon thread would just be cut off at exit; this stops it cleanly.
+            atexit.register(self._at_exit)
+            self._at_exit_registered = True
+
+    def stop(self, timeout: float | None = 5.0) -> bool:
+        """Stop the migration at its next safe point and wait up to ``timeout`` seconds.
+
+        Returns whether the thread has ended. The journal keeps everything, so the next
+        start (or :meth:`start`) resumes; call it when the app closes.
+        """
+        with self._cond:
+            thread = self._thread
+            self._handled = self._requests  # a stop cancels the start() calls before it
+            self._stop.set()
+            self._wake.set()
+        if thread is None:
+            return True
+        if thread is threading.current_thread():
+            return False  # called from a callback on the migration thread itself
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> AutoState:
+        """Block until the state is settled (see :class:`AutoState`) or ``timeout``
+        passes; return the state. For scripts and tests: a GUI uses the callbacks."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._status.state.settled, timeout)
+            return self._status.state
+
+    def retry_now(self) -> None:
+        """Try again now: wake a migration waiting to retry (say, when the app sees the
+        network come back), or start a new one after ``FAILED`` or ``STOPPED``."""
+        self.start()
+
+    def user_registered(self, user_id: str, token: Token) -> None:
+        """The user just registered (or signed in): migrate their local data now.
+
+        This is the app's side of ``UserRegistered``: an anonymous user's store is
+        migrated to the new account at once instead of at the next start.
+        """
+        with self._cond:
+            self._user_id = user_id
+            self._token = token
+        self.start()
+
+    def pending_conflicts(self) -> list[Conflict]:
+        """The conflicts waiting for the user (also after a restart: they are journaled).
+
+        Reads the journal beside the store; safe from the GUI thread.
+        """
+        with self._borrowed_client() as client:
+            return client.pending_conflicts()
+
+    def resolve(self, conflict_id: str, choice: str, data: dict[str, Any] | None = None) -> int:
+        """Record the user's decision on one conflict: keep ``"local"`` (this device's),
+        ``"server"`` (the cloud's) or ``"merged"`` with ``data``. Returns how many still
+        wait; when none does, the migration continues by itself.
+
+        Journaled at once, so a decision survives a restart. Raises
+        :class:`sdk.ConfigurationError` for an unknown conflict or a bad choice (the
+        app's own mistake, unlike everything the migration meets).
+        """
+        with self._borrowed_client() as client:
+            client.resolve_conflict(conflict_id, choice, data)
+            remaining = len(client.pending_conflicts())
+        if remaining == 0:
+            self.start()
+        return remaining
+
+    @contextlib.contextmanager
+    def _borrowed_client(self) -> Iterator[MigrationClient]:
+        with self._cond:
+            client = self._client
+        if client is not None:
+            yield client  # only the journal is used: safe beside the migration thread
+            return
+        with self._new_client() as client:
+            yield client
+
+    # ------------------------------------------------------------------ worker
+
+    def _work(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:
+            # Nothing may escape into the app (or the thread's excepthook).
+            if isinstance(exc, MigrationError):
+                error = exc
+            else:
+                logger.exception("the startup migration failed unexpectedly")
+                error = MigrationError(
+                    f"the startup migration failed unexpectedly ({type(exc).__name__}: "
+                    f"{exc}); the next start tries again; please report this"
+                )
+                error.__cause__ = exc
+            self._fail(error)
+        finally:
+            with self._cond:
+                if self._requests > self._handled:
+                    self._spawn()  # start() came while this thread was ending
+                self._cond.notify_all()
+
+    def _run(self) -> None:
+        self._notify(self._on_state, self.status)  # start() set it without telling
+        path = (
+            Path(self._store_path)
+            if self._store_path is not None
+            else default_store_path(str(self._app_name))
+            if self._app_name is not None
+            else None
+        )
+        if path is not None:
+            try:
+                local = detect_local(path)
+            except StoreBusyError:
+                local = None  # the app is writing: the migration itself waits for it
+            if local is not None:
+                if local.state in (LocalState.NO_STORE, LocalState.EMPTY, LocalState.MIGRATED):
+                    self._set(AutoState.NOTHING_TO_MIGRATE, local.reason)
+                    return
+                local.raise_for_state()
+        with self._cond:
+            anonymous = self._user_id is None
+        if anonymous:
+            self._set(
+                AutoState.ANONYMOUS,
+                "the local data waits for the user to register; it migrates then",
+            )
+            return
+        with self._new_client() as client:
+            with self._cond:
+                self._client = client
+            try:
+                self._loop(client)
+            finally:
+                with self._cond:
+                    self._client = None
+
+    def _new_client(self) -> MigrationClient:
+        with self._cond:
+            user_id, token = self._user_id, self._token
+        if user_id is None:
+            raise ConfigurationError("nobody is signed in yet: call user_registered() first")
+        return MigrationClient(
+            user_id=user_id,
+            token=token,  # type: ignore[arg-type]  # a missing token is reported as FAILED
+            server=self._server,
+            http_client=self._http_client,
+            store_path=self._store_path,
+            app_name=self._app_name,
+            options=self._options,
+            retry=self._retry,
+            on_progress=self._relay_progress,
+            on_event=self._relay_event,
+        )
+
+    def _loop(self, client: MigrationClient) -> None:
+        retries = Retrier(self._backoff).start()
+        lock = MigrationLock(lock_path_for(client.store_path))
+        while True:
+            if self._stop.is_set():
+                self._set(AutoState.STOPPED, "stopped; the migration resumes at the next start")
+                return
+            if not lock.try_acquire():
+                self._watch(client.store_path)
+                continue
+            lock.release()  # only a probe: migrate() takes the lock itself
+            self._set(AutoState.MIGRATING, "migrating the local data to the cloud")
+            try:
+                result = client.migrate(stop=self._stop)
+            except MigrationBlockedError as exc:
+                if exc.reason == _LOCKED:
+                    continue  # another instance took the lock since the probe
+                if exc.reason != _ACTIVE_SESSION:
+                    raise
+                error: MigrationError = exc
+            except AuthError as exc:
+                if exc.status != 401:
+                    raise
+                error = exc  # the token provider may have a valid token next time
+            except MigrationError as exc:
+                if not exc.retryable:
+                    raise
+                error = exc
+            else:
+                if result.outcome is MigrationOutcome.AWAITING_RESOLUTION:
+                    self._awaiting(client, result)
+                    continue
+                self._finished(result)
+                return
+            decision = retries.next_delay()
+            if decision.delay is None:
+                raise error
+            self._set(
+                AutoState.RETRYING,
+                f"will try again in {decision.delay:.0f} s: {error}",
+                error=error,
+                retry_in=decision.delay,
+            )
+            self._pause(decision.delay)
+
+    def _finished(self, result: MigrationResult) -> None:
+        with self._cond:
+            self._result = result
+        outcome = result.outcome
+        if outcome is MigrationOutcome.STOPPED:
+            self._set(AutoState.STOPPED, "stopped; the migration resumes at the next start")
+        elif outcome is MigrationOutcome.NOTHING_TO_MIGRATE:
+            self._set(AutoState.NOTHING_TO_MIGRATE, "the local store holds nothing to migrate")
+        else:
+            # COMPLETED here, or ALREADY_MIGRATED by another instance while this one waited.
+            count = result.item_count
+            self._set(AutoState.DONE, f"{count} item{'s' * (count != 1)} migrated and verified")
+            self._notify(self._on_done, result)
+
+    def _awaiting(self, client: MigrationClient, result: MigrationResult) -> None:
+        """Hand the waiting conflicts to the app, then sleep until it decided them all
+        (:meth:`resolve` wakes the thread) or asks to stop."""
+        conflicts = client.pending_conflicts()
+        with self._cond:
+            self._result = result
+            fresh = {c.conflict_id for c in conflicts} != self._asked
+            self._asked = {c.conflict_id for c in conflicts}
+        self._set(
+            AutoState.AWAITING_USER,
+            f"{len(conflicts)} item(s) changed both here and in the cloud: choose which to keep",
+        )
+        if fresh:
+            self._notify(self._on_conflicts, conflicts)
+        self._pause(None)
+
+    def _watch(self, store_path: Path) -> None:
+        self._set(
+            AutoState.WATCHING,
+            "another instance of the app is migrating this data; following its progress",
+        )
+        progress = journal_progress(store_path)
+        if progress is not None and progress != self.progress:
+            self._relay_progress(progress)
+        self._pause(self._watch_interval)
+
+    def _pause(self, seconds: float | None) -> None:
+        self._wake.wait(seconds)
+        with self._cond:
+            self._wake.clear()
+            self._handled = self._requests  # whoever woke us is served by going on
+
+    # ------------------------------------------------------------------ reporting
+
+    def _set(
+        self,
+        state: AutoState,
+        detail: str,
+        *,
+        error: MigrationError | None = None,
+        retry_in: float | None = None,
+    ) -> None:
+        status = AutoStatus(state, detail, error, retry_in)
+        with self._cond:
+            changed = status != self._status
+            self._status = status
+            self._cond.notify_all()
+        if changed:
+            logger.info("startup migration: %s (%s)", state.value, detail)
+            self._notify(self._on_state, status)
+
+    def _fail(self, error: MigrationError) -> None:
+        logger.warning("startup migration failed: %s", error)
+        self._set(AutoState.FAILED, str(error), error=error)
+        self._notify(self._on_failure, error)
+
+    def _relay_progress(self, progress: Progress) -> None:
+        with self._cond:
+            self._progress = progress
+        self._notify(self._on_progress, progress)
+
+    def _relay_event(self, event: Event) -> None:
+        self._notify(self._on_event, event)
+
+    def _notify(self, callback: Callable[[_T], object] | None, value: _T) -> None:
+        if callback is None:
+            return
+
+        def call() -> None:
+            try:
+                callback(value)
+            except Exception:
+                logger.exception("a startup-migration callback raised; ignoring it")
+
+        if self._dispatch is None:
+            call()
+            return
+        try:
+            self._dispatch(call)
+        except Exception:
+            logger.exception("the dispatch function raised; a callback was dropped")
+
+    def _at_exit(self) -> None:
+        if not self.stop(self._shutdown_timeout):
+            logger.warning(
+                "the startup migration did not stop within %.1f s; it resumes next start",
+                self._shutdown_timeout,
+            )
+
+
+def auto_migrate(
+    *,
+    user_id: str | None,
+    token: Token | None,
+    server: str | None = None,
+    http_client: httpx.Client | None = None,
+    store_path: str | Path | None = None,
+    app_name: str | None = None,
+    options: MigrationOptions | None = None,
+    retry: RetryPolicy | None = None,
+    backoff: RetryPolicy | None = None,
+    watch_interval: float = 0.5,
+    shutdown_timeout: float = 5.0,
+    on_progress: Callable[[Progress], object] | None = None,
+    on_event: Callable[[Event], object] | None = None,
+    on_state: Callable[[AutoStatus], object] | None = None,
+    on_conflicts: Callable[[list[Conflict]], object] | None = None,
+    on_done: Callable[[MigrationResult], object] | None = None,
+    on_failure: Callable[[MigrationError], object] | None = None,
+    dispatch: Callable[[Callable[[], None]], object] | None = None,
+) -> AutoMigration:
+    """The startup hook: call it once at app start; it returns at once and migrates in
+    a background thread when there is something to migrate.
+
+    ``user_id`` is ``None`` while nobody is signed in (call
+    :meth:`AutoMigration.user_registered` later); ``token`` is a string or, better, a
+    function returning a fresh token (asked again after a 401). ``retry`` is the policy
+    of each HTTP call; ``backoff`` spaces the attempts while offline (by default 2 s
+    doubling to 5 min, for as long as the app runs). At interpreter exit the migration is
+    stopped (waiting up to ``shutdown_timeout`` s); call :meth:`AutoMigration.stop`
+    yourself to choose when. See :class:`AutoMigration` for the callbacks::
+
+        migration = auto_migrate(server="https://api.example.com", user_id=session.user,
+                                 token=session.fresh_token, app_name="FlashCards",
+                                 on_progress=bar.update, dispatch=ui_calls.put)
+    """
+    return AutoMigration(
+        user_id=user_id,
+        token=token,
+        server=server,
+        http_client=http_client,
+        store_path=store_path,
+        app_name=app_name,
+        options=options,
+        retry=retry,
+        backoff=backoff,
+        watch_interval=watch_interval,
+        shutdown_timeout=shutdown_timeout,
+        on_progress=on_progress,
+        on_event=on_event,
+        on_state=on_state,
+        on_conflicts=on_conflicts,
+        on_done=on_done,
+        on_failure=on_failure,
+        dispatch=dispatch,
+    ).start()
+
+
+def journal_progress(store_path: str | Path) -> Progress | None:
+    """The progress of the migration journaled beside ``store_path``, read from its
+    journal and snapshot plan (so any process can follow another's migration), or
+    ``None`` when none is journaled.
+
+    >>> import tempfile, pathlib
+    >>> journal_progress(pathlib.Path(tempfile.mkdtemp()) / "store.sqlite3") is None
+    True
+    """
+    path = journal_path_for(store_path)
+    if not path.exists():
+        return None
+    try:
+        with Journal(path) as journal:
+            record = journal.load()
+            acked = journal.acked_batches() if record is not None else set()
+    except MigrationError as exc:
+        logger.debug("cannot read the journal at %s: %s", path, exc)
+        return None
+    if record is None:
+        return None
+    total = record.item_count
+    phase = _PHASE_PROGRESS[record.phase]
+    if record.phase is Phase.PREPARED:
+        return Progress(phase, 0, total)
+    if record.phase is not Phase.STARTED:
+        return Progress(phase, total, total)
+    try:
+        with open_snapshot(record.snapshot_path) as snapshot:
+            plan = snapshot.batch_sizes()
+    except MigrationError:
+        # The snapshot is being replaced: estimate from the share of batches held.
+        done = round(total * len(acked) / record.batch_count) if record.batch_count else 0
+        return Progress(phase, min(done, total), total)
+    return Progress(
+        phase,
+        sum(items for seq, items, _ in plan if seq in acked),
+        total,
+        sum(size for seq, _, size in plan if seq in acked),
+        sum(size for _, _, size in plan),
+    )

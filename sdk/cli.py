@@ -1,0 +1,636 @@
+"""The command line: ``python -m sdk COMMAND`` or ``offline-migrate COMMAND``.
+
+Commands: ``detect``, ``plan``, ``migrate``, ``status``, ``conflicts``, ``resolve``,
+``cancel`` and ``verify``. Every command takes the store (``--store PATH`` or
+``--app NAME``) and the server, user and token (``--server``, ``--user``, ``--token``,
+or the ``MIGRATION_SERVER``, ``MIGRATION_USER`` and ``MIGRATION_TOKEN`` environment
+variables); ``detect`` and ``status`` also work without them, on the device alone.
+``--json`` prints one JSON object instead of text::
+
+    offline-migrate detect  --store ~/.local/share/FlashCards/store.sqlite3
+    offline-migrate plan    --app FlashCards --strategy newest_wins
+    offline-migrate migrate --app FlashCards --strategy preferences=local_wins
+    offline-migrate conflicts --app FlashCards
+    offline-migrate resolve --app FlashCards --all local && offline-migrate migrate ...
+
+Exit codes, the same for every command:
+
+- 0: done (for ``migrate`` and ``verify``: migrated and verified);
+- 1: failed: something the same command will not get past by itself;
+- 2: usage error: a bad or missing option;
+- 3: pending: offline, conflicts waiting for a decision, another process migrating the
+  store, or a migration stopped by Ctrl-C; run the same command again later.
+
+A migration killed at any moment continues when the same command runs again.
+
+    >>> main(["--version"])
+    offline-migrate 0.1.0
+    0
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from ._client import MigrationClient
+from ._conflicts import ConflictPolicy
+from ._detect import LocalDetection, LocalState, detect_local
+from ._display import counts, describe_item, open_progress
+from ._errors import (
+    ConfigurationError,
+    MigrationBlockedError,
+    MigrationError,
+    NotFoundError,
+    VerificationError,
+)
+from ._journal import journal_path_for
+from ._lock import MigrationLock, lock_path_for
+from ._migrate import MigrationOptions, MigrationOutcome, MigrationResult
+from ._retry import RetryPolicy
+from ._store import default_store_path
+
+__all__ = ["EXIT_DONE", "EXIT_FAILED", "EXIT_PENDING", "EXIT_USAGE", "main"]
+
+EXIT_DONE = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_PENDING = 3
+
+_STRATEGIES = ("server_wins", "local_wins", "newest_wins", "field_merge", "manual")
+_STATUS = {EXIT_DONE: "done", EXIT_FAILED: "failed", EXIT_USAGE: "usage", EXIT_PENDING: "pending"}
+
+
+class UsageError(Exception):
+    """A bad or missing option (exit code 2)."""
+
+
+@dataclasses.dataclass
+class Answer:
+    """What a command found: the exit code, the JSON fields and the lines for a person."""
+
+    code: int
+    fields: dict[str, Any]
+    lines: list[str]
+
+
+# --------------------------------------------------------------------------- entry
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (the console script exits with it)."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2), already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.version:
+        from . import __version__
+
+        print(f"offline-migrate {__version__}")
+        return EXIT_DONE
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        print("offline-migrate: error: name a command (see --help)", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.ERROR,
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        answer: Answer = args.run(args)
+    except UsageError as exc:
+        answer = _failure(EXIT_USAGE, exc, f"{exc} (see `{args.command} --help`)")
+    except ConfigurationError as exc:
+        answer = _failure(EXIT_USAGE, exc, str(exc))
+    except MigrationError as exc:
+        answer = _failure(_code_for(exc), exc, str(exc))
+    except KeyboardInterrupt:
+        answer = Answer(EXIT_PENDING, {"interrupted": True}, ["interrupted; nothing was lost"])
+    except Exception as exc:  # the last line of defence: a message, never a traceback
+        logging.getLogger(__name__).debug("internal error", exc_info=True)
+        answer = _failure(
+            EXIT_FAILED,
+            exc,
+            f"internal error ({type(exc).__name__}: {exc}); please report it with the "
+            "output of the same command run with --verbose",
+        )
+    _print(args, answer)
+    return answer.code
+
+
+def _failure(code: int, exc: BaseException, message: str) -> Answer:
+    error = {"type": type(exc).__name__, "message": message}
+    return Answer(code, {"error": error}, [])
+
+
+def _code_for(exc: MigrationError) -> int:
+    if isinstance(exc, MigrationBlockedError) and exc.reason in ("in-progress", "active-session"):
+        return EXIT_PENDING
+    return EXIT_PENDING if exc.retryable else EXIT_FAILED
+
+
+def _print(args: argparse.Namespace, answer: Answer) -> None:
+    if args.json:
+        payload = {
+            "command": args.command,
+            "exitCode": answer.code,
+            "status": _STATUS[answer.code],
+            **answer.fields,
+        }
+        print(json.dumps(_jsonable(payload), sort_keys=False))
+        return
+    for line in answer.lines:
+        print(line)
+    error = answer.fields.get("error")
+    if error:
+        print(f"error: {error['message']}", file=sys.stderr)
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(dataclasses.asdict(value))
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "wire"):
+        return value.wire()
+    return value
+
+
+# --------------------------------------------------------------------------- options
+
+
+def _parser() -> argparse.ArgumentParser:
+    # The common options are accepted before or after the command: the sub-parsers'
+    # copies default to SUPPRESS so they only override what was given there.
+    parser = argparse.ArgumentParser(
+        prog="offline-migrate",
+        description="Migrate an offline-first app's local store to the cloud, once.",
+        epilog="exit codes: 0 done (and verified), 1 failed, 2 usage error, 3 pending "
+        "(offline, waiting for conflicts to be resolved, or another process migrating)",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version")
+    _common(parser, argparse.SUPPRESS, top=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, run: Callable[[argparse.Namespace], Answer], text: str) -> Any:
+        sub = commands.add_parser(name, help=text, description=text)
+        _common(sub, argparse.SUPPRESS)
+        sub.set_defaults(run=run)
+        return sub
+
+    command("detect", _detect, "what the store holds, and whether the server accepts it")
+    plan = command("plan", _plan, "predict new, unchanged and conflicting items; send no data")
+    migrate = command("migrate", _migrate, "migrate (or continue the migration) to the end")
+    command("status", _status, "how far the migration got, on the device and on the server")
+    command("conflicts", _conflicts, "list the conflicts waiting for a decision")
+    resolve = command("resolve", _resolve, "decide conflicts waiting for a decision")
+    command("cancel", _cancel, "cancel the migration in progress; the store is untouched")
+    command("verify", _verify, "check that the cloud holds what the device migrated")
+    for sub in (plan, migrate):
+        sub.add_argument(
+            "--strategy",
+            action="append",
+            default=[],
+            metavar="[COLLECTION=]STRATEGY",
+            help=f"conflict strategy, for all collections or one ({', '.join(_STRATEGIES)}); "
+            "repeat for several collections",
+        )
+    migrate.add_argument("--batch-size", type=int, default=None, help="items per batch")
+    migrate.add_argument(
+        "--parallel", type=int, default=None, help="batches uploaded at the same time"
+    )
+    migrate.add_argument(
+        "--progress",
+        choices=("auto", "bar", "lines", "none"),
+        default="auto",
+        help="a live bar (needs the `cli` extra), plain lines, or nothing (default: a bar "
+        "on a terminal, lines otherwise)",
+    )
+    resolve.add_argument("conflict_id", nargs="?", help="the conflict (see `conflicts`)")
+    resolve.add_argument("choice", nargs="?", choices=("local", "server", "merged"))
+    resolve.add_argument("--data", help="the merged item's data, a JSON object (for merged)")
+    resolve.add_argument(
+        "--all", choices=("local", "server"), help="decide every waiting conflict the same way"
+    )
+    return parser
+
+
+def _common(parser: argparse.ArgumentParser, default: Any, *, top: bool = False) -> None:
+    def d(value: Any) -> Any:
+        return value if top else default
+
+    parser.add_argument(
+        "--server", default=d(None), help="the migration server's URL (env MIGRATION_SERVER)"
+    )
+    parser.add_argument("--user", default=d(None), help="the user's id (env MIGRATION_USER)")
+    parser.add_argument(
+        "--token", default=d(None), help="the user's bearer token (env MIGRATION_TOKEN)"
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--store", default=d(None), type=Path, help="the store's file")
+    where.add_argument("--app", default=d(None), help="the app's name: its default store")
+    parser.add_argument(
+        "--retry-for",
+        type=float,
+        default=d(None),
+        metavar="SECONDS",
+        help="how long one request keeps retrying while the server is unreachable or "
+        "busy (default: 8 attempts within 2 minutes; 0: no retry)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", default=d(False), help="print one JSON object"
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=d(False), help="log what happens"
+    )
+
+
+def _store_path(args: argparse.Namespace) -> Path:
+    if args.store is not None and args.app is not None:
+        raise UsageError("give --store or --app, not both")
+    if args.store is not None:
+        return Path(args.store).expanduser()
+    if args.app is not None:
+        return default_store_path(args.app)
+    raise UsageError("say which store: --store PATH, or --app NAME for the app's default one")
+
+
+def _credentials(args: argparse.Namespace, *, required: bool) -> tuple[str, str, str] | None:
+    given = {
+        "--server": args.server or os.environ.get("MIGRATION_SERVER"),
+        "--user": args.user or os.environ.get("MIGRATION_USER"),
+        "--token": args.token or os.environ.get("MIGRATION_TOKEN"),
+    }
+    missing = [name for name, value in given.items() if not value]
+    if not missing:
+        return given["--server"], given["--user"], given["--token"]  # type: ignore[return-value]
+    if required or len(missing) < 3:
+        env = {"--server": "MIGRATION_SERVER", "--user": "MIGRATION_USER"}
+        names = ", ".join(f"{m} (or {env.get(m, 'MIGRATION_TOKEN')})" for m in missing)
+        raise UsageError(f"missing {names}")
+    return None
+
+
+def _policy(specs: Sequence[str]) -> ConflictPolicy:
+    default = "server_wins"
+    per_collection: dict[str, str] = {}
+    for spec in specs:
+        collection, _, strategy = spec.rpartition("=")
+        if strategy not in _STRATEGIES:
+            raise UsageError(
+                f"--strategy {spec!r}: the strategy must be one of {', '.join(_STRATEGIES)}"
+            )
+        if collection:
+            per_collection[collection] = strategy
+        else:
+            default = strategy
+    return ConflictPolicy(default=default, per_collection=per_collection)  # type: ignore[arg-type]
+
+
+def _client(
+    args: argparse.Namespace, options: MigrationOptions | None = None, **kw: Any
+) -> MigrationClient:
+    credentials = _credentials(args, required=True)
+    assert credentials is not None
+    server, user, token = credentials
+    retry = None if args.retry_for is None else RetryPolicy(timeout=args.retry_for)
+    return MigrationClient(
+        server=server,
+        user_id=user,
+        token=token,
+        store_path=_store_path(args),
+        options=options,
+        retry=retry,
+        **kw,
+    )
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _local_fields(local: LocalDetection) -> dict[str, Any]:
+    return {
+        "state": local.state.value,
+        "reason": local.reason,
+        "path": str(local.path),
+        "itemCount": local.item_count,
+        "collections": dict(local.counts),
+        "deletions": local.tombstones,
+        "dataVersion": local.data_version,
+        "sizeBytes": local.size_bytes,
+    }
+
+
+def _unusable(local: LocalDetection) -> bool:
+    return local.state in (LocalState.FOREIGN, LocalState.CORRUPT, LocalState.UNSUPPORTED_VERSION)
+
+
+def _detect(args: argparse.Namespace) -> Answer:
+    path = _store_path(args)
+    local = detect_local(path)
+    credentials = _credentials(args, required=False)
+    lines = [f"store    {path}", f"state    {local.state.value}: {local.reason}"]
+    if local.item_count:
+        lines.append(f"items    {local.item_count:,} ({counts(local.counts)})")
+    fields: dict[str, Any] = {"local": _local_fields(local), "server": None}
+    code = EXIT_FAILED if _unusable(local) else EXIT_DONE
+    if credentials is not None and local.state is LocalState.READY:
+        with _client(args) as client:
+            try:
+                found = client.detect()
+            except MigrationError as exc:
+                fields["error"] = {"type": type(exc).__name__, "message": str(exc)}
+                return Answer(_code_for(exc), fields, lines)
+        server = found.server
+        assert server is not None
+        fields["server"] = server.wire()
+        verdict = "yes" if server.can_migrate else f"no: {server.reason}"
+        lines.append(f"server   can migrate: {verdict}")
+        if server.active_session_id:
+            lines.append(
+                f"         a migration is in progress (session {server.active_session_id})"
+            )
+    elif credentials is None and local.state is LocalState.READY:
+        lines.append("server   not asked (give --server, --user and --token to ask)")
+    return Answer(code, fields, lines)
+
+
+def _plan(args: argparse.Namespace) -> Answer:
+    options = MigrationOptions(conflicts=_policy(args.strategy))
+    with _client(args, options) as client:
+        plan = client.plan()
+    lines = [
+        f"{plan.item_count:,} items: {plan.new_items:,} new, {plan.unchanged_items:,} already "
+        f"in the cloud, {plan.conflicts:,} in conflict"
+    ]
+    for name, part in sorted(plan.collections.items()):
+        lines.append(
+            f"  {name:<20} {part.items:>7,} items  {part.new:>7,} new  {part.unchanged:>7,} "
+            f"unchanged  {part.conflicts:>5,} conflicts  ({counts(part.choices)})"
+        )
+    if plan.conflicts:
+        lines.append(f"conflicts would be resolved by: {counts(plan.resolutions_by_kind)}")
+    if plan.pending_conflicts:
+        lines.append(f"{plan.pending_conflicts:,} would wait for a decision (see `resolve`)")
+    if plan.flagged:
+        lines.append(f"{len(plan.flagged):,} timestamps could not be trusted (see --json)")
+    fields = {
+        "itemCount": plan.item_count,
+        "newItems": plan.new_items,
+        "unchangedItems": plan.unchanged_items,
+        "conflicts": plan.conflicts,
+        "pendingConflicts": plan.pending_conflicts,
+        "resolutionsByKind": plan.resolutions_by_kind,
+        "plan": plan,
+    }
+    return Answer(EXIT_DONE, fields, lines)
+
+
+def _migrate(args: argparse.Namespace) -> Answer:
+    values = {"batch_size": args.batch_size, "max_in_flight": args.parallel}
+    options = MigrationOptions(
+        conflicts=_policy(args.strategy), **{k: v for k, v in values.items() if v is not None}
+    )
+    display = open_progress("none" if args.json else args.progress)
+    with _client(args, options, on_progress=display) as client, display:
+        result = _run_stoppable(lambda stop: client.migrate(stop=stop))
+    return _migrated(result)
+
+
+def _run_stoppable(work: Callable[[threading.Event], MigrationResult]) -> MigrationResult:
+    """Run ``work`` in a thread; Ctrl-C (or SIGTERM) stops it at a safe point."""
+    stop = threading.Event()
+    finished = threading.Event()
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = work(stop)
+        except BaseException as exc:
+            box["error"] = exc
+        finally:
+            finished.set()
+
+    # Waiting on an event, not on join(): a join interrupted by Ctrl-C can leave the
+    # thread looking finished while it still runs.
+    thread = threading.Thread(target=target, name="sdk-cli-migrate", daemon=True)
+    previous = _on_sigterm()
+    thread.start()
+    try:
+        while not finished.wait(0.2):
+            pass
+    except KeyboardInterrupt:
+        stop.set()
+        print("\nstopping at a safe point (Ctrl-C again to quit at once)...", file=sys.stderr)
+        finished.wait()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if "error" in box:
+        raise box["error"]
+    result: MigrationResult = box["result"]
+    return result
+
+
+def _on_sigterm() -> Any:
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: object) -> NoReturn:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+def _migrated(result: MigrationResult) -> Answer:
+    fields = {"outcome": result.outcome.value, "verified": result.verified, "result": result}
+    outcome = result.outcome
+    if outcome is MigrationOutcome.NOTHING_TO_MIGRATE:
+        return Answer(EXIT_DONE, fields, ["nothing to migrate: the store holds no items"])
+    if outcome is MigrationOutcome.ALREADY_MIGRATED:
+        return Answer(
+            EXIT_DONE,
+            fields,
+            [f"already migrated (session {result.session_id}) and verified"],
+        )
+    if outcome is MigrationOutcome.STOPPED:
+        return Answer(
+            EXIT_PENDING, fields, ["stopped at a safe point; run the same command to continue"]
+        )
+    if outcome is MigrationOutcome.AWAITING_RESOLUTION:
+        return Answer(
+            EXIT_PENDING,
+            fields,
+            [
+                f"{result.pending_conflicts:,} conflict(s) wait for a decision: list them with "
+                "`conflicts`, decide with `resolve`, then run `migrate` again"
+            ],
+        )
+    lines = [
+        f"migrated {result.item_count:,} items, verified: {'yes' if result.verified else 'NO'}",
+        f"  new {result.new_items or 0:,}, already in the cloud {result.unchanged_items or 0:,}, "
+        f"in conflict {result.conflicts:,}",
+    ]
+    if result.resolutions_by_kind:
+        lines.append(f"  conflicts resolved by: {counts(result.resolutions_by_kind)}")
+    if result.collections:
+        lines.append(f"  collections: {counts(result.collections)}")
+    if result.flagged:
+        lines.append(f"  {len(result.flagged)} timestamp(s) distrusted: decided by the fallback")
+    lines.append(
+        f"  session {result.session_id}, {result.batches_uploaded} batches sent"
+        f"{' (resumed)' if result.resumed else ''}, {result.duration_s:.1f} s"
+    )
+    lines.append(f"  checksum {result.cloud_checksum}")
+    return Answer(EXIT_DONE if result.verified else EXIT_FAILED, fields, lines)
+
+
+def _status(args: argparse.Namespace) -> Answer:
+    from ._auto import journal_progress
+
+    path = _store_path(args)
+    local = detect_local(path)
+    progress = journal_progress(path)
+    busy = False
+    if local.state is LocalState.READY:
+        lock = MigrationLock(lock_path_for(path))
+        busy = not lock.try_acquire()
+        lock.release()
+    lines = [f"store    {path}: {local.state.value}"]
+    fields: dict[str, Any] = {"local": _local_fields(local), "progress": progress, "busy": busy}
+    if local.migration is not None:
+        lines.append(f"migrated in session {local.migration.session_id}")
+    if progress is not None:
+        lines.append(
+            f"journal  {progress.phase.value}: {progress.items_done:,}/{progress.items_total:,} "
+            f"items{' (a process is migrating it now)' if busy else ''}"
+        )
+    if _unusable(local):
+        code = EXIT_FAILED
+        lines.append(local.reason)
+    elif local.state is LocalState.READY:
+        code = EXIT_PENDING
+        if progress is None:
+            lines.append("not migrated yet: run `migrate`")
+    else:
+        code = EXIT_DONE
+    credentials = _credentials(args, required=False)
+    if credentials is not None and local.state is not LocalState.NO_STORE:
+        with _client(args) as client:
+            try:
+                status = client.status()
+            except NotFoundError:
+                status = None  # the server knows no migration of this user
+            except MigrationError as exc:
+                fields["error"] = {"type": type(exc).__name__, "message": str(exc)}
+                return Answer(max(code, _code_for(exc)), fields, lines)
+        if status is not None:
+            fields["server"] = status.wire()
+            lines.append(
+                f"server   session {status.session_id}: {status.status.value}, "
+                f"{status.progress:.0%}, step {status.current_step}, "
+                f"{len(status.received_batches)}/{status.batch_count} batches, "
+                f"{status.unresolved_conflicts} unresolved conflicts"
+            )
+            lines.extend(f"         error: {e}" for e in status.errors)
+    return Answer(code, fields, lines)
+
+
+def _conflicts(args: argparse.Namespace) -> Answer:
+    with _client(args) as client:
+        waiting = client.pending_conflicts()
+    lines = [f"{len(waiting)} conflict(s) wait for a decision"]
+    for conflict in waiting:
+        lines.append(f"{conflict.conflict_id}  {conflict.collection}/{conflict.key}")
+        lines.append(f"    this device: {describe_item(conflict.local)}")
+        lines.append(f"    the cloud:   {describe_item(conflict.server)}")
+    if waiting:
+        lines.append("decide with: resolve CONFLICT_ID local|server, or resolve --all local")
+    return Answer(EXIT_DONE, {"conflicts": [c.to_json() for c in waiting]}, lines)
+
+
+def _resolve(args: argparse.Namespace) -> Answer:
+    if (args.all is None) == (args.conflict_id is None):
+        raise UsageError("give CONFLICT_ID and CHOICE, or --all local|server")
+    if args.all is None and args.choice is None:
+        raise UsageError("say which version to keep: local, server or merged")
+    data = None
+    if args.data is not None:
+        try:
+            data = json.loads(args.data)
+        except ValueError as exc:
+            raise UsageError(f"--data is not valid JSON ({exc})") from exc
+    with _client(args) as client:
+        if args.all is not None:
+            decided = [c.conflict_id for c in client.pending_conflicts()]
+            for conflict_id in decided:
+                client.resolve_conflict(conflict_id, args.all)
+        else:
+            client.resolve_conflict(args.conflict_id, args.choice, data)
+            decided = [args.conflict_id]
+        remaining = len(client.pending_conflicts())
+    lines = [f"decided {len(decided)} conflict(s); {remaining} still wait"]
+    if not remaining:
+        lines.append("run `migrate` to apply the decisions and finish")
+    return Answer(EXIT_DONE, {"decided": decided, "remaining": remaining}, lines)
+
+
+def _cancel(args: argparse.Namespace) -> Answer:
+    with _client(args) as client:
+        cancelled = client.cancel()
+    line = "cancelled; the store is untouched" if cancelled else "no migration to cancel"
+    return Answer(EXIT_DONE, {"cancelled": cancelled}, [line])
+
+
+def _verify(args: argparse.Namespace) -> Answer:
+    path = _store_path(args)
+    local = detect_local(path)
+    fields: dict[str, Any] = {"local": _local_fields(local), "verified": False}
+    if local.state in (LocalState.NO_STORE, LocalState.EMPTY):
+        return Answer(EXIT_DONE, fields, ["nothing to verify: the store holds no items"])
+    local.raise_for_state()
+    state = local.migration
+    if state is None:
+        journaled = journal_path_for(path).exists()
+        what = "a migration is in progress" if journaled else "no migration has run"
+        return Answer(EXIT_PENDING, fields, [f"not migrated yet ({what}): run `migrate`"])
+    with _client(args) as client:
+        summary = client.transport.summary(state.session_id)
+    cloud = summary.summary
+    fields.update(sessionId=state.session_id, summary=summary.wire())
+    if summary.result.value != "completed" or not cloud.verified:
+        raise VerificationError(
+            f"the server reports session {state.session_id} as {summary.result.value} and not "
+            "verified, yet this store is marked migrated; contact support with the session id"
+        )
+    if cloud.cloud_checksum != state.cloud_checksum:
+        raise VerificationError(
+            f"the cloud's checksum of session {state.session_id} ({cloud.cloud_checksum}) "
+            f"differs from the one this device verified ({state.cloud_checksum}); contact "
+            "support with the session id"
+        )
+    fields["verified"] = True
+    lines = [
+        f"verified: the cloud holds the {cloud.total_items:,} items this device migrated "
+        f"(session {state.session_id})",
+        f"  checksum {state.cloud_checksum}",
+    ]
+    return Answer(EXIT_DONE, fields, lines)

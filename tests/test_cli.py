@@ -1,0 +1,383 @@
+"""The command line, against the reference server on a loopback port."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from sdk_fixtures import learning_items, make_store
+
+from sdk import LocalState, LocalStore, detect_local
+from sdk.cli import EXIT_DONE, EXIT_FAILED, EXIT_PENDING, EXIT_USAGE, main
+from sdk.contract import dataset_checksum_of
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def env(live_server, monkeypatch, request):
+    """The server, user and token in the environment, as a support script would set them."""
+    user = "cli-" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:12]
+    monkeypatch.setenv("MIGRATION_SERVER", live_server.url)
+    monkeypatch.setenv("MIGRATION_USER", user)
+    monkeypatch.setenv("MIGRATION_TOKEN", live_server.token(user))
+    return user
+
+
+def seed(live_server, user: str, items, tmp_path: Path) -> None:
+    """Cloud items for ``user``, as if another device had uploaded them."""
+    path = tmp_path / "seed.jsonl"
+    path.write_text("".join(json.dumps(i) + "\n" for i in items))
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "backend_stub",
+            "seed",
+            user,
+            str(path),
+            "--device-id",
+            "tablet",
+            "--data-dir",
+            str(live_server.data_dir),
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def run_json(capsys, *argv: str) -> dict:
+    code, out, _ = run(capsys, *argv, "--json")
+    (line,) = out.splitlines()  # exactly one object, on one line
+    answer = json.loads(line)
+    assert answer["exitCode"] == code
+    return answer
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_migrate_shows_progress_and_a_readable_summary_and_exits_0_once_verified(
+    env, tmp_path, capsys
+):
+    items = learning_items(500)
+    store = make_store(tmp_path / "store.sqlite3", items)
+
+    code, out, err = run(capsys, "migrate", "--store", str(store), "--batch-size", "100")
+
+    assert code == EXIT_DONE
+    assert "migrated 502 items, verified: yes" in out
+    assert "collections: flashcards 168, lesson_progress 333, preferences 1" in out
+    assert "uploading: 300/502 items (60%)" in err and "uploading: 502/502 items (100%)" in err
+    assert err.splitlines()[-1] == "done (502 items)"
+    assert detect_local(store).state is LocalState.MIGRATED
+
+
+def test_every_command_walks_a_migration_with_conflicts_to_the_end(
+    env, live_server, tmp_path, capsys
+):
+    items = learning_items(60)
+    store = make_store(tmp_path / "store.sqlite3", items)
+    seed(live_server, env, [dict(i, data={"other": True}) for i in items[:3]], tmp_path)
+    where = ("--store", str(store))
+
+    detected = run_json(capsys, "detect", *where)
+    assert detected["status"] == "done" and detected["local"]["itemCount"] == 62
+    assert detected["server"]["canMigrate"] is True
+
+    plan = run_json(capsys, "plan", *where, "--strategy", "manual")
+    assert (plan["newItems"], plan["unchangedItems"], plan["conflicts"]) == (59, 0, 3)
+    assert plan["pendingConflicts"] == 3
+
+    assert run_json(capsys, "status", *where)["exitCode"] == EXIT_PENDING  # not migrated yet
+
+    waiting = run_json(capsys, "migrate", *where, "--strategy", "manual")
+    assert waiting["exitCode"] == EXIT_PENDING and waiting["outcome"] == "awaiting_resolution"
+
+    code, out, _ = run(capsys, "conflicts", *where)
+    assert code == EXIT_DONE and "3 conflict(s) wait for a decision" in out
+    assert '"other": true' in out  # the cloud's side is shown
+
+    listed = run_json(capsys, "conflicts", *where)["conflicts"]
+    first = listed[0]["conflict_id"]
+    merged = json.dumps({"score": 1000})
+    assert run(capsys, "resolve", *where, first, "merged", "--data", merged)[0] == EXIT_DONE
+    resolved = run_json(capsys, "resolve", *where, "--all", "local")
+    assert resolved["remaining"] == 0 and len(resolved["decided"]) == 2
+
+    done = run_json(capsys, "migrate", *where, "--strategy", "manual")
+    assert done["exitCode"] == EXIT_DONE and done["verified"] is True
+    assert done["result"]["resolutions_by_kind"] == {"manual": 3}
+    with LocalStore(store, create=False) as s:
+        kept = s.get(listed[0]["collection"], listed[0]["key"])
+        local = list(s.iter_items())
+    assert kept is not None and kept["data"] == {"score": 1000}
+    assert done["result"]["cloud_checksum"] == dataset_checksum_of(local)
+
+    verified = run_json(capsys, "verify", *where)
+    assert verified["exitCode"] == EXIT_DONE and verified["verified"] is True
+    status = run_json(capsys, "status", *where)
+    assert status["exitCode"] == EXIT_DONE and status["server"]["status"] == "completed"
+    assert run_json(capsys, "cancel", *where)["cancelled"] is False
+
+
+def test_cancel_drops_the_migration_in_progress_and_leaves_the_store(
+    env, live_server, tmp_path, capsys
+):
+    items = learning_items(30)
+    store = make_store(tmp_path / "store.sqlite3", items)
+    seed(live_server, env, [dict(items[0], data={"other": True})], tmp_path)
+    where = ("--store", str(store))
+    assert run(capsys, "migrate", *where, "--strategy", "manual")[0] == EXIT_PENDING
+
+    code, out, _ = run(capsys, "cancel", *where)
+
+    assert code == EXIT_DONE and "cancelled; the store is untouched" in out
+    assert run_json(capsys, "status", *where)["server"]["status"] == "cancelled"
+    assert run(capsys, "conflicts", *where)[1].startswith("0 conflict(s)")
+    assert detect_local(store).item_count == 32
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        pytest.param(["migrate"], "say which store: --store PATH", id="no store"),
+        pytest.param(
+            ["migrate", "--store", "s.db", "--app", "A"], "not allowed with", id="two stores"
+        ),
+        pytest.param(
+            ["migrate", "--store", "s.db", "--strategy", "coin_toss"],
+            "the strategy must be one of",
+            id="unknown strategy",
+        ),
+        pytest.param(["resolve", "--store", "s.db"], "give CONFLICT_ID", id="resolve nothing"),
+        pytest.param(["resolve", "--store", "s.db", "c1"], "say which version", id="no choice"),
+        pytest.param(["teleport"], "invalid choice: 'teleport'", id="unknown command"),
+        pytest.param([], "name a command", id="no command"),
+        pytest.param(
+            ["migrate", "--store", "s.db", "--batch-size", "0"],
+            "batch_size must be at least 1",
+            id="bad batch size",
+        ),
+    ],
+)
+def test_usage_errors_exit_2_with_a_clear_message(
+    env, tmp_path, capsys, monkeypatch, argv, message
+):
+    monkeypatch.chdir(tmp_path)
+    code, _out, err = run(capsys, *argv)
+    assert code == EXIT_USAGE
+    assert message in err
+
+
+def test_a_missing_token_is_a_usage_error_naming_the_environment_variable(
+    env, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.delenv("MIGRATION_TOKEN")
+    code, _, err = run(capsys, "migrate", "--store", str(tmp_path / "s.db"))
+    assert code == EXIT_USAGE
+    assert "missing --token (or MIGRATION_TOKEN)" in err
+
+
+def test_offline_is_pending_not_a_failure(env, tmp_path, capsys, monkeypatch):
+    store = make_store(tmp_path / "store.sqlite3", learning_items(10))
+    monkeypatch.setenv("MIGRATION_SERVER", f"http://127.0.0.1:{closed_port()}")
+
+    answer = run_json(capsys, "detect", "--store", str(store), "--retry-for", "0")
+
+    assert answer["exitCode"] == EXIT_PENDING and answer["status"] == "pending"
+    assert answer["error"]["type"] == "OfflineError"
+    assert "cannot reach" in answer["error"]["message"]
+    assert answer["local"]["state"] == "ready"  # what the device knows is still reported
+
+
+def test_a_store_the_sdk_cannot_use_fails_with_exit_1_and_says_why(env, tmp_path, capsys):
+    store = tmp_path / "notes.db"
+    store.write_bytes(b"SQLite format 3\x00" + bytes(200))
+
+    code, _, err = run(capsys, "migrate", "--store", str(store))
+
+    assert code == EXIT_FAILED
+    assert "is not this app's store" in err
+    assert run(capsys, "detect", "--store", str(store))[0] == EXIT_FAILED
+
+
+def test_status_without_a_server_reads_the_device_alone(tmp_path, capsys, monkeypatch):
+    for name in ("MIGRATION_SERVER", "MIGRATION_USER", "MIGRATION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    store = make_store(tmp_path / "store.sqlite3", learning_items(4))
+
+    code, out, _ = run(capsys, "status", "--store", str(store))
+
+    assert code == EXIT_PENDING
+    assert "ready" in out and "not migrated yet" in out
+
+
+def cli_process(store: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sdk",
+            "migrate",
+            "--store",
+            str(store),
+            "--batch-size",
+            "20",
+            "--parallel",
+            "1",
+            "--progress",
+            "lines",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_line(proc: subprocess.Popen[str], wanted) -> str:  # type: ignore[no-untyped-def]
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if wanted(line):
+            return line
+    proc.wait()
+    raise AssertionError(f"the CLI ended (rc={proc.returncode}) before the expected line")
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+@pytest.mark.parametrize(
+    ("moment", "sig"),
+    [
+        pytest.param("snapshotting", signal.SIGKILL, id="killed before start"),
+        pytest.param("uploading", signal.SIGKILL, id="killed mid-upload"),
+        pytest.param("completing", signal.SIGKILL, id="killed around completion"),
+        pytest.param("uploading", signal.SIGINT, id="Ctrl-C mid-upload"),
+    ],
+)
+def test_a_migration_killed_at_any_moment_continues_when_the_same_command_runs_again(
+    env, live_server, tmp_path, moment, sig
+):
+    items = learning_items(900)
+    store = make_store(tmp_path / "store.sqlite3", items)
+    seed(live_server, env, [dict(i, data={"other": True}) for i in items[:5]], tmp_path)
+
+    first = cli_process(store)
+    wait_for_line(
+        first,
+        lambda line: line.startswith(moment) and not line.startswith("uploading: 0/"),
+    )
+    first.send_signal(sig)
+    code, out, err = finish(first)
+    if sig == signal.SIGINT:
+        assert code == EXIT_PENDING
+        assert "stopped at a safe point; run the same command to continue" in out
+    assert "Traceback" not in out + err
+    assert detect_local(store).state is LocalState.READY or moment == "completing"
+
+    code, out, err = finish(cli_process(store))
+
+    assert code == EXIT_DONE, err
+    assert "verified: yes" in out or "already migrated" in out
+    if moment == "uploading":
+        assert "(resumed)" in out
+    with httpx.Client(
+        base_url=f"{live_server.url}/api/migration/{env}",
+        headers={"Authorization": f"Bearer {live_server.token(env)}"},
+    ) as http:
+        summary = http.get("/summary").json()["summary"]
+    assert summary["totalItems"] == len(items) == detect_local(store).item_count
+    assert summary["verified"] is True
+
+
+def test_the_cli_works_without_rich_falling_back_to_plain_lines(env, tmp_path):
+    store = make_store(tmp_path / "store.sqlite3", learning_items(40))
+    without_rich = (
+        "import sys; sys.modules['rich'] = None\n"
+        "import threading, sdk, sdk.cli\n"
+        "assert 'tkinter' not in sys.modules and threading.active_count() == 1\n"
+        "sys.exit(sdk.cli.main(sys.argv[1:]))\n"
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-c", without_rich, "migrate", "--store", str(store), "--progress", "bar"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == EXIT_DONE, done.stderr
+    assert "rich is not installed" in done.stderr
+    assert "uploading: 42/42 items (100%)" in done.stderr
+    assert "migrated 42 items, verified: yes" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param([sys.executable, "-m", "sdk"], id="python -m sdk"),
+        pytest.param([str(Path(sys.executable).with_name("offline-migrate"))], id="console script"),
+    ],
+)
+def test_the_command_line_is_reachable_as_a_module_and_as_a_console_script(command):
+    done = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == EXIT_DONE
+    for name in ("detect", "plan", "migrate", "status", "conflicts", "resolve", "cancel", "verify"):
+        assert name in done.stdout
+    assert "exit codes: 0 done" in done.stdout
+
+
+def readme_cli_lines() -> list[tuple[list[str], int]]:
+    """The README's `offline-migrate ...` lines, with the exit code each one documents."""
+    text = (ROOT / "README.md").read_text()
+    lines = []
+    for block in re.findall(r"```sh\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            if line.startswith("offline-migrate "):
+                command, _, comment = line.partition("#")
+                expected = re.match(r"\s*exit (\d)", comment)
+                lines.append((shlex.split(command), int(expected[1]) if expected else 0))
+    return lines
+
+
+def test_the_readmes_command_line_samples_run_with_the_exit_codes_it_documents(
+    env, live_server, tmp_path, monkeypatch
+):
+    samples = readme_cli_lines()
+    assert len(samples) >= 8
+    shown = {argv[1] for argv, _ in samples}
+    assert shown >= {"detect", "plan", "migrate", "status", "conflicts", "resolve", "verify"}
+    items = learning_items(50)
+    make_store(tmp_path / "store.sqlite3", items)
+    seed(live_server, env, [dict(i, data={"other": True}) for i in items[:2]], tmp_path)
+    monkeypatch.chdir(tmp_path)
+    script = Path(sys.executable).with_name("offline-migrate")
+
+    for argv, expected in samples:
+        done = subprocess.run([str(script), *argv[1:]], capture_output=True, text=True, timeout=60)
+        assert done.returncode == expected, (argv, done.stdout, done.stderr)
+        assert "Traceback" not in done.stdout + done.stderr
+    assert detect_local(tmp_path / "store.sqlite3").state is LocalState.MIGRATED

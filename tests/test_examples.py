@@ -1,0 +1,308 @@
+"""Every example runs, as a user would run it, against the server on a loopback port.
+
+The desktop app (``examples/startup_hook.py``) runs in its documented headless mode: the
+same app code and event loop, with a text screen printing what the window would show.
+When a display is available (``DISPLAY``, or Xvfb installed) it also runs in a real Tk
+window, with the same checks.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sdk_fixtures import learning_items, make_store
+
+from sdk import LocalState, LocalStore, detect_local
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+SMALL = ("--batch-size", "20")  # batches small enough for a bar that visibly moves
+
+
+@pytest.fixture
+def user(live_server, request) -> str:
+    return "ex-" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:12]
+
+
+@pytest.fixture
+def env(live_server, user) -> dict[str, str]:
+    return os.environ | {
+        "MIGRATION_SERVER": live_server.url,
+        "MIGRATION_USER": user,
+        "MIGRATION_TOKEN": live_server.token(user),
+    }
+
+
+def run_example(name: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def summary_of(live_server, user: str) -> dict:
+    with httpx.Client(
+        base_url=f"{live_server.url}/api/migration/{user}",
+        headers={"Authorization": f"Bearer {live_server.token(user)}"},
+    ) as http:
+        return http.get("/summary").json()
+
+
+def seed(live_server, user: str, items, tmp_path: Path) -> None:
+    path = tmp_path / "seed.jsonl"
+    path.write_text("".join(json.dumps(i) + "\n" for i in items))
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "backend_stub",
+            "seed",
+            user,
+            str(path),
+            "--device-id",
+            "tablet",
+            "--data-dir",
+            str(live_server.data_dir),
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_the_quickstart_is_the_readmes_example_and_migrates(env):
+    source = (EXAMPLES / "quickstart.py").read_text()
+    docstring_end = ast.parse(source).body[0].end_lineno
+    code = "\n".join(source.splitlines()[docstring_end:]).strip() + "\n"
+    assert f"```python\n{code}```" in (ROOT / "README.md").read_text()
+
+    done = run_example("quickstart.py", env)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "completed 3 items, verified: True"
+
+
+def test_the_legacy_example_maps_its_old_tables_and_migrates_them(env, live_server, user, tmp_path):
+    done = run_example("migrate_legacy_db.py", env, "--folder", str(tmp_path))
+
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:4] == [
+        "imported 26 rows from flashcards_v1.db: 26 written, 0 unchanged",
+        "  flashcards: 3",
+        "  lesson_progress: 20",
+        "  preferences: 3",
+    ]
+    assert lines[-1] == "completed: 26 items in 3 collections, verified: True"
+    with LocalStore(tmp_path / "store.sqlite3") as store:
+        assert store.get("preferences", "voices")["data"] == {"value": ["es-MX", "es-ES"]}
+        assert store.get("flashcards", "adiós")["deleted"] is True
+    assert summary_of(live_server, user)["summary"]["totalItems"] == 26
+
+    again = run_example("migrate_legacy_db.py", env, "--folder", str(tmp_path))
+    assert "26 unchanged" in again.stdout and "already_migrated" in again.stdout
+
+
+def test_the_custom_conflicts_example_decides_each_collection_by_its_policy(env):
+    done = run_example("custom_conflicts.py", env)
+
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "plan for the phone: 7 items, 1 new, 0 unchanged, 6 in conflict" in out
+    assert "  flashcards: {'local': 1, 'pending': 1}" in out
+    assert "asked the learner about flashcards/gato" in out
+    assert "phone migrated: 7 items, verified: True" in out
+    assert (
+        "resolutions: {'callback': 1, 'field_merge': 1, 'local_wins': 2, 'manual': 1, "
+        "'newest_wins': 1}"
+    ) in out
+    assert "preferences/theme: {'value': 'dark'}" in out  # local_wins
+    assert (
+        "lesson_progress/lesson-1: {'attempts': 7, 'completed': ['intro', 'verbs', 'nouns']" in out
+    )
+    assert "flashcards/hola: {'back': 'hello', 'box': 2, 'note': ''}" in out  # the callback
+    assert "'note': \"as in Italian / sounds like 'got'\"" in out  # the learner's merge
+    assert "notes/week-1: {'text': 'written on the phone, later'}" in out  # newest_wins
+
+
+def app(env: dict[str, str], store: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_example("startup_hook.py", env, "--store", str(store), *args)
+
+
+def shown(done: subprocess.CompletedProcess[str], prefix: str) -> list[str]:
+    return [line for line in done.stdout.splitlines() if line.startswith(prefix)]
+
+
+def check_conflicts_asked_and_migration_finished(done, live_server, user, store, theirs):
+    assert done.returncode == 0, done.stderr
+    asked = shown(done, "ask: ")
+    assert len(asked) == 2 and all('the cloud {"other": true}' in a for a in asked)
+    assert shown(done, "answer: ") == ["answer: local", "answer: local"]
+    bar = [int(line.split()[1].rstrip("%")) for line in shown(done, "progress: ")]
+    assert bar == sorted(bar) and bar[-1] == 100 and len(bar) > 5  # a bar that moves
+    statuses = shown(done, "status: ")
+    assert statuses[:2] == [
+        "status: looking at the local store",
+        "status: migrating the local data to the cloud",
+    ]
+    assert "status: 2 item(s) changed both here and in the cloud: choose which to keep" in statuses
+    assert "status: Your 302 items are safe in the cloud" in statuses
+    assert detect_local(store).state is LocalState.MIGRATED
+    with LocalStore(store, create=False) as s:  # "keep this device's": the local data won
+        assert all(s.get(i["collection"], i["key"])["data"] != {"other": True} for i in theirs)
+    assert summary_of(live_server, user)["summary"]["resolutionsByKind"] == {"manual": 2}
+
+
+def test_the_desktop_app_shows_progress_asks_about_conflicts_and_finishes(
+    env, live_server, user, tmp_path
+):
+    items = learning_items(300)
+    store = make_store(tmp_path / "store.sqlite3", items)
+    theirs = [dict(i, data={"other": True}) for i in items[:2]]
+    seed(live_server, user, theirs, tmp_path)
+
+    done = app(env, store, "--headless", "--answer", "local", "--quit-when-settled", *SMALL)
+
+    check_conflicts_asked_and_migration_finished(done, live_server, user, store, theirs)
+    assert done.stdout.splitlines()[-1] == "closed"
+
+
+def test_closing_the_desktop_app_mid_upload_stops_it_and_the_next_start_resumes(
+    env, live_server, user, tmp_path
+):
+    store = make_store(tmp_path / "store.sqlite3", learning_items(1000))
+    flags = ("--headless", "--quit-when-settled", "--batch-size", "10")
+
+    first = app(env, store, *flags, "--close-at", "0.05")
+
+    assert first.returncode == 3, first.stderr
+    assert "status: stopped; the migration resumes at the next start" in first.stdout
+    assert shown(first, "status: closed")[-1] == "status: closed (stopped, stopped: True)"
+    assert detect_local(store).state is LocalState.READY
+
+    second = app(env, store, *flags)
+
+    assert second.returncode == 0, second.stderr
+    uploads = [line for line in shown(second, "progress: ") if "uploading" in line]
+    assert not uploads[0].startswith("progress: 0%")  # the bar starts where it stopped
+    assert "status: Your 1002 items are safe in the cloud" in second.stdout
+    summary = summary_of(live_server, user)
+    assert summary["summary"]["totalItems"] == 1002 and summary["summary"]["verified"]
+
+
+def test_an_anonymous_user_who_registers_gets_their_data_migrated_at_once(
+    env, live_server, user, tmp_path
+):
+    store = make_store(tmp_path / "store.sqlite3", learning_items(30))
+    env = env | {"MIGRATION_USER": ""}
+
+    done = app(env, store, "--headless", "--quit-when-settled", "--register-as", user)
+
+    assert done.returncode == 0, done.stderr
+    assert shown(done, "status: ")[:3] == [
+        "status: looking at the local store",
+        "status: the local data waits for the user to register; it migrates then",
+        f"status: registered as {user}",
+    ]
+    assert "status: Your 32 items are safe in the cloud" in done.stdout
+    assert summary_of(live_server, user)["summary"]["totalItems"] == 32
+
+
+@pytest.fixture
+def display() -> Iterator[str]:
+    """An X display for the real Tk window: the one we run under, or a private Xvfb."""
+    if os.environ.get("DISPLAY"):
+        yield os.environ["DISPLAY"]
+        return
+    if shutil.which("Xvfb") is None:
+        pytest.skip("no X display and Xvfb is not installed; the headless run covers the app")
+    read, write = os.pipe()
+    server = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write), "-screen", "0", "800x600x24", "-nolisten", "tcp"],
+        pass_fds=(write,),
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(write)
+    with os.fdopen(read) as numbers:
+        number = numbers.readline().strip()
+    try:
+        yield f":{number}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_the_desktop_app_in_a_real_tk_window_shows_the_same(
+    env, live_server, user, tmp_path, display
+):
+    items = learning_items(300)
+    store = make_store(tmp_path / "store.sqlite3", items)
+    theirs = [dict(i, data={"other": True}) for i in items[:2]]
+    seed(live_server, user, theirs, tmp_path)
+
+    done = app(
+        env | {"DISPLAY": display},
+        store,
+        "--echo",
+        "--answer",
+        "local",
+        "--quit-when-settled",
+        *SMALL,
+    )
+
+    check_conflicts_asked_and_migration_finished(done, live_server, user, store, theirs)
+
+
+def test_a_second_instance_of_the_app_follows_the_first_instead_of_migrating(
+    env, live_server, user, tmp_path
+):
+    store = make_store(tmp_path / "store.sqlite3", learning_items(400))
+    flags = ("--store", str(store), "--headless", "--quit-when-settled", "--batch-size", "10")
+    command = [sys.executable, str(EXAMPLES / "startup_hook.py"), *flags]
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    second = None
+    try:
+        assert first.stdout is not None
+        for line in first.stdout:
+            if line.startswith("progress: ") and "uploading" in line and " 0%" not in line:
+                break
+        first.send_signal(signal.SIGSTOP)  # frozen mid-upload, holding the store's lock
+        second = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+        assert second.stdout is not None
+        seen = []
+        for line in second.stdout:
+            seen.append(line.strip())
+            if line.startswith("progress: ") and "uploading" in line:
+                break
+        first.send_signal(signal.SIGCONT)
+        out, _ = second.communicate(timeout=60)
+        seen += out.splitlines()
+    finally:
+        first.send_signal(signal.SIGCONT)
+        first_out, _ = first.communicate(timeout=60)
+        if second is not None and second.poll() is None:
+            second.kill()
+            second.communicate()
+
+    following = "status: another instance of the app is migrating this data; following its progress"
+    assert following in seen
+    watched = [s for s in seen if s.startswith("progress: ") and "uploading" in s]
+    assert watched and not watched[0].startswith("progress: 0%")  # the first one's progress
+    assert "status: Your 402 items are safe in the cloud" in seen
+    assert "status: Your 402 items are safe in the cloud" in first_out
+    assert first.returncode == 0 and second.returncode == 0
+    started = summary_of(live_server, user)
+    assert started["summary"]["totalItems"] == 402
