@@ -198,10 +198,8 @@ def backend(request: pytest.FixtureRequest) -> Backend:
 
 
 class WorkerThread:
-    """``Worker.run`` in a thread, for as long as the ``with`` block lasts.
-
-    >>> # with WorkerThread(storage, settings): client.migrate()
-    """
+    """``Worker.run`` in a thread, for as long as the ``with`` block lasts (no long
+    polling: the serialized moto server would wait with it)."""
 
     def __init__(
         self, storage: AwsStorage, settings: Settings, *, clock: Callable[[], int] | None = None

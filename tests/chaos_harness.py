@@ -264,8 +264,10 @@ class Observations:
         self.new_run()
         for line in lines:
             kind, _, rest = line.partition(" ")
-            if kind == "progress":
-                phase, done, total = rest.split()
+            fields = rest.split()
+            if kind == "progress" and len(fields) == 3 and fields[2].isdigit():
+                # (A killed child's last line may be cut short: it is skipped.)
+                phase, done, total = fields
                 self.progress[-1].append((phase, int(done), int(total)))
             elif kind == "event":
                 self.events.append(rest.split()[0])

@@ -26,6 +26,7 @@ import random
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -149,30 +150,37 @@ def _child(
     if failpoints:
         child_env[ENV_VAR] = failpoints
     child_env["MIGRATE_CHILD_IN_FLIGHT"] = str(in_flight)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            CHILD,
-            env.server.url,
-            world.user,
-            env.server.token(world.user),
-            str(world.store),
-            str(world.cache),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=child_env,
-    )
-    try:
-        out, err = proc.communicate(timeout=kill_after if kill_after is not None else 60)
-    except subprocess.TimeoutExpired:
-        proc.kill()  # the random-time kill (or a hung child: reported as such below)
-        out, err = proc.communicate()
-        if kill_after is None:
-            return -999, [*out.splitlines(), "error Hang the child ran 60 s"]
-    lines = out.splitlines()
+    with tempfile.TemporaryFile("w+") as errors:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                CHILD,
+                env.server.url,
+                world.user,
+                env.server.token(world.user),
+                str(world.store),
+                str(world.cache),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            env=child_env,
+        )
+        assert proc.stdout is not None
+        # A timed kill counts from the migration's first progress report, not from the
+        # interpreter's start, so it lands inside the migration.
+        first = proc.stdout.readline() if kill_after is not None else ""
+        try:
+            out, _ = proc.communicate(timeout=kill_after if kill_after is not None else 60)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # the random-time kill (or a hung child: reported as such below)
+            out, _ = proc.communicate()
+            if kill_after is None:
+                return -999, [*out.splitlines(), "error Hang the child ran 60 s"]
+        errors.seek(0)
+        err = errors.read()
+    lines = (first + out).splitlines()
     if proc.returncode not in (0, -9):
         lines.append(f"error Crash rc={proc.returncode} {err.strip()[-500:]}")
     return proc.returncode, lines
@@ -250,10 +258,10 @@ def crash_random_boundary(env: Env, seed: int) -> Report:
 def crash_random_time(env: Env, seed: int) -> Report:
     """SIGKILL at a random instant (anywhere, even inside SQLite or a send)."""
     report = Report("crash:random-time", seed, runs=0)
-    # Big enough that the child is still busy when the kill comes (about a second).
+    # Big enough that the child is still busy when the kill comes (a second or so).
     world, view, obs = _crash_world(env, report.scenario, seed, items=600)
     rng = random.Random(seed)
-    rc, lines = _child(env, world, kill_after=rng.uniform(0.3, 1.5), in_flight=rng.choice((1, 2)))
+    rc, lines = _child(env, world, kill_after=rng.uniform(0.0, 0.6), in_flight=rng.choice((1, 2)))
     obs.read_child_lines(lines)
     report.runs += 1
     report.faults += rc == -9

@@ -21,9 +21,10 @@ from backend_stub.events import Event, EventType
 from backend_stub.items import cloud_item
 from backend_stub.problems import ApiError
 from backend_stub.start import start_migration
-from backend_stub.storage import Session, VersionConflict
+from backend_stub.storage import Batch, DuplicateItem, Session, StagedItem, VersionConflict
 from backend_stub.storage.aws import AwsStorage
 from backend_stub.storage.aws_cloud import CloudItems
+from backend_stub.storage.aws_rows import n
 from backend_stub.storage.aws_table import Table
 from sdk.contract import Limits, Manifest, SessionStatus, StartMigrationRequest
 
@@ -216,6 +217,32 @@ def test_large_items_go_through_s3_and_come_back_whole(server: Server) -> None:
     held = server.storage.cloud_items("alice", [(big["collection"], big["key"])])
     assert json.loads(next(iter(held.values())).data) == big["data"]
     assert server.summary().json()["summary"]["verified"] is True
+
+
+def staged(seq: int, *names: str) -> list[StagedItem]:
+    return [StagedItem("c", name, seq, "{}", bytes(32), "new", None) for name in names]
+
+
+def test_an_interrupted_batch_counts_for_nothing_but_keeps_its_keys_while_live(
+    aws_storage: AwsStorage,
+) -> None:
+    first = Batch("s1", 0, "a" * 64, 2, 2, 0, 0, T0)
+    with pytest.raises(RuntimeError), aws_storage.atomic():
+        aws_storage.insert_batch(first, staged(0, "k1", "k2"))
+        raise RuntimeError("the worker died before its commit")
+
+    # Nothing of it counts...
+    assert aws_storage.staged_items("s1", after=None, limit=10) == []
+    assert aws_storage.received_batches("s1") == [0]  # still pending: its job comes back
+    # ...but while its lease lives, another batch cannot take its keys.
+    with pytest.raises(DuplicateItem):
+        aws_storage.insert_batch(Batch("s1", 1, "b" * 64, 1, 1, 0, 0, T0), staged(1, "k2"))
+    # Its retry (a new run) takes over its own rows and commits them once.
+    aws_storage.table.update(
+        "SESSION#s1", "BATCH#0000000000", "SET #leaseUntil = :past", values={":past": n(0)}
+    )
+    aws_storage.insert_batch(first, staged(0, "k1", "k2"))
+    assert [i.key for i in aws_storage.staged_items("s1", after=None, limit=10)] == ["k1", "k2"]
 
 
 # --------------------------------------------------------------------------- sessions

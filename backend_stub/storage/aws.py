@@ -14,11 +14,11 @@ end of ``atomic()``, bulk writes are set aside and made visible by that transact
   read. A user's profile holds the id of the last session started; a new session may take
   it only from a session that is no longer active, so two concurrent starts cannot both
   open one.
-* **Batches** go through a ledger row: ``pending`` (stored in S3, queued), then
-  ``processed``, or ``failed``. Processing takes a lease on the row and a fresh *attempt*
-  id; every staged item and conflict it writes carries the attempt, in transactions that
-  also check the attempt still holds the lease (a fence), and the final transaction flips
-  the ledger to ``processed`` with that attempt, together with the session's update. A
+* **Batches** go through a ledger row (:mod:`backend_stub.storage.aws_ledger`):
+  ``pending`` (stored in S3, queued), then ``processed``, or ``failed``. Processing leases
+  the row; every staged item and conflict it writes carries its attempt, in transactions
+  that also check the lease still holds (a fence), and the final transaction flips the
+  ledger to ``processed`` with that attempt, together with the session's update. A
   staged row counts only when its attempt is the one the ledger recorded, so a crashed or
   duplicate attempt leaves nothing visible, two workers on one message apply the batch
   once, and an item staged by another batch is found by a conditional write.
@@ -305,7 +305,7 @@ class AwsStorage:
     def insert_batch(self, batch: Batch, items: Sequence[StagedItem]) -> None:
         with self.atomic():
             unit = self._unit()
-            attempt = self.ledger.claim(batch)
+            attempt, round_ = self.ledger.claim(batch)
             expires = n(int(time.time()) + self._retention_s)
             rows: list[tuple[Row, int]] = []
             for item in items:
@@ -325,8 +325,8 @@ class AwsStorage:
                     row["cloudVersion"] = n(item.cloud_version)
                 rows.append((row, size + 128))
             self.ledger.write_fenced(batch.session_id, batch.seq, attempt, rows, claim=True)
-            unit.claim = Claim(batch.session_id, batch.seq, attempt)
-            unit.add(self.ledger.flip(batch, attempt))
+            unit.claim = Claim(batch.session_id, batch.seq, attempt, round_)
+            unit.add(self.ledger.flip(batch, attempt, round_))
 
     def staged_keys(self, session_id: str, keys: Sequence[Key]) -> list[Key]:
         pk = staged_pk(session_id)
@@ -410,12 +410,12 @@ class AwsStorage:
                     self._save_decided_conflicts(user, session_id, group)
 
     def _save_batch_conflicts(self, claim: Claim, user: str, group: list[Conflict]) -> None:
-        # The conflicts a batch found: new rows, fenced and tagged like its staged items.
+        # The conflicts a batch found: new rows, fenced, tagged with the try's round.
         expires = n(int(time.time()) + self._retention_s)
         rows: list[tuple[Row, int]] = []
         for conflict in group:
             row = self._conflict_row(conflict)
-            row.update({"seq": n(claim.seq), "attempt": s(claim.attempt), "ttl": expires})
+            row.update({"seq": n(claim.seq), "round": s(claim.round), "ttl": expires})
             rows.append((row, _size(row)))
         self.ledger.write_fenced(claim.session_id, claim.seq, claim.attempt, rows, claim=False)
         unresolved = sum(1 for c in group if not c.resolved)
@@ -426,7 +426,7 @@ class AwsStorage:
         pk = conflicts_pk(session_id)
         existing = self.table.batch_get(
             [key(pk, item_key(c.collection, c.key)) for c in group],
-            projection="#sk, #seq, #attempt, #resolved",
+            projection="#sk, #seq, #round, #resolved",
         )
         old = {get_s(r, "sk"): r for r in self.ledger.visible(session_id, existing)}
         expires = n(int(time.time()) + self._retention_s)
@@ -453,7 +453,7 @@ class AwsStorage:
         with self.atomic():
             user = self._owner(session_id)
             pk, sk = conflicts_pk(session_id), item_key(collection, item)
-            row = self.table.get(pk, sk, projection="#sk, #seq, #attempt, #resolved")
+            row = self.table.get(pk, sk, projection="#sk, #seq, #round, #resolved")
             if user is None or row is None:
                 return
             visible = self.ledger.visible(session_id, [row])

@@ -183,7 +183,8 @@ def after(storage: AwsStorage, unit: Unit, completing: dict[str, str], started: 
     """What follows a commit. It committed: a failure here is logged and resumed later
     (the roll-forward by the next writer, events by the outbox sweeper, a purge by TTL)."""
     if unit.claim is not None:
-        storage.ledger.processed(unit.claim.session_id, unit.claim.seq, unit.claim.attempt)
+        claim = unit.claim
+        storage.ledger.processed(claim.session_id, claim.seq, claim.attempt, claim.round)
     for session_id in unit.purges:
         try:
             purge(storage, session_id)

@@ -15,18 +15,19 @@ Each batch of a session has a ledger row (``pk = SESSION#{session}``,
 SQS delivers at least once and a worker may stall past its visibility timeout, so two
 attempts at one batch can overlap. Processing therefore:
 
-1. **claims** the row: a lease (``owner``, ``leaseUntil``) that another worker run cannot
-   take until it expires, and a fresh ``attempt`` id;
-2. writes every staged item and conflict tagged with that attempt, in transactions that
-   each also check that the row still names this attempt (a **fence**: a worker that lost
-   its lease cannot write any more);
-3. flips the row to ``processed`` with that attempt, in the same transaction as the
-   session's update (its optimistic lock) and the events.
+1. **claims** the row: a lease (``leaseUntil``) that no other worker run can take until it
+   expires, recorded as the row's ``attempt`` (the worker run's id);
+2. writes every staged item tagged with that attempt, and every conflict tagged with a
+   ``round`` (fresh for each try of the run: a retry after a lost optimistic-lock race
+   may find other conflicts), in transactions that each also check that the row still
+   names this attempt (a **fence**: a worker that lost its lease cannot write any more);
+3. flips the row to ``processed`` with that attempt and round, in the same transaction as
+   the session's update (its optimistic lock) and the events.
 
 Readers count a staged row only if its attempt is the one the ledger recorded as
-processed, so rows of a crashed, stale or duplicate attempt never count, and a retry
-simply takes over their keys. A key held by another batch's live attempt is a duplicate
-item. Whether a row counts::
+processed (a conflict, its round), so rows of a crashed, stale or duplicate attempt never
+count, and a retry simply takes over their keys. A key held by another batch's live
+attempt is a duplicate item. Whether a row counts::
 
     >>> counts({"state": {"S": "processed"}, "attempt": {"S": "a1"}}, "a1")
     True
@@ -78,7 +79,8 @@ __all__ = ["FAILED", "PENDING", "PROCESSED", "BatchBusy", "HeldBatch", "Ledger",
 
 PENDING, PROCESSED, FAILED = "pending", "processed", "failed"
 
-# The worker run that owns the leases of the batches it processes (see Ledger.lease).
+# The worker run that owns the leases of the batches it processes (see Ledger.lease). A
+# run handles one message at a time: its tries of one batch follow each other.
 _RUN: contextvars.ContextVar[str | None] = contextvars.ContextVar("aws_run", default=None)
 
 
@@ -96,9 +98,6 @@ class BatchBusy(StorageError):
 
 class _Taken(StorageError):
     """A staged row's key is held by another attempt (the put's condition failed)."""
-
-    target: tuple[str, str] | None = None
-    item: Row | None = None
 
 
 class _LostClaim(StorageError):
@@ -160,8 +159,11 @@ class Ledger:
         self.table = table
         self.settings = settings
         self.retention_s = retention_s
-        # (session, seq) -> the attempt that processed it: immutable until a purge.
-        self._processed: dict[tuple[str, int], str] = {}
+        # (session, seq) -> (attempt, round) that processed it: immutable until a purge.
+        self._processed: dict[tuple[str, int], tuple[str, str]] = {}
+        # (session, seq, attempt) -> staged rows written, by sort key: a retry of the same
+        # attempt rewrites only the rows whose classification changed.
+        self._written: dict[tuple[str, int, str], dict[str, Row]] = {}
 
     # ------------------------------------------------------------------ reads
 
@@ -173,22 +175,29 @@ class Ledger:
         }
         for seq, row in rows.items():
             if get_s(row, "state") == PROCESSED and "attempt" in row:
-                self._processed[(session_id, seq)] = get_s(row, "attempt")
+                tags = (get_s(row, "attempt"), opt_s(row, "round") or "")
+                self._processed[(session_id, seq)] = tags
         return rows
 
     def visible(self, session_id: str, rows: Sequence[Row]) -> list[Row]:
-        """The rows that count: untagged ones, and those of a batch's processed attempt."""
+        """The rows that count: untagged ones, staged items of a batch's processed attempt,
+        conflicts of its processed round."""
         found: list[Row] = []
         refreshed = False
         for row in rows:
-            if "attempt" not in row:
+            if "attempt" not in row and "round" not in row:
                 found.append(row)
                 continue
             slot = (session_id, get_n(row, "seq"))
             if slot not in self._processed and not refreshed:
                 self.rows(session_id)
                 refreshed = True
-            if self._processed.get(slot) == get_s(row, "attempt"):
+            tags = self._processed.get(slot)
+            if tags is None:
+                continue
+            if ("round" in row and get_s(row, "round") == tags[1]) or (
+                "round" not in row and get_s(row, "attempt") == tags[0]
+            ):
                 found.append(row)
         return found
 
@@ -207,9 +216,10 @@ class Ledger:
         for slot in [slot for slot in self._processed if slot[0] == session_id]:
             del self._processed[slot]
 
-    def processed(self, session_id: str, seq: int, attempt: str) -> None:
+    def processed(self, session_id: str, seq: int, attempt: str, round_: str) -> None:
         """Remember a processing that just committed."""
-        self._processed[(session_id, seq)] = attempt
+        self._processed[(session_id, seq)] = (attempt, round_)
+        self._written.pop((session_id, seq, attempt), None)
 
     # ------------------------------------------------------------------ the intake
 
@@ -263,7 +273,7 @@ class Ledger:
         updated = self.table.update(
             session_pk(session_id),
             ledger_sk(seq),
-            "SET #state = :failed, #error = :reason, #failedAt = :now REMOVE #owner, #leaseUntil",
+            "SET #state = :failed, #error = :reason, #failedAt = :now REMOVE #leaseUntil",
             condition="#state = :pending AND #checksum = :sum",
             values={
                 ":failed": s(FAILED),
@@ -286,28 +296,26 @@ class Ledger:
 
     # ------------------------------------------------------------------ processing
 
-    def claim(self, batch: Batch) -> str:
-        """Lease the batch's row for this worker run; returns the new attempt id.
+    def claim(self, batch: Batch) -> tuple[str, str]:
+        """Lease the batch's row for this worker run: ``(attempt, round)`` of this try.
 
         :class:`DuplicateBatch` if it was processed meanwhile, :class:`BatchBusy` if
         another run holds a live lease (or the row changed).
         """
-        run = _RUN.get() or uuid.uuid4().hex
-        attempt = uuid.uuid4().hex
+        attempt = _RUN.get() or uuid.uuid4().hex
         now_s = int(time.time())
         updated = self.table.update(
             session_pk(batch.session_id),
             ledger_sk(batch.seq),
             # Without a pending row (direct use of the storage), the claim creates one.
-            "SET #owner = :run, #attempt = :attempt, #leaseUntil = :until,"
+            "SET #attempt = :attempt, #leaseUntil = :until,"
             " #state = if_not_exists(#state, :pending),"
             " #checksum = if_not_exists(#checksum, :sum), #seq = if_not_exists(#seq, :seq),"
             " #itemCount = if_not_exists(#itemCount, :count),"
             " #receivedAt = if_not_exists(#receivedAt, :at), #ttl = if_not_exists(#ttl, :ttl)",
             condition="(attribute_not_exists(#pk) OR (#state = :pending AND #checksum = :sum))"
-            " AND (attribute_not_exists(#owner) OR #owner = :run OR #leaseUntil < :now)",
+            " AND (attribute_not_exists(#attempt) OR #attempt = :attempt OR #leaseUntil < :now)",
             values={
-                ":run": s(run),
                 ":attempt": s(attempt),
                 ":until": n(now_s + self.settings.visibility_timeout),
                 ":pending": s(PENDING),
@@ -320,7 +328,7 @@ class Ledger:
             },
         )
         if updated is not None:
-            return attempt
+            return attempt, uuid.uuid4().hex
         held = self.held(batch.session_id, batch.seq)
         if held is not None and held.state == PROCESSED and held.checksum == batch.checksum:
             raise DuplicateBatch(f"{batch.session_id}/{batch.seq}")
@@ -329,17 +337,18 @@ class Ledger:
             f"batch {batch.seq} of {batch.session_id} is being processed", retry_in=wait
         )
 
-    def flip(self, batch: Batch, attempt: str) -> Op:
-        """The write that makes an attempt's rows count (in the unit's transaction)."""
+    def flip(self, batch: Batch, attempt: str, round_: str) -> Op:
+        """The write that makes a try's rows count (in the unit's transaction)."""
         return update_op(
             session_pk(batch.session_id),
             ledger_sk(batch.seq),
-            "SET #state = :processed, #newCount = :new, #unchangedCount = :unchanged,"
-            " #conflictCount = :conflicts, #processedAt = :at"
-            " REMOVE #owner, #leaseUntil, #error",
+            "SET #state = :processed, #round = :round, #newCount = :new,"
+            " #unchangedCount = :unchanged, #conflictCount = :conflicts, #processedAt = :at"
+            " REMOVE #leaseUntil, #error",
             "#attempt = :attempt AND #state = :pending",
             {
                 ":processed": s(PROCESSED),
+                ":round": s(round_),
                 ":new": n(batch.new_count),
                 ":unchanged": n(batch.unchanged_count),
                 ":conflicts": n(batch.conflict_count),
@@ -358,35 +367,58 @@ class Ledger:
         *,
         claim: bool,
     ) -> None:
-        """Write an attempt's rows (with their sizes), fenced by its claim.
+        """Write a try's rows (with their sizes), fenced by its claim on the batch.
 
-        ``claim``: each row's key must be free, or already this attempt's, or left by an
-        attempt that no longer counts (then taken over); a key held by another batch is
-        :class:`DuplicateItem`.
+        ``claim`` (staged items): each row's key must be free, or already this attempt's,
+        or left by an attempt that no longer counts (then taken over); a key held by
+        another batch is :class:`DuplicateItem`. A row this attempt already wrote alike is
+        not written again.
         """
         fence = check_op(
             session_pk(session_id), ledger_sk(seq), "#attempt = :attempt", {":attempt": s(attempt)}
         )
         fence.failure = _LostClaim
-        ops = [_fenced_put(row, size, attempt if claim else None) for row, size in rows]
+        written = self._written.setdefault((session_id, seq, attempt), {}) if claim else {}
+        fresh = [(r, size) for r, size in rows if written.get(get_s(r, "sk")) != _sans_ttl(r)]
+        ops = [_fenced_put(row, size, attempt if claim else None) for row, size in fresh]
         for chunk in chunked(ops, MAX_TRANSACTION_ITEMS - 1):
-            for _round in range(len(chunk) + 2):
+            for _round in range(4):
                 try:
                     self.table.transact([fence, *chunk])
                     break
                 except _LostClaim as exc:
                     raise VersionConflict(f"batch {seq} was taken over by another worker") from exc
-                except _Taken as taken:
-                    index = next(i for i, op in enumerate(chunk) if op.target == taken.target)
-                    old: Row = taken.item or {}
-                    owner_seq, owner = opt_n(old, "seq"), opt_s(old, "attempt")
-                    if owner_seq is not None and self._live(session_id, owner_seq, owner):
-                        raise DuplicateItem(session_id) from taken
-                    # Left by an attempt that will never count: take the key over.
-                    row, size = chunk[index].item["Put"]["Item"], chunk[index].size
-                    chunk[index] = _fenced_put(row, size, attempt, owner)
+                except _Taken:
+                    chunk = self._take_over(session_id, attempt, chunk)
             else:
                 raise VersionConflict(f"batch {seq}: staged keys kept changing")
+            if claim:
+                for op in chunk:
+                    row = op.item["Put"]["Item"]
+                    written[get_s(row, "sk")] = _sans_ttl(row)
+
+    def _take_over(self, session_id: str, attempt: str, chunk: list[Op]) -> list[Op]:
+        """The chunk again, each put conditioned on who holds its key now."""
+        holders = {
+            get_s(row, "sk"): row
+            for row in self.table.batch_get(
+                [key(*op.target) for op in chunk], projection="#sk, #seq, #attempt"
+            )
+        }
+        retried = []
+        for op in chunk:
+            row, size = op.item["Put"]["Item"], op.size
+            holder = holders.get(get_s(row, "sk"))
+            owner = opt_s(holder, "attempt") if holder else None
+            if holder is None or owner == attempt:
+                retried.append(_fenced_put(row, size, attempt))
+                continue
+            owner_seq = opt_n(holder, "seq")
+            if owner_seq is not None and self._live(session_id, owner_seq, owner):
+                raise DuplicateItem(session_id)
+            # Left by an attempt that will never count: take the key over.
+            retried.append(_fenced_put(row, size, attempt, owner))
+        return retried
 
     def _live(self, session_id: str, seq: int, attempt: str | None) -> bool:
         """Whether rows of batch ``seq`` by ``attempt`` count or may still come to count."""
@@ -409,12 +441,13 @@ def _fenced_put(row: Row, size: int, attempt: str | None, taken_from: str | None
         )
     else:
         op = put_op(row, "#attempt = :old", {":old": s(taken_from)})
-    if attempt is not None:
-        # The cancellation reason then carries the row found: who holds the key.
-        op.item["Put"]["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
     op.failure = _Taken
     op.size = size
     return op
+
+
+def _sans_ttl(row: Row) -> Row:
+    return {name: value for name, value in row.items() if name != "ttl"}
 
 
 def _held(session_id: str, row: Row) -> HeldBatch:

@@ -114,15 +114,17 @@ class SessionWrite:
 
 @dataclasses.dataclass
 class Claim:
-    """The batch attempt a unit processes: its staged rows carry ``attempt``.
+    """The batch a unit processes: its staged rows carry ``attempt``, its conflicts
+    ``round`` (see :mod:`backend_stub.storage.aws_ledger`).
 
-    >>> Claim("s", 0, "a1").attempt
-    'a1'
+    >>> Claim("s", 0, "a1", "r1").round
+    'r1'
     """
 
     session_id: str
     seq: int
     attempt: str
+    round: str
 
 
 class Unit:
