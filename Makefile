@@ -26,6 +26,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/startup.py
 
 chaos: $(STAMP)
 	$(BIN)/python bench/chaos.py

@@ -328,9 +328,7 @@ class Snapshot:
         try:
             # The snapshot's data is canonical JSON (normalized when it was taken), so
             # the item is formatted around it: no parse and re-encode per row.
-            body = batch_body(
-                canonical_item_parts(c, k, d, u, bool(x)) for c, k, d, u, x in rows
-            )
+            body = batch_body(canonical_item_parts(c, k, d, u, bool(x)) for c, k, d, u, x in rows)
         except (ValueError, TypeError, RecursionError) as exc:
             raise self._tampered(seq, f"an item cannot be encoded ({exc})") from exc
         actual = batch_checksum(body)

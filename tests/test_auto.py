@@ -281,9 +281,7 @@ def test_stop_interrupts_a_long_wait_at_once(server, tmp_path, where):
         handle, rec = start_hook(server, store, "gil", tmp_path, backoff=long)
         rec.reached(lambda: "retrying" in rec.state_names())
 
-    started = time.monotonic()
-    assert handle.stop(timeout=10) is True
-    assert time.monotonic() - started < 10
+    assert handle.stop(timeout=10) is True  # not the 600 s wait: stopped at once
     assert handle.state is AutoState.STOPPED
 
 

@@ -9,21 +9,25 @@ window, with the same checks.
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import json
 import os
+import queue
 import shutil
-import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from signal import SIGCONT, SIGSTOP
 
 import httpx
 import pytest
 from sdk_fixtures import learning_items, make_store
 
-from sdk import LocalState, LocalStore, detect_local
+from sdk import LocalState, LocalStore, ProgressPhase, detect_local
+from sdk._auto import journal_progress
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -266,43 +270,83 @@ def test_the_desktop_app_in_a_real_tk_window_shows_the_same(
     check_conflicts_asked_and_migration_finished(done, live_server, user, store, theirs)
 
 
+class Lines:
+    """A process's output lines, read by a thread, so a test can wait with a deadline."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.seen: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        with proc.stdout:
+            for line in proc.stdout:
+                self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def close(self) -> None:
+        """Once the process ended: wait for the reader to reach the end of its output."""
+        self._thread.join(timeout=30)
+
+    def until(self, wanted, timeout: float = 60) -> str:  # type: ignore[no-untyped-def]
+        while True:
+            line = self._queue.get(timeout=timeout)
+            if line is None:
+                raise AssertionError(f"the app ended before the line expected: {self.seen}")
+            self.seen.append(line)
+            if wanted(line):
+                return line
+
+    def rest(self, timeout: float = 60) -> list[str]:
+        with contextlib.suppress(AssertionError):
+            self.until(lambda line: False, timeout)
+        return self.seen
+
+
 def test_a_second_instance_of_the_app_follows_the_first_instead_of_migrating(
     env, live_server, user, tmp_path
 ):
-    store = make_store(tmp_path / "store.sqlite3", learning_items(400))
+    store = make_store(tmp_path / "store.sqlite3", learning_items(1000))
     flags = ("--store", str(store), "--headless", "--quit-when-settled", "--batch-size", "10")
     command = [sys.executable, str(EXAMPLES / "startup_hook.py"), *flags]
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
-    second = None
+    first_lines = Lines(first)
+    second = second_lines = None
     try:
-        assert first.stdout is not None
-        for line in first.stdout:
-            if line.startswith("progress: ") and "uploading" in line and " 0%" not in line:
-                break
-        first.send_signal(signal.SIGSTOP)  # frozen mid-upload, holding the store's lock
+        first_lines.until(lambda line: line.startswith("progress: ") and "uploading" in line)
+        for _ in range(50):
+            first.send_signal(SIGSTOP)  # frozen mid-upload, holding the store's lock
+            os.waitpid(first.pid, os.WUNTRACED)  # returns once it has really stopped
+            frozen = journal_progress(store)  # what the second will read
+            if frozen is not None and frozen.phase is ProgressPhase.UPLOADING:
+                break  # (not frozen in the middle of a journal commit)
+            first.send_signal(SIGCONT)
+            first_lines.until(lambda line: line.startswith("progress: "))
+        else:
+            raise AssertionError("the first instance never paused at a readable point")
         second = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
-        assert second.stdout is not None
-        seen = []
-        for line in second.stdout:
-            seen.append(line.strip())
-            if line.startswith("progress: ") and "uploading" in line:
-                break
-        first.send_signal(signal.SIGCONT)
-        out, _ = second.communicate(timeout=60)
-        seen += out.splitlines()
+        second_lines = Lines(second)
+        watched = second_lines.until(lambda line: line.startswith("progress: "))
+        first.send_signal(SIGCONT)
+        second_seen = second_lines.rest()
+        assert second.wait(timeout=60) == 0
+        first_seen = first_lines.rest()
     finally:
-        first.send_signal(signal.SIGCONT)
-        first_out, _ = first.communicate(timeout=60)
-        if second is not None and second.poll() is None:
-            second.kill()
-            second.communicate()
+        first.send_signal(SIGCONT)
+        first.wait(timeout=60)
+        first_lines.close()
+        if second is not None and second_lines is not None:
+            if second.poll() is None:
+                second.kill()
+            second.wait()
+            second_lines.close()
 
     following = "status: another instance of the app is migrating this data; following its progress"
-    assert following in seen
-    watched = [s for s in seen if s.startswith("progress: ") and "uploading" in s]
-    assert watched and not watched[0].startswith("progress: 0%")  # the first one's progress
-    assert "status: Your 402 items are safe in the cloud" in seen
-    assert "status: Your 402 items are safe in the cloud" in first_out
-    assert first.returncode == 0 and second.returncode == 0
-    started = summary_of(live_server, user)
-    assert started["summary"]["totalItems"] == 402
+    assert following in second_seen
+    assert watched.endswith(f" {frozen.phase.value} {frozen.items_done}/{frozen.items_total}")
+    assert "status: Your 1002 items are safe in the cloud" in second_seen
+    assert "status: Your 1002 items are safe in the cloud" in first_seen
+    assert first.returncode == 0
+    assert summary_of(live_server, user)["summary"]["totalItems"] == 1002
