@@ -21,12 +21,42 @@ from backend_stub.items import EncodedItem, parse_batch
 from backend_stub.problems import ApiError
 from backend_stub.service import ensure_open, load_session, retrying, touch
 from backend_stub.settings import Settings
-from backend_stub.storage import Batch, CloudItem, Conflict, DuplicateItem, Key, StagedItem, Storage
+from backend_stub.storage import (
+    Batch,
+    CloudItem,
+    Conflict,
+    DuplicateItem,
+    Key,
+    Session,
+    StagedItem,
+    Storage,
+)
 from sdk.contract import BatchReceipt, Item, ItemVersion, ProblemCode, SessionStatus, batch_checksum
 
 __all__ = ["classify", "new_conflict", "put_batch"]
 
 logger = logging.getLogger(__name__)
+
+
+def check_upload(session: Session, seq: int, upload: Upload) -> None:
+    """Refuse a batch outside the session's plan (409) or not matching its SHA-256 (400);
+    the first checks of every batch upload, whichever backend stores it."""
+    if not 0 <= seq < session.manifest.batch_count:
+        raise ApiError(
+            409,
+            ProblemCode.BATCH_OUT_OF_RANGE,
+            f"batch {seq} is outside the plan of {session.manifest.batch_count} batches",
+            extra={"batchCount": session.manifest.batch_count},
+        )
+    actual = batch_checksum(upload.body)
+    if actual != upload.checksum:
+        raise ApiError(
+            400,
+            ProblemCode.BAD_CHECKSUM,
+            "the body does not match its X-Content-SHA256: it was altered or truncated,"
+            " send it again",
+            extra={"expected": upload.checksum, "actual": actual},
+        )
 
 
 def put_batch(
@@ -62,29 +92,14 @@ def put_batch(
     >>> storage.close()
     """
     session = load_session(storage, user_id, session_id)
-    if not 0 <= seq < session.manifest.batch_count:
-        raise ApiError(
-            409,
-            ProblemCode.BATCH_OUT_OF_RANGE,
-            f"batch {seq} is outside the plan of {session.manifest.batch_count} batches",
-            extra={"batchCount": session.manifest.batch_count},
-        )
-    actual = batch_checksum(upload.body)
-    if actual != upload.checksum:
-        raise ApiError(
-            400,
-            ProblemCode.BAD_CHECKSUM,
-            "the body does not match its X-Content-SHA256: it was altered or truncated,"
-            " send it again",
-            extra={"expected": upload.checksum, "actual": actual},
-        )
+    check_upload(session, seq, upload)
     rows = parse_batch(upload.body, max_items=settings.limits.max_batch_items)
 
     def attempt() -> BatchReceipt:
         current = load_session(storage, user_id, session_id)
         stored = storage.get_batch(current.id, seq)
         if stored is not None:
-            if stored.checksum == actual:
+            if stored.checksum == upload.checksum:
                 return stored.receipt(replayed=True)
             raise ApiError(
                 409,
@@ -105,7 +120,7 @@ def put_batch(
         _ensure_not_staged(storage, current.id, keys)
         staged, conflicts = classify(current.id, seq, rows, storage.cloud_items(user_id, keys))
         new, unchanged, conflicted = _outcome_counts([s.outcome for s in staged])
-        batch = Batch(current.id, seq, actual, len(rows), new, unchanged, conflicted, now)
+        batch = Batch(current.id, seq, upload.checksum, len(rows), new, unchanged, conflicted, now)
         received = current.received_count + 1
         _, unresolved = storage.conflict_counts(current.id)
         unresolved += conflicted

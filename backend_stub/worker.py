@@ -40,7 +40,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from backend_stub.batches import put_batch
+from backend_stub.batches import check_upload, put_batch
 from backend_stub.bodies import Upload
 from backend_stub.events import UserRegistered, handle_user_registered
 from backend_stub.items import parse_batch
@@ -51,7 +51,7 @@ from backend_stub.settings import Settings
 from backend_stub.storage import Storage
 from backend_stub.storage.aws import AwsStorage
 from backend_stub.storage.aws_ledger import FAILED, PENDING, BatchBusy, HeldBatch
-from sdk.contract import BatchReceipt, ProblemCode, batch_checksum
+from sdk.contract import BatchReceipt, ProblemCode
 
 __all__ = ["JOB_TYPE", "Outcome", "Worker", "accept_batch", "job_message"]
 
@@ -109,29 +109,14 @@ def accept_batch(
         raise TypeError("accept_batch needs the aws backend; the embedded one runs put_batch")
     aws = storage
     session = load_session(aws, user_id, session_id)
-    if not 0 <= seq < session.manifest.batch_count:
-        raise ApiError(
-            409,
-            ProblemCode.BATCH_OUT_OF_RANGE,
-            f"batch {seq} is outside the plan of {session.manifest.batch_count} batches",
-            extra={"batchCount": session.manifest.batch_count},
-        )
-    actual = batch_checksum(upload.body)
-    if actual != upload.checksum:
-        raise ApiError(
-            400,
-            ProblemCode.BAD_CHECKSUM,
-            "the body does not match its X-Content-SHA256: it was altered or truncated,"
-            " send it again",
-            extra={"expected": upload.checksum, "actual": actual},
-        )
+    check_upload(session, seq, upload)
     count = len(parse_batch(upload.body, max_items=settings.limits.max_batch_items))
 
     def attempt() -> BatchReceipt:
         current = load_session(aws, user_id, session_id)
         held = aws.ledger.held(current.id, seq)
         if held is not None and held.state != FAILED:
-            if held.checksum != actual:
+            if held.checksum != upload.checksum:
                 raise ApiError(
                     409,
                     ProblemCode.BATCH_MISMATCH,
@@ -152,7 +137,7 @@ def accept_batch(
                 f" {current.manifest.item_count} items",
             )
         stored = aws.ledger.receive(
-            current.id, seq, actual, upload.body, count, now, replacing=held
+            current.id, seq, upload.checksum, upload.body, count, now, replacing=held
         )
         _enqueue(aws, user_id, stored)
         logger.info("session %s: batch %d stored and queued (%d items)", current.id, seq, count)
