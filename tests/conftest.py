@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from server_fixtures import TestClient
@@ -61,6 +64,28 @@ class LiveServer:
 
     def token(self, user_id: str) -> str:
         return issue_token(user_id, Settings().jwt_secret)
+
+    def seed(self, user_id: str, items: Iterable[Mapping[str, Any]]) -> None:
+        """Cloud items for ``user_id``, as if another device had uploaded them, written
+        by the server's own ``seed`` command while the server runs."""
+        path = self.data_dir / f"seed-{uuid.uuid4().hex}.jsonl"
+        path.write_text("".join(json.dumps(i) + "\n" for i in items))
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "backend_stub",
+                "seed",
+                user_id,
+                str(path),
+                "--device-id",
+                "tablet",
+                "--data-dir",
+                str(self.data_dir),
+            ],
+            check=True,
+            capture_output=True,
+        )
 
 
 def start_live_server(data_dir: Path) -> LiveServer:

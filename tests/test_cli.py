@@ -33,28 +33,6 @@ def env(live_server, monkeypatch, request):
     return user
 
 
-def seed(live_server, user: str, items, tmp_path: Path) -> None:
-    """Cloud items for ``user``, as if another device had uploaded them."""
-    path = tmp_path / "seed.jsonl"
-    path.write_text("".join(json.dumps(i) + "\n" for i in items))
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "backend_stub",
-            "seed",
-            user,
-            str(path),
-            "--device-id",
-            "tablet",
-            "--data-dir",
-            str(live_server.data_dir),
-        ],
-        check=True,
-        capture_output=True,
-    )
-
-
 def run(capsys, *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
@@ -97,7 +75,7 @@ def test_every_command_walks_a_migration_with_conflicts_to_the_end(
 ):
     items = learning_items(60)
     store = make_store(tmp_path / "store.sqlite3", items)
-    seed(live_server, env, [dict(i, data={"other": True}) for i in items[:3]], tmp_path)
+    live_server.seed(env, [dict(i, data={"other": True}) for i in items[:3]])
     where = ("--store", str(store))
 
     detected = run_json(capsys, "detect", *where)
@@ -145,7 +123,7 @@ def test_cancel_drops_the_migration_in_progress_and_leaves_the_store(
 ):
     items = learning_items(30)
     store = make_store(tmp_path / "store.sqlite3", items)
-    seed(live_server, env, [dict(items[0], data={"other": True})], tmp_path)
+    live_server.seed(env, [dict(items[0], data={"other": True})])
     where = ("--store", str(store))
     assert run(capsys, "migrate", *where, "--strategy", "manual")[0] == EXIT_PENDING
 
@@ -283,7 +261,7 @@ def test_a_migration_killed_at_any_moment_continues_when_the_same_command_runs_a
 ):
     items = learning_items(900)
     store = make_store(tmp_path / "store.sqlite3", items)
-    seed(live_server, env, [dict(i, data={"other": True}) for i in items[:5]], tmp_path)
+    live_server.seed(env, [dict(i, data={"other": True}) for i in items[:5]])
 
     first = cli_process(store)
     wait_for_line(
@@ -372,7 +350,7 @@ def test_the_readmes_command_line_samples_run_with_the_exit_codes_it_documents(
     assert shown >= {"detect", "plan", "migrate", "status", "conflicts", "resolve", "verify"}
     items = learning_items(50)
     make_store(tmp_path / "store.sqlite3", items)
-    seed(live_server, env, [dict(i, data={"other": True}) for i in items[:2]], tmp_path)
+    live_server.seed(env, [dict(i, data={"other": True}) for i in items[:2]])
     monkeypatch.chdir(tmp_path)
     script = Path(sys.executable).with_name("offline-migrate")
 

@@ -63,27 +63,6 @@ def api(live_server, user: str) -> httpx.Client:
     )
 
 
-def seed(live_server, user: str, items, tmp_path: Path) -> None:
-    path = tmp_path / "seed.jsonl"
-    path.write_text("".join(json.dumps(i) + "\n" for i in items))
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "backend_stub",
-            "seed",
-            user,
-            str(path),
-            "--device-id",
-            "tablet",
-            "--data-dir",
-            str(live_server.data_dir),
-        ],
-        check=True,
-        capture_output=True,
-    )
-
-
 @pytest.mark.parametrize(
     ("user", "pause"),
     [
@@ -99,7 +78,7 @@ def test_a_client_killed_mid_migration_finishes_the_same_migration_when_restarte
 ):
     items = learning_items(240)
     store = make_store(tmp_path / "store.sqlite3", items)
-    seed(live_server, user, [dict(i, data={"other": True}) for i in items[:7]], tmp_path)
+    live_server.seed(user, [dict(i, data={"other": True}) for i in items[:7]])
     cache = tmp_path / "cache"
 
     first = run_child(live_server, user, store, cache, *pause)

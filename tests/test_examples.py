@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import hashlib
-import json
 import os
 import queue
 import shutil
@@ -64,27 +63,6 @@ def summary_of(live_server, user: str) -> dict:
         headers={"Authorization": f"Bearer {live_server.token(user)}"},
     ) as http:
         return http.get("/summary").json()
-
-
-def seed(live_server, user: str, items, tmp_path: Path) -> None:
-    path = tmp_path / "seed.jsonl"
-    path.write_text("".join(json.dumps(i) + "\n" for i in items))
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "backend_stub",
-            "seed",
-            user,
-            str(path),
-            "--device-id",
-            "tablet",
-            "--data-dir",
-            str(live_server.data_dir),
-        ],
-        check=True,
-        capture_output=True,
-    )
 
 
 def test_the_quickstart_is_the_readmes_example_and_migrates(env):
@@ -176,7 +154,7 @@ def test_the_desktop_app_shows_progress_asks_about_conflicts_and_finishes(
     items = learning_items(300)
     store = make_store(tmp_path / "store.sqlite3", items)
     theirs = [dict(i, data={"other": True}) for i in items[:2]]
-    seed(live_server, user, theirs, tmp_path)
+    live_server.seed(user, theirs)
 
     done = app(env, store, "--headless", "--answer", "local", "--quit-when-settled", *SMALL)
 
@@ -255,7 +233,7 @@ def test_the_desktop_app_in_a_real_tk_window_shows_the_same(
     items = learning_items(300)
     store = make_store(tmp_path / "store.sqlite3", items)
     theirs = [dict(i, data={"other": True}) for i in items[:2]]
-    seed(live_server, user, theirs, tmp_path)
+    live_server.seed(user, theirs)
 
     done = app(
         env | {"DISPLAY": display},
