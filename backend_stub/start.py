@@ -40,7 +40,14 @@ __all__ = ["CAPABILITIES", "EMPTY_START", "detect", "start_migration"]
 logger = logging.getLogger(__name__)
 
 #: What this server can do beyond the basics, reported by ``GET /detect``.
-CAPABILITIES = ("gzip", "parallel-batches", "resumable", "conflict-resolution", "merged-resolution")
+CAPABILITIES = (
+    "gzip",
+    "parallel-batches",
+    "resumable",
+    "conflict-resolution",
+    "merged-resolution",
+    "plan",
+)
 
 #: A start request for an empty store (documentation examples use it).
 EMPTY_START = StartMigrationRequest(

@@ -446,7 +446,7 @@ def test_detect_reports_what_the_server_knows_and_publishes_local_data_detected(
     assert body["canMigrate"] is True
     assert body["migrationCandidate"] is True
     assert body["activeSessionId"] == session_id
-    assert "gzip" in body["capabilities"]
+    assert {"gzip", "plan"} <= set(body["capabilities"])
     assert body["limits"]["maxBatchItems"] == Limits().max_batch_items
     assert body["serverTime"] == server.clock.now
     assert server.event_types()[-1] == "LocalDataDetected"
