@@ -402,7 +402,12 @@ class Snapshot:
         hasher = hashlib.sha256()
         for row in self._scan():
             override = pending.pop((row[0], row[1]), None)
-            hasher.update(item_digest(_item(row) if override is None else override))
+            if override is None:
+                # Canonical data (normalized when the snapshot was taken): no re-encoding.
+                c, k, d, u, x = row
+                hasher.update(hashlib.sha256(canonical_item_parts(c, k, d, u, bool(x))).digest())
+            else:
+                hasher.update(item_digest(override))
         if pending:
             names = ", ".join(item_label(*key) for key in sorted(pending)[:_MAX_PROBLEMS])
             raise ConfigurationError(
