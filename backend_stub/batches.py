@@ -190,7 +190,7 @@ def classify(
     """
     staged: list[StagedItem] = []
     conflicts: list[Conflict] = []
-    for item, canonical, digest in rows:
+    for item, data, _, digest in rows:
         key = (item["collection"], item["key"])
         current = cloud.get(key)
         if current is None:
@@ -201,7 +201,17 @@ def classify(
             outcome, version = "conflict", current.version
             conflicts.append(new_conflict(session_id, item, current))
         staged.append(
-            StagedItem(key[0], key[1], seq, canonical.decode("utf-8"), digest, outcome, version)
+            StagedItem(
+                key[0],
+                key[1],
+                seq,
+                data,
+                item["updatedAt"],
+                item["deleted"],
+                digest,
+                outcome,
+                version,
+            )
         )
     return staged, conflicts
 

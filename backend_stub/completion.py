@@ -195,6 +195,9 @@ def _commit(storage: Storage, session: Session, now: int) -> CompleteMigrationRe
                 if (current.version if current else None) != staged.cloud_version:
                     drifted.append((staged, current))
                     continue
+                if staged.outcome == "new":  # copied all at once below
+                    cloud_hash.update(staged.digest)
+                    continue
                 target, digest = _target(staged, current, decisions.get(key), session.device_id)
                 cloud_hash.update(digest)
                 if target is not None:
@@ -207,6 +210,14 @@ def _commit(storage: Storage, session: Session, now: int) -> CompleteMigrationRe
             raise _ChecksumFailed(dataset, count)
         if drifted:
             raise _Drifted(drifted)
+        # New items are the bulk of a first migration: the backend copies them from the
+        # staged rows itself (one statement on SQLite) instead of item by item here.
+        copied = storage.put_new_staged_items(
+            session.id, session.user_id, device_id=session.device_id, now=now
+        )
+        if copied != outcomes["new"]:  # the session's lock makes this impossible
+            raise VersionConflict(session.id)
+        applied += copied
         result = CompleteMigrationResponse(
             session_id=session.id,
             status=SessionStatus.COMPLETED,
@@ -254,8 +265,6 @@ def _target(
 ) -> tuple[CloudItem | None, bytes]:
     """What to write for one staged item (``None``: keep the cloud's) and the digest the
     cloud then holds for it."""
-    if staged.outcome == "new":
-        return staged.as_cloud(version=1, device_id=device_id), staged.digest
     if staged.outcome == "unchanged":
         return None, staged.digest
     assert current is not None

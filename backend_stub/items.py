@@ -22,7 +22,16 @@ from typing_extensions import TypedDict
 from backend_stub.bodies import reject_duplicate_members, validation_problem
 from backend_stub.problems import ApiError
 from backend_stub.storage import CloudItem, Storage
-from sdk.contract import KEY_PATTERN, NAME_PATTERN, Item, ProblemCode, batch_body, canonical_json
+from sdk import _fastjson as fastjson
+from sdk.contract import (
+    KEY_PATTERN,
+    NAME_PATTERN,
+    Item,
+    ProblemCode,
+    batch_body,
+    canonical_item_parts,
+    canonical_json,
+)
 
 __all__ = [
     "MAX_TIMESTAMP",
@@ -62,7 +71,7 @@ _ITEM = TypeAdapter(_WireItem)
 
 
 class EncodedItem(NamedTuple):
-    """A validated item with its canonical bytes and their SHA-256 digest.
+    """A validated item, its data's canonical JSON, its canonical bytes and their SHA-256.
 
     >>> row = parse_batch(b'{"items":[{"collection":"c","key":"k","data":{},"updatedAt":1,'
     ...                   b'"deleted":false}]}', max_items=1)[0]
@@ -71,20 +80,24 @@ class EncodedItem(NamedTuple):
     """
 
     item: Item
+    data: str
     canonical: bytes
     digest: bytes
 
 
 def _encode(item: Item) -> EncodedItem:
     try:
-        canonical = canonical_json(item).encode("utf-8")
+        data = fastjson.canonical(item["data"])
+        canonical = canonical_item_parts(
+            item["collection"], item["key"], data, item["updatedAt"], item["deleted"]
+        )
     except ValueError as exc:
         raise ApiError(
             400,
             ProblemCode.INVALID_REQUEST,
             f"item {item['collection']}/{item['key']} holds NaN or Infinity, which JSON lacks",
         ) from exc
-    return EncodedItem(item, canonical, hashlib.sha256(canonical).digest())
+    return EncodedItem(item, data, canonical, hashlib.sha256(canonical).digest())
 
 
 def parse_batch(body: bytes, *, max_items: int) -> list[EncodedItem]:

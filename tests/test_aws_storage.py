@@ -220,7 +220,7 @@ def test_large_items_go_through_s3_and_come_back_whole(server: Server) -> None:
 
 
 def staged(seq: int, *names: str) -> list[StagedItem]:
-    return [StagedItem("c", name, seq, "{}", bytes(32), "new", None) for name in names]
+    return [StagedItem("c", name, seq, "{}", 1, False, bytes(32), "new", None) for name in names]
 
 
 def test_an_interrupted_batch_counts_for_nothing_but_keeps_its_keys_while_live(

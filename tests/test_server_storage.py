@@ -195,3 +195,51 @@ def test_a_failed_nested_block_rolls_back_alone(storage: SQLiteStorage) -> None:
             raise RuntimeError("boom")
 
     assert (storage.is_candidate("alice"), storage.is_candidate("bob")) == (True, False)
+
+
+def test_a_database_of_the_first_schema_keeps_its_staged_items_when_upgraded(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    from sqlite_utils import Database
+
+    from backend_stub.storage.sqlite import DATABASE_NAME, migrations
+    from sdk.contract import canonical_item
+
+    # A data folder written before staged items were kept in parts: the first schema,
+    # holding one staged item as its whole canonical text.
+    path = tmp_path / DATABASE_NAME
+    conn = sqlite3.connect(path, isolation_level=None)
+    migrations.apply(Database(conn), stop_before="m002_staged_parts")
+    wire = {
+        "collection": "c",
+        "key": "k\u00e9",
+        "data": {"b": [1e-05], "a": None},
+        "updatedAt": 7,
+        "deleted": True,
+    }
+    text = canonical_item(wire).decode()
+    conn.execute(
+        "INSERT INTO staged_items VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        ["s1", "c", "k\u00e9", 3, text, b"d" * 32, "conflict", 2],
+    )
+    conn.close()
+
+    upgraded = SQLiteStorage.open(tmp_path)
+    try:
+        (staged,) = upgraded.staged_items("s1", after=None, limit=10)
+        assert (staged.seq, staged.digest, staged.outcome, staged.cloud_version) == (
+            3,
+            b"d" * 32,
+            "conflict",
+            2,
+        )
+        assert staged.item == text and staged.wire() == wire
+        assert (staged.data, staged.updated_at, staged.deleted) == (
+            '{"a":null,"b":[1e-05]}',
+            7,
+            True,
+        )
+    finally:
+        upgraded.close()

@@ -147,6 +147,13 @@ class Storage(Protocol):
         """One page of staged items in (collection, key) order, after ``after``."""
         ...
 
+    def put_new_staged_items(
+        self, session_id: str, user_id: str, *, device_id: str, now: int
+    ) -> int:
+        """Write every staged item classified ``new`` into the user's cloud data at
+        version 1, written by ``device_id``; returns how many were written."""
+        ...
+
     def outcome_counts(self, session_id: str) -> dict[str, int]:
         """Staged items counted by outcome (``new``, ``unchanged``, ``conflict``)."""
         ...

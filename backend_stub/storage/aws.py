@@ -47,6 +47,7 @@ from collections.abc import Iterator, Sequence
 
 from backend_stub.events import Event
 from backend_stub.settings import AwsSettings
+from backend_stub.storage import iter_staged
 from backend_stub.storage.aws_cloud import PROFILE, CloudItems
 from backend_stub.storage.aws_commit import commit, publish, store_snapshot
 from backend_stub.storage.aws_ledger import (
@@ -343,7 +344,7 @@ class AwsStorage:
             for row in self.ledger.visible(session_id, page):
                 collection, item = split_item_key(get_s(row, "sk"))
                 found.append(
-                    StagedItem(
+                    StagedItem.from_text(
                         collection,
                         item,
                         get_n(row, "seq"),
@@ -356,6 +357,17 @@ class AwsStorage:
                 if len(found) == limit:
                     return found
         return found
+
+    def put_new_staged_items(
+        self, session_id: str, user_id: str, *, device_id: str, now: int
+    ) -> int:
+        written = 0
+        for page in iter_staged(self, session_id):
+            new = [s.as_cloud(version=1, device_id=device_id) for s in page if s.outcome == "new"]
+            if new:
+                self.put_cloud_items(user_id, new, now)
+                written += len(new)
+        return written
 
     def outcome_counts(self, session_id: str) -> dict[str, int]:
         rows = self.table.query(staged_pk(session_id), projection="#seq, #attempt, #outcome")

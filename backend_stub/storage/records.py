@@ -202,72 +202,103 @@ class Backlog(NamedTuple):
     failures: list[str]
 
 
+def _wire(collection: str, key: str, data: str, updated_at: int, deleted: bool) -> Item:
+    return Item(
+        collection=collection,
+        key=key,
+        data=json.loads(data),
+        updatedAt=updated_at,
+        deleted=deleted,
+    )
+
+
 class StagedItem(NamedTuple):
-    """One uploaded item, held until completion. ``item`` is its canonical JSON.
+    """One uploaded item, held until completion, in the cloud's own parts: ``data`` is the
+    canonical JSON of the object, so completion writes it as it is, without cutting or
+    encoding anything.
 
     ``outcome`` is ``new``, ``unchanged`` or ``conflict``; ``cloud_version`` is the version
     of the cloud item seen when it was classified (``None``: there was none), so that
     completion can tell whether the cloud changed since.
 
-    >>> StagedItem("c", "k", 0, '{}', b"", "new", None).outcome
-    'new'
+    >>> staged = StagedItem("c", "k", 0, '{"a":1}', 7, False, b"", "new", None)
+    >>> staged.item
+    '{"collection":"c","data":{"a":1},"deleted":false,"key":"k","updatedAt":7}'
+    >>> staged.as_cloud(version=1, device_id="d")
+    CloudItem(collection='c', key='k', data='{"a":1}', updated_at=7, deleted=False, \
+version=1, device_id='d')
     """
 
     collection: str
     key: str
     seq: int
-    item: str
+    data: str
+    updated_at: int
+    deleted: bool
     digest: bytes
     outcome: str
     cloud_version: int | None
 
+    @property
+    def item(self) -> str:
+        """The uploaded item's canonical JSON (what ``digest`` is taken over)."""
+        return canonical_item_parts(
+            self.collection, self.key, self.data, self.updated_at, self.deleted
+        ).decode("utf-8")
+
     def wire(self) -> Item:
         """The uploaded wire item."""
-        value: Item = json.loads(self.item)
-        return value
+        return _wire(self.collection, self.key, self.data, self.updated_at, self.deleted)
 
     def as_cloud(self, *, version: int, device_id: str) -> CloudItem:
-        """The cloud record holding this item, cut from its canonical text.
-
-        The canonical layout is fixed (``{"collection":..,"data":..,"deleted":..,"key":..,
-        "updatedAt":..}``, sorted keys), so the data's canonical JSON is the text between
-        the known head and tail: a commit writes every item without parsing it again.
-
-        >>> text = '{"collection":"c","data":{"a":[1]},"deleted":false,"key":"k","updatedAt":7}'
-        >>> StagedItem("c", "k", 0, text, b"", "new", None).as_cloud(version=1, device_id="d")
-        CloudItem(collection='c', key='k', data='{"a":[1]}', updated_at=7, deleted=False, \
-version=1, device_id='d')
-        """
-        head = '{"collection":' + _quote(self.collection) + ',"data":'
-        rest, _, updated_at = self.item[:-1].rpartition(',"updatedAt":')
-        rest, _, key = rest.rpartition(',"key":')
-        rest, _, deleted = rest.rpartition(',"deleted":')
-        if (
-            not self.item.startswith(head)
-            or not self.item.endswith("}")
-            or key != _quote(self.key)
-            or deleted not in ("true", "false")
-            or not updated_at.isdigit()
-        ):  # not the canonical layout: never written by this server, but stay correct
-            item = self.wire()
-            return CloudItem(
-                self.collection,
-                self.key,
-                canonical_json(item["data"]),
-                item["updatedAt"],
-                item["deleted"],
-                version,
-                device_id,
-            )
+        """The cloud record holding this item."""
         return CloudItem(
             self.collection,
             self.key,
-            rest[len(head) :],
-            int(updated_at),
-            deleted == "true",
+            self.data,
+            self.updated_at,
+            self.deleted,
             version,
             device_id,
         )
+
+    @classmethod
+    def from_text(
+        cls,
+        collection: str,
+        key: str,
+        seq: int,
+        text: str,
+        digest: bytes,
+        outcome: str,
+        cloud_version: int | None,
+    ) -> StagedItem:
+        """The staged item whose canonical JSON is ``text`` (a backend that stores it whole).
+
+        The canonical layout is fixed (``{"collection":..,"data":..,"deleted":..,"key":..,
+        "updatedAt":..}``, sorted keys), so the data's canonical JSON is the text between
+        the known head and tail, cut without parsing:
+
+        >>> text = '{"collection":"c","data":{"a":[1]},"deleted":false,"key":"k","updatedAt":7}'
+        >>> StagedItem.from_text("c", "k", 0, text, b"", "new", None).item == text
+        True
+        """
+        head = '{"collection":' + _quote(collection) + ',"data":'
+        rest, _, updated_at = text[:-1].rpartition(',"updatedAt":')
+        rest, _, quoted_key = rest.rpartition(',"key":')
+        rest, _, deleted = rest.rpartition(',"deleted":')
+        if (
+            text.startswith(head)
+            and text.endswith("}")
+            and quoted_key == _quote(key)
+            and deleted in ("true", "false")
+            and updated_at.isdigit()
+        ):
+            parts = (rest[len(head) :], int(updated_at), deleted == "true")
+        else:  # not the canonical layout: never written by this server, but stay correct
+            item: Item = json.loads(text)
+            parts = (canonical_json(item["data"]), item["updatedAt"], item["deleted"])
+        return cls(collection, key, seq, *parts, digest, outcome, cloud_version)
 
 
 class CloudItem(NamedTuple):
@@ -287,13 +318,7 @@ class CloudItem(NamedTuple):
 
     def wire(self) -> Item:
         """The item in wire form (what its digest is taken over)."""
-        return Item(
-            collection=self.collection,
-            key=self.key,
-            data=json.loads(self.data),
-            updatedAt=self.updated_at,
-            deleted=self.deleted,
-        )
+        return _wire(self.collection, self.key, self.data, self.updated_at, self.deleted)
 
     def digest(self) -> bytes:
         """The canonical item digest, comparable with an uploaded item's.

@@ -69,6 +69,30 @@ def m001_initial(db: Database) -> None:
             db.execute(statement)
 
 
+@migrations()
+def m002_staged_parts(db: Database) -> None:
+    # Staged items keep the cloud's parts (data, updated_at, deleted) instead of the
+    # whole item text, so that completion copies them without cutting anything.
+    db.execute(
+        "CREATE TABLE staged_items_v2 ("
+        " session_id TEXT NOT NULL, collection TEXT NOT NULL, key TEXT NOT NULL,"
+        " seq INTEGER NOT NULL, data TEXT NOT NULL, updated_at INTEGER NOT NULL,"
+        " deleted INTEGER NOT NULL, digest BLOB NOT NULL, outcome TEXT NOT NULL,"
+        " cloud_version INTEGER, PRIMARY KEY (session_id, collection, key)) WITHOUT ROWID"
+    )
+    old = db.execute(
+        "SELECT session_id, collection, key, seq, item, digest, outcome, cloud_version"
+        " FROM staged_items"
+    )
+    while rows := old.fetchmany(1000):
+        db.conn.executemany(
+            "INSERT INTO staged_items_v2 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            ((row[0], *StagedItem.from_text(*row[1:])) for row in rows),
+        )
+    db.execute("DROP TABLE staged_items")
+    db.execute("ALTER TABLE staged_items_v2 RENAME TO staged_items")
+
+
 _INITIAL_SCHEMA = """
         CREATE TABLE sessions (
             id TEXT PRIMARY KEY,
@@ -161,7 +185,7 @@ _SESSION_COLUMNS = (
     " created_at, updated_at, expires_at, completed_at, received_count, staged_count,"
     " conflicts_announced, result, error"
 )
-_STAGED_COLUMNS = "collection, key, seq, item, digest, outcome, cloud_version"
+_STAGED_COLUMNS = "collection, key, seq, data, updated_at, deleted, digest, outcome, cloud_version"
 _CONFLICT_COLUMNS = (
     "id, session_id, collection, key, local, server, resolved, choice, strategy, merged"
 )
@@ -379,7 +403,7 @@ class SQLiteStorage:
             try:
                 self._conn.executemany(
                     f"INSERT INTO staged_items (session_id, {_STAGED_COLUMNS})"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     ((batch.session_id, *item) for item in items),
                 )
             except sqlite3.IntegrityError as exc:
@@ -405,7 +429,22 @@ class SQLiteStorage:
             sql += " AND (collection, key) > (?, ?)"
             params.extend(after)
         rows = self._rows(sql + " ORDER BY collection, key LIMIT ?", [*params, limit])
-        return [StagedItem(*row) for row in rows]
+        return [
+            StagedItem(c, k, seq, data, updated_at, bool(deleted), *rest)
+            for c, k, seq, data, updated_at, deleted, *rest in rows
+        ]
+
+    def put_new_staged_items(
+        self, session_id: str, user_id: str, *, device_id: str, now: int
+    ) -> int:
+        # One statement, no row through Python. A plain INSERT: a cloud item where the
+        # session staged a new one would be a bug to stop at, not to overwrite.
+        return self._write(
+            f"INSERT INTO cloud_items (user_id, {_CLOUD_COLUMNS}, written_at)"
+            " SELECT ?, collection, key, data, updated_at, deleted, 1, ?, ?"
+            " FROM staged_items WHERE session_id = ? AND outcome = 'new'",
+            [user_id, device_id, now, session_id],
+        )
 
     def outcome_counts(self, session_id: str) -> dict[str, int]:
         rows = self._rows(

@@ -1,0 +1,89 @@
+"""Parse and canonically encode item data fast when orjson is installed; the stdlib otherwise.
+
+The hot paths (the snapshot's per-row check, the server's per-item encoding) parse JSON
+and encode it canonically, millions of times. orjson does both several times faster than
+the stdlib, but it is a compiled wheel the SDK never requires (the ``fast`` extra), and
+it formats a few values differently. So it is used only where its answer is provably the
+stdlib's, and the stdlib decides everything else:
+
+- encoding: orjson writes small floats as ``0.00001`` or ``1e-7`` where Python writes
+  ``1e-05`` and ``1e-07``, and NaN as ``null`` where the canonical encoding refuses it. An
+  output holding ``e-``, ``0.0000`` or ``null`` (in a string or not) is encoded again by
+  the stdlib; so is anything orjson refuses (integers beyond 64 bits, deep nesting,
+  surrogates). Every other float prints the same in both (shortest round-trip repr).
+- parsing: orjson reads integers beyond 64 bits as floats, so a text holding 19 digits in
+  a row is read by the stdlib; so is whatever orjson refuses (NaN tokens, lone
+  surrogates), and the stdlib decides what the input means.
+
+Only values a JSON parser produced go through :func:`canonical` (orjson would also
+serialize enums, UUIDs and dataclasses, which the canonical encoding refuses).
+
+    >>> canonical(loads('{"b": 1e-05, "a": [true, null]}'))
+    '{"a":[true,null],"b":1e-05}'
+    >>> canonical(loads('{"n": 123456789012345678901234567890}'))
+    '{"n":123456789012345678901234567890}'
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from .contract import canonical_json
+
+__all__ = ["canonical", "loads", "orjson_in_use"]
+
+_UNSET: Any = object()
+_orjson: Any = _UNSET
+_SORT_KEYS = 0  # orjson.OPT_SORT_KEYS, once imported
+_LONG_DIGITS: dict[type, re.Pattern[Any]] = {
+    str: re.compile(r"[0-9]{19}"),
+    bytes: re.compile(rb"[0-9]{19}"),
+}
+
+
+def _lib() -> Any:
+    """orjson, imported on first use (never by ``import sdk``), or ``None``."""
+    global _orjson, _SORT_KEYS
+    if _orjson is _UNSET:
+        try:
+            import orjson
+        except ImportError:
+            _orjson = None
+        else:
+            _orjson, _SORT_KEYS = orjson, orjson.OPT_SORT_KEYS
+    return _orjson
+
+
+def orjson_in_use() -> bool:
+    """Whether the fast path is available (the ``fast`` extra is installed)."""
+    return _lib() is not None
+
+
+def loads(text: str | bytes) -> Any:
+    """``json.loads(text)``, through orjson when it reads the text the same way."""
+    lib = _orjson if _orjson is not _UNSET else _lib()
+    # orjson reads integers beyond 64 bits as floats: text with a run of 19 digits or
+    # more (a number, or not) goes to the stdlib, which keeps them exact.
+    if lib is not None and not _LONG_DIGITS[type(text)].search(text):
+        try:
+            return lib.loads(text)
+        except lib.JSONDecodeError:
+            pass  # the stdlib decides: it may accept (NaN) or refuse with its own message
+    return json.loads(text)
+
+
+def canonical(value: Any) -> str:
+    """:func:`~sdk.contract.canonical_json` of a value a JSON parser produced."""
+    lib = _orjson if _orjson is not _UNSET else _lib()
+    if lib is not None:
+        try:
+            out: bytes = lib.dumps(value, option=_SORT_KEYS)
+        except TypeError:  # orjson.JSONEncodeError is one
+            pass
+        else:
+            if b"e-" not in out and b"0.0000" not in out and b"null" not in out:
+                return out.decode("utf-8")
+    return canonical_json(value)
+

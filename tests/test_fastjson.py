@@ -1,0 +1,121 @@
+"""The orjson fast path gives the canonical encoding's exact bytes, or steps aside."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sdk import _fastjson as fastjson
+from sdk.contract import canonical_json
+
+pytest.importorskip("orjson")  # the `fast` extra, part of the test install
+
+# What a JSON parser can produce: the values the fast path is used for.
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()  # beyond 64 bits too, which orjson refuses
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.sampled_from([1e-05, 1e-07, 0.0001, 1e16, 1.5e16, 5e-324, -0.0, 1e300, 2.5e-308])
+    | st.text()
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+def _stdlib(value: object) -> str | type[BaseException]:
+    try:
+        return canonical_json(value)
+    except (ValueError, TypeError) as exc:
+        return type(exc)
+
+
+def _fast(value: object) -> str | type[BaseException]:
+    try:
+        return fastjson.canonical(value)
+    except (ValueError, TypeError) as exc:
+        return type(exc)
+
+
+@pytest.fixture(params=["orjson", "stdlib only"])
+def path(request, monkeypatch):
+    if request.param == "stdlib only":
+        monkeypatch.setattr(fastjson, "_orjson", None)
+    else:
+        assert fastjson.orjson_in_use()
+    return request.param
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=st.dictionaries(st.text(), _values, max_size=6))
+def test_canonical_is_the_stdlib_canonical_encoding_byte_for_byte(value) -> None:
+    assert fastjson.orjson_in_use()
+    assert _fast(value) == _stdlib(value)
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=_values, indent=st.sampled_from([None, 1]), ascii_only=st.booleans())
+def test_loads_reads_any_json_text_as_the_stdlib_does(value, indent, ascii_only) -> None:
+    text = json.dumps(value, indent=indent, ensure_ascii=ascii_only)
+    assert canonical_json(fastjson.loads(text)) == canonical_json(json.loads(text))
+    assert canonical_json(fastjson.loads(text.encode())) == canonical_json(json.loads(text))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"small": 1e-05},  # orjson: 0.00001
+        {"smaller": 1e-07},  # orjson: 1e-7
+        {"edge": 0.0001, "big": 1e16, "neg": -0.0},
+        {"huge": 2**64, "negative": -(2**63) - 1},  # beyond orjson's 64-bit integers
+        {"null": None, "text": "e-mail 0.00001 null"},
+        {"deep": json.loads("[" * 300 + "]" * 300)},  # deeper than orjson nests
+        {"nan": math.nan},  # refused by the canonical encoding
+        {"inf": math.inf},
+        {1: "non-string key"},
+        {"surrogate": "\ud800"},
+    ],
+    ids=repr,
+)
+def test_values_orjson_formats_differently_or_refuses_get_the_stdlib_answer(path, value) -> None:
+    assert _fast(value) == _stdlib(value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": NaN}',  # the stdlib reads NaN; orjson refuses it
+        '{"a": 1e400}',
+        '{"a": 123456789012345678901234567890}',
+        '{"a": "\\ud800"}',  # a lone surrogate escape
+        '{"a": 1, "a": 2}',  # a repeated member: the last one wins in both
+        "[" * 2000 + "]" * 2000,
+    ],
+)
+def test_texts_orjson_refuses_are_read_or_refused_by_the_stdlib(path, text) -> None:
+    try:
+        expected = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        with pytest.raises(type(exc)):
+            fastjson.loads(text)
+    else:
+        assert repr(fastjson.loads(text)) == repr(expected)
+
+
+def test_values_no_parser_produces_are_not_for_the_fast_path() -> None:
+    # orjson would serialize an enum; the canonical encoding refuses it. canonical() is
+    # only called with parsed JSON, and the store encodes app values with the stdlib.
+    import enum
+
+    class Colour(enum.Enum):
+        RED = "red"
+
+    with pytest.raises(TypeError):
+        canonical_json({"c": Colour.RED})
