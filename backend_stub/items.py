@@ -29,7 +29,6 @@ from sdk.contract import (
     Item,
     ProblemCode,
     batch_body,
-    canonical_item_parts,
     canonical_json,
 )
 
@@ -87,10 +86,7 @@ class EncodedItem(NamedTuple):
 
 def _encode(item: Item) -> EncodedItem:
     try:
-        data = fastjson.canonical(item["data"])
-        canonical = canonical_item_parts(
-            item["collection"], item["key"], data, item["updatedAt"], item["deleted"]
-        )
+        data, canonical = fastjson.encode_item(item)
     except ValueError as exc:
         raise ApiError(
             400,

@@ -30,9 +30,9 @@ import json
 import re
 from typing import Any
 
-from .contract import canonical_json
+from .contract import Item, canonical_item_parts, canonical_json
 
-__all__ = ["canonical", "loads", "orjson_in_use"]
+__all__ = ["canonical", "encode_item", "loads", "orjson_in_use"]
 
 _UNSET: Any = object()
 _orjson: Any = _UNSET
@@ -87,3 +87,28 @@ def canonical(value: Any) -> str:
                 return out.decode("utf-8")
     return canonical_json(value)
 
+
+
+def encode_item(item: Item) -> tuple[str, bytes]:
+    """The canonical JSON of a parsed wire item's data, and the item's canonical bytes.
+
+    The envelope (two names, an integer, a boolean) prints alike in both libraries, so
+    when the data is safe for orjson, so is the whole item: two calls into C.
+
+    >>> encode_item({"collection": "c", "key": "k", "data": {"b": 1, "a": 1e-05},
+    ...              "updatedAt": 2, "deleted": False})[1]
+    b'{"collection":"c","data":{"a":1e-05,"b":1},"deleted":false,"key":"k","updatedAt":2}'
+    """
+    lib = _orjson if _orjson is not _UNSET else _lib()
+    if lib is not None:
+        try:
+            data: bytes = lib.dumps(item["data"], option=_SORT_KEYS)
+        except TypeError:
+            pass
+        else:
+            if b"e-" not in data and b"0.0000" not in data and b"null" not in data:
+                return data.decode("utf-8"), lib.dumps(item, option=_SORT_KEYS)
+    text = canonical_json(item["data"])
+    return text, canonical_item_parts(
+        item["collection"], item["key"], text, item["updatedAt"], item["deleted"]
+    )

@@ -6,11 +6,11 @@ import json
 import math
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sdk import _fastjson as fastjson
-from sdk.contract import canonical_json
+from sdk.contract import canonical_item, canonical_json
 
 pytest.importorskip("orjson")  # the `fast` extra, part of the test install
 
@@ -58,6 +58,35 @@ def path(request, monkeypatch):
 def test_canonical_is_the_stdlib_canonical_encoding_byte_for_byte(value) -> None:
     assert fastjson.orjson_in_use()
     assert _fast(value) == _stdlib(value)
+
+
+# The fixture sets the path once for every example, which is what is wanted here.
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    data=st.dictionaries(st.text(), _values, max_size=6),
+    names=st.tuples(st.text(), st.text()),
+    updated_at=st.integers(0, 2**63 - 1),
+    deleted=st.booleans(),
+)
+def test_encode_item_gives_the_canonical_data_and_item(path, data, names, updated_at, deleted):
+    item = {
+        "collection": names[0],
+        "key": names[1],
+        "data": data,
+        "updatedAt": updated_at,
+        "deleted": deleted,
+    }
+    try:
+        expected = (canonical_json(data), canonical_item(item))  # type: ignore[arg-type]
+    except (ValueError, TypeError) as exc:
+        with pytest.raises(type(exc)):
+            fastjson.encode_item(item)  # type: ignore[arg-type]
+    else:
+        assert fastjson.encode_item(item) == expected  # type: ignore[arg-type]
 
 
 @settings(max_examples=400, deadline=None)
