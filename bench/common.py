@@ -66,11 +66,26 @@ def serve(argv: list[str], log: Path) -> Iterator[tuple[str, subprocess.Popen[st
 
 
 def backend_stub(
-    data_dir: Path,
+    data_dir: Path, *, without: tuple[str, ...] = ()
 ) -> contextlib.AbstractContextManager[tuple[str, subprocess.Popen[str]]]:
-    """The reference server on a free loopback port, quiet (logs to a file)."""
-    argv = [sys.executable, "-m", "backend_stub", "--port", "0", "--data-dir", str(data_dir)]
+    """The reference server on a free loopback port, quiet (logs to a file); ``without``
+    names modules it must run without, as if they were not installed."""
+    argv = [*python(without, module="backend_stub"), "--port", "0", "--data-dir", str(data_dir)]
     return serve(argv, data_dir / "server.log")
+
+
+def python(without: tuple[str, ...], *, module: str = "", path: str = "") -> list[str]:
+    """The command that runs ``module`` (``-m``) or the script at ``path`` with this
+    interpreter, as if the modules named by ``without`` were not installed."""
+    if not without:
+        return [sys.executable, "-m", module] if module else [sys.executable, path]
+    run = (
+        f"runpy.run_module({module!r}, run_name='__main__')"
+        if module
+        else f"runpy.run_path({path!r}, run_name='__main__')"
+    )
+    block = f"sys.modules.update(dict.fromkeys({list(without)!r}))"  # import then fails
+    return [sys.executable, "-c", f"import runpy, sys; {block}; {run}"]
 
 
 def token(user: str) -> str:

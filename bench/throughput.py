@@ -7,13 +7,17 @@ For each size it measures, on this machine and in this run:
    transaction (bench/floor_server.py): no SDK logic at all;
 2. the SDK's full migration (detect, snapshot, checksums, journal, start, upload,
    conflict detection, complete, verification) against backend_stub on loopback;
-3. what an integrator would hand-write instead: one POST per item (on a subset).
+3. what an integrator would hand-write instead, one request per item (on a subset):
+   POSTs to the bare server (HTTP and one insert per item, nothing else), and PUTs
+   through backend_stub's migration API, each item its own batch (the same server and
+   guarantees as the SDK's run, without the batching);
 
-and prints items/s, the ratio SDK / floor, the ratio SDK / per-item, and the client's
-and the server's peak RSS. Targets (issue 7): SDK >= 0.8 x floor at 1,000,000 items,
->= 50 x one-POST-per-item, client peak RSS growing <= 20 MB from 100k to 1M items.
+and prints items/s, the ratios SDK / floor and SDK / per-item, and the client's and the
+server's peak RSS. Targets (issue 7): SDK >= 0.8 x floor at 1,000,000 items, >= 50 x one
+request per item, client peak RSS growing <= 20 MB from 100k to 1M items.
 
     .venv/bin/python bench/throughput.py [--sizes 100000 1000000] [--per-item 2000]
+                                         [--in-flight 2] [--without-orjson]
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, backend_stub, fill_store, rss_kb, serve, token
+from common import ROOT, backend_stub, fill_store, python, rss_kb, serve, token
 
 BATCH = 1000
 
@@ -85,9 +89,71 @@ def floor_client(url: str, store: str, limit: int | None, per_item: bool) -> dic
     return {"items": count, "seconds": seconds, "peak_rss_kb": rss_kb()}
 
 
+def api_per_item_client(url: str, store: str, limit: int) -> dict[str, float]:
+    """One request per item against backend_stub itself: the migration API driven by hand,
+    each item its own batch (runs in its own process). Same server, same guarantees as
+    the SDK's run; only the batching differs."""
+    import uuid
+
+    import httpx
+
+    from sdk.contract import CHECKSUM_HEADER, batch_body, batch_checksum, canonical_item_parts
+
+    conn = sqlite3.connect(store)
+    rows = conn.execute(
+        "SELECT collection, key, data, updated_at, deleted FROM items"
+        f" ORDER BY collection, key LIMIT {int(limit)}"
+    ).fetchall()
+    conn.close()
+    bodies = [batch_body([canonical_item_parts(c, k, d, u, bool(x))]) for c, k, d, u, x in rows]
+    digests = b"".join(
+        hashlib.sha256(canonical_item_parts(c, k, d, u, bool(x))).digest() for c, k, d, u, x in rows
+    )
+    collections: dict[str, int] = {}
+    for row in rows:
+        collections[row[0]] = collections.get(row[0], 0) + 1
+    manifest = {
+        "itemCount": len(rows),
+        "collections": collections,
+        "batchSize": 1,
+        "batchCount": len(rows),
+        "datasetChecksum": hashlib.sha256(digests).hexdigest(),
+    }
+    user = "per-item"
+    started = time.perf_counter()
+    with httpx.Client(
+        base_url=f"{url}/api/migration/{user}",
+        headers={"authorization": f"Bearer {token(user)}"},
+        timeout=60,
+    ) as http:
+        session = http.post(
+            "/start",
+            json={
+                "migrationId": "mig-" + uuid.uuid4().hex,
+                "deviceId": "bench",
+                "dataVersion": 1,
+                "manifest": manifest,
+            },
+        )
+        session.raise_for_status()
+        session_id = session.json()["sessionId"]
+        for seq, body in enumerate(bodies):
+            http.put(
+                f"/sessions/{session_id}/batches/{seq}",
+                content=body,
+                headers={CHECKSUM_HEADER: batch_checksum(body), "content-type": "application/json"},
+            ).raise_for_status()
+        http.post(
+            f"/sessions/{session_id}/complete",
+            json={"datasetChecksum": manifest["datasetChecksum"]},
+        ).raise_for_status()
+    seconds = time.perf_counter() - started
+    return {"items": len(rows), "seconds": seconds, "peak_rss_kb": rss_kb()}
+
+
 def sdk_client(url: str, store: str, cache: str, in_flight: int) -> dict[str, float]:
     """The SDK's full migration (runs in its own process)."""
-    from sdk import MigrationClient, MigrationOptions
+    from sdk import MigrationClient, MigrationOptions, _fastjson
 
     before = rss_kb(field="VmRSS")
     started = time.perf_counter()
@@ -105,19 +171,25 @@ def sdk_client(url: str, store: str, cache: str, in_flight: int) -> dict[str, fl
         "items": result.item_count,
         "seconds": seconds,
         "rss_before_kb": before,
+        "orjson": float(_fastjson.orjson_in_use()),
         "peak_rss_kb": rss_kb(),
     }
 
 
-def child(*args: str) -> dict[str, float]:
+def child(*args: str, without: tuple[str, ...] = ()) -> dict[str, float]:
     out = subprocess.run(
-        [sys.executable, __file__, "--child", *args], check=True, capture_output=True, text=True
+        [*python(without, path=__file__), "--child", *args],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
     return result
 
 
-def measure(size: int, per_item: int, in_flight: int, work: Path) -> dict[str, object]:
+def measure(
+    size: int, per_item: int, in_flight: int, work: Path, without: tuple[str, ...]
+) -> dict[str, object]:
     store = fill_store(work / f"store-{size}.sqlite3", size)
     row: dict[str, object] = {"size": size}
     with serve(
@@ -127,9 +199,11 @@ def measure(size: int, per_item: int, in_flight: int, work: Path) -> dict[str, o
         row["floor"] = child("floor", url, str(store), "0")
         row["per_item"] = child("per-item", url, str(store), str(per_item))
         row["floor_server_rss_kb"] = rss_kb(proc.pid)
-    with backend_stub(work / f"server-{size}") as (url, proc):
-        row["sdk"] = child("sdk", url, str(store), str(work / f"cache-{size}"), str(in_flight))
+    with backend_stub(work / f"server-{size}", without=without) as (url, proc):
+        cache = str(work / f"cache-{size}")
+        row["sdk"] = child("sdk", url, str(store), cache, str(in_flight), without=without)
         row["server_rss_kb"] = rss_kb(proc.pid)
+        row["api_per_item"] = child("api-per-item", url, str(store), str(per_item))
     return row
 
 
@@ -140,14 +214,16 @@ def report(rows: list[dict[str, object]]) -> None:
 
     print(
         f"{'items':>10} {'floor/s':>10} {'sdk/s':>10} {'sdk/floor':>9} {'per-item/s':>10} "
-        f"{'sdk/per-item':>12} {'client MB':>9} {'server MB':>9} {'floor srv MB':>12}"
+        f"{'sdk/per-item':>12} {'api-item/s':>10} {'sdk/api-item':>12} {'client MB':>9} "
+        f"{'server MB':>9} {'floor srv MB':>12}"
     )
     for r in rows:
-        sdk, floor, one = r["sdk"], r["floor"], r["per_item"]
+        sdk, floor, one, api = r["sdk"], r["floor"], r["per_item"], r["api_per_item"]
         assert isinstance(sdk, dict)
         print(
             f"{r['size']:>10,} {rate(floor):>10,.0f} {rate(sdk):>10,.0f} "
             f"{rate(sdk) / rate(floor):>9.2f} {rate(one):>10,.0f} {rate(sdk) / rate(one):>12.1f} "
+            f"{rate(api):>10,.0f} {rate(sdk) / rate(api):>12.1f} "
             f"{sdk['peak_rss_kb'] / 1024:>9.1f} {float(r['server_rss_kb']) / 1024:>9.1f} "  # type: ignore[arg-type]
             f"{float(r['floor_server_rss_kb']) / 1024:>12.1f}"
         )  # type: ignore[arg-type]
@@ -160,11 +236,22 @@ def report(rows: list[dict[str, object]]) -> None:
             f"{growth:.1f} MB (target <= 20 MB)"
         )
     last_row = rows[-1]
-    ratio = rate(last_row["sdk"]) / rate(last_row["floor"])
-    print(f"SDK / floor at {last_row['size']:,} items: {ratio:.2f} (target >= 0.80)")
+    sdk = last_row["sdk"]
+    assert isinstance(sdk, dict)
+    used = "orjson" if sdk["orjson"] else "the stdlib's json"
+    print(f"the SDK encoded with {used} (the optional `fast` extra; --without-orjson)")
+    sdk_rate = rate(last_row["sdk"])
     print(
-        f"SDK / one POST per item: {rate(last_row['sdk']) / rate(last_row['per_item']):.1f} "
-        "(target >= 50)"
+        f"SDK / floor at {last_row['size']:,} items: {sdk_rate / rate(last_row['floor']):.2f}"
+        " (target >= 0.80)"
+    )
+    print(
+        f"SDK / one POST per item to the bare server: {sdk_rate / rate(last_row['per_item']):.1f}"
+        " (target >= 50)"
+    )
+    print(
+        "SDK / one request per item through the migration API (same server):"
+        f" {sdk_rate / rate(last_row['api_per_item']):.1f} (target >= 50)"
     )
 
 
@@ -175,6 +262,8 @@ def main() -> int:
             out = floor_client(args[0], args[1], None, per_item=False)
         elif kind == "per-item":
             out = floor_client(args[0], args[1], int(args[2]), per_item=True)
+        elif kind == "api-per-item":
+            out = api_per_item_client(args[0], args[1], int(args[2]))
         else:
             out = sdk_client(args[0], args[1], args[2], int(args[3]))
         print(json.dumps(out))
@@ -183,10 +272,16 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--per-item", type=int, default=2_000)
     parser.add_argument("--in-flight", type=int, default=2)
+    parser.add_argument(
+        "--without-orjson",
+        action="store_true",
+        help="run the SDK and backend_stub as if the optional orjson were not installed",
+    )
     args = parser.parse_args()
+    without = ("orjson",) if args.without_orjson else ()
     work = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
     try:
-        rows = [measure(size, args.per_item, args.in_flight, work) for size in args.sizes]
+        rows = [measure(size, args.per_item, args.in_flight, work, without) for size in args.sizes]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report(rows)
