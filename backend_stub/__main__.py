@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -70,12 +71,27 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000) -> N
     sock.bind((host, port))
     sock.listen(128)
     app = create_app(settings)
+    _tune_gc()
     # log_config=None: uvicorn's own config would log requests to stdout, which must
     # carry nothing but the listening line.
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on"))
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"listening on http://{shown}:{sock.getsockname()[1]}", flush=True)
     server.run(sockets=[sock])
+
+
+def _tune_gc() -> None:
+    """Collect cycles less often while serving (this process only, never the library).
+
+    A batch of 1,000 items allocates thousands of containers, so the default threshold
+    (700) runs the young collection several times per batch and a full one every few
+    batches, each walking every object the server imported. Freezing what exists after
+    start-up takes those out of every walk; a larger first threshold runs the young
+    collection about once per batch. `make bench` measured the server's time per batch
+    with and without this.
+    """
+    gc.freeze()
+    gc.set_threshold(20_000, 10, 10)
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:

@@ -96,6 +96,14 @@ def put_batch(
     rows = parse_batch(upload.body, max_items=settings.limits.max_batch_items)
 
     def attempt() -> BatchReceipt:
+        # Reads, checks and writes in one transaction: on SQLite the write lock is taken
+        # first, so batches arriving together wait their turn instead of losing the
+        # optimistic-locking race and classifying again (the race still guards backends
+        # and processes that do not share a lock).
+        with storage.atomic():
+            return store()
+
+    def store() -> BatchReceipt:
         current = load_session(storage, user_id, session_id)
         stored = storage.get_batch(current.id, seq)
         if stored is not None:
