@@ -512,7 +512,17 @@ class SQLiteStorage:
 
     def cloud_items(self, user_id: str, keys: Sequence[Key]) -> dict[Key, CloudItem]:
         found: dict[Key, CloudItem] = {}
+        if not keys:
+            return found
         with self._snapshot():
+            # One index probe first: a first migration's batches mostly fall where the
+            # user has nothing in the cloud, and then the keys need not be looked up.
+            if not self._rows(
+                "SELECT 1 FROM cloud_items WHERE user_id = ?"
+                " AND (collection, key) BETWEEN (?, ?) AND (?, ?) LIMIT 1",
+                [user_id, *min(keys), *max(keys)],
+            ):
+                return found
             for chunk in _chunks(keys):
                 rows = self._rows(
                     _keyed(f"SELECT {_CLOUD_COLUMNS_T}", "cloud_items", "user_id", chunk),
