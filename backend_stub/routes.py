@@ -70,6 +70,9 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 Now = Annotated[int, Depends(_now)]
 SessionId = Annotated[str, Path(alias="sessionId")]
 OptionalSessionId = Annotated[str | None, Query(alias="sessionId")]
+# A batch has one name: "+1", "01" or "1.0" are not batch 1 (422), and a number too large
+# for the plan is out of range (409).
+BatchSeq = Annotated[str, Path(pattern=r"^(0|[1-9][0-9]*)$")]
 
 router = APIRouter(prefix=API_PREFIX + "/{userId}", tags=["migration"])
 
@@ -81,7 +84,7 @@ def detect_migration(
     settings: SettingsDep,
     now: Now,
     has_local_data: Annotated[bool, Query(alias="hasLocalData")] = False,
-    item_count: Annotated[int, Query(alias="itemCount", ge=0)] = 0,
+    item_count: Annotated[int, Query(alias="itemCount", ge=0, le=2**63 - 1)] = 0,
     data_version: Annotated[int | None, Query(alias="dataVersion")] = None,
     device_id: Annotated[str | None, Query(alias="deviceId", pattern=_DEVICE_ID)] = None,
 ) -> DetectMigrationResponse:
@@ -127,14 +130,14 @@ def put_batch(
     user_id: UserId,
     upload: Annotated[Upload, Depends(batch_upload)],
     session_id: SessionId,
-    seq: int,
+    seq: BatchSeq,
     storage: StorageDep,
     settings: SettingsDep,
     now: Now,
     intake: Annotated[Callable[..., BatchReceipt], Depends(_batch_intake)],
 ) -> BatchReceipt:
     """Upload batch ``seq``; replaying the same batch answers the stored receipt."""
-    return intake(storage, settings, user_id, session_id, seq, upload, now=now)
+    return intake(storage, settings, user_id, session_id, int(seq), upload, now=now)
 
 
 @router.get("/status")

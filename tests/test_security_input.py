@@ -457,8 +457,16 @@ def test_header_values_that_are_not_ascii_are_refused(server: Server, session: s
 # --------------------------------------------------------------------------- sequence numbers
 
 
-@pytest.mark.parametrize("seq", [str(2**31), str(2**63), str(2**64), str(10**30)])
-def test_huge_sequence_numbers_are_out_of_range(server: Server, session: str, seq: str) -> None:
+@pytest.mark.parametrize(
+    ("seq", "status"),
+    # One spelling per batch: "+1", "01" or "1.0" are not batch 1.
+    [(seq, 422) for seq in ["+1", "01", "1.0", "1e0", " 1", "1_0", "\u0661"]]
+    # Too large for any plan: out of range.
+    + [(seq, 409) for seq in [str(2**31), str(2**63), str(2**64), str(10**30)]],
+)
+def test_a_sequence_number_is_a_plain_number_within_the_plan(
+    server: Server, session: str, seq: str, status: int
+) -> None:
     body = make_plan(items_of(4), batch_size=2).bodies[0]
 
     response = server.client.put(
@@ -469,7 +477,7 @@ def test_huge_sequence_numbers_are_out_of_range(server: Server, session: str, se
         ),
     )
 
-    refused(server, response, 409)
+    refused(server, response, status)
     assert server.status(session).json()["receivedBatches"] == []
 
 
