@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import shutil
 import sqlite3
@@ -153,9 +154,14 @@ def api_per_item_client(url: str, store: str, limit: int) -> dict[str, float]:
 
 def sdk_client(url: str, store: str, cache: str, in_flight: int) -> dict[str, float]:
     """The SDK's full migration (runs in its own process)."""
-    from sdk import MigrationClient, MigrationOptions, _fastjson
+    from sdk import MigrationClient, MigrationOptions, Progress, _fastjson
 
     before = rss_kb(field="VmRSS")
+    phases: dict[str, float] = {}  # phase -> when its first progress report came
+
+    def progress(p: Progress) -> None:
+        phases.setdefault(p.phase.value, time.perf_counter())
+
     started = time.perf_counter()
     with MigrationClient(
         server=url,
@@ -163,16 +169,19 @@ def sdk_client(url: str, store: str, cache: str, in_flight: int) -> dict[str, fl
         token=token("bench"),
         store_path=Path(store),
         options=MigrationOptions(batch_size=BATCH, max_in_flight=in_flight, cache_dir=Path(cache)),
+        on_progress=progress,
     ) as client:
         result = client.migrate()
-    seconds = time.perf_counter() - started
+    ended = time.perf_counter()
     assert result.verified, result
+    marks = [*sorted(phases.items(), key=lambda kv: kv[1]), ("", ended)]
     return {
         "items": result.item_count,
-        "seconds": seconds,
+        "seconds": ended - started,
         "rss_before_kb": before,
         "orjson": float(_fastjson.orjson_in_use()),
         "peak_rss_kb": rss_kb(),
+        **{f"phase:{name}": end - at for (name, at), (_, end) in itertools.pairwise(marks)},
     }
 
 
@@ -248,6 +257,15 @@ def report(rows: list[dict[str, object]]) -> None:
             f"{sdk['peak_rss_kb'] / 1024:>9.1f} {float(r['server_rss_kb']) / 1024:>9.1f} "  # type: ignore[arg-type]
             f"{float(r['floor_server_rss_kb']) / 1024:>12.1f}"
         )  # type: ignore[arg-type]
+    for r in rows:
+        sdk = r["sdk"]
+        assert isinstance(sdk, dict)
+        spent = ", ".join(
+            f"{k.removeprefix('phase:')} {v:.1f} s"
+            for k, v in sdk.items()
+            if k.startswith("phase:")
+        )
+        print(f"SDK at {r['size']:,} items, time per phase: {spent}")
     if len(rows) >= 2:
         first, last = rows[0]["sdk"], rows[-1]["sdk"]
         assert isinstance(first, dict) and isinstance(last, dict)

@@ -24,7 +24,6 @@ import dataclasses
 import enum
 import logging
 import math
-import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -44,12 +43,12 @@ from ._errors import (
     StoreBusyError,
 )
 from ._events import Event, Progress, ProgressPhase
-from ._journal import JournalRecord, Phase, journal_path_for
+from ._journal import Phase, journal_path_for, peek_journal
 from ._lock import MigrationLock, lock_path_for
 from ._migrate import MigrationOptions, MigrationOutcome, MigrationResult
 from ._retry import Retrier, RetryPolicy
 from ._snapshot import open_snapshot
-from ._store import connect_read_only, default_store_path
+from ._store import default_store_path
 
 __all__ = ["AutoMigration", "AutoState", "AutoStatus", "auto_migrate", "journal_progress"]
 
@@ -648,7 +647,7 @@ def journal_progress(store_path: str | Path) -> Progress | None:
     >>> journal_progress(pathlib.Path(tempfile.mkdtemp()) / "store.sqlite3") is None
     True
     """
-    peeked = _peek(journal_path_for(store_path))
+    peeked = peek_journal(journal_path_for(store_path))
     if peeked is None:
         return None
     record, acked = peeked
@@ -672,27 +671,3 @@ def journal_progress(store_path: str | Path) -> Progress | None:
         sum(size for seq, _, size in plan if seq in acked),
         sum(size for _, _, size in plan),
     )
-
-
-def _peek(path: Path) -> tuple[JournalRecord, set[int]] | None:
-    """The journal's record and acknowledged batches, read without writing or waiting.
-
-    Another process owns the journal: a read-only connection with a short busy timeout
-    never blocks it, and is never blocked long by it (the next poll tries again).
-    """
-    if not path.exists():
-        return None
-    try:
-        conn = connect_read_only(path, timeout=0.2)
-        try:
-            conn.execute("BEGIN")  # both reads from the same moment
-            row = conn.execute("SELECT record FROM journal WHERE id = 1").fetchone()
-            if row is None:
-                return None
-            acked = {int(seq) for (seq,) in conn.execute("SELECT seq FROM acked_batches")}
-            return JournalRecord.from_json(row[0]), acked
-        finally:
-            conn.close()
-    except (sqlite3.Error, ValueError, TypeError, KeyError) as exc:
-        logger.debug("cannot read the journal at %s now: %s", path, exc)
-        return None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -31,6 +32,7 @@ from typing import Any
 
 from ._errors import JournalError
 from ._failpoints import failpoint
+from ._store import connect_read_only
 from .contract import canonical_json
 
 __all__ = [
@@ -40,7 +42,10 @@ __all__ = [
     "Phase",
     "ResolutionRecord",
     "journal_path_for",
+    "peek_journal",
 ]
+
+logger = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal (
@@ -500,3 +505,27 @@ class Journal:
             rows = self._conn.execute("SELECT flag FROM conflict_flags").fetchall()
         flags: list[dict[str, Any]] = [json.loads(row[0]) for row in rows]
         return sorted(flags, key=lambda f: (f.get("collection", ""), f.get("key", "")))
+
+
+def peek_journal(path: Path) -> tuple[JournalRecord, set[int]] | None:
+    """The journal's record and acknowledged batches, read without writing or waiting.
+
+    Another process owns the journal: a read-only connection with a short busy timeout
+    never blocks it, and is never blocked long by it (the next poll tries again).
+    """
+    if not path.exists():
+        return None
+    try:
+        conn = connect_read_only(path, timeout=0.2)
+        try:
+            conn.execute("BEGIN")  # both reads from the same moment
+            row = conn.execute("SELECT record FROM journal WHERE id = 1").fetchone()
+            if row is None:
+                return None
+            acked = {int(seq) for (seq,) in conn.execute("SELECT seq FROM acked_batches")}
+            return JournalRecord.from_json(row[0]), acked
+        finally:
+            conn.close()
+    except (sqlite3.Error, ValueError, TypeError, KeyError) as exc:
+        logger.debug("cannot read the journal at %s now: %s", path, exc)
+        return None
