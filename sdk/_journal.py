@@ -41,6 +41,7 @@ __all__ = [
     "PendingRecord",
     "Phase",
     "ResolutionRecord",
+    "decision_key",
     "journal_path_for",
     "peek_journal",
 ]
@@ -77,6 +78,14 @@ CREATE TABLE IF NOT EXISTS pending_conflicts (
 CREATE TABLE IF NOT EXISTS conflict_flags (
     conflict_id TEXT PRIMARY KEY,
     flag TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS carried_decisions (
+    collection TEXT NOT NULL,
+    key TEXT NOT NULL,
+    conflict TEXT NOT NULL,
+    choice TEXT NOT NULL,
+    item TEXT NOT NULL,
+    PRIMARY KEY (collection, key)
 );
 """
 
@@ -321,9 +330,20 @@ class Journal:
                 conn.execute("UPDATE journal SET record = ? WHERE id = 1", (record.to_json(),))
             return record
 
-    def clear(self) -> None:
-        """Forget the migration (after it is verified, or abandoned)."""
+    def clear(self, *, keep_decisions: bool = False) -> None:
+        """Forget the migration: after it is verified, or abandoned (a session that
+        expired). An abandoned one can ``keep_decisions``: the app's decisions are kept
+        for the migration that starts over, which applies each to the same conflict
+        (:meth:`carried_decisions`) instead of asking the user again."""
         with self._write() as conn:
+            if keep_decisions:  # made, not yet turned into resolutions
+                waiting = conn.execute(
+                    "SELECT collection, key, conflict, choice, item FROM pending_conflicts"
+                    " WHERE choice IS NOT NULL"
+                ).fetchall()
+                _carry(conn, waiting)
+            else:
+                conn.execute("DELETE FROM carried_decisions")
             conn.execute("DELETE FROM journal")
             conn.execute("DELETE FROM acked_batches")
             conn.execute("DELETE FROM resolutions")
@@ -455,14 +475,18 @@ class Journal:
                         "INSERT INTO conflict_flags VALUES (?, ?)", (cid, json.dumps(flag))
                     )
             decided = conn.execute(
-                "SELECT conflict_id, collection, key, choice, item FROM pending_conflicts"
-                " WHERE choice IS NOT NULL"
+                "SELECT conflict_id, collection, key, choice, item, conflict"
+                " FROM pending_conflicts WHERE choice IS NOT NULL"
             ).fetchall()
             conn.executemany(
                 "INSERT OR REPLACE INTO resolutions"
                 " (conflict_id, collection, key, choice, strategy, item)"
                 " VALUES (?, ?, ?, ?, 'manual', ?)",
-                decided,
+                (row[:5] for row in decided),
+            )
+            _carry(
+                conn,
+                [(c, k, conflict, choice, item) for _, c, k, choice, item, conflict in decided],
             )
             conn.executemany(
                 "DELETE FROM pending_conflicts WHERE conflict_id = ?",
@@ -479,6 +503,15 @@ class Journal:
                 (choice, json.dumps(dict(item)), conflict_id),
             )
             return cursor.rowcount == 1
+
+    def carried_decisions(self) -> dict[tuple[str, str], tuple[str, str, dict[str, Any]]]:
+        """The app's decisions, kept across a start-over: by (collection, key), the
+        conflict's :func:`decision_key`, the choice and the resulting wire item."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT collection, key, conflict, choice, item FROM carried_decisions"
+            ).fetchall()
+        return {(r[0], r[1]): (r[2], r[3], json.loads(r[4])) for r in rows}
 
     def pending(self) -> list[PendingRecord]:
         """Conflicts waiting for the app (decided or not), in (collection, key) order."""
@@ -505,6 +538,28 @@ class Journal:
             rows = self._conn.execute("SELECT flag FROM conflict_flags").fetchall()
         flags: list[dict[str, Any]] = [json.loads(row[0]) for row in rows]
         return sorted(flags, key=lambda f: (f.get("collection", ""), f.get("key", "")))
+
+
+def decision_key(conflict: Mapping[str, Any]) -> str:
+    """What makes two listings of a conflict the same conflict: both versions, not the
+    session's conflict id nor the reason it waited.
+
+    >>> a = {"conflict_id": "c1", "key": "k", "local": {"v": 1}, "reason": "manual"}
+    >>> decision_key(a) == decision_key(a | {"conflict_id": "c9", "reason": None})
+    True
+    """
+    return canonical_json({k: v for k, v in conflict.items() if k not in ("conflict_id", "reason")})
+
+
+def _carry(conn: sqlite3.Connection, decided: list[tuple[str, str, str, str, str]]) -> None:
+    """Keep decisions (collection, key, conflict JSON, choice, item JSON) for a start-over."""
+    conn.executemany(
+        "INSERT OR REPLACE INTO carried_decisions VALUES (?, ?, ?, ?, ?)",
+        (
+            (c, k, decision_key(json.loads(text)), choice, item)
+            for c, k, text, choice, item in decided
+        ),
+    )
 
 
 def peek_journal(path: Path) -> tuple[JournalRecord, set[int]] | None:

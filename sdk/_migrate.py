@@ -47,7 +47,14 @@ from ._events import (
     ProgressPhase,
 )
 from ._failpoints import configure_from_env, failpoint
-from ._journal import Journal, JournalRecord, PendingRecord, Phase, ResolutionRecord
+from ._journal import (
+    Journal,
+    JournalRecord,
+    PendingRecord,
+    Phase,
+    ResolutionRecord,
+    decision_key,
+)
 from ._snapshot import Snapshot, open_snapshot, take_snapshot
 from ._store import LocalStore, now_ms
 from ._transport import Transport
@@ -554,6 +561,7 @@ def _resolve(run: _Run, record: JournalRecord, snapshot: Snapshot) -> JournalRec
     unresolved = [x for x in listing if not x.resolved]
     known = {r.conflict_id: r for r in run.journal.resolutions()}
     waiting = {p.conflict_id: p for p in run.journal.pending()}
+    carried = run.journal.carried_decisions()  # the app's, from before a start-over
     run.conflicts_seen = max(run.conflicts_seen, len(listing))
     if any(x.conflict_id not in known and x.conflict_id not in waiting for x in unresolved):
         run.hooks.emit(DataConflictDetected(session_id=session_id, count=len(unresolved)))
@@ -580,6 +588,20 @@ def _resolve(run: _Run, record: JournalRecord, snapshot: Snapshot) -> JournalRec
             # Posted, yet unresolved again: the cloud changed meanwhile. Decide anew, and
             # replace the earlier outcome in the store.
             previous[(old.collection, old.key)] = old.item
+        reused = carried.get((conflict.collection, conflict.key))
+        if old is None and reused is not None and reused[0] == decision_key(conflict.to_json()):
+            # The user decided this very conflict before the session expired: not again.
+            resolutions.append(
+                ResolutionRecord(
+                    conflict_id=conflict.conflict_id,
+                    collection=conflict.collection,
+                    key=conflict.key,
+                    choice=reused[1],
+                    strategy="manual",
+                    item=reused[2],
+                )
+            )
+            continue
         decision = decide(conflict, run.options.conflicts, clock, now_ms=now)
         flags[found.conflict_id] = None if decision.flag is None else _as_dict(decision.flag)
         if decision.item is None:
@@ -890,7 +912,7 @@ def _abandon(run: _Run, record: JournalRecord | None) -> None:
         except MigrationError as exc:
             logger.info("could not cancel session %s: %s", record.session_id, exc)
     Path(record.snapshot_path).unlink(missing_ok=True)
-    run.journal.clear()
+    run.journal.clear(keep_decisions=True)
 
 
 def _session_id(record: JournalRecord) -> str:

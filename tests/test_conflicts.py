@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import InProcessServer
+from fastapi.testclient import TestClient
 
-from backend_stub import seed_cloud_items
+from backend_stub import Settings, create_app, seed_cloud_items
 from backend_stub.storage import iter_conflicts
 from sdk import (
     ConfigurationError,
@@ -420,6 +423,75 @@ with MigrationClient(server="http://127.0.0.1:9", user_id="cy", token="t",
     assert local[("cards", "c2")]["data"] == {"front": "adiós / bye"}
     assert local[("cards", "c2")]["updatedAt"] == T0
     assert local[("preferences", "theme")]["data"] == {"v": "dark"}
+
+
+@pytest.fixture
+def clocked(tmp_path):
+    """The real app in-process, on a clock the test moves: ``(server, advance)``."""
+    offset = [0]
+    settings = Settings(data_dir=tmp_path / "clocked")
+    app = create_app(settings, clock=lambda: int(time.time() * 1000) + offset[0])
+    with TestClient(app, base_url="http://testserver") as client:
+
+        def advance_past_the_session_ttl() -> None:
+            offset[0] += settings.limits.session_ttl_seconds * 1000 + MINUTE
+
+        yield InProcessServer(settings, client), advance_past_the_session_ttl
+
+
+def test_the_users_decisions_outlive_a_session_that_expired_while_they_decided(clocked, tmp_path):
+    server, expire = clocked
+    store = learner_store(tmp_path)
+    seed(server, "eve", LEARNER_CLOUD)
+    policy = ConflictPolicy(per_collection={"cards": "manual", "preferences": "manual"})
+    with client_for(server, store, "eve", tmp_path, policy) as client:
+        assert client.migrate().pending_conflicts == 3
+        first = {c.key: c.conflict_id for c in client.pending_conflicts()}
+        # Two decisions today, applied and posted by the next run; the third waits.
+        client.resolve_conflict(first["c1"], "server")
+        client.resolve_conflict(first["theme"], "local")
+        assert client.migrate().pending_conflicts == 1
+        # The user takes days over the last one: the server's session expires meanwhile.
+        expire()
+        (last,) = client.pending_conflicts()
+        client.resolve_conflict(last.conflict_id, "merged", {"front": "adiós / bye"})
+        before = server.storage.latest_session("eve")
+
+        result = client.migrate()  # starts over on a new session, asks nothing again
+
+    assert result.outcome is MigrationOutcome.COMPLETED and result.verified
+    after = server.storage.latest_session("eve")
+    assert before is not None and after is not None and after.id != before.id
+    assert result.pending_conflicts == 0
+    # c1 and the progress item (server_wins) were written locally before the restart, so
+    # they no longer conflict; the user's other two decisions were applied to the same
+    # conflicts, listed again by the new session.
+    assert result.resolutions_by_kind == {"manual": 2}
+    local = local_of(store)
+    assert cloud_of(server, "eve", local) == local
+    assert local[("cards", "c1")]["data"] == {"front": "hello"}
+    assert local[("cards", "c2")]["data"] == {"front": "adiós / bye"}
+    assert local[("preferences", "theme")]["data"] == {"v": "dark"}
+
+
+def test_a_carried_decision_is_not_applied_to_a_conflict_that_changed(clocked, tmp_path):
+    server, expire = clocked
+    store = learner_store(tmp_path)
+    seed(server, "fay", LEARNER_CLOUD)
+    policy = ConflictPolicy(per_collection={"cards": "manual"})
+    with client_for(server, store, "fay", tmp_path, policy) as client:
+        client.migrate()
+        for conflict in client.pending_conflicts():
+            client.resolve_conflict(conflict.conflict_id, "local")
+        expire()
+        # Meanwhile another device changed c2 in the cloud: the user never saw this one.
+        seed(server, "fay", [item("cards", "c2", {"front": "so long"}, T0 + MINUTE)])
+
+        result = client.migrate()
+        (asked,) = client.pending_conflicts()
+
+    assert result.outcome is MigrationOutcome.AWAITING_RESOLUTION
+    assert (asked.key, asked.server["data"]) == ("c2", {"front": "so long"})
 
 
 def test_a_decision_can_be_changed_until_it_is_applied_and_bad_ones_are_refused(server, tmp_path):
