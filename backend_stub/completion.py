@@ -175,41 +175,30 @@ def _checksum_mismatch(detail: str) -> ApiError:
     return ApiError(409, ProblemCode.CHECKSUM_MISMATCH, detail)
 
 
+@dataclasses.dataclass
+class _Walk:
+    """What one pass over the staged items found, in (collection, key) order."""
+
+    count: int = 0
+    applied: int = 0  # cloud items written during the walk (conflicts decided local/merged)
+    outcomes: Counter[str] = dataclasses.field(default_factory=Counter)
+    staged_hash: hashlib._Hash = dataclasses.field(default_factory=hashlib.sha256)
+    cloud_hash: hashlib._Hash = dataclasses.field(default_factory=hashlib.sha256)
+    drifted: list[tuple[StagedItem, CloudItem | None]] = dataclasses.field(default_factory=list)
+
+
 def _commit(storage: Storage, session: Session, now: int) -> CompleteMigrationResponse:
     decisions = {(c.collection, c.key): c for c in iter_conflicts(storage, session.id)}
-    staged_hash = hashlib.sha256()
-    cloud_hash = hashlib.sha256()
-    count = applied = 0
-    outcomes: Counter[str] = Counter()
-    drifted: list[tuple[StagedItem, CloudItem | None]] = []
     with storage.atomic():
-        for page in iter_staged(storage, session.id):
-            cloud = storage.cloud_items(session.user_id, [(s.collection, s.key) for s in page])
-            writes: list[CloudItem] = []
-            for staged in page:
-                count += 1
-                outcomes[staged.outcome] += 1
-                staged_hash.update(staged.digest)
-                key = (staged.collection, staged.key)
-                current = cloud.get(key)
-                if (current.version if current else None) != staged.cloud_version:
-                    drifted.append((staged, current))
-                    continue
-                if staged.outcome == "new":  # copied all at once below
-                    cloud_hash.update(staged.digest)
-                    continue
-                target, digest = _target(staged, current, decisions.get(key), session.device_id)
-                cloud_hash.update(digest)
-                if target is not None:
-                    writes.append(target)
-            if writes and not drifted:
-                storage.put_cloud_items(session.user_id, writes, now)
-                applied += len(writes)
-        dataset = staged_hash.hexdigest()
+        walk = None if decisions else _walk_digests(storage, session)
+        if walk is None:
+            walk = _walk_items(storage, session, decisions, now)
+        count, applied, outcomes = walk.count, walk.applied, walk.outcomes
+        dataset = walk.staged_hash.hexdigest()
         if count != session.manifest.item_count or dataset != session.manifest.dataset_checksum:
             raise _ChecksumFailed(dataset, count)
-        if drifted:
-            raise _Drifted(drifted)
+        if walk.drifted:
+            raise _Drifted(walk.drifted)
         # New items are the bulk of a first migration: the backend copies them from the
         # staged rows itself (one statement on SQLite) instead of item by item here.
         copied = storage.put_new_staged_items(
@@ -224,7 +213,7 @@ def _commit(storage: Storage, session: Session, now: int) -> CompleteMigrationRe
             item_count=count,
             applied_count=applied,
             dataset_checksum=dataset,
-            cloud_checksum=cloud_hash.hexdigest(),
+            cloud_checksum=walk.cloud_hash.hexdigest(),
             completed_at=now,
             new_items=outcomes["new"],
             unchanged_items=outcomes["unchanged"],
@@ -258,6 +247,56 @@ def _commit(storage: Storage, session: Session, now: int) -> CompleteMigrationRe
         )
     logger.info("session %s completed: %d items, %d written", session.id, count, applied)
     return result
+
+
+def _walk_digests(storage: Storage, session: Session) -> _Walk | None:
+    """The walk of a session without conflicts, over digests and versions only (the
+    common case: a first migration). Every item is new or unchanged, so the cloud ends
+    up holding exactly the staged digests. ``None`` when an item drifted since it was
+    staged (or is a conflict after all): the full walk then deals with it."""
+    walk = _Walk()
+    update, outcomes = walk.staged_hash.update, walk.outcomes
+    for digest, outcome, staged_version, cloud_version in storage.staged_digests(
+        session.id, session.user_id
+    ):
+        if staged_version != cloud_version or outcome == "conflict":
+            return None
+        update(digest)
+        outcomes[outcome] += 1
+    walk.count = sum(outcomes.values())
+    walk.cloud_hash = walk.staged_hash.copy()
+    return walk
+
+
+def _walk_items(
+    storage: Storage, session: Session, decisions: dict[Key, Conflict], now: int
+) -> _Walk:
+    """The full walk: every staged item against the cloud's, conflicts decided by the
+    device written as it goes (rolled back with the transaction if anything is wrong)."""
+    walk = _Walk()
+    for page in iter_staged(storage, session.id):
+        cloud = storage.cloud_items(session.user_id, [(s.collection, s.key) for s in page])
+        writes: list[CloudItem] = []
+        for staged in page:
+            walk.count += 1
+            walk.outcomes[staged.outcome] += 1
+            walk.staged_hash.update(staged.digest)
+            key = (staged.collection, staged.key)
+            current = cloud.get(key)
+            if (current.version if current else None) != staged.cloud_version:
+                walk.drifted.append((staged, current))
+                continue
+            if staged.outcome == "new":  # copied all at once after the walk
+                walk.cloud_hash.update(staged.digest)
+                continue
+            target, digest = _target(staged, current, decisions.get(key), session.device_id)
+            walk.cloud_hash.update(digest)
+            if target is not None:
+                writes.append(target)
+        if writes and not walk.drifted:
+            storage.put_cloud_items(session.user_id, writes, now)
+            walk.applied += len(writes)
+    return walk
 
 
 def _target(

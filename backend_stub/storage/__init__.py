@@ -57,6 +57,7 @@ __all__ = [
     "VersionConflict",
     "iter_conflicts",
     "iter_staged",
+    "iter_staged_digests",
 ]
 
 
@@ -145,6 +146,14 @@ class Storage(Protocol):
 
     def staged_items(self, session_id: str, *, after: Key | None, limit: int) -> list[StagedItem]:
         """One page of staged items in (collection, key) order, after ``after``."""
+        ...
+
+    def staged_digests(
+        self, session_id: str, user_id: str
+    ) -> Iterator[tuple[bytes, str, int | None, int | None]]:
+        """Every staged item of the session in (collection, key) order, as its digest,
+        its outcome, the cloud version it was staged against and the cloud's version now
+        (``None``: no cloud item). What completion checks when no conflict needs more."""
         ...
 
     def put_new_staged_items(
@@ -239,6 +248,26 @@ def iter_staged(
         if len(rows) < page:
             return
         after = (rows[-1].collection, rows[-1].key)
+
+
+def iter_staged_digests(
+    storage: Storage, session_id: str, user_id: str
+) -> Iterator[tuple[bytes, str, int | None, int | None]]:
+    """:meth:`Storage.staged_digests` from pages of staged items and their cloud items,
+    for backends without a faster way.
+
+    >>> from backend_stub.storage.sqlite import SQLiteStorage
+    >>> storage = SQLiteStorage.in_memory()
+    >>> list(iter_staged_digests(storage, "nope", "alice"))
+    []
+    >>> storage.close()
+    """
+    for page in iter_staged(storage, session_id):
+        cloud = storage.cloud_items(user_id, [(s.collection, s.key) for s in page])
+        for staged in page:
+            current = cloud.get((staged.collection, staged.key))
+            now = None if current is None else current.version
+            yield staged.digest, staged.outcome, staged.cloud_version, now
 
 
 def iter_conflicts(storage: Storage, session_id: str, *, page: int = 500) -> Iterator[Conflict]:

@@ -434,6 +434,22 @@ class SQLiteStorage:
             for c, k, seq, data, updated_at, deleted, *rest in rows
         ]
 
+    def staged_digests(
+        self, session_id: str, user_id: str
+    ) -> Iterator[tuple[bytes, str, int | None, int | None]]:
+        # One query: the staged rows in key order, each with the cloud's version beside
+        # it (an index lookup in SQLite's C, not a Python dict per page).
+        with self._snapshot():
+            cursor = self._conn.execute(
+                "SELECT s.digest, s.outcome, s.cloud_version, c.version FROM staged_items s"
+                " LEFT JOIN cloud_items c"
+                " ON c.user_id = ? AND c.collection = s.collection AND c.key = s.key"
+                " WHERE s.session_id = ? ORDER BY s.collection, s.key",
+                [user_id, session_id],
+            )
+            while rows := cursor.fetchmany(1000):
+                yield from rows
+
     def put_new_staged_items(
         self, session_id: str, user_id: str, *, device_id: str, now: int
     ) -> int:
