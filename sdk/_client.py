@@ -20,9 +20,10 @@ from ._errors import ConfigurationError, MigrationError
 from ._events import Event, Hooks, MigrationFailed, Progress
 from ._journal import Journal, journal_path_for
 from ._lock import MigrationLock, lock_path_for
-from ._migrate import MigrationOptions, MigrationResult, run_migration, stoppable_sleep
+from ._migrate import MigrationOptions, MigrationResult, run_migration
 from ._plan import MigrationPlan, make_plan
 from ._retry import RetryPolicy
+from ._run import stoppable_sleep
 from ._store import default_store_path
 from ._transport import Transport
 

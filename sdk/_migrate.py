@@ -6,7 +6,8 @@ idempotent, so the whole function can be killed anywhere and simply called again
 reads the journal, asks the server for the truth (``status``) and carries on.
 
 Use it through :class:`sdk.MigrationClient` (or :func:`sdk.migrate`); this module is
-the engine behind them.
+the engine behind them. The conflict phase is :mod:`sdk._resolving`; what the steps
+share (the run's state, starting over, stopping) is :mod:`sdk._run`.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 from . import contract as c
-from ._conflicts import ClockEstimate, Conflict, ConflictPolicy, FlaggedItem, decide
+from ._conflicts import ClockEstimate, ConflictPolicy, FlaggedItem
 from ._detect import LocalState, check_local, detect_local
 from ._errors import (
     ConfigurationError,
@@ -38,7 +39,6 @@ from ._errors import (
     VerificationError,
 )
 from ._events import (
-    DataConflictDetected,
     Hooks,
     LocalDataDetected,
     MigrationCompleted,
@@ -50,13 +50,12 @@ from ._failpoints import configure_from_env, failpoint
 from ._journal import (
     Journal,
     JournalRecord,
-    PendingRecord,
     Phase,
-    ResolutionRecord,
-    decision_key,
 )
+from ._resolving import resolve_conflicts
+from ._run import Restart, Run, Stopped, session_id_of, session_status, stoppable_sleep
 from ._snapshot import Snapshot, open_snapshot, take_snapshot
-from ._store import LocalStore, now_ms
+from ._store import LocalStore
 from ._transport import Transport
 
 __all__ = ["MigrationOptions", "MigrationOutcome", "MigrationResult", "run_migration"]
@@ -160,62 +159,6 @@ class MigrationResult:
     flagged: list[FlaggedItem] = dataclasses.field(default_factory=list)
 
 
-class _Restart(Exception):
-    """The server session is gone; start over with a fresh snapshot."""
-
-
-class Stopped(Exception):
-    """The caller's stop event was set: leave at this safe point (the journal is current).
-
-    Raised inside the engine (and by :func:`stoppable_sleep` during retry waits), turned
-    into a ``STOPPED`` result by :func:`run_migration`; never reaches the app.
-
-    >>> issubclass(Stopped, Exception)
-    True
-    """
-
-
-def stoppable_sleep(stop: threading.Event) -> Callable[[float], None]:
-    """A ``sleep`` for the transport's retry waits that ends early, with :class:`Stopped`,
-    as soon as ``stop`` is set.
-
-    >>> stop = threading.Event()
-    >>> stop.set()
-    >>> stoppable_sleep(stop)(30.0)
-    Traceback (most recent call last):
-    ...
-    sdk._migrate.Stopped: stopped during a retry wait
-    """
-
-    def sleep(seconds: float) -> None:
-        if stop.wait(seconds):
-            raise Stopped("stopped during a retry wait")
-
-    return sleep
-
-
-@dataclasses.dataclass
-class _Run:
-    store_path: Path
-    transport: Transport
-    journal: Journal
-    options: MigrationOptions
-    cache_dir: Path
-    hooks: Hooks
-    started: float = dataclasses.field(default_factory=time.monotonic)
-    batches_uploaded: int = 0
-    conflicts_seen: int = 0
-    compress: bool = False
-    stop: threading.Event | None = None
-    #: The device clock minus the server's, measured at detect/start in this process.
-    clock: ClockEstimate | None = None
-
-    def check_stop(self) -> None:
-        """Leave here if the caller asked to stop; call only where the journal is current."""
-        if self.stop is not None and self.stop.is_set():
-            raise Stopped("stopped at a safe point")
-
-
 def run_migration(
     *,
     store_path: Path,
@@ -232,7 +175,7 @@ def run_migration(
     batches or steps) and returns a ``STOPPED`` result; the next call resumes it.
     """
     configure_from_env()  # tests crash child processes at named steps (no-op when unset)
-    run = _Run(store_path, transport, journal, options, cache_dir, hooks, stop=stop)
+    run = Run(store_path, transport, journal, options, cache_dir, hooks, stop=stop)
     try:
         return _run(run)
     except Stopped:
@@ -249,7 +192,7 @@ def run_migration(
         )
 
 
-def _run(run: _Run) -> MigrationResult:
+def _run(run: Run) -> MigrationResult:
     journal = run.journal
     record = journal.load()
     resumed = record is not None
@@ -261,7 +204,7 @@ def _run(run: _Run) -> MigrationResult:
             record = prepared
         try:
             return _drive(run, record, resumed=resumed)
-        except _Restart as why:
+        except Restart as why:
             logger.warning("starting the migration over: %s", why)
             # The journal's record, not ours: _drive may have journaled a session since.
             _abandon(run, journal.load() or record)
@@ -275,7 +218,7 @@ def _run(run: _Run) -> MigrationResult:
 # --------------------------------------------------------------------------- phases
 
 
-def _prepare(run: _Run) -> JournalRecord | MigrationResult:
+def _prepare(run: Run) -> JournalRecord | MigrationResult:
     run.hooks.progress(Progress(ProgressPhase.DETECTING, 0, 0))
     local = detect_local(run.store_path)
     if local.state in (LocalState.NO_STORE, LocalState.EMPTY):
@@ -342,7 +285,7 @@ def _prepare(run: _Run) -> JournalRecord | MigrationResult:
     return run.journal.create(record)
 
 
-def _drive(run: _Run, record: JournalRecord, *, resumed: bool) -> MigrationResult:
+def _drive(run: Run, record: JournalRecord, *, resumed: bool) -> MigrationResult:
     snapshot: Snapshot | None = None
     try:
         if record.phase < Phase.COMPLETED:
@@ -357,7 +300,7 @@ def _drive(run: _Run, record: JournalRecord, *, resumed: bool) -> MigrationResul
                 record = _upload(run, record, snapshot)
             if record.phase is Phase.UPLOADED:
                 assert snapshot is not None
-                record = _resolve(run, record, snapshot)
+                record = resolve_conflicts(run, record, snapshot)
                 if record.phase is Phase.UPLOADED:  # conflicts wait for the app
                     return _awaiting(run, record, resumed=resumed)
             if record.phase is Phase.RESOLVED:
@@ -376,18 +319,18 @@ def _drive(run: _Run, record: JournalRecord, *, resumed: bool) -> MigrationResul
     return _verify(run, record, resumed=resumed)
 
 
-def _open_snapshot(run: _Run, record: JournalRecord) -> Snapshot:
+def _open_snapshot(run: Run, record: JournalRecord) -> Snapshot:
     try:
         snapshot = open_snapshot(Path(record.snapshot_path))
     except SnapshotError as exc:
-        raise _Restart(f"the snapshot is gone or damaged ({exc})") from exc
+        raise Restart(f"the snapshot is gone or damaged ({exc})") from exc
     if snapshot.dataset_checksum != record.dataset_checksum:
         snapshot.close()
-        raise _Restart("the snapshot on disk is not the one this migration started with")
+        raise Restart("the snapshot on disk is not the one this migration started with")
     return snapshot
 
 
-def _start(run: _Run, record: JournalRecord, snapshot: Snapshot, *, resumed: bool) -> JournalRecord:
+def _start(run: Run, record: JournalRecord, snapshot: Snapshot, *, resumed: bool) -> JournalRecord:
     run.hooks.progress(Progress(ProgressPhase.STARTING, 0, record.item_count))
     request = c.StartMigrationRequest(
         migration_id=record.migration_id,
@@ -419,25 +362,13 @@ def _start(run: _Run, record: JournalRecord, snapshot: Snapshot, *, resumed: boo
     return record
 
 
-def _session_status(run: _Run, session_id: str) -> c.GetMigrationStatusResponse:
-    try:
-        status = run.transport.status(session_id)
-    except NotFoundError as exc:
-        raise _Restart(f"the server no longer knows session {session_id}") from exc
-    if status.status in (c.SessionStatus.CANCELLED, c.SessionStatus.EXPIRED):
-        raise _Restart(f"session {session_id} is {status.status.value}")
-    if status.status is c.SessionStatus.FAILED:
-        raise _Restart(f"session {session_id} failed: {'; '.join(status.errors) or 'no detail'}")
-    return status
-
-
-def _upload(run: _Run, record: JournalRecord, snapshot: Snapshot) -> JournalRecord:
-    session_id = _session_id(record)
+def _upload(run: Run, record: JournalRecord, snapshot: Snapshot) -> JournalRecord:
+    session_id = session_id_of(record)
     sizes = {seq: (items, size) for seq, items, size in snapshot.batch_sizes()}
     bytes_total = sum(size for _items, size in sizes.values())
     for _pass in range(_MAX_UPLOAD_PASSES):
         # The server's record of which batches it holds is the truth, on every restart.
-        status = _session_status(run, session_id)
+        status = session_status(run, session_id)
         if status.status is c.SessionStatus.COMPLETED:
             return run.journal.advance(Phase.UPLOADED)
         held = set(status.received_batches)
@@ -471,12 +402,12 @@ def _upload(run: _Run, record: JournalRecord, snapshot: Snapshot) -> JournalReco
     )
 
 
-def _await_processing(run: _Run, session_id: str) -> c.GetMigrationStatusResponse:
+def _await_processing(run: Run, session_id: str) -> c.GetMigrationStatusResponse:
     """Poll ``status`` (backing off to 2 s) while the server says ``processing``."""
     deadline = time.monotonic() + _PROCESSING_TIMEOUT
     delay = 0.05
     while True:
-        status = _session_status(run, session_id)
+        status = session_status(run, session_id)
         if status.status is not c.SessionStatus.PROCESSING:
             return status
         if time.monotonic() + delay > deadline:
@@ -493,7 +424,7 @@ def _await_processing(run: _Run, session_id: str) -> c.GetMigrationStatusRespons
 
 
 def _send_batches(
-    run: _Run,
+    run: Run,
     session_id: str,
     snapshot: Snapshot,
     seqs: list[int],
@@ -541,7 +472,7 @@ def _collect(
                 receipts.append(future.result())
             except ConflictError as exc:
                 if exc.code == c.ProblemCode.SESSION_EXPIRED.value:
-                    raise _Restart("the session expired during the upload") from exc
+                    raise Restart("the session expired during the upload") from exc
                 raise
     finally:
         # Batches that did land are journaled even when a sibling failed.
@@ -550,182 +481,7 @@ def _collect(
     return set(pending)
 
 
-def _resolve(run: _Run, record: JournalRecord, snapshot: Snapshot) -> JournalRecord:
-    """Decide every conflict the server lists with the policy, write the outcome into the
-    store, post it. Returns the record in ``RESOLVED``, or still in ``UPLOADED`` while
-    conflicts wait for the app (nothing is confirmed before they are decided)."""
-    session_id = _session_id(record)
-    _session_status(run, session_id)  # an expired session starts over, it does not wait
-    listing = list(run.transport.iter_conflicts(session_id))
-    clock = _clock(run, record)
-    unresolved = [x for x in listing if not x.resolved]
-    known = {r.conflict_id: r for r in run.journal.resolutions()}
-    waiting = {p.conflict_id: p for p in run.journal.pending()}
-    carried = run.journal.carried_decisions()  # the app's, from before a start-over
-    run.conflicts_seen = max(run.conflicts_seen, len(listing))
-    if any(x.conflict_id not in known and x.conflict_id not in waiting for x in unresolved):
-        run.hooks.emit(DataConflictDetected(session_id=session_id, count=len(unresolved)))
-    if unresolved:
-        run.hooks.progress(Progress(ProgressPhase.RESOLVING, 0, len(unresolved)))
-    listed = {x.conflict_id for x in listing}
-    # Conflicts the server dropped (the cloud came to hold this device's item): forget
-    # their decisions, and undo them in the store.
-    obsolete = [r for r in known.values() if r.conflict_id not in listed]
-    previous: dict[tuple[str, str], Any] = {(r.collection, r.key): r.item for r in obsolete}
-    resolutions: list[ResolutionRecord] = []
-    pending: list[PendingRecord] = []
-    flags: dict[str, dict[str, Any] | None] = {}
-    now = now_ms()
-    for found in unresolved:
-        old = known.get(found.conflict_id)
-        if old is not None and not old.posted:
-            continue  # decided before a restart: post it as it was decided
-        conflict = Conflict.from_wire(found)
-        row = waiting.get(found.conflict_id)
-        if row is not None and row.choice is not None and _same(row.conflict, conflict):
-            continue  # the app decided it; the journal turns that into a resolution
-        if old is not None:
-            # Posted, yet unresolved again: the cloud changed meanwhile. Decide anew, and
-            # replace the earlier outcome in the store.
-            previous[(old.collection, old.key)] = old.item
-        reused = carried.get((conflict.collection, conflict.key))
-        if old is None and reused is not None and reused[0] == decision_key(conflict.to_json()):
-            # The user decided this very conflict before the session expired: not again.
-            resolutions.append(
-                ResolutionRecord(
-                    conflict_id=conflict.conflict_id,
-                    collection=conflict.collection,
-                    key=conflict.key,
-                    choice=reused[1],
-                    strategy="manual",
-                    item=reused[2],
-                )
-            )
-            continue
-        decision = decide(conflict, run.options.conflicts, clock, now_ms=now)
-        flags[found.conflict_id] = None if decision.flag is None else _as_dict(decision.flag)
-        if decision.item is None:
-            waiting_for = dataclasses.replace(conflict, reason=decision.reason)
-            pending.append(
-                PendingRecord(
-                    conflict_id=conflict.conflict_id,
-                    collection=conflict.collection,
-                    key=conflict.key,
-                    conflict=waiting_for.to_json(),
-                )
-            )
-        else:
-            resolutions.append(
-                ResolutionRecord(
-                    conflict_id=conflict.conflict_id,
-                    collection=conflict.collection,
-                    key=conflict.key,
-                    choice=decision.choice,
-                    strategy=decision.kind,
-                    item=dict(decision.item),
-                )
-            )
-    # Journaled before anything is written locally or posted.
-    run.journal.save_decisions(
-        resolutions=resolutions,
-        pending=pending,
-        flags=flags,
-        drop=[r.conflict_id for r in obsolete],
-        listed=[x.conflict_id for x in unresolved],
-    )
-    decided = run.journal.resolutions()
-    _apply_locally(run, snapshot, decided, previous)
-    _post(run, session_id, [r for r in decided if not r.posted])
-    still_waiting = sum(1 for p in run.journal.pending() if p.choice is None)
-    if still_waiting:
-        logger.info("%d conflict(s) wait for the app's decision", still_waiting)
-        return record
-    overrides = {(r.collection, r.key): r.item for r in decided if r.choice != "local"}
-    # With nothing overridden the expected state is the snapshot itself: skip a full pass.
-    expected = (
-        snapshot.dataset_checksum_with(overrides)  # type: ignore[arg-type]
-        if overrides
-        else snapshot.dataset_checksum
-    )
-    return run.journal.advance(Phase.RESOLVED, expected_checksum=expected)
-
-
-def _post(run: _Run, session_id: str, pending: list[ResolutionRecord]) -> None:
-    """Post decided resolutions in chunks; each chunk is journaled as posted once the
-    server recorded it (posting it again changes nothing)."""
-    chunk = 500
-    for start in range(0, len(pending), chunk):
-        part = pending[start : start + chunk]
-        failpoint("resolve.before")
-        try:
-            run.transport.resolve(
-                c.ResolveConflictsRequest(
-                    session_id=session_id, resolutions=[_wire(r) for r in part]
-                )
-            )
-        except NotFoundError as exc:
-            raise _Restart(f"the server no longer knows session {session_id}") from exc
-        except ConflictError as exc:
-            if exc.code == c.ProblemCode.SESSION_EXPIRED.value:
-                raise _Restart(f"session {session_id} expired while resolving") from exc
-            raise
-        failpoint("resolve.after")
-        run.journal.mark_posted(r.conflict_id for r in part)
-        run.hooks.progress(Progress(ProgressPhase.RESOLVING, start + len(part), len(pending)))
-
-
-def _wire(record: ResolutionRecord) -> c.Resolution:
-    if record.choice == "merged":
-        return c.Resolution(
-            conflict_id=record.conflict_id,
-            choice="merged",
-            strategy=record.strategy,
-            data=record.item["data"],
-            updated_at=record.item["updatedAt"],
-            deleted=record.item["deleted"],
-        )
-    return c.Resolution(
-        conflict_id=record.conflict_id,
-        choice="local" if record.choice == "local" else "server",
-        strategy=record.strategy,
-    )
-
-
-def _apply_locally(
-    run: _Run,
-    snapshot: Snapshot,
-    decided: Iterable[ResolutionRecord],
-    previous: Mapping[tuple[str, str], Any] | None = None,
-) -> None:
-    """Write the decided versions into the store, where the app has not edited the item
-    since the snapshot (or since an earlier decision, in ``previous``, that this one
-    replaces; a key in ``previous`` without a decision goes back to the snapshot's)."""
-    previous = previous or {}
-    targets: dict[tuple[str, str], Any] = dict.fromkeys(previous)
-    for r in decided:
-        key = (r.collection, r.key)
-        if r.choice != "local" or key in previous:
-            targets[key] = r.item
-    if not targets:
-        return
-    originals = snapshot.get_items(list(targets))
-    pairs: list[tuple[Any, Any]] = []
-    for key, target in targets.items():
-        original = originals.get(key)
-        if original is None:
-            continue
-        new = original if target is None else target
-        for expected in (original, previous.get(key)):
-            if expected is not None and c.canonical_json(expected) != c.canonical_json(new):
-                pairs.append((expected, new))
-    if not pairs:
-        return
-    with LocalStore(run.store_path, create=False) as store:
-        replaced = store.replace_if_unchanged(pairs)
-    logger.info("applied %d of %d conflict resolutions to the local store", replaced, len(pairs))
-
-
-def _awaiting(run: _Run, record: JournalRecord, *, resumed: bool) -> MigrationResult:
+def _awaiting(run: Run, record: JournalRecord, *, resumed: bool) -> MigrationResult:
     """The result while conflicts wait for the app; the next call continues from here."""
     waiting = sum(1 for p in run.journal.pending() if p.choice is None)
     decided = run.journal.resolutions()
@@ -750,7 +506,7 @@ def _awaiting(run: _Run, record: JournalRecord, *, resumed: bool) -> MigrationRe
     )
 
 
-def _measured(run: _Run, server_time: int) -> ClockEstimate | None:
+def _measured(run: Run, server_time: int) -> ClockEstimate | None:
     """The clock offset from the last round trip, if it beats the one known so far."""
     measured = ClockEstimate.measure(run.transport.last_exchange, server_time)
     return run.clock if measured is None else measured.better(run.clock)
@@ -762,35 +518,12 @@ def _clock_fields(clock: ClockEstimate | None) -> dict[str, Any]:
     return {"clock_offset_ms": clock.offset_ms, "clock_uncertainty_ms": clock.uncertainty_ms}
 
 
-def _clock(run: _Run, record: JournalRecord) -> ClockEstimate:
-    """The clock estimate for ``newest_wins``: measured in this process, journaled at
-    start, or (a journal without one) the ``Date`` header of the last answer."""
-    if run.clock is not None:
-        return run.clock
-    if record.clock_offset_ms is not None:
-        return ClockEstimate(record.clock_offset_ms, record.clock_uncertainty_ms or 0)
-    estimate = ClockEstimate.from_date(run.transport.last_exchange)
-    if estimate is None:
-        logger.warning("no measure of the server's clock: comparing timestamps uncorrected")
-        return ClockEstimate()
-    return estimate
-
-
 def _flagged(journal: Journal) -> list[FlaggedItem]:
     return [FlaggedItem(**flag) for flag in journal.flags()]
 
 
-def _same(stored: Mapping[str, Any], conflict: Conflict) -> bool:
-    """Whether a journaled conflict is the one listed now (the reason aside)."""
-    return {**stored, "reason": None} == conflict.to_json()
-
-
-def _as_dict(flag: FlaggedItem) -> dict[str, Any]:
-    return dataclasses.asdict(flag)
-
-
-def _complete(run: _Run, record: JournalRecord) -> JournalRecord:
-    session_id = _session_id(record)
+def _complete(run: Run, record: JournalRecord) -> JournalRecord:
+    session_id = session_id_of(record)
     run.hooks.progress(Progress(ProgressPhase.COMPLETING, 0, record.item_count))
     failpoint("complete.before")
     try:
@@ -804,10 +537,10 @@ def _complete(run: _Run, record: JournalRecord) -> JournalRecord:
         if exc.code == c.ProblemCode.BATCHES_MISSING.value:
             return run.journal.advance(Phase.STARTED)
         if exc.code in (c.ProblemCode.SESSION_EXPIRED.value, c.ProblemCode.INVALID_STATE.value):
-            raise _Restart(f"the server cannot complete session {session_id}: {exc}") from exc
+            raise Restart(f"the server cannot complete session {session_id}: {exc}") from exc
         raise
     except NotFoundError as exc:
-        raise _Restart(f"the server no longer knows session {session_id}") from exc
+        raise Restart(f"the server no longer knows session {session_id}") from exc
     failpoint("complete.after")
     completion = None
     if answer.new_items is not None:
@@ -822,8 +555,8 @@ def _complete(run: _Run, record: JournalRecord) -> JournalRecord:
     )
 
 
-def _verify(run: _Run, record: JournalRecord, *, resumed: bool) -> MigrationResult:
-    session_id = _session_id(record)
+def _verify(run: Run, record: JournalRecord, *, resumed: bool) -> MigrationResult:
+    session_id = session_id_of(record)
     run.hooks.progress(Progress(ProgressPhase.VERIFYING, 0, record.item_count))
     if record.phase is Phase.COMPLETED:
         if record.cloud_checksum is None or record.cloud_checksum != record.expected_checksum:
@@ -877,7 +610,7 @@ def _verify(run: _Run, record: JournalRecord, *, resumed: bool) -> MigrationResu
     )
 
 
-def _summary(run: _Run, session_id: str) -> c.MigrationSummary | None:
+def _summary(run: Run, session_id: str) -> c.MigrationSummary | None:
     """The server's counts, for the result; a verified migration does not need them."""
     try:
         return run.transport.summary(session_id).summary
@@ -902,7 +635,7 @@ def _drop_stale_snapshots(cache_dir: Path, prefix: str) -> None:
         path.unlink(missing_ok=True)
 
 
-def _abandon(run: _Run, record: JournalRecord | None) -> None:
+def _abandon(run: Run, record: JournalRecord | None) -> None:
     """Drop a migration whose session is gone: cancel it (best effort), forget it."""
     if record is None:
         return
@@ -913,12 +646,6 @@ def _abandon(run: _Run, record: JournalRecord | None) -> None:
             logger.info("could not cancel session %s: %s", record.session_id, exc)
     Path(record.snapshot_path).unlink(missing_ok=True)
     run.journal.clear(keep_decisions=True)
-
-
-def _session_id(record: JournalRecord) -> str:
-    if record.session_id is None:
-        raise MigrationError(f"the journal of migration {record.migration_id} has no session")
-    return record.session_id
 
 
 @dataclasses.dataclass

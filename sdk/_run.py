@@ -1,0 +1,101 @@
+"""What one migration call carries through its steps, and the signals between them.
+
+The engine (:mod:`sdk._migrate`) and its conflict phase (:mod:`sdk._resolving`) share
+these: the run's state, the exceptions that start a migration over or stop it at a safe
+point, and the first question of every step, whether the server still has the session.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import contract as c
+from ._conflicts import ClockEstimate
+from ._errors import MigrationError, NotFoundError
+from ._events import Hooks
+from ._journal import Journal, JournalRecord
+from ._transport import Transport
+
+if TYPE_CHECKING:
+    from ._migrate import MigrationOptions
+
+__all__ = ["Restart", "Run", "Stopped", "session_id_of", "session_status", "stoppable_sleep"]
+
+
+class Restart(Exception):
+    """The server session is gone; start over with a fresh snapshot."""
+
+
+class Stopped(Exception):
+    """The caller's stop event was set: leave at this safe point (the journal is current).
+
+    Raised inside the engine (and by :func:`stoppable_sleep` during retry waits), turned
+    into a ``STOPPED`` result by :func:`run_migration`; never reaches the app.
+
+    >>> issubclass(Stopped, Exception)
+    True
+    """
+
+
+def stoppable_sleep(stop: threading.Event) -> Callable[[float], None]:
+    """A ``sleep`` for the transport's retry waits that ends early, with :class:`Stopped`,
+    as soon as ``stop`` is set.
+
+    >>> stop = threading.Event()
+    >>> stop.set()
+    >>> stoppable_sleep(stop)(30.0)
+    Traceback (most recent call last):
+    ...
+    sdk._run.Stopped: stopped during a retry wait
+    """
+
+    def sleep(seconds: float) -> None:
+        if stop.wait(seconds):
+            raise Stopped("stopped during a retry wait")
+
+    return sleep
+
+
+@dataclasses.dataclass
+class Run:
+    store_path: Path
+    transport: Transport
+    journal: Journal
+    options: MigrationOptions
+    cache_dir: Path
+    hooks: Hooks
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    batches_uploaded: int = 0
+    conflicts_seen: int = 0
+    compress: bool = False
+    stop: threading.Event | None = None
+    #: The device clock minus the server's, measured at detect/start in this process.
+    clock: ClockEstimate | None = None
+
+    def check_stop(self) -> None:
+        """Leave here if the caller asked to stop; call only where the journal is current."""
+        if self.stop is not None and self.stop.is_set():
+            raise Stopped("stopped at a safe point")
+
+
+def session_status(run: Run, session_id: str) -> c.GetMigrationStatusResponse:
+    try:
+        status = run.transport.status(session_id)
+    except NotFoundError as exc:
+        raise Restart(f"the server no longer knows session {session_id}") from exc
+    if status.status in (c.SessionStatus.CANCELLED, c.SessionStatus.EXPIRED):
+        raise Restart(f"session {session_id} is {status.status.value}")
+    if status.status is c.SessionStatus.FAILED:
+        raise Restart(f"session {session_id} failed: {'; '.join(status.errors) or 'no detail'}")
+    return status
+
+
+def session_id_of(record: JournalRecord) -> str:
+    if record.session_id is None:
+        raise MigrationError(f"the journal of migration {record.migration_id} has no session")
+    return record.session_id
