@@ -71,6 +71,10 @@ class MigrationClient:
 
     Every method may be called again after any failure or crash: the journal beside
     the store makes :meth:`migrate` continue the same migration.
+
+    ``request_timeout`` bounds each HTTP request (connect, read, write) when the client
+    makes its own connection from ``server=``; give your own ``http_client=`` to tune
+    more. The retry policy bounds a call's retries as a whole.
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class MigrationClient:
         token: Token,
         server: str | None = None,
         http_client: httpx.Client | None = None,
+        request_timeout: float = 30.0,
         store_path: str | Path | None = None,
         app_name: str | None = None,
         options: MigrationOptions | None = None,
@@ -114,7 +119,12 @@ class MigrationClient:
             )
         else:
             self.transport = Transport.from_url(
-                str(server), user_id=user_id, token=token, retry=retry, sleep=self._sleep
+                str(server),
+                user_id=user_id,
+                token=token,
+                timeout=request_timeout,
+                retry=retry,
+                sleep=self._sleep,
             )
 
     def __enter__(self) -> MigrationClient:
@@ -284,6 +294,7 @@ def migrate(
     token: Token,
     server: str | None = None,
     http_client: httpx.Client | None = None,
+    request_timeout: float = 30.0,
     store_path: str | Path | None = None,
     app_name: str | None = None,
     options: MigrationOptions | None = None,
@@ -300,6 +311,7 @@ def migrate(
         token=token,
         server=server,
         http_client=http_client,
+        request_timeout=request_timeout,
         store_path=store_path,
         app_name=app_name,
         options=options,

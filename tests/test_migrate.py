@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from sdk_fixtures import learning_items, make_store
 
 from backend_stub import seed_cloud_items
 from sdk import (
+    ConfigurationError,
     DataConflictDetected,
     ForeignStoreError,
     LocalDataDetected,
@@ -320,3 +323,44 @@ def test_data_written_around_the_store_in_non_canonical_json_still_migrates_veri
     assert result.verified
     cloud = cloud_of(server, "kim", [("lesson_progress", "item-000003")])
     assert cloud[("lesson_progress", "item-000003")]["data"] == {"a": [1, 2], "b": 1}
+
+
+def test_request_timeout_bounds_each_request_to_a_server_that_never_answers(tmp_path):
+    store = make_store(tmp_path / "store.sqlite3", learning_items(3))
+    outcome: list[BaseException] = []
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(8)  # connections queue up; nothing ever reads or answers them
+        url = f"http://127.0.0.1:{hole.getsockname()[1]}"
+        with MigrationClient(
+            server=url,
+            user_id="u1",
+            token="t",
+            store_path=store,
+            request_timeout=0.2,
+            retry=RetryPolicy.none(),
+        ) as client:
+
+            def ask() -> None:
+                try:
+                    client.status()
+                except BaseException as exc:  # recorded for the assert below
+                    outcome.append(exc)
+
+            worker = threading.Thread(target=ask, daemon=True)
+            worker.start()
+            worker.join(10)  # the default (30 s) would still be waiting here
+
+    assert outcome and isinstance(outcome[0], OfflineError), outcome
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, "5", True])
+def test_a_bad_request_timeout_is_a_configuration_error(tmp_path, bad):
+    with pytest.raises(ConfigurationError, match="timeout"):
+        MigrationClient(
+            server="http://127.0.0.1:9",
+            user_id="u1",
+            token="t",
+            store_path=tmp_path / "s.sqlite3",
+            request_timeout=bad,
+        )
