@@ -228,6 +228,12 @@ class SQLiteStorage:
         conn.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode loses nothing when the process dies, only on power loss.
         conn.execute("PRAGMA synchronous=NORMAL")
+        # Checkpoint every 20,000 pages (80 MB of WAL) instead of 1,000: each batch
+        # rewrites the same right-hand B-tree pages, and a rarer checkpoint copies only
+        # their last version into the database (`make bench`: about 5-10% faster
+        # uploads). The WAL file is cut back to 96 MB after a checkpoint.
+        conn.execute("PRAGMA wal_autocheckpoint=20000")
+        conn.execute(f"PRAGMA journal_size_limit={96 * 1024 * 1024}")
         return cls(conn)
 
     @classmethod
