@@ -77,17 +77,8 @@ def loads(text: str | bytes) -> Any:
 
 def canonical(value: Any) -> str:
     """:func:`~sdk.contract.canonical_json` of a value a JSON parser produced."""
-    lib = _orjson if _orjson is not _UNSET else _lib()
-    if lib is not None:
-        try:
-            out: bytes = lib.dumps(value, option=_SORT_KEYS)
-        except TypeError:  # orjson.JSONEncodeError is one
-            pass
-        else:
-            text = out.decode("utf-8")  # `in` is faster on str than on bytes
-            if "e-" not in text and "0.0000" not in text and "null" not in text:
-                return text
-    return canonical_json(value)
+    text = _orjson_canonical(value)
+    return canonical_json(value) if text is None else text
 
 
 def encode_item(item: Item) -> tuple[str, bytes]:
@@ -100,17 +91,27 @@ def encode_item(item: Item) -> tuple[str, bytes]:
     ...              "updatedAt": 2, "deleted": False})[1]
     b'{"collection":"c","data":{"a":1e-05,"b":1},"deleted":false,"key":"k","updatedAt":2}'
     """
-    lib = _orjson if _orjson is not _UNSET else _lib()
-    if lib is not None:
-        try:
-            data: bytes = lib.dumps(item["data"], option=_SORT_KEYS)
-        except TypeError:
-            pass
-        else:
-            text = data.decode("utf-8")
-            if "e-" not in text and "0.0000" not in text and "null" not in text:
-                return text, lib.dumps(item, option=_SORT_KEYS)
+    text = _orjson_canonical(item["data"])
+    if text is not None:
+        return text, _orjson.dumps(item, option=_SORT_KEYS)
     text = canonical_json(item["data"])
     return text, canonical_item_parts(
         item["collection"], item["key"], text, item["updatedAt"], item["deleted"]
     )
+
+
+def _orjson_canonical(value: Any) -> str | None:
+    """orjson's sorted-key text of ``value`` when it is provably the stdlib's canonical
+    JSON; ``None`` when orjson is missing, refuses the value or may have printed it
+    differently (the caller then asks the stdlib)."""
+    lib = _orjson if _orjson is not _UNSET else _lib()
+    if lib is None:
+        return None
+    try:
+        out: bytes = lib.dumps(value, option=_SORT_KEYS)
+    except TypeError:  # orjson.JSONEncodeError is one
+        return None
+    text = out.decode("utf-8")  # `in` is faster on str than on bytes
+    if "e-" in text or "0.0000" in text or "null" in text:
+        return None
+    return text

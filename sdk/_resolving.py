@@ -66,16 +66,8 @@ def resolve_conflicts(run: Run, record: JournalRecord, snapshot: Snapshot) -> Jo
         reused = carried.get((conflict.collection, conflict.key))
         if old is None and reused is not None and reused[0] == decision_key(conflict.to_json()):
             # The user decided this very conflict before the session expired: not again.
-            resolutions.append(
-                ResolutionRecord(
-                    conflict_id=conflict.conflict_id,
-                    collection=conflict.collection,
-                    key=conflict.key,
-                    choice=reused[1],
-                    strategy="manual",
-                    item=reused[2],
-                )
-            )
+            _, choice, item = reused
+            resolutions.append(_resolution(conflict, choice, "manual", item))
             continue
         decision = decide(conflict, run.options.conflicts, clock, now_ms=now)
         flags[found.conflict_id] = None if decision.flag is None else _as_dict(decision.flag)
@@ -91,14 +83,7 @@ def resolve_conflicts(run: Run, record: JournalRecord, snapshot: Snapshot) -> Jo
             )
         else:
             resolutions.append(
-                ResolutionRecord(
-                    conflict_id=conflict.conflict_id,
-                    collection=conflict.collection,
-                    key=conflict.key,
-                    choice=decision.choice,
-                    strategy=decision.kind,
-                    item=dict(decision.item),
-                )
+                _resolution(conflict, decision.choice, decision.kind, dict(decision.item))
             )
     # Journaled before anything is written locally or posted.
     run.journal.save_decisions(
@@ -123,6 +108,19 @@ def resolve_conflicts(run: Run, record: JournalRecord, snapshot: Snapshot) -> Jo
         else snapshot.dataset_checksum
     )
     return run.journal.advance(Phase.RESOLVED, expected_checksum=expected)
+
+
+def _resolution(
+    conflict: Conflict, choice: str, strategy: str, item: dict[str, Any]
+) -> ResolutionRecord:
+    return ResolutionRecord(
+        conflict_id=conflict.conflict_id,
+        collection=conflict.collection,
+        key=conflict.key,
+        choice=choice,
+        strategy=strategy,
+        item=item,
+    )
 
 
 def _post(run: Run, session_id: str, pending: list[ResolutionRecord]) -> None:
