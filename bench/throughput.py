@@ -106,10 +106,9 @@ def api_per_item_client(url: str, store: str, limit: int) -> dict[str, float]:
         f" ORDER BY collection, key LIMIT {int(limit)}"
     ).fetchall()
     conn.close()
-    bodies = [batch_body([canonical_item_parts(c, k, d, u, bool(x))]) for c, k, d, u, x in rows]
-    digests = b"".join(
-        hashlib.sha256(canonical_item_parts(c, k, d, u, bool(x))).digest() for c, k, d, u, x in rows
-    )
+    items = [canonical_item_parts(c, k, d, u, bool(x)) for c, k, d, u, x in rows]
+    bodies = [batch_body([item]) for item in items]
+    digests = b"".join(hashlib.sha256(item).digest() for item in items)
     collections: dict[str, int] = {}
     for row in rows:
         collections[row[0]] = collections.get(row[0], 0) + 1
