@@ -125,7 +125,6 @@ def put_batch(
                 f" {current.manifest.item_count} items",
             )
         keys = [(row.item["collection"], row.item["key"]) for row in rows]
-        _ensure_not_staged(storage, current.id, keys)
         staged, conflicts = classify(current.id, seq, rows, storage.cloud_items(user_id, keys))
         new, unchanged, conflicted = _outcome_counts([s.outcome for s in staged])
         batch = Batch(current.id, seq, upload.checksum, len(rows), new, unchanged, conflicted, now)
@@ -245,17 +244,10 @@ def new_conflict(
     )
 
 
-def _ensure_not_staged(storage: Storage, session_id: str, keys: list[Key]) -> None:
-    taken = storage.staged_keys(session_id, keys)
-    if taken:
-        raise _duplicate_of(taken)
-
-
 def _duplicate(storage: Storage, session_id: str, keys: list[Key]) -> ApiError:
-    return _duplicate_of(storage.staged_keys(session_id, keys) or keys[:1])
-
-
-def _duplicate_of(taken: list[Key]) -> ApiError:
+    # Asked after insert_batch refused the batch (its savepoint rolled back), so only
+    # keys staged by other batches are named.
+    taken = storage.staged_keys(session_id, keys) or keys[:1]
     collection, key = taken[0]
     return ApiError(
         409,

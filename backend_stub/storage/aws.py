@@ -96,6 +96,7 @@ from backend_stub.storage.records import (
     Batch,
     CloudItem,
     Conflict,
+    DuplicateItem,
     DuplicateSession,
     Key,
     Session,
@@ -305,6 +306,10 @@ class AwsStorage:
 
     def insert_batch(self, batch: Batch, items: Sequence[StagedItem]) -> None:
         with self.atomic():
+            # The ledger refuses a key another live attempt holds; a key of a batch
+            # already processed is looked up first (SQLite's primary key does both).
+            if self.staged_keys(batch.session_id, [(i.collection, i.key) for i in items]):
+                raise DuplicateItem(batch.session_id)
             unit = self._unit()
             attempt, round_ = self.ledger.claim(batch)
             expires = n(int(time.time()) + self._retention_s)
