@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sdk import _fastjson as fastjson
@@ -148,3 +148,55 @@ def test_values_no_parser_produces_are_not_for_the_fast_path() -> None:
 
     with pytest.raises(TypeError):
         canonical_json({"c": Colour.RED})
+
+
+# Data that holds the text the server cuts a canonical batch body at, as keys and values.
+_tricky = st.sampled_from(['},{"collection":', ',"deleted":', "collection", "updatedAt", "deleted"])
+_item_data = st.dictionaries(
+    st.text(max_size=5) | _tricky,
+    st.recursive(
+        _scalars | _tricky,
+        lambda inner: (
+            st.lists(inner, max_size=3)
+            | st.dictionaries(st.text(max_size=5) | _tricky, inner, max_size=3)
+        ),
+        max_leaves=8,
+    ),
+    max_size=4,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.dictionaries(
+        st.tuples(
+            st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,5}", fullmatch=True),
+            st.text(st.characters(min_codepoint=0x20), min_size=1, max_size=6)
+            | _tricky.filter(lambda t: t != "collection"),
+        ),
+        st.tuples(_item_data, st.integers(0, 2**63 - 1), st.booleans()),
+        min_size=1,
+        max_size=5,
+    )
+)
+# The text the body is cut at, inside an item's data (an array of objects).
+@example(rows={("c", "k"): ({"a": [{}, {"collection": 1}]}, 1, False), ("c", "l"): ({}, 2, True)})
+@example(rows={("c", "k"): ({"a": [{"b": 2}, {"collection": "c", "deleted": 1}]}, 1, False)})
+def test_the_server_cuts_a_canonical_batch_into_the_items_it_would_encode_one_by_one(rows):
+    from backend_stub.items import _encode, parse_batch
+    from sdk.contract import batch_body
+
+    items = [
+        {"collection": c, "key": k, "data": data, "updatedAt": at, "deleted": deleted}
+        for (c, k), (data, at, deleted) in sorted(rows.items())
+    ]
+    try:
+        body = batch_body(canonical_item(item) for item in items)  # type: ignore[arg-type]
+    except ValueError:  # NaN has no JSON form: no body to send
+        return
+    one_by_one = [_encode(item) for item in items]  # type: ignore[arg-type]
+
+    assert parse_batch(body, max_items=10) == one_by_one
+    # The same items in a body that is not canonical take the per-item path.
+    spaced = json.dumps({"items": items}, indent=1, ensure_ascii=False).encode()
+    assert parse_batch(spaced, max_items=10) == one_by_one
