@@ -200,3 +200,15 @@ def test_the_server_cuts_a_canonical_batch_into_the_items_it_would_encode_one_by
     # The same items in a body that is not canonical take the per-item path.
     spaced = json.dumps({"items": items}, indent=1, ensure_ascii=False).encode()
     assert parse_batch(spaced, max_items=10) == one_by_one
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=_values, canonical_already=st.booleans())
+def test_canonical_text_is_the_canonical_encoding_of_what_the_stdlib_reads(
+    value, canonical_already
+) -> None:
+    try:
+        text = canonical_json(value) if canonical_already else json.dumps(value, indent=1)
+    except ValueError:  # NaN: no canonical text
+        return
+    assert fastjson.canonical_text(text) == canonical_json(json.loads(text))
