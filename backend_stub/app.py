@@ -23,12 +23,12 @@ from starlette.responses import Response
 
 from backend_stub.batches import put_batch
 from backend_stub.problems import ApiError, code_for_status, problem_response
-from backend_stub.routes import router
+from backend_stub.routes import BatchIntake, router
 from backend_stub.service import now_ms
 from backend_stub.settings import Settings
 from backend_stub.storage import Storage
 from backend_stub.storage.sqlite import SQLiteStorage
-from sdk.contract import BatchReceipt, ProblemCode
+from sdk.contract import ProblemCode
 
 __all__ = ["create_app", "open_storage"]
 
@@ -93,14 +93,21 @@ def create_app(
     return app
 
 
-def _batch_intake(settings: Settings) -> Callable[..., BatchReceipt]:
+def _batch_intake(settings: Settings) -> BatchIntake:
     """What ``PUT .../batches/{seq}`` runs: processing in the request (embedded), or
     storing and queueing (aws; the worker processes)."""
     if settings.backend == "aws":
         from backend_stub.worker import accept_batch
 
-        return accept_batch
-    return put_batch
+        # Calls to S3 and SQS wait on the network: in the thread pool, side by side.
+        return BatchIntake(accept_batch, inline=False)
+    # On the embedded database a batch is CPU work and statements on the one SQLite
+    # connection, behind its one lock, which every request takes: batches never ran
+    # side by side, and requests waited for each other's transactions anyway. In the
+    # thread pool each batch only paid for the hand-offs between threads fighting over
+    # the GIL (the writer waits for it again after each row it inserts). On the event
+    # loop, the upload of 1,000,000 items took about 13 s instead of 16 (`make bench`).
+    return BatchIntake(put_batch, inline=True)
 
 
 def _install_problem_handlers(app: FastAPI) -> None:

@@ -103,8 +103,14 @@ def authenticated_user(request: Request, user_id: Annotated[str, Path(alias="use
     return user_id
 
 
+async def _authenticated_user(
+    request: Request, user_id: Annotated[str, Path(alias="userId")]
+) -> str:
+    return authenticated_user(request, user_id)
+
+
 #: The authenticated user of a request, as a route parameter.
-UserId = Annotated[str, Depends(authenticated_user)]
+UserId = Annotated[str, Depends(_authenticated_user)]
 
 
 def _unauthenticated(detail: str, error: str | None) -> ApiError:

@@ -3,7 +3,8 @@
 Routes are thin: authenticate (:func:`~backend_stub.auth.authenticated_user` runs first,
 before any body is read), read the body, call one service function. Handlers are plain
 ``def`` functions, so FastAPI runs them in its threadpool and the blocking storage calls
-never stall the event loop::
+never stall the event loop. The one exception is a batch upload on the embedded backend,
+which runs on the loop (see ``BatchIntake``, and why in ``app._batch_intake``)::
 
     >>> len(router.routes), router.routes[0].path
     (10, '/api/migration/{userId}/detect')
@@ -11,10 +12,12 @@ never stall the event loop::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 from fastapi import APIRouter, Depends, Path, Query, Request
+from starlette.concurrency import run_in_threadpool
 
 from backend_stub import completion, conflicts, plan, service, start, summary
 from backend_stub.auth import UserId
@@ -44,24 +47,36 @@ __all__ = ["router"]
 _DEVICE_ID = r"^[A-Za-z0-9_.-]{1,64}$"
 
 
-def _storage(request: Request) -> Storage:
+# The dependencies below only read the app's state: coroutines, so that FastAPI calls
+# them on the event loop instead of handing each to the thread pool.
+
+
+async def _storage(request: Request) -> Storage:
     storage: Storage = request.app.state.storage
     return storage
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _now(request: Request) -> int:
+async def _now(request: Request) -> int:
     clock: Callable[[], int] = request.app.state.clock
     return clock()
 
 
-def _batch_intake(request: Request) -> Callable[..., BatchReceipt]:
-    # batches.put_batch, or on the aws backend worker.accept_batch (store and queue).
-    intake: Callable[..., BatchReceipt] = request.app.state.batch_intake
+class BatchIntake(NamedTuple):
+    """What ``PUT .../batches/{seq}`` runs (:func:`batches.put_batch`, or on the aws
+    backend :func:`worker.accept_batch`: store and queue), and whether it runs on the
+    event loop's thread instead of the thread pool."""
+
+    run: Callable[..., BatchReceipt]
+    inline: bool
+
+
+async def _batch_intake(request: Request) -> BatchIntake:
+    intake: BatchIntake = request.app.state.batch_intake
     return intake
 
 
@@ -126,7 +141,7 @@ def start_migration(
 
 
 @router.put("/sessions/{sessionId}/batches/{seq}")
-def put_batch(
+async def put_batch(
     user_id: UserId,
     upload: Annotated[Upload, Depends(batch_upload)],
     session_id: SessionId,
@@ -134,10 +149,13 @@ def put_batch(
     storage: StorageDep,
     settings: SettingsDep,
     now: Now,
-    intake: Annotated[Callable[..., BatchReceipt], Depends(_batch_intake)],
+    intake: Annotated[BatchIntake, Depends(_batch_intake)],
 ) -> BatchReceipt:
     """Upload batch ``seq``; replaying the same batch answers the stored receipt."""
-    return intake(storage, settings, user_id, session_id, int(seq), upload, now=now)
+    call = functools.partial(
+        intake.run, storage, settings, user_id, session_id, int(seq), upload, now=now
+    )
+    return call() if intake.inline else await run_in_threadpool(call)
 
 
 @router.get("/status")
