@@ -197,7 +197,7 @@ def classify(
     """
     staged: list[StagedItem] = []
     conflicts: list[Conflict] = []
-    for item, data, _, digest in rows:
+    for item, data, digest in rows:
         key = (item["collection"], item["key"])
         current = cloud.get(key)
         if current is None:

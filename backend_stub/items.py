@@ -73,21 +73,22 @@ _ITEM = TypeAdapter(_WireItem)
 
 
 class EncodedItem(NamedTuple):
-    """A validated item, its data's canonical JSON, its canonical bytes and their SHA-256.
+    """A validated item, its data's canonical JSON and the SHA-256 of its canonical bytes.
 
     >>> row = parse_batch(b'{"items":[{"collection":"c","key":"k","data":{},"updatedAt":1,'
     ...                   b'"deleted":false}]}', max_items=1)[0]
-    >>> row.canonical
-    b'{"collection":"c","data":{},"deleted":false,"key":"k","updatedAt":1}'
+    >>> from sdk.contract import item_digest
+    >>> row.data, row.digest == item_digest(row.item)
+    ('{}', True)
     """
 
     item: Item
     data: str
-    canonical: bytes
     digest: bytes
 
 
-def _encode(item: Item) -> EncodedItem:
+def _encode(item: Item) -> tuple[EncodedItem, bytes]:
+    """The encoded item, and its canonical bytes."""
     try:
         data, canonical = fastjson.encode_item(item)
     except ValueError as exc:
@@ -96,7 +97,7 @@ def _encode(item: Item) -> EncodedItem:
             ProblemCode.INVALID_REQUEST,
             f"item {item['collection']}/{item['key']} holds NaN or Infinity, which JSON lacks",
         ) from exc
-    return EncodedItem(item, data, canonical, hashlib.sha256(canonical).digest())
+    return EncodedItem(item, data, hashlib.sha256(canonical).digest()), canonical
 
 
 def parse_batch(body: bytes, *, max_items: int) -> list[EncodedItem]:
@@ -138,11 +139,11 @@ def parse_batch(body: bytes, *, max_items: int) -> list[EncodedItem]:
     if cut is not None:
         return cut
     encoded = [_encode(item) for item in items]
-    # The SDK sends canonical bodies, which cannot repeat a member: one comparison. Any
-    # other body is parsed once more to find repeated members pydantic would hide.
-    if body != batch_body(row.canonical for row in encoded):
+    # A body that is not canonical may repeat a member, which pydantic would hide: it is
+    # parsed once more to find out.
+    if body != batch_body(canonical for _, canonical in encoded):
         reject_duplicate_members(body)
-    return encoded
+    return [row for row, _ in encoded]
 
 
 _ITEM_SEPARATOR = b'},{"collection":'
@@ -190,7 +191,6 @@ def _cut_canonical(body: bytes, items: list[Item]) -> list[EncodedItem] | None:
             EncodedItem(
                 item,
                 body[data_start : rfind(_DELETED_MEMBER, data_start, end)].decode(),
-                canonical.tobytes(),
                 sha256(canonical).digest(),
             )
         )
