@@ -250,20 +250,15 @@ def _commit(storage: Storage, session: Session, now: int) -> CompleteMigrationRe
 
 
 def _walk_digests(storage: Storage, session: Session) -> _Walk | None:
-    """The walk of a session without conflicts, over digests and versions only (the
-    common case: a first migration). Every item is new or unchanged, so the cloud ends
-    up holding exactly the staged digests. ``None`` when an item drifted since it was
+    """The walk of a session without conflicts, from the backend's tally (the common
+    case: a first migration). Every item is new or unchanged, so the cloud ends up
+    holding exactly the staged digests. ``None`` when an item drifted since it was
     staged (or is a conflict after all): the full walk then deals with it."""
-    walk = _Walk()
-    update, outcomes = walk.staged_hash.update, walk.outcomes
-    for digest, outcome, staged_version, cloud_version in storage.staged_digests(
-        session.id, session.user_id
-    ):
-        if staged_version != cloud_version or outcome == "conflict":
-            return None
-        update(digest)
-        outcomes[outcome] += 1
-    walk.count = sum(outcomes.values())
+    tally = storage.tally_staged(session.id, session.user_id)
+    if tally is None:
+        return None
+    walk = _Walk(staged_hash=tally.digests, outcomes=tally.outcomes)
+    walk.count = sum(tally.outcomes.values())
     walk.cloud_hash = walk.staged_hash.copy()
     return walk
 

@@ -541,6 +541,31 @@ def test_a_cloud_change_after_staging_becomes_a_conflict_and_nothing_is_applied(
     assert cloud(server, plan)["k0003"][1] == 2
 
 
+@pytest.mark.parametrize("late", [{"late": True}, None], ids=["other data", "same data"])
+def test_a_new_cloud_version_of_an_unchanged_item_is_seen_at_completion(
+    server: Server, late: dict[str, Any] | None
+) -> None:
+    local = items_of(4)
+    seed_cloud_items(server.storage, "alice", [local[1]], now=T0)  # staged as unchanged
+    plan = make_plan(local, batch_size=2)
+    session_id = server.started(plan)
+    server.upload_all(session_id, plan)
+    # Another device writes version 2 of it: other data, or the same data again.
+    again = {**local[1], "data": late} if late else local[1]
+    seed_cloud_items(server.storage, "alice", [again], now=T0)
+
+    response = server.complete(session_id, plan.checksum)
+
+    if late:
+        assert response.status_code == 409
+        assert response.json()["code"] == "conflicts-unresolved"
+        assert set(cloud(server, plan)) == {"k0001"}
+        assert cloud(server, plan)["k0001"][1] == 2
+    else:  # still the same item: the migration completes against version 2
+        assert response.status_code == 200, response.text
+        assert set(cloud(server, plan)) == {"k0000", "k0001", "k0002", "k0003"}
+
+
 def test_an_expired_session_refuses_changes_and_no_longer_blocks_a_new_one(
     server: Server,
 ) -> None:

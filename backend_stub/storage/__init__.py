@@ -19,6 +19,8 @@ Backends: :mod:`backend_stub.storage.sqlite` (embedded, the default) and
 
 from __future__ import annotations
 
+import hashlib
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol
@@ -34,6 +36,7 @@ from backend_stub.storage.records import (
     Key,
     Session,
     StagedItem,
+    StagedTally,
     StorageError,
     VersionConflict,
 )
@@ -52,12 +55,13 @@ __all__ = [
     "Key",
     "Session",
     "StagedItem",
+    "StagedTally",
     "Storage",
     "StorageError",
     "VersionConflict",
     "iter_conflicts",
     "iter_staged",
-    "iter_staged_digests",
+    "tally_staged_pages",
 ]
 
 
@@ -148,12 +152,10 @@ class Storage(Protocol):
         """One page of staged items in (collection, key) order, after ``after``."""
         ...
 
-    def staged_digests(
-        self, session_id: str, user_id: str
-    ) -> Iterator[tuple[bytes, str, int | None, int | None]]:
-        """Every staged item of the session in (collection, key) order, as its digest,
-        its outcome, the cloud version it was staged against and the cloud's version now
-        (``None``: no cloud item). What completion checks when no conflict needs more."""
+    def tally_staged(self, session_id: str, user_id: str) -> StagedTally | None:
+        """The session's staged items, tallied; ``None`` when one is a conflict or its
+        cloud item is not the one it was staged against (a new version, or one where
+        there was none): completion then walks them one by one."""
         ...
 
     def put_new_staged_items(
@@ -250,24 +252,27 @@ def iter_staged(
         after = (rows[-1].collection, rows[-1].key)
 
 
-def iter_staged_digests(
-    storage: Storage, session_id: str, user_id: str
-) -> Iterator[tuple[bytes, str, int | None, int | None]]:
-    """:meth:`Storage.staged_digests` from pages of staged items and their cloud items,
-    for backends without a faster way.
+def tally_staged_pages(storage: Storage, session_id: str, user_id: str) -> StagedTally | None:
+    """:meth:`Storage.tally_staged` from pages of staged items and their cloud items, for
+    backends without a faster way.
 
     >>> from backend_stub.storage.sqlite import SQLiteStorage
     >>> storage = SQLiteStorage.in_memory()
-    >>> list(iter_staged_digests(storage, "nope", "alice"))
-    []
+    >>> tally_staged_pages(storage, "nope", "alice").outcomes
+    Counter()
     >>> storage.close()
     """
+    tally = StagedTally(hashlib.sha256(), Counter())
     for page in iter_staged(storage, session_id):
         cloud = storage.cloud_items(user_id, [(s.collection, s.key) for s in page])
         for staged in page:
             current = cloud.get((staged.collection, staged.key))
             now = None if current is None else current.version
-            yield staged.digest, staged.outcome, staged.cloud_version, now
+            if staged.outcome == "conflict" or now != staged.cloud_version:
+                return None
+            tally.digests.update(staged.digest)
+            tally.outcomes[staged.outcome] += 1
+    return tally
 
 
 def iter_conflicts(storage: Storage, session_id: str, *, page: int = 500) -> Iterator[Conflict]:

@@ -47,7 +47,7 @@ from collections.abc import Iterator, Sequence
 
 from backend_stub.events import Event
 from backend_stub.settings import AwsSettings
-from backend_stub.storage import iter_staged, iter_staged_digests
+from backend_stub.storage import iter_staged, tally_staged_pages
 from backend_stub.storage.aws_cloud import PROFILE, CloudItems
 from backend_stub.storage.aws_commit import commit, publish, store_snapshot
 from backend_stub.storage.aws_ledger import (
@@ -101,6 +101,7 @@ from backend_stub.storage.records import (
     Key,
     Session,
     StagedItem,
+    StagedTally,
     VersionConflict,
 )
 from sdk.contract import SessionStatus
@@ -363,10 +364,8 @@ class AwsStorage:
                     return found
         return found
 
-    def staged_digests(
-        self, session_id: str, user_id: str
-    ) -> Iterator[tuple[bytes, str, int | None, int | None]]:
-        return iter_staged_digests(self, session_id, user_id)
+    def tally_staged(self, session_id: str, user_id: str) -> StagedTally | None:
+        return tally_staged_pages(self, session_id, user_id)
 
     def put_new_staged_items(
         self, session_id: str, user_id: str, *, device_id: str, now: int

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections import Counter
 from json.encoder import encode_basestring as _quote
 from typing import NamedTuple
 
@@ -40,6 +41,7 @@ __all__ = [
     "Key",
     "Session",
     "StagedItem",
+    "StagedTally",
     "StorageError",
     "VersionConflict",
 ]
@@ -184,6 +186,20 @@ class Batch:
             conflict_count=self.conflict_count,
             replayed=replayed,
         )
+
+
+class StagedTally(NamedTuple):
+    """A session's staged items as completion takes them when none needs a closer look:
+    the SHA-256 over their digests in (collection, key) order, and their count per
+    outcome.
+
+    >>> import hashlib
+    >>> StagedTally(hashlib.sha256(), Counter(new=2)).outcomes["new"]
+    2
+    """
+
+    digests: hashlib._Hash
+    outcomes: Counter[str]
 
 
 class Backlog(NamedTuple):

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import sqlite3
 import threading
+from collections import Counter
 from collections.abc import Iterator, Sequence
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,7 @@ from backend_stub.storage import (
     Key,
     Session,
     StagedItem,
+    StagedTally,
     VersionConflict,
 )
 from sdk.contract import (
@@ -440,21 +444,34 @@ class SQLiteStorage:
             for c, k, seq, data, updated_at, deleted, *rest in rows
         ]
 
-    def staged_digests(
-        self, session_id: str, user_id: str
-    ) -> Iterator[tuple[bytes, str, int | None, int | None]]:
-        # One query: the staged rows in key order, each with the cloud's version beside
-        # it (an index lookup in SQLite's C, not a Python dict per page).
+    def tally_staged(self, session_id: str, user_id: str) -> StagedTally | None:
+        # One pass over the staged rows in key order, a page at a time, with no Python
+        # per row; then the user's cloud items (few, on a first migration) are matched
+        # against the staged ones, instead of looking each staged key up in the cloud.
+        tally = StagedTally(hashlib.sha256(), Counter())
+        digest, outcome, version = itemgetter(0), itemgetter(1), itemgetter(2)
+        staged_against = 0  # items staged against a cloud version
         with self._snapshot():
             cursor = self._conn.execute(
-                "SELECT s.digest, s.outcome, s.cloud_version, c.version FROM staged_items s"
-                " LEFT JOIN cloud_items c"
-                " ON c.user_id = ? AND c.collection = s.collection AND c.key = s.key"
-                " WHERE s.session_id = ? ORDER BY s.collection, s.key",
-                [user_id, session_id],
+                "SELECT digest, outcome, cloud_version FROM staged_items WHERE session_id = ?"
+                " ORDER BY collection, key",
+                [session_id],
             )
-            while rows := cursor.fetchmany(1000):
-                yield from rows
+            while rows := cursor.fetchmany(5000):
+                tally.digests.update(b"".join(map(digest, rows)))
+                tally.outcomes.update(map(outcome, rows))
+                staged_against += len(rows) - list(map(version, rows)).count(None)
+            if tally.outcomes["conflict"]:
+                return None
+            # matched: staged against a version, with a cloud item now; changed: the cloud
+            # item is not the version staged against (or exists where none did).
+            matched, changed = self._conn.execute(
+                "SELECT count(s.cloud_version), coalesce(sum(s.cloud_version IS NOT c.version), 0)"
+                " FROM cloud_items c JOIN staged_items s ON s.session_id = ?"
+                " AND s.collection = c.collection AND s.key = c.key WHERE c.user_id = ?",
+                [session_id, user_id],
+            ).fetchone()
+        return None if changed or matched != staged_against else tally
 
     def put_new_staged_items(
         self, session_id: str, user_id: str, *, device_id: str, now: int
