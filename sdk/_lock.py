@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import time
 from pathlib import Path
 from types import TracebackType
 
@@ -25,6 +26,12 @@ __all__ = ["MigrationLock", "lock_path_for"]
 
 # What the OS answers when another process holds the lock (flock, or msvcrt.locking).
 _HELD = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES, errno.EDEADLK})
+# How long acquire() tries before saying the lock is held. `status` (and a second
+# auto_migrate) only peek: they take the lock for a moment to see whether a migration
+# runs, and a migration starting in that moment must not fail for it. A real holder
+# keeps the lock for its whole migration.
+_PEEK_GRACE_S = 0.5
+_RETRY_EVERY_S = 0.02
 
 
 def lock_path_for(store_path: str | Path) -> Path:
@@ -71,8 +78,13 @@ class MigrationLock:
         return True
 
     def acquire(self) -> None:
-        """Take the lock or raise :class:`MigrationBlockedError` saying who holds it."""
-        if not self.try_acquire():
+        """Take the lock, waiting out a moment's peek by another process, or raise
+        :class:`MigrationBlockedError` saying who holds it."""
+        deadline = time.monotonic() + _PEEK_GRACE_S
+        while not self.try_acquire():
+            if time.monotonic() < deadline:
+                time.sleep(_RETRY_EVERY_S)
+                continue
             raise MigrationBlockedError(
                 f"another process is already migrating this store (lock {self.path}); "
                 "wait for it to finish, or watch its progress with `status`",

@@ -145,6 +145,30 @@ def test_the_migration_lock_admits_one_holder_at_a_time(tmp_path):
     second.release()
 
 
+def test_acquiring_waits_out_another_process_that_only_peeks_at_the_lock(tmp_path):
+    # `status` takes the lock for a moment to see whether a migration runs; a migration
+    # starting in that moment must not fail with "another process is migrating".
+    path = tmp_path / "lock"
+    code = (
+        "import sys, time\n"
+        "from sdk._lock import MigrationLock\n"
+        "lock = MigrationLock(sys.argv[1]); assert lock.try_acquire()\n"
+        "print('held', flush=True); time.sleep(0.15); lock.release()\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        lock = MigrationLock(path)
+        assert not lock.try_acquire()  # still held: acquire() has something to wait out
+
+        lock.acquire()
+
+        assert lock.try_acquire()
+        lock.release()
+    assert proc.returncode == 0
+
+
 def test_the_lock_of_a_killed_process_is_released_by_the_system(tmp_path):
     path = tmp_path / "lock"
     code = (
