@@ -225,6 +225,9 @@ def measure(
     row.update(
         floor=_median(floors),
         sdk=_median(sdks),
+        # every run's items/s, in the order taken: how much this machine varies
+        floor_rates=[r["items"] / r["seconds"] for r in floors],
+        sdk_rates=[r["items"] / r["seconds"] for r in sdks],
         floor_server_rss_kb=floor_rss,
         server_rss_kb=server_rss,
     )
@@ -277,6 +280,16 @@ def report(rows: list[dict[str, object]]) -> None:
     sdk = last_row["sdk"]
     assert isinstance(sdk, dict)
     print(f"floor and SDK: the median of {last_row['runs']} runs each, taken in turns")
+    for r in rows:
+        floor_rates, sdk_rates = r["floor_rates"], r["sdk_rates"]
+        assert isinstance(floor_rates, list) and isinstance(sdk_rates, list)
+        pairs = zip(floor_rates, sdk_rates, strict=True)
+        print(
+            f"every run at {r['size']:,} items, items/s: floor "
+            f"{', '.join(f'{x:,.0f}' for x in floor_rates)}; SDK "
+            f"{', '.join(f'{x:,.0f}' for x in sdk_rates)}; each SDK run / the floor run "
+            f"before it: {', '.join(f'{sdk / floor:.2f}' for floor, sdk in pairs)}"
+        )
     used = "orjson" if sdk["orjson"] else "the stdlib's json"
     print(f"the SDK encoded with {used} (the optional `fast` extra; --without-orjson)")
     sdk_rate = rate(last_row["sdk"])
