@@ -1,0 +1,38 @@
+"""The benchmarks run end to end and print their figures, at tiny sizes: this checks that
+`make bench` works, not how fast anything is (tests never time things)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bench(script: str, *args: str) -> str:
+    return subprocess.run(
+        [sys.executable, f"bench/{script}", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+
+
+def test_the_throughput_bench_runs_every_pipeline_and_prints_each_figure() -> None:
+    out = _bench("throughput.py", "--sizes", "200", "400", "--per-item", "10", "--repeat", "1")
+
+    table = [line.split() for line in out.splitlines() if re.match(r"\s+\d[\d,]* ", line)]
+    assert [row[0] for row in table] == ["200", "400"]
+    # items/s of the floor, the SDK and both per-item baselines
+    assert all(float(row[i].replace(",", "")) > 0 for row in table for i in (1, 2, 4, 6))
+    for label in ("SDK / floor at 400 items:", "client peak RSS growth", "every run at 400"):
+        assert label in out
+
+
+def test_the_memory_and_startup_benches_run_and_print_their_verdicts() -> None:
+    assert "growth" in _bench("memory.py", "--items", "2000", "--batch-size", "500")
+    assert "target: median < 5 ms" in _bench("startup.py", "--runs", "3", "--items", "50")
