@@ -141,27 +141,14 @@ def canonical_bytes(value: Any) -> bytes | None:
     True
     >>> canonical_bytes({"small": 1e-05})  # orjson would print 1e-5
     """
-    out = _orjson_dumps(value)
-    if out is None or b"e-" in out or b"0.0000" in out or b"null" in out:
-        return None
-    return out
+    text = _orjson_canonical(value)
+    return None if text is None else text.encode()
 
 
 def _orjson_canonical(value: Any) -> str | None:
     """orjson's sorted-key text of ``value`` when it is provably the stdlib's canonical
     JSON; ``None`` when orjson is missing, refuses the value or may have printed it
     differently (the caller then asks the stdlib)."""
-    out = _orjson_dumps(value)
-    if out is None:
-        return None
-    text = out.decode("utf-8")  # `in` is faster on str than on bytes
-    if "e-" in text or "0.0000" in text or "null" in text:
-        return None
-    return text
-
-
-def _orjson_dumps(value: Any) -> bytes | None:
-    """orjson's sorted-key JSON of ``value``; ``None`` without orjson or when it refuses."""
     lib = _orjson if _orjson is not _UNSET else _lib()
     if lib is None:
         return None
@@ -169,4 +156,7 @@ def _orjson_dumps(value: Any) -> bytes | None:
         out: bytes = lib.dumps(value, option=_SORT_KEYS)
     except TypeError:  # orjson.JSONEncodeError is one
         return None
-    return out
+    text = out.decode("utf-8")  # `in` is faster on str than on bytes
+    if "e-" in text or "0.0000" in text or "null" in text:
+        return None
+    return text
