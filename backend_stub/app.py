@@ -28,6 +28,7 @@ from backend_stub.service import now_ms
 from backend_stub.settings import Settings
 from backend_stub.storage import Storage
 from backend_stub.storage.sqlite import SQLiteStorage
+from backend_stub.sync_routes import sync_router
 from sdk.contract import ProblemCode
 
 __all__ = ["create_app", "open_storage"]
@@ -89,6 +90,7 @@ def create_app(
     app.state.clock = clock or now_ms
     app.state.batch_intake = _batch_intake(settings)
     app.include_router(router)
+    app.include_router(sync_router)
     _install_problem_handlers(app)
     return app
 

@@ -190,6 +190,7 @@ class _Walk:
 def _commit(storage: Storage, session: Session, now: int) -> CompleteMigrationResponse:
     decisions = {(c.collection, c.key): c for c in iter_conflicts(storage, session.id)}
     with storage.atomic():
+        prior = storage.sync_head(session.user_id).seq if storage.supports_sync else None
         walk = None if decisions else _walk_digests(storage, session)
         if walk is None:
             walk = _walk_items(storage, session, decisions, now)
@@ -207,6 +208,7 @@ def _commit(storage: Storage, session: Session, now: int) -> CompleteMigrationRe
         if copied != outcomes["new"]:  # the session's lock makes this impossible
             raise VersionConflict(session.id)
         applied += copied
+        head = storage.sync_head(session.user_id).seq if storage.supports_sync else None
         result = CompleteMigrationResponse(
             session_id=session.id,
             status=SessionStatus.COMPLETED,
@@ -221,6 +223,8 @@ def _commit(storage: Storage, session: Session, now: int) -> CompleteMigrationRe
             resolutions_by_kind=dict(
                 Counter(c.strategy or c.choice or "unknown" for c in decisions.values())
             ),
+            sync_seq=head,
+            sync_prior_seq=prior,
         )
         storage.update_session(
             dataclasses.replace(

@@ -47,6 +47,7 @@ CAPABILITIES = (
     "conflict-resolution",
     "merged-resolution",
     "plan",
+    "sync",
 )
 
 #: A start request for an empty store (documentation examples use it).
@@ -122,7 +123,7 @@ def detect(
         active_session_id=active.id if active else None,
         supported_data_versions=list(settings.supported_data_versions),
         limits=settings.limits,
-        capabilities=list(CAPABILITIES),
+        capabilities=[c for c in CAPABILITIES if c != "sync" or storage.supports_sync],
         server_time=now,
     )
 

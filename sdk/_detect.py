@@ -97,6 +97,10 @@ class LocalDetection:
     tombstones: int = 0
     size_bytes: int = 0
     migration: MigrationState | None = None
+    #: Local writes the cloud does not hold yet (pushed by the next sync).
+    pending_changes: int = 0
+    #: Whether the store keeps in step with the cloud (migrated, or bootstrapped from it).
+    synced: bool = False
 
     @property
     def has_data(self) -> bool:
@@ -184,6 +188,9 @@ def inspect_store(path: Path, *, count: bool) -> LocalDetection:
     except sqlite3.Error as exc:
         return _corrupt(path, size, f"cannot be opened ({exc})")
     try:
+        # Check every cell's bounds as pages load: without it a damaged cell pointer is
+        # caught or not depending on the bytes that happen to lie where it points.
+        conn.execute("PRAGMA cell_size_check = ON")
         return _inspect_ours(conn, path, size, count=count)
     except sqlite3.Error as exc:
         error = store_error(exc, path, "inspect the store")
@@ -242,6 +249,7 @@ def _inspect_ours(
         )
     counts: dict[str, int] = {}
     tombstones = 0
+    pending = 0
     if "items" in tables:
         if count:
             for collection, rows, deleted in conn.execute(
@@ -249,18 +257,32 @@ def _inspect_ours(
             ):
                 counts[collection] = rows
                 tombstones += int(deleted)
+            # Before the sync's schema step nothing was recorded: every row may be unsent.
+            pending = (
+                conn.execute("SELECT count(*) FROM items WHERE pending > 0").fetchone()[0]
+                if "0003_sync" in applied
+                else sum(counts.values())
+            )
     elif "0002_items" in applied:
         return _corrupt(path, size, "its items table is missing")
     item_count = sum(counts.values())
-    if count and item_count == 0:
+    synced = migration is not None or "sync_cursor" in meta
+    waiting = (
+        f"{pending} local change(s) are not in the cloud yet: sync to send them"
+        if pending
+        else "every local change is in the cloud as of the last sync"
+    )
+    if synced:
+        state = LocalState.MIGRATED
+        how = (
+            f"was already migrated (migration {migration.migration_id})"
+            if migration is not None
+            else "keeps in step with the cloud"
+        )
+        reason = f"the store at {path} {how}: nothing left to migrate; {waiting}"
+    elif count and item_count == 0:
         state = LocalState.EMPTY
         reason = f"the store at {path} holds no items: there is nothing to migrate"
-    elif migration is not None:
-        state = LocalState.MIGRATED
-        reason = (
-            f"the store at {path} was already migrated (migration {migration.migration_id}): "
-            "there is nothing left to migrate"
-        )
     else:
         state = LocalState.READY
         reason = (
@@ -274,6 +296,8 @@ def _inspect_ours(
         item_count=item_count,
         tombstones=tombstones,
         migration=migration,
+        pending_changes=pending if synced else 0,
+        synced=synced,
     )
 
 
@@ -295,6 +319,8 @@ class _Found:
         item_count: int = 0,
         tombstones: int = 0,
         migration: MigrationState | None = None,
+        pending_changes: int = 0,
+        synced: bool = False,
     ) -> LocalDetection:
         return LocalDetection(
             state,
@@ -307,6 +333,8 @@ class _Found:
             tombstones=tombstones,
             size_bytes=self.size_bytes,
             migration=migration,
+            pending_changes=pending_changes,
+            synced=synced,
         )
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import platformdirs
 from sqlite_utils import Database, Migrations
 
+from sdk import _changes
 from sdk._errors import (
     ConfigurationError,
     CorruptStoreError,
@@ -95,9 +96,14 @@ def _create_items(db: Database) -> None:
     )
 
 
+@MIGRATIONS(name="0003_sync")
+def _add_sync(db: Database) -> None:
+    _changes.create_tables(db.conn)
+
+
 #: Every schema step this SDK knows, oldest first. A store that recorded a step not in
 #: this list was written by a newer SDK.
-SCHEMA_STEPS = ("0001_store_meta", "0002_items")
+SCHEMA_STEPS = ("0001_store_meta", "0002_items", "0003_sync")
 
 
 def default_store_path(app_name: str) -> Path:
@@ -472,7 +478,7 @@ class LocalStore:
         stamp = now_ms() if updated_at is None else updated_at
         text = check_item(collection, key, data, stamp, False)
         with self._writing("store an item") as conn:
-            conn.execute(_UPSERT, (collection, key, text, stamp, 0))
+            _changes.record_writes(conn, [(collection, key, text, stamp, 0)])
         return {
             "collection": collection,
             "key": key,
@@ -493,12 +499,17 @@ class LocalStore:
         3
         >>> tmp.cleanup()
         """
-        written = 0
-        with self._writing("store items") as conn:
+        given = 0
+
+        def checked() -> Iterator[tuple[str, str, str, int, int]]:
+            nonlocal given
             for item in items:
-                conn.execute(_UPSERT, _item_row(item))
-                written += 1
-        return written
+                given += 1
+                yield _item_row(item)
+
+        with self._writing("store items") as conn:
+            _changes.record_writes(conn, checked())
+        return given
 
     def delete(self, collection: str, key: str, *, updated_at: int | None = None) -> bool:
         """Delete an item by writing a tombstone (``data`` ``{}``, ``deleted`` True), so the
@@ -519,7 +530,7 @@ class LocalStore:
             row = conn.execute(
                 "SELECT deleted FROM items WHERE collection = ? AND key = ?", (collection, key)
             ).fetchone()
-            conn.execute(_UPSERT, (collection, key, "{}", stamp, 1))
+            _changes.record_writes(conn, [(collection, key, "{}", stamp, 1)])
         return row is not None and row[0] == 0
 
     def replace_if_unchanged(self, pairs: Iterable[tuple[Item, Item]]) -> int:
@@ -537,23 +548,18 @@ class LocalStore:
         1
         >>> tmp.cleanup()
         """
-        replaced = 0
-        with self._writing("write resolved items") as conn:
-            for expected, new in pairs:
-                row = _item_row(new)
-                old = _item_row(expected)
-                if old[:2] != row[:2]:
-                    raise InvalidItemError(
-                        f"item {item_label(*row[:2])} cannot replace "
-                        f"{item_label(*old[:2])}: a pair must name the same collection and key"
-                    )
-                cursor = conn.execute(
-                    "UPDATE items SET data = ?, updated_at = ?, deleted = ? WHERE collection = ?"
-                    " AND key = ? AND data = ? AND updated_at = ? AND deleted = ?",
-                    (row[2], row[3], row[4], *old),
+        checked = []
+        for expected, new in pairs:
+            row = _item_row(new)
+            old = _item_row(expected)
+            if old[:2] != row[:2]:
+                raise InvalidItemError(
+                    f"item {item_label(*row[:2])} cannot replace "
+                    f"{item_label(*old[:2])}: a pair must name the same collection and key"
                 )
-                replaced += cursor.rowcount
-        return replaced
+            checked.append((old, row))
+        with self._writing("write resolved items") as conn:
+            return _changes.replace_rows(conn, checked)
 
     def mark_migrated(self, *, migration_id: str, session_id: str, cloud_checksum: str) -> None:
         """Record that the store's content now lives in the cloud (after verification).
@@ -727,11 +733,6 @@ class LocalStore:
 
 
 _COLUMNS = "collection, key, data, updated_at, deleted"
-_UPSERT = (
-    "INSERT INTO items (collection, key, data, updated_at, deleted) VALUES (?, ?, ?, ?, ?)"
-    " ON CONFLICT (collection, key) DO UPDATE SET data = excluded.data,"
-    " updated_at = excluded.updated_at, deleted = excluded.deleted"
-)
 
 
 def _item_row(item: Mapping[str, Any]) -> tuple[str, str, str, int, int]:

@@ -159,6 +159,10 @@ _ADVICE_BY_CODE: dict[str, str] = {
     ProblemCode.METHOD_NOT_ALLOWED.value: (
         "the server does not offer this call; check that client and server versions match"
     ),
+    ProblemCode.PUSH_MISMATCH.value: (
+        "this push id was used for other changes; the SDK sends each set of changes under "
+        "a new push id, so report this as a bug"
+    ),
 }
 
 _CONTRACT_BUG = (

@@ -60,12 +60,20 @@ __all__ = [
     "PlanResponse",
     "Problem",
     "ProblemCode",
+    "PullResponse",
+    "PushChange",
+    "PushOutcome",
+    "PushRequest",
+    "PushResponse",
+    "PushResult",
     "Resolution",
     "ResolveConflictsRequest",
     "ResolveConflictsResponse",
     "SessionStatus",
     "StartMigrationRequest",
     "StartMigrationResponse",
+    "SyncItem",
+    "SyncStateResponse",
     "batch_body",
     "batch_checksum",
     "canonical_item",
@@ -74,6 +82,9 @@ __all__ = [
     "dataset_checksum",
     "dataset_checksum_of",
     "item_digest",
+    "multiset_add",
+    "multiset_checksum",
+    "multiset_hex",
 ]
 
 API_PREFIX = "/api/migration"
@@ -164,6 +175,57 @@ def dataset_checksum_of(items: Iterable[Item]) -> str:
     """
     ordered = sorted(items, key=lambda i: (i["collection"], i["key"]))
     return dataset_checksum(item_digest(i) for i in ordered)
+
+
+# The sync's checksum: an incremental multiset hash.
+#
+# The migration's dataset checksum hashes the item digests in key order, so one changed
+# item means rehashing everything. The sync keeps, on both sides, the sum of the item
+# digests (each read as a 256-bit big-endian integer) modulo 2**256 ("AdHash", Bellare and
+# Micciancio, 1997): a write subtracts the old item's digest and adds the new one, so the
+# checksum follows every change in O(1) and no order is needed.
+#
+# Its limits: it detects any accidental divergence (a lost, duplicated or altered item
+# changes the sum unless digests cancel out, which SHA-256 makes as unlikely as a
+# collision of a 256-bit hash), but it is not collision-resistant against an adversary
+# who chooses many items (Wagner's generalized birthday attack finds a set of items with
+# a chosen sum far faster than 2**128 work). It proves that two honest replicas agree; it
+# is not a signature. A full recomputation from the items themselves stays available on
+# both sides (``verify --full``), and an empty dataset sums to zero.
+_MODULUS = 1 << 256
+
+
+def multiset_add(total: int, digest: bytes, *, sign: int = 1) -> int:
+    """Add (``sign=1``) or remove (``sign=-1``) one item digest from a multiset sum.
+
+    >>> d = item_digest({"collection": "c", "key": "k", "data": {}, "updatedAt": 1,
+    ...                  "deleted": False})
+    >>> multiset_add(multiset_add(0, d), d, sign=-1)
+    0
+    """
+    return (total + sign * int.from_bytes(digest, "big")) % _MODULUS
+
+
+def multiset_checksum(digests: Iterable[bytes]) -> int:
+    """The multiset sum of item digests, in any order.
+
+    >>> a, b = hashlib.sha256(b"a").digest(), hashlib.sha256(b"b").digest()
+    >>> multiset_checksum([a, b]) == multiset_checksum([b, a])
+    True
+    """
+    total = 0
+    for digest in digests:
+        total += int.from_bytes(digest, "big")
+    return total % _MODULUS
+
+
+def multiset_hex(total: int) -> str:
+    """A multiset sum as 64 hex digits (how the wire and the store carry it).
+
+    >>> multiset_hex(0)
+    '0000000000000000000000000000000000000000000000000000000000000000'
+    """
+    return f"{total % _MODULUS:064x}"
 
 
 def batch_body(canonical_items: Iterable[bytes]) -> bytes:
@@ -274,6 +336,7 @@ class ProblemCode(str, enum.Enum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported-media-type"
     UNSUPPORTED_DATA_VERSION = "unsupported-data-version"
     METHOD_NOT_ALLOWED = "method-not-allowed"
+    PUSH_MISMATCH = "push-mismatch"
 
 
 class Problem(WireModel):
@@ -611,6 +674,11 @@ class CompleteMigrationResponse(WireModel):
     unchanged_items: int | None = None
     conflicts: int | None = None
     resolutions_by_kind: dict[str, int] = Field(default_factory=dict)
+    #: Where the sync continues: every item this commit wrote carries ``sync_seq``; the
+    #: cloud held up to ``sync_prior_seq`` before it, which the device pulls once to get
+    #: what other devices put there. ``None`` from servers without sync.
+    sync_seq: int | None = None
+    sync_prior_seq: int | None = None
 
 
 class MigrationSummary(WireModel):
@@ -647,3 +715,125 @@ class GetMigrationSummaryResponse(WireModel):
     result: SessionStatus
     summary: MigrationSummary
     recommendations: list[str] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- sync
+#
+# After the migration the device and the cloud stay in step. The cloud gives every write
+# a place in the user's one total order of changes, its ``seq`` (all items written by one
+# request share one seq). A device remembers, per item, the seq of the cloud version its
+# content derives from (``baseSeq``) and, per store, how far it has read the order (an
+# opaque ``cursor``).
+
+
+class SyncItem(typing_extensions.TypedDict):
+    """One item of a pull page: a wire item plus the ``seq`` that last wrote it.
+
+    >>> SyncItem(collection="c", key="k", data={}, updatedAt=1, deleted=False, seq=3)["seq"]
+    3
+    """
+
+    collection: str
+    key: str
+    data: dict[str, Any]
+    updatedAt: int
+    deleted: bool
+    seq: int
+
+
+class PushChange(WireModel):
+    """One local change: the item as the device now holds it, and the seq of the cloud
+    version it was based on (``None``: the device never saw this item in the cloud).
+
+    >>> PushChange(collection="c", key="k", data={}, updated_at=1, deleted=False,
+    ...            base_seq=None).wire()["baseSeq"] is None
+    True
+    """
+
+    collection: Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+    key: Annotated[str, StringConstraints(pattern=KEY_PATTERN)]
+    data: dict[str, Any]
+    updated_at: int = Field(ge=0, le=2**63 - 1)
+    deleted: bool
+    base_seq: int | None = Field(ge=0, le=2**63 - 1)
+
+
+class PushRequest(WireModel):
+    """``POST /sync/push``: a batch of local changes, applied all at once and exactly once:
+    replaying the same ``push_id`` with the same changes answers the stored response.
+
+    >>> PushRequest(push_id="push-0001", device_id="d1", changes=[]).wire()["pushId"]
+    'push-0001'
+    """
+
+    push_id: str = Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")
+    device_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    changes: list[PushChange]
+
+
+#: What the cloud made of one pushed change: ``applied`` (written at a new seq),
+#: ``unchanged`` (the cloud holds equal data already: never a conflict) or ``conflict``
+#: (the cloud's version moved past the change's base: decide, then push the outcome).
+PushOutcome = Literal["applied", "unchanged", "conflict"]
+
+
+class PushResult(WireModel):
+    """The outcome of one change, in the request's order. ``seq`` is the seq of the item
+    the cloud holds now; ``server`` is that item when it is not the pushed one
+    (``unchanged``, ``conflict``), so the device can take it without another request.
+
+    >>> PushResult(collection="c", key="k", outcome="applied", seq=4).server is None
+    True
+    """
+
+    collection: str
+    key: str
+    outcome: PushOutcome
+    seq: int
+    server: ItemVersion | None = None
+
+
+class PushResponse(WireModel):
+    """Answer to a push: one result per change, and the cloud's state after it.
+
+    >>> PushResponse(results=[], seq=0, checksum="0" * 64, item_count=0).replayed
+    False
+    """
+
+    results: list[PushResult]
+    seq: int
+    checksum: str
+    item_count: int
+    replayed: bool = False
+
+
+class PullResponse(WireModel):
+    """``GET /sync/changes?since=CURSOR``: the cloud's items changed after the cursor, in
+    the user's order, oldest first. Follow ``cursor`` while ``has_more``; when it is false,
+    ``seq``, ``checksum`` and ``item_count`` describe the cloud as of that page.
+
+    >>> PullResponse(changes=[], cursor="0", has_more=False, seq=0,
+    ...              checksum="0" * 64, item_count=0).has_more
+    False
+    """
+
+    changes: list[SyncItem]
+    cursor: str
+    has_more: bool
+    seq: int
+    checksum: str
+    item_count: int
+
+
+class SyncStateResponse(WireModel):
+    """``GET /sync/state``: the user's cloud dataset in brief. ``full`` says the checksum
+    was recomputed from every item instead of read from the running sum.
+
+    >>> SyncStateResponse(seq=0, checksum="0" * 64, item_count=0, full=False).seq
+    0
+    """
+
+    seq: int
+    checksum: str
+    item_count: int
+    full: bool

@@ -270,7 +270,8 @@ def test_detection_sees_commits_that_are_still_only_in_the_wal(tmp_path):
     try:
         writer.execute("PRAGMA wal_autocheckpoint = 0")
         writer.execute(
-            "INSERT INTO items VALUES ('wal_only', 'k', '{}', 1, 0), ('wal_only', 'j', '{}', 1, 1)"
+            "INSERT INTO items (collection, key, data, updated_at, deleted)"
+            " VALUES ('wal_only', 'k', '{}', 1, 0), ('wal_only', 'j', '{}', 1, 1)"
         )
         wal = Path(f"{path}-wal")
         assert wal.stat().st_size > 0

@@ -166,7 +166,11 @@ def test_commits_still_only_in_the_wal_are_in_the_snapshot(store_path, items, tm
         writer.execute("PRAGMA wal_autocheckpoint = 0")
         writer.execute("BEGIN")
         for i in range(50):
-            writer.execute("INSERT INTO items VALUES ('wal_only', ?, '{\"v\":1}', 5, 0)", (str(i),))
+            writer.execute(
+                "INSERT INTO items (collection, key, data, updated_at, deleted)"
+                " VALUES ('wal_only', ?, '{\"v\":1}', 5, 0)",
+                (str(i),),
+            )
         writer.execute("COMMIT")
         # The main file alone does not have them: they live in the -wal file only.
         alone = tmp_path / "alone" / "store.sqlite3"
@@ -241,7 +245,10 @@ def test_a_snapshot_taken_while_the_app_writes_is_one_point_in_time(tmp_path):
 def _insert(path, *rows):
     conn = raw(path)
     conn.execute("PRAGMA ignore_check_constraints = ON")
-    conn.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?)", rows)
+    conn.executemany(
+        "INSERT INTO items (collection, key, data, updated_at, deleted) VALUES (?, ?, ?, ?, ?)",
+        rows,
+    )
     conn.close()
 
 
@@ -280,7 +287,8 @@ def test_an_invalid_item_fails_the_snapshot_naming_it(store_path, tmp_path, row,
 def test_text_that_is_not_utf8_fails_the_snapshot_naming_the_item(store_path, tmp_path):
     _insert_sql(
         store_path,
-        "INSERT INTO items VALUES ('c', 'bad-bytes', CAST(x'7b2276223a22ff227d' AS TEXT), 1, 0)",
+        "INSERT INTO items (collection, key, data, updated_at, deleted)"
+        " VALUES ('c', 'bad-bytes', CAST(x'7b2276223a22ff227d' AS TEXT), 1, 0)",
     )
     with pytest.raises(SnapshotError, match="'c'/'bad-bytes': holds text that is not valid UTF-8"):
         snap(store_path, tmp_path)
@@ -471,7 +479,9 @@ def test_open_snapshot_refuses_the_store_itself(store_path):
             "DELETE FROM items WHERE key = (SELECT min(key) FROM items)", id="an item removed"
         ),
         pytest.param(
-            "INSERT INTO items VALUES ('cards', 'key-00000-x', '{}', 1, 0)", id="an item added"
+            "INSERT INTO items (collection, key, data, updated_at, deleted)"
+            " VALUES ('cards', 'key-00000-x', '{}', 1, 0)",
+            id="an item added",
         ),
         pytest.param(
             "UPDATE snapshot_batches SET checksum = replace(checksum, substr(checksum, 1, 1), 'x')"

@@ -34,10 +34,14 @@ from backend_stub.storage.records import (
     DuplicateItem,
     DuplicateSession,
     Key,
+    PullPage,
+    PushRecord,
     Session,
     StagedItem,
     StagedTally,
     StorageError,
+    SyncedItem,
+    SyncHead,
     VersionConflict,
 )
 
@@ -53,11 +57,15 @@ __all__ = [
     "DuplicateItem",
     "DuplicateSession",
     "Key",
+    "PullPage",
+    "PushRecord",
     "Session",
     "StagedItem",
     "StagedTally",
     "Storage",
     "StorageError",
+    "SyncHead",
+    "SyncedItem",
     "VersionConflict",
     "iter_conflicts",
     "iter_staged",
@@ -79,6 +87,9 @@ class Storage(Protocol):
     True
     >>> storage.close()
     """
+
+    #: Whether the backend keeps the sync's order and checksum (the ``sync`` methods).
+    supports_sync: bool
 
     def atomic(self) -> AbstractContextManager[None]:
         """Group the writes inside into one transaction; a nested block can fail alone."""
@@ -207,8 +218,40 @@ class Storage(Protocol):
         """The user's cloud items among ``keys``."""
         ...
 
-    def put_cloud_items(self, user_id: str, items: Sequence[CloudItem], now: int) -> None:
-        """Insert or replace the user's cloud items."""
+    def put_cloud_items(self, user_id: str, items: Sequence[CloudItem], now: int) -> int:
+        """Insert or replace the user's cloud items (distinct keys); returns the seq they
+        were written at. Every write of one transaction shares one seq, and moves the
+        user's :class:`SyncHead` (seq, checksum, count) with it."""
+        ...
+
+    # sync
+
+    def sync_head(self, user_id: str) -> SyncHead:
+        """Where the user's cloud data stands (zeros for a user without items)."""
+        ...
+
+    def synced_items(self, user_id: str, keys: Sequence[Key]) -> dict[Key, SyncedItem]:
+        """The user's cloud items among ``keys``, with their seqs."""
+        ...
+
+    def pull_page(
+        self, user_id: str, *, after: tuple[int, str, str] | None, until: int | None, limit: int
+    ) -> PullPage:
+        """Up to ``limit`` items in (seq, collection, key) order after ``after`` (a seq
+        alone when collection and key are empty) and at most ``until``, with the head
+        read from the same snapshot."""
+        ...
+
+    def full_checksum(self, user_id: str) -> tuple[int, int]:
+        """The multiset checksum and item count recomputed from every item's content."""
+        ...
+
+    def get_push(self, user_id: str, push_id: str) -> PushRecord | None:
+        """The stored answer of an applied push."""
+        ...
+
+    def save_push(self, user_id: str, push_id: str, record: PushRecord, now: int) -> None:
+        """Keep a push's answer, in the transaction that applied it."""
         ...
 
     # users and events

@@ -99,9 +99,13 @@ from backend_stub.storage.records import (
     DuplicateItem,
     DuplicateSession,
     Key,
+    PullPage,
+    PushRecord,
     Session,
     StagedItem,
     StagedTally,
+    SyncedItem,
+    SyncHead,
     VersionConflict,
 )
 from sdk.contract import SessionStatus
@@ -122,6 +126,10 @@ class AwsStorage:
     'mig'
     >>> storage.close()
     """
+
+    #: The sync's order and checksum are not kept on this backend yet: its sync
+    #: endpoints answer 404 and ``detect`` does not offer the ``sync`` capability.
+    supports_sync = False
 
     def __init__(self, resources: AwsResources, *, owns_clients: bool = False) -> None:
         self.resources = resources
@@ -537,7 +545,7 @@ class AwsStorage:
             unit.generations.setdefault(user_id, generation)
         return found
 
-    def put_cloud_items(self, user_id: str, items: Sequence[CloudItem], now: int) -> None:
+    def put_cloud_items(self, user_id: str, items: Sequence[CloudItem], now: int) -> int:
         with self.atomic():
             unit = self._unit()
             if user_id not in unit.cloud:
@@ -548,6 +556,29 @@ class AwsStorage:
             written = self.cloud.set_aside(unit.tx, user_id, items, now)
             unit.cloud[user_id] += len(written)
             unit.aside.extend((user_id, sk) for sk in written)
+        return 0  # no sync order on this backend (supports_sync)
+
+    # The sync methods: never called while supports_sync is False.
+
+    def sync_head(self, user_id: str) -> SyncHead:
+        raise NotImplementedError("sync is not available on the aws backend")
+
+    def synced_items(self, user_id: str, keys: Sequence[Key]) -> dict[Key, SyncedItem]:
+        raise NotImplementedError("sync is not available on the aws backend")
+
+    def pull_page(
+        self, user_id: str, *, after: tuple[int, str, str] | None, until: int | None, limit: int
+    ) -> PullPage:
+        raise NotImplementedError("sync is not available on the aws backend")
+
+    def full_checksum(self, user_id: str) -> tuple[int, int]:
+        raise NotImplementedError("sync is not available on the aws backend")
+
+    def get_push(self, user_id: str, push_id: str) -> PushRecord | None:
+        raise NotImplementedError("sync is not available on the aws backend")
+
+    def save_push(self, user_id: str, push_id: str, record: PushRecord, now: int) -> None:
+        raise NotImplementedError("sync is not available on the aws backend")
 
     def settle(self, user_id: str) -> None:
         """Finish the user's commit if a crash stopped it after its flip (idempotent).

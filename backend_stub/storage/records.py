@@ -39,10 +39,14 @@ __all__ = [
     "DuplicateItem",
     "DuplicateSession",
     "Key",
+    "PullPage",
+    "PushRecord",
     "Session",
     "StagedItem",
     "StagedTally",
     "StorageError",
+    "SyncHead",
+    "SyncedItem",
     "VersionConflict",
 ]
 
@@ -389,3 +393,50 @@ class Conflict:
             resolved=self.resolved,
             resolution=self.choice,
         )
+
+
+class SyncHead(NamedTuple):
+    """Where a user's cloud data stands: the last seq written, the running multiset
+    checksum of every item (:func:`sdk.contract.multiset_add`) and how many items
+    (tombstones included) it covers.
+
+    >>> SyncHead(0, 0, 0).seq
+    0
+    """
+
+    seq: int
+    checksum: int
+    item_count: int
+
+
+class SyncedItem(NamedTuple):
+    """A cloud item and the seq of the write that put it there.
+
+    >>> SyncedItem(CloudItem("c", "k", "{}", 1, False, 1, "d"), 7).seq
+    7
+    """
+
+    item: CloudItem
+    seq: int
+
+
+class PullPage(NamedTuple):
+    """One page of a user's changes, and the head read in the same snapshot.
+
+    >>> PullPage([], SyncHead(0, 0, 0)).head.item_count
+    0
+    """
+
+    items: list[SyncedItem]
+    head: SyncHead
+
+
+class PushRecord(NamedTuple):
+    """What the server keeps of an applied push, to answer its replays.
+
+    >>> PushRecord("ab" * 32, "{}").response
+    '{}'
+    """
+
+    request_digest: str
+    response: str

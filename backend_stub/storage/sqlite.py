@@ -39,9 +39,13 @@ from backend_stub.storage import (
     DuplicateItem,
     DuplicateSession,
     Key,
+    PullPage,
+    PushRecord,
     Session,
     StagedItem,
     StagedTally,
+    SyncedItem,
+    SyncHead,
     VersionConflict,
 )
 from sdk.contract import (
@@ -50,6 +54,10 @@ from sdk.contract import (
     Manifest,
     MigrationConfig,
     SessionStatus,
+    canonical_item_parts,
+    multiset_add,
+    multiset_checksum,
+    multiset_hex,
 )
 
 __all__ = ["DATABASE_NAME", "SQLiteStorage"]
@@ -95,6 +103,44 @@ def m002_staged_parts(db: Database) -> None:
         )
     db.execute("DROP TABLE staged_items")
     db.execute("ALTER TABLE staged_items_v2 RENAME TO staged_items")
+
+
+@migrations()
+def m003_sync(db: Database) -> None:
+    # Sync: every cloud write gets a place in the user's order (seq) and keeps its digest,
+    # so the running multiset checksum (sync_heads) follows writes without re-reading.
+    db.execute("ALTER TABLE cloud_items ADD COLUMN seq INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE cloud_items ADD COLUMN digest BLOB")
+    db.execute("CREATE INDEX cloud_items_by_seq ON cloud_items (user_id, seq, collection, key)")
+    db.execute(
+        "CREATE TABLE sync_heads (user_id TEXT PRIMARY KEY, seq INTEGER NOT NULL,"
+        " checksum TEXT NOT NULL, item_count INTEGER NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE sync_pushes (user_id TEXT NOT NULL, push_id TEXT NOT NULL,"
+        " request_digest TEXT NOT NULL, response TEXT NOT NULL, created_at INTEGER NOT NULL,"
+        " PRIMARY KEY (user_id, push_id)) WITHOUT ROWID"
+    )
+    # Items committed before sync existed: seq 1 of their user, digests computed once.
+    heads: dict[str, tuple[int, int]] = {}
+    rows = db.execute(
+        "SELECT user_id, collection, key, data, updated_at, deleted FROM cloud_items"
+    ).fetchall()
+    for user_id, collection, key, data, updated_at, deleted in rows:
+        digest = hashlib.sha256(
+            canonical_item_parts(collection, key, data, updated_at, bool(deleted))
+        ).digest()
+        db.execute(
+            "UPDATE cloud_items SET seq = 1, digest = ? WHERE user_id = ? AND collection = ?"
+            " AND key = ?",
+            [digest, user_id, collection, key],
+        )
+        total, count = heads.get(user_id, (0, 0))
+        heads[user_id] = (multiset_add(total, digest), count + 1)
+    for user_id, (total, count) in heads.items():
+        db.execute(
+            "INSERT INTO sync_heads VALUES (?, 1, ?, ?)", [user_id, multiset_hex(total), count]
+        )
 
 
 _INITIAL_SCHEMA = """
@@ -208,11 +254,15 @@ class SQLiteStorage:
     >>> storage.close()
     """
 
+    supports_sync = True
+
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self._db = Database(conn)
         self._lock = threading.RLock()
         self._depth = 0
+        # The seq each user's writes got in the transaction under way: one per transaction.
+        self._txn_seqs: dict[str, int] = {}
         # The write lock first, so that processes opening a new database at the same time
         # (a server and the CLI's seed) apply the schema one after the other; the
         # migration steps nest inside as savepoints.
@@ -291,6 +341,7 @@ class SQLiteStorage:
                 raise
             finally:
                 self._depth = 0
+                self._txn_seqs.clear()
 
     @contextlib.contextmanager
     def _snapshot(self) -> Iterator[None]:
@@ -478,12 +529,23 @@ class SQLiteStorage:
     ) -> int:
         # One statement, no row through Python. A plain INSERT: a cloud item where the
         # session staged a new one would be a bug to stop at, not to overwrite.
-        return self._write(
-            f"INSERT INTO cloud_items (user_id, {_CLOUD_COLUMNS}, written_at)"
-            " SELECT ?, collection, key, data, updated_at, deleted, 1, ?, ?"
-            " FROM staged_items WHERE session_id = ? AND outcome = 'new'",
-            [user_id, device_id, now, session_id],
-        )
+        with self.atomic():
+            added = multiset_checksum(
+                digest
+                for (digest,) in self._conn.execute(
+                    "SELECT digest FROM staged_items WHERE session_id = ? AND outcome = 'new'",
+                    [session_id],
+                )
+            )
+            seq = self._next_seq(user_id)
+            copied = self._conn.execute(
+                f"INSERT INTO cloud_items (user_id, {_CLOUD_COLUMNS}, written_at, seq, digest)"
+                " SELECT ?, collection, key, data, updated_at, deleted, 1, ?, ?, ?, digest"
+                " FROM staged_items WHERE session_id = ? AND outcome = 'new'",
+                [user_id, device_id, now, seq, session_id],
+            ).rowcount
+            self._move_head(user_id, seq, added, copied)
+            return int(copied)
 
     def outcome_counts(self, session_id: str) -> dict[str, int]:
         rows = self._rows(
@@ -572,13 +634,137 @@ class SQLiteStorage:
                     found[(item.collection, item.key)] = item
         return found
 
-    def put_cloud_items(self, user_id: str, items: Sequence[CloudItem], now: int) -> None:
+    def put_cloud_items(self, user_id: str, items: Sequence[CloudItem], now: int) -> int:
+        if not items:
+            return self.sync_head(user_id).seq
         with self.atomic():
+            old = self._digests(user_id, [(i.collection, i.key) for i in items])
+            seq = self._next_seq(user_id)
+            delta = 0
+            rows = []
+            for item in items:
+                digest = item.digest()
+                delta = multiset_add(delta, digest)
+                previous = old.get((item.collection, item.key))
+                if previous is not None:
+                    delta = multiset_add(delta, previous, sign=-1)
+                rows.append((user_id, *item, now, seq, digest))
             self._conn.executemany(
-                f"INSERT OR REPLACE INTO cloud_items (user_id, {_CLOUD_COLUMNS}, written_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                ((user_id, *item, now) for item in items),
+                f"INSERT OR REPLACE INTO cloud_items (user_id, {_CLOUD_COLUMNS}, written_at,"
+                " seq, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
             )
+            self._move_head(
+                user_id, seq, delta, len({(i.collection, i.key) for i in items}) - len(old)
+            )
+            return seq
+
+    # ------------------------------------------------------------------ sync
+
+    def sync_head(self, user_id: str) -> SyncHead:
+        rows = self._rows(
+            "SELECT seq, checksum, item_count FROM sync_heads WHERE user_id = ?", [user_id]
+        )
+        if not rows:
+            return SyncHead(0, 0, 0)
+        seq, checksum, count = rows[0]
+        return SyncHead(seq, int(checksum, 16), count)
+
+    def synced_items(self, user_id: str, keys: Sequence[Key]) -> dict[Key, SyncedItem]:
+        found: dict[Key, SyncedItem] = {}
+        with self._snapshot():
+            for chunk in _chunks(keys):
+                rows = self._rows(
+                    _keyed(f"SELECT {_CLOUD_COLUMNS_T}, t.seq", "cloud_items", "user_id", chunk),
+                    [*_flatten(chunk), user_id],
+                )
+                for row in rows:
+                    item = CloudItem(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6])
+                    found[(item.collection, item.key)] = SyncedItem(item, row[7])
+        return found
+
+    def pull_page(
+        self, user_id: str, *, after: tuple[int, str, str] | None, until: int | None, limit: int
+    ) -> PullPage:
+        sql = f"SELECT {_CLOUD_COLUMNS}, seq FROM cloud_items WHERE user_id = ?"
+        params: list[Any] = [user_id]
+        if after is not None:
+            seq, collection, key = after
+            if collection or key:
+                sql += " AND (seq, collection, key) > (?, ?, ?)"
+                params.extend(after)
+            else:
+                sql += " AND seq > ?"
+                params.append(seq)
+        if until is not None:
+            sql += " AND seq <= ?"
+            params.append(until)
+        sql += " ORDER BY seq, collection, key LIMIT ?"
+        params.append(limit)
+        with self._snapshot():
+            rows = self._rows(sql, params)
+            head = self.sync_head(user_id)
+        items = [
+            SyncedItem(CloudItem(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6]), r[7])
+            for r in rows
+        ]
+        return PullPage(items, head)
+
+    def full_checksum(self, user_id: str) -> tuple[int, int]:
+        total = count = 0
+        with self._snapshot():
+            cursor = self._conn.execute(
+                "SELECT collection, key, data, updated_at, deleted FROM cloud_items"
+                " WHERE user_id = ?",
+                [user_id],
+            )
+            while rows := cursor.fetchmany(5000):
+                for collection, key, data, updated_at, deleted in rows:
+                    canonical = canonical_item_parts(
+                        collection, key, data, updated_at, bool(deleted)
+                    )
+                    total += int.from_bytes(hashlib.sha256(canonical).digest(), "big")
+                count += len(rows)
+        return total % (1 << 256), count
+
+    def get_push(self, user_id: str, push_id: str) -> PushRecord | None:
+        rows = self._rows(
+            "SELECT request_digest, response FROM sync_pushes WHERE user_id = ? AND push_id = ?",
+            [user_id, push_id],
+        )
+        return PushRecord(*rows[0]) if rows else None
+
+    def save_push(self, user_id: str, push_id: str, record: PushRecord, now: int) -> None:
+        self._write(
+            "INSERT INTO sync_pushes VALUES (?, ?, ?, ?, ?)",
+            [user_id, push_id, record.request_digest, record.response, now],
+        )
+
+    def _next_seq(self, user_id: str) -> int:
+        """The seq of this transaction's writes for ``user_id`` (one per transaction)."""
+        seq = self._txn_seqs.get(user_id)
+        if seq is None:
+            seq = self.sync_head(user_id).seq + 1
+            self._txn_seqs[user_id] = seq
+        return seq
+
+    def _move_head(self, user_id: str, seq: int, delta: int, added: int) -> None:
+        head = self.sync_head(user_id)
+        self._conn.execute(
+            "INSERT INTO sync_heads VALUES (?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET"
+            " seq = excluded.seq, checksum = excluded.checksum, item_count = excluded.item_count",
+            [user_id, seq, multiset_hex(head.checksum + delta), head.item_count + added],
+        )
+
+    def _digests(self, user_id: str, keys: Sequence[Key]) -> dict[Key, bytes]:
+        found: dict[Key, bytes] = {}
+        for chunk in _chunks(keys):
+            rows = self._rows(
+                _keyed("SELECT t.collection, t.key, t.digest", "cloud_items", "user_id", chunk),
+                [*_flatten(chunk), user_id],
+            )
+            found.update(((c, k), d) for c, k, d in rows)
+        return found
 
     # ------------------------------------------------------------------ users and events
 
