@@ -188,6 +188,14 @@ def source_error(
             "open a new connection, register it there (conn.create_collation(name, "
             "function)) before any query, and pass that connection as source"
         )
+    # READONLY_RECOVERY (264) and READONLY_ROLLBACK (776) are what a crash leaves; the
+    # other READONLY codes mean a WAL file in a folder this program may not write.
+    if code in (520, 1288, 1544):
+        return error(
+            "the legacy database is in WAL mode, and reading it needs its -shm file, which "
+            "this program may not create in that folder; copy the file (with its -wal "
+            f"file) to a folder it may write, and import the copy; {untouched}"
+        )
     if primary == 8 or "readonly" in text or "read-only" in text:
         return error(
             "a crash left a transaction unfinished in the legacy database (its -journal "
