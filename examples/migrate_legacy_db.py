@@ -38,13 +38,19 @@ from sdk import (
 )
 
 TABLES = [
-    LegacyTable(table="lessons", collection="lesson_progress", updated_at="completed_at"),
+    LegacyTable(
+        table="lessons",
+        collection="lesson_progress",
+        updated_at="completed_at",
+        time_unit="iso",
+    ),
     LegacyTable(
         table="cards",
         collection="flashcards",
         key="front",
         updated_at="last_review",
-        deleted="is_deleted",
+        time_unit="s",
+        deleted="is_deleted",  # true as SQLite takes it; the tombstone keeps the card
         columns=["front", "back", "box"],
     ),
     LegacyTable(
@@ -110,6 +116,8 @@ def main() -> int:
         )
         for collection, rows in sorted(imported.collections.items()):
             print(f"  {collection}: {rows}")
+        if not imported.verified:  # the app wrote to the store meanwhile: import again
+            print(f"  the store differs from {legacy.name}: {imported.checks}")
         with LocalStore(store_path) as store:
             print("  sample:", json.dumps(store.get("flashcards", "hola"), sort_keys=True))
 

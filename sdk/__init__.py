@@ -22,6 +22,7 @@ from ._errors import (
     InvalidItemError,
     InvalidRequestError,
     JournalError,
+    LegacyDatabaseError,
     MigrationBlockedError,
     MigrationError,
     NotFoundError,
@@ -47,7 +48,7 @@ from ._events import (
     Progress,
     ProgressPhase,
 )
-from ._legacy import LegacyImport, LegacyTable, import_legacy
+from ._legacy import LegacyCheck, LegacyImport, LegacyTable, import_legacy
 from ._migrate import MigrationOptions, MigrationOutcome, MigrationResult
 from ._plan import CollectionPlan, MigrationPlan
 from ._retry import RetryPolicy
@@ -74,6 +75,8 @@ __all__ = [
     "InvalidItemError",
     "InvalidRequestError",
     "JournalError",
+    "LegacyCheck",
+    "LegacyDatabaseError",
     "LegacyImport",
     "LegacyTable",
     "LocalDataDetected",

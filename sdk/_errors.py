@@ -14,6 +14,7 @@ The tree::
     │   └── StoreBusyError          locked by another writer for too long
     ├── SnapshotError               the snapshot could not be taken or validated
     ├── JournalError                the migration journal cannot be read or written
+    ├── LegacyDatabaseError         the app's own (pre-SDK) database cannot be read
     ├── TransportError              talking to the server failed
     │   ├── OfflineError            no connection, timeouts (the migration waits, resumes)
     │   ├── ServerError             5xx / 429 that outlasted the retries
@@ -46,6 +47,7 @@ __all__ = [
     "InvalidItemError",
     "InvalidRequestError",
     "JournalError",
+    "LegacyDatabaseError",
     "MigrationBlockedError",
     "MigrationError",
     "NotFoundError",
@@ -159,6 +161,33 @@ class JournalError(MigrationError):
     >>> issubclass(JournalError, MigrationError)
     True
     """
+
+
+class LegacyDatabaseError(MigrationError):
+    """The app's own database, which :func:`sdk.import_legacy` reads, cannot be read: it
+    is missing, damaged, locked, or holds what SQLite cannot decode. ``path`` names that
+    file (never the SDK's store, which such a failure leaves as it was), ``table`` and
+    ``column`` where the import was when it failed (``None`` when not known).
+
+    >>> e = LegacyDatabaseError("old.db is locked", path="old.db", table="t", retryable=True)
+    >>> (e.path, e.table, e.column, e.retryable, isinstance(e, StoreError))
+    ('old.db', 't', None, True, False)
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        table: str | None = None,
+        column: str | None = None,
+        retryable: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.table = table
+        self.column = column
+        self.retryable = retryable
 
 
 class TransportError(MigrationError):

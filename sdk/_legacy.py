@@ -4,17 +4,18 @@ collection, each row an item.
 An app that kept its data in tables of its own before it adopted the SDK describes each
 table with a :class:`LegacyTable` and calls :func:`import_legacy`; the rows land in the
 SDK's store (one transaction), which then migrates like any other. The legacy file is
-only read, never changed, and calling the import again changes nothing unless the legacy
-rows changed::
+only read, never changed, and calling the import again writes nothing unless the legacy
+rows changed. Afterwards the import compares what it read with what the store holds::
 
     >>> import sqlite3, tempfile, pathlib
     >>> tmp = pathlib.Path(tempfile.mkdtemp())
     >>> with sqlite3.connect(tmp / "old.db") as db:
     ...     _ = db.execute("CREATE TABLE lessons (id INTEGER PRIMARY KEY, score INT, seen TEXT)")
     ...     _ = db.execute("INSERT INTO lessons VALUES (7, 90, '2024-05-01T10:00:00+00:00')")
-    >>> tables = [LegacyTable(table="lessons", updated_at="seen")]
-    >>> import_legacy(tmp / "old.db", tmp / "store.sqlite3", tables).written
-    1
+    >>> tables = [LegacyTable(table="lessons", updated_at="seen", time_unit="iso")]
+    >>> first = import_legacy(tmp / "old.db", tmp / "store.sqlite3", tables)
+    >>> first.written, first.verified
+    (1, True)
     >>> import_legacy(tmp / "old.db", tmp / "store.sqlite3", tables).unchanged
     1
     >>> from sdk import LocalStore
@@ -25,25 +26,25 @@ rows changed::
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import datetime as dt
 import os
+import re
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._errors import ConfigurationError, InvalidItemError, StoreNotFoundError
-from ._store import LocalStore, connect_read_only, now_ms, store_error
-from .contract import Item, canonical_json
+from ._errors import ConfigurationError
+from ._legacy_rows import Plan, plan_table, read_items
+from ._legacy_source import Source, open_source, source_error
+from ._legacy_values import TIME_UNITS, TimeUnit
+from ._store import LocalStore, now_ms
+from .contract import NAME_PATTERN, Item, dataset_checksum, item_digest
 
-__all__ = ["LegacyImport", "LegacyTable", "import_legacy"]
-
-#: Numbers above this are taken as milliseconds since the epoch, below as seconds.
-_MS_THRESHOLD = 100_000_000_000
+__all__ = ["LegacyCheck", "LegacyImport", "LegacyTable", "import_legacy"]
 
 Transform = Callable[[dict[str, Any]], "dict[str, Any] | None"]
+Predicate = Callable[[dict[str, Any]], bool]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -53,10 +54,21 @@ class LegacyTable:
     - ``table``: the table (or view) to read;
     - ``collection``: the collection its rows become (default: the table's name);
     - ``key``: the column, or columns, that identify a row (default: the table's primary
-      key, else its rowid); several columns are joined with ``:``;
-    - ``updated_at``: the column holding when the row last changed, in seconds or
-      milliseconds since the epoch or ISO 8601 text (default: the time of the import);
-    - ``deleted``: a column whose true value marks a soft-deleted row (a tombstone);
+      key, else its rowid; generated columns may serve). Two rows never become one
+      item: a key whose values could be mistaken for another's is written in a tagged
+      form starting with ``~``, and two rows with the same key values are refused;
+    - ``updated_at``: the column holding when the row last changed (default: none, the
+      time of the first import that wrote the row);
+    - ``time_unit``: how ``updated_at`` is written: ``"s"``, ``"ms"``, ``"us"``,
+      ``"ns"`` since the epoch, or ``"iso"`` (ISO 8601 text, UTC unless it says so).
+      Without it a number below 10^11 is taken as seconds, above as milliseconds. A
+      time before 1970 or after 2199 is refused as a wrong unit. A row whose time is
+      NULL gets the import's time when its data is new or changed, and otherwise keeps
+      the time the store holds;
+    - ``deleted``: a column whose value marks a soft-deleted row, true as SQLite takes
+      it (``1`` and ``'1'`` are true; ``0``, ``'0'``, ``'false'`` and NULL are not),
+      or a function from the row (a dict) to True or False. A deleted row becomes a
+      tombstone that keeps the row's data;
     - ``columns``: the columns that make up the item's data (default: all);
     - ``transform``: a function from the whole row (a dict) to the item's data, or
       ``None`` to leave the row out; it replaces ``columns``.
@@ -71,7 +83,8 @@ class LegacyTable:
     collection: str | None = None
     key: str | Sequence[str] | None = None
     updated_at: str | None = None
-    deleted: str | None = None
+    time_unit: TimeUnit | None = None
+    deleted: str | Predicate | None = None
     columns: Sequence[str] | None = None
     transform: Transform | None = None
 
@@ -82,9 +95,34 @@ class LegacyTable:
 
 
 @dataclasses.dataclass(frozen=True)
+class LegacyCheck:
+    """One table's rows against what the store holds after the import: how many items
+    the rows make (rows read less rows ``transform`` left out) and how many of them the
+    store holds, and a checksum of each side (the dataset checksum of those items).
+
+    >>> LegacyCheck(read=2, skipped=1, items=1, held=1, source_checksum="a",
+    ...             store_checksum="a").verified
+    True
+    """
+
+    read: int
+    skipped: int
+    items: int
+    held: int
+    source_checksum: str
+    store_checksum: str
+
+    @property
+    def verified(self) -> bool:
+        """Whether the store holds every item the rows make, exactly as they make it."""
+        return self.items == self.held and self.source_checksum == self.store_checksum
+
+
+@dataclasses.dataclass(frozen=True)
 class LegacyImport:
     """What an import did: rows read per collection, items written (new or changed),
-    items the store already held as they are, and rows ``transform`` left out.
+    items the store already held as they are, rows ``transform`` left out, and per
+    collection the check of the store against the source.
 
     >>> LegacyImport(collections={"lessons": 3}, written=1, unchanged=2, skipped=0).total
     3
@@ -94,134 +132,111 @@ class LegacyImport:
     written: int
     unchanged: int
     skipped: int
+    checks: dict[str, LegacyCheck] = dataclasses.field(default_factory=dict)
 
     @property
     def total(self) -> int:
         """Rows read, over all tables."""
         return sum(self.collections.values())
 
+    @property
+    def verified(self) -> bool:
+        """Whether the store holds every imported item as the source rows make it (an
+        app writing to the store meanwhile can make this False)."""
+        return all(check.verified for check in self.checks.values())
+
 
 def import_legacy(
-    source: str | os.PathLike[str],
+    source: str | os.PathLike[str] | sqlite3.Connection,
     store: str | os.PathLike[str] | LocalStore,
     tables: Sequence[LegacyTable],
     *,
     now: int | None = None,
 ) -> LegacyImport:
-    """Copy the rows of ``tables`` of the SQLite database ``source`` into the SDK's
-    ``store`` (a path, created if missing, or an open :class:`~sdk.LocalStore`).
+    """Copy the rows of ``tables`` of the SQLite database ``source`` (a path, or an open
+    ``sqlite3.Connection``, e.g. one with the collations or ``text_factory`` the app's
+    schema needs) into the SDK's ``store`` (a path, created if missing, or an open
+    :class:`~sdk.LocalStore`).
 
     All tables are read in one read transaction (a consistent view even while the old
-    code still writes) and written in one transaction: all rows, or none when one is
-    invalid. Rows the store already holds with the same data (and timestamp, when the
-    table has an ``updated_at`` column) are not rewritten, so calling it at every start
-    until the legacy file is retired is safe. ``now`` (ms) stamps rows without a time.
+    code still writes) and written in one transaction, through the store's ``put_many``:
+    all rows, or none when one is invalid. Rows the store already holds as they are
+    are not rewritten, so calling it at every start until the legacy file is retired
+    is safe. ``now`` (ms) stamps rows without a time. Failures reading the legacy file
+    raise :class:`~sdk.LegacyDatabaseError`, naming it; the store is then unchanged.
 
-    >>> import_legacy("/nonexistent/old.db", "/tmp/s.sqlite3", [])
+    >>> import_legacy("/nonexistent/old.db", "/tmp/s.sqlite3", [LegacyTable(table="t")])
     Traceback (most recent call last):
     ...
-    sdk._errors.StoreNotFoundError: no legacy database at /nonexistent/old.db; check the path
+    sdk._errors.LegacyDatabaseError: no legacy database at /nonexistent/old.db; check the path
     """
-    source_path = Path(source)
-    if not source_path.is_file():
-        raise StoreNotFoundError(
-            f"no legacy database at {source_path}; check the path", path=str(source_path)
-        )
+    _check_tables(tables)
+    stamp = now_ms() if now is None else now
+    opened = open_source(source)
+    try:
+        began = not opened.conn.in_transaction
+        if began:
+            _execute(opened, "BEGIN")  # one read transaction: every table at one moment
+        try:
+            plans = [plan_table(opened, table) for table in tables]
+            if isinstance(store, LocalStore):
+                return _copy(opened, plans, store, stamp)
+            if opened.path is not None and Path(store).resolve() == opened.path.resolve():
+                raise ConfigurationError(
+                    "the SDK's store must be a new file, not the legacy database itself"
+                )
+            with LocalStore(store) as target:
+                return _copy(opened, plans, target, stamp)
+        finally:
+            if began and opened.conn.in_transaction:
+                _execute(opened, "ROLLBACK")  # it only read
+    finally:
+        if opened.owned:
+            opened.conn.close()
+
+
+def _check_tables(tables: Sequence[LegacyTable]) -> None:
     if not tables:
         raise ConfigurationError("give at least one LegacyTable to import")
     targets = [t.target for t in tables]
     if len(set(targets)) != len(targets):
         raise ConfigurationError(f"two tables map onto the same collection: {targets}")
-    stamp = now_ms() if now is None else now
-    try:
-        conn = connect_read_only(source_path)
-    except sqlite3.Error as exc:
-        raise store_error(exc, source_path, "open the legacy database") from exc
-    try:
-        conn.execute("BEGIN")  # one read transaction: every table seen at the same moment
-        plans = [_plan(conn, table) for table in tables]
-        if isinstance(store, LocalStore):
-            return _copy(conn, plans, store, stamp, source_path)
-        if Path(store).resolve() == source_path.resolve():
+    for table in tables:
+        if not re.fullmatch(NAME_PATTERN, table.target):
             raise ConfigurationError(
-                "the SDK's store must be a new file, not the legacy database itself"
+                f"table {table.table!r}: {table.target!r} cannot name a collection (1 to 64 "
+                "letters, digits, '_', '.' or '-'); give LegacyTable(collection=...)"
             )
-        with LocalStore(store) as opened:
-            return _copy(conn, plans, opened, stamp, source_path)
+        if table.time_unit is not None and table.time_unit not in TIME_UNITS:
+            raise ConfigurationError(
+                f"table {table.table!r}: time_unit must be one of {sorted(TIME_UNITS)}, "
+                f"got {table.time_unit!r}"
+            )
+        if table.time_unit is not None and table.updated_at is None:
+            raise ConfigurationError(
+                f"table {table.table!r}: time_unit says how updated_at is written; give "
+                "the updated_at column too"
+            )
+
+
+def _execute(source: Source, sql: str) -> None:
+    try:
+        source.conn.execute(sql)
     except sqlite3.Error as exc:
-        raise store_error(exc, source_path, "read the legacy database") from exc
-    finally:
-        conn.close()
+        raise source_error(exc, source, table=None) from exc
 
 
-@dataclasses.dataclass
-class _Plan:
-    table: LegacyTable
-    sql: str
-    key_columns: list[str]
-    rows: int = 0
-    skipped: int = 0
-
-
-def _plan(conn: sqlite3.Connection, table: LegacyTable) -> _Plan:
-    known = {
-        name
-        for (name,) in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')"
-        )
-    }
-    if table.table not in known:
-        raise ConfigurationError(
-            f"the legacy database has no table {table.table!r}; it has {sorted(known)}"
-        )
-    info = conn.execute(f"PRAGMA table_info({_quote(table.table)})").fetchall()
-    columns = [row[1] for row in info]
-    if isinstance(table.key, str):
-        keys = [table.key]
-    elif table.key is not None:
-        keys = list(table.key)
-    else:
-        primary = sorted((row[5], row[1]) for row in info if row[5])
-        keys = [name for _, name in primary]
-    use_rowid = not keys
-    named = [*keys, *(c for c in (table.updated_at, table.deleted) if c)]
-    named += list(table.columns or [])
-    unknown = sorted(set(named) - set(columns))
-    if unknown:
-        raise ConfigurationError(
-            f"table {table.table!r} has no column {', '.join(map(repr, unknown))}; "
-            f"its columns are {columns}"
-        )
-    select = ", ".join(_quote(c) for c in columns)
-    if use_rowid:
-        select = f"rowid AS _legacy_rowid, {select}"
-        keys = ["_legacy_rowid"]
-    return _Plan(table, f"SELECT {select} FROM {_quote(table.table)}", keys)
-
-
-def _copy(
-    conn: sqlite3.Connection,
-    plans: list[_Plan],
-    store: LocalStore,
-    stamp: int,
-    source: Path,
-) -> LegacyImport:
+def _copy(source: Source, plans: list[Plan], store: LocalStore, stamp: int) -> LegacyImport:
     counts = {"written": 0, "unchanged": 0}
 
     def changed_items() -> Iterator[Item]:
         for plan in plans:
-            for item, compare_time in _items(conn, plan, stamp):
-                held = store.get(item["collection"], item["key"])
-                if (
-                    held is not None
-                    and held["deleted"] == item["deleted"]
-                    and canonical_json(held["data"]) == canonical_json(item["data"])
-                    and (not compare_time or held["updatedAt"] == item["updatedAt"])
-                ):
+            for item, unchanged in read_items(source, plan, store, stamp):
+                if unchanged:
                     counts["unchanged"] += 1
-                    continue
-                counts["written"] += 1
-                yield item
+                else:
+                    counts["written"] += 1
+                    yield item
 
     store.put_many(changed_items())
     return LegacyImport(
@@ -229,91 +244,21 @@ def _copy(
         written=counts["written"],
         unchanged=counts["unchanged"],
         skipped=sum(p.skipped for p in plans),
+        checks={p.table.target: _check(p, store) for p in plans},
     )
 
 
-def _items(conn: sqlite3.Connection, plan: _Plan, stamp: int) -> Iterator[tuple[Item, bool]]:
-    table = plan.table
-    cursor = conn.execute(plan.sql)
-    names = [d[0] for d in cursor.description]
-    for values in cursor:
-        row = dict(zip(names, values, strict=True))
-        plan.rows += 1
-        if any(row[c] is None for c in plan.key_columns):
-            raise InvalidItemError(
-                f"table {table.table!r}: a row has no value in its key column(s) "
-                f"{plan.key_columns}; give another key, or fill the column"
-            )
-        key = ":".join(_text(row[c]) for c in plan.key_columns)
-        row.pop("_legacy_rowid", None)
-        where = f"table {table.table!r}, row {key!r}"
-        updated_at = stamp
-        if table.updated_at is not None:
-            updated_at = _timestamp(row[table.updated_at], where, table.updated_at, stamp)
-        deleted = table.deleted is not None and bool(row[table.deleted])
-        if deleted:
-            data: dict[str, Any] | None = {}
-        elif table.transform is not None:
-            data = table.transform(dict(row))
-            if data is None:
-                plan.skipped += 1
-                continue
-        else:
-            wanted = table.columns or list(row)
-            data = {c: _json_value(row[c]) for c in wanted}
-        if not isinstance(data, dict):
-            raise InvalidItemError(
-                f"{where}: transform must return a dict or None, got {type(data).__name__}"
-            )
-        item: Item = {
-            "collection": table.target,
-            "key": key,
-            "data": data,
-            "updatedAt": updated_at,
-            "deleted": deleted,
-        }
-        yield item, table.updated_at is not None
-
-
-def _timestamp(value: Any, where: str, column: str, default: int) -> int:
-    """Milliseconds since the epoch from seconds, milliseconds or ISO 8601 text."""
-    if value is None:
-        return default
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            value = float(text)
-        except ValueError:
-            try:
-                parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-            except ValueError:
-                raise InvalidItemError(
-                    f"{where}: column {column!r} holds {value!r}, which is neither a number "
-                    "of seconds or milliseconds since the epoch nor ISO 8601 text; give a "
-                    "transform, or another updated_at column"
-                ) from None
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=dt.timezone.utc)  # naive: taken as UTC
-            return round(parsed.timestamp() * 1000)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise InvalidItemError(
-            f"{where}: column {column!r} holds {value!r}, not a time; give a transform, or "
-            "another updated_at column"
-        )
-    return round(value) if value >= _MS_THRESHOLD else round(value * 1000)
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode("ascii")
-    return value
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode("ascii")
-    return str(value)
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+def _check(plan: Plan, store: LocalStore) -> LegacyCheck:
+    held = []
+    for item in store.iter_items(plan.table.target):
+        if item["key"] in plan.expected:
+            held.append(item_digest(item))
+    expected = plan.expected
+    return LegacyCheck(
+        read=plan.rows,
+        skipped=plan.skipped,
+        items=len(expected),
+        held=len(held),
+        source_checksum=dataset_checksum(expected[key] for key in sorted(expected)),
+        store_checksum=dataset_checksum(held),
+    )

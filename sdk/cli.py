@@ -19,7 +19,10 @@ Exit codes, the same for every command:
 - 1: failed: something the same command will not get past by itself;
 - 2: usage error: a bad or missing option;
 - 3: pending: offline, conflicts waiting for a decision, another process migrating the
-  store, or a migration stopped by Ctrl-C; run the same command again later.
+  store, or a migration stopped by Ctrl-C; run the same command again later;
+- 4: no store at the path: nothing was done (a mistyped ``--store``, or an app that never
+  saved anything on this device). A path that is not a store (a folder, another app's
+  file) fails with 1; neither leaves anything beside it.
 
 A migration killed at any moment continues when the same command runs again.
 
@@ -45,13 +48,14 @@ from typing import Any, NoReturn
 
 from ._client import MigrationClient
 from ._conflicts import ConflictPolicy
-from ._detect import LocalDetection, LocalState, detect_local
+from ._detect import LocalDetection, LocalState, detect_local, inspect_store
 from ._display import counts, describe_item, open_progress
 from ._errors import (
     ConfigurationError,
     MigrationBlockedError,
     MigrationError,
     NotFoundError,
+    StoreNotFoundError,
     VerificationError,
 )
 from ._journal import journal_path_for
@@ -60,15 +64,22 @@ from ._migrate import MigrationOptions, MigrationOutcome, MigrationResult
 from ._retry import RetryPolicy
 from ._store import default_store_path
 
-__all__ = ["EXIT_DONE", "EXIT_FAILED", "EXIT_PENDING", "EXIT_USAGE", "main"]
+__all__ = ["EXIT_DONE", "EXIT_FAILED", "EXIT_NO_STORE", "EXIT_PENDING", "EXIT_USAGE", "main"]
 
 EXIT_DONE = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_PENDING = 3
+EXIT_NO_STORE = 4
 
 _STRATEGIES = ("server_wins", "local_wins", "newest_wins", "field_merge", "manual")
-_STATUS = {EXIT_DONE: "done", EXIT_FAILED: "failed", EXIT_USAGE: "usage", EXIT_PENDING: "pending"}
+_STATUS = {
+    EXIT_DONE: "done",
+    EXIT_FAILED: "failed",
+    EXIT_USAGE: "usage",
+    EXIT_PENDING: "pending",
+    EXIT_NO_STORE: "no_store",
+}
 
 
 class UsageError(Exception):
@@ -114,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         answer = _failure(EXIT_USAGE, exc, f"{exc} (see `{args.command} --help`)")
     except ConfigurationError as exc:
         answer = _failure(EXIT_USAGE, exc, str(exc))
+    except StoreNotFoundError as exc:
+        answer = _failure(EXIT_NO_STORE, exc, str(exc))
     except MigrationError as exc:
         answer = _failure(_code_for(exc), exc, str(exc))
     except KeyboardInterrupt:
@@ -184,7 +197,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="offline-migrate",
         description="Migrate an offline-first app's local store to the cloud, once.",
         epilog="exit codes: 0 done (and verified), 1 failed, 2 usage error, 3 pending "
-        "(offline, waiting for conflicts to be resolved, or another process migrating)",
+        "(offline, waiting for conflicts to be resolved, or another process migrating), "
+        "4 no store at the path",
     )
     parser.add_argument("--version", action="store_true", help="print the version")
     _common(parser, argparse.SUPPRESS, top=True)
@@ -311,15 +325,34 @@ def _client(
     credentials = _credentials(args, required=True)
     assert credentials is not None
     server, user, token = credentials
+    path = _store_path(args)
+    _refuse_unusable(path)
     retry = None if args.retry_for is None else RetryPolicy(timeout=args.retry_for)
     return MigrationClient(
         server=server,
         user_id=user,
         token=token,
-        store_path=_store_path(args),
+        store_path=path,
         options=options,
         retry=retry,
         **kw,
+    )
+
+
+def _refuse_unusable(path: Path) -> None:
+    """Refuse a path that holds no store, or not ours, before the client puts its journal
+    and lock beside it: a refusal leaves no trace."""
+    local = inspect_store(path, count=False)
+    if local.state is LocalState.NO_STORE and not journal_path_for(path).exists():
+        raise StoreNotFoundError(_no_store(path), path=str(path))
+    if _unusable(local):
+        local.raise_for_state()
+
+
+def _no_store(path: Path) -> str:
+    return (
+        f"no store at {path}, so nothing was done; check --store (or --app): the app "
+        "creates its store when it first saves something on this device"
     )
 
 
@@ -352,6 +385,8 @@ def _detect(args: argparse.Namespace) -> Answer:
         lines.append(f"items    {local.item_count:,} ({counts(local.counts)})")
     fields: dict[str, Any] = {"local": _local_fields(local), "server": None}
     code = EXIT_FAILED if _unusable(local) else EXIT_DONE
+    if local.state is LocalState.NO_STORE:
+        code = EXIT_NO_STORE
     if credentials is not None and local.state is LocalState.READY:
         with _client(args) as client:
             try:
@@ -530,10 +565,14 @@ def _status(args: argparse.Namespace) -> Answer:
         code = EXIT_PENDING
         if progress is None:
             lines.append("not migrated yet: run `migrate`")
+    elif local.state is LocalState.NO_STORE and progress is None:
+        code = EXIT_NO_STORE
+        lines.append(_no_store(path))
     else:
         code = EXIT_DONE
     credentials = _credentials(args, required=False)
-    if credentials is not None and local.state is not LocalState.NO_STORE:
+    ask = local.state is not LocalState.NO_STORE and not _unusable(local)
+    if credentials is not None and ask:
         with _client(args) as client:
             try:
                 status = client.status()
@@ -604,7 +643,9 @@ def _verify(args: argparse.Namespace) -> Answer:
     path = _store_path(args)
     local = detect_local(path)
     fields: dict[str, Any] = {"local": _local_fields(local), "verified": False}
-    if local.state in (LocalState.NO_STORE, LocalState.EMPTY):
+    if local.state is LocalState.NO_STORE:
+        raise StoreNotFoundError(_no_store(path), path=str(path))
+    if local.state is LocalState.EMPTY:
         return Answer(EXIT_DONE, fields, ["nothing to verify: the store holds no items"])
     local.raise_for_state()
     state = local.migration

@@ -8,6 +8,7 @@ import re
 import shlex
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from sdk_fixtures import learning_items, make_store
 
 from sdk import LocalState, LocalStore, detect_local
-from sdk.cli import EXIT_DONE, EXIT_FAILED, EXIT_PENDING, EXIT_USAGE, main
+from sdk.cli import EXIT_DONE, EXIT_FAILED, EXIT_NO_STORE, EXIT_PENDING, EXIT_USAGE, main
 from sdk.contract import dataset_checksum_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -363,3 +364,59 @@ def test_the_readmes_command_line_samples_run_with_the_exit_codes_it_documents(
         assert done.returncode == expected, (argv, done.stdout, done.stderr)
         assert "Traceback" not in done.stdout + done.stderr
     assert detect_local(tmp_path / "store.sqlite3").state is LocalState.MIGRATED
+
+
+@pytest.fixture
+def offline_env(monkeypatch):
+    """Credentials for a server that is never reached: the refusals come first."""
+    monkeypatch.setenv("MIGRATION_SERVER", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("MIGRATION_USER", "nobody")
+    monkeypatch.setenv("MIGRATION_TOKEN", "not-a-token")
+
+
+def not_a_store(kind: str, tmp_path: Path) -> Path:
+    if kind == "foreign":
+        path = tmp_path / "notes.db"
+        conn = sqlite3.connect(path)
+        conn.execute("CREATE TABLE notes (body TEXT)")
+        conn.commit()
+        conn.close()
+        return path
+    if kind == "folder":
+        (tmp_path / "folder").mkdir()
+        return tmp_path / "folder"
+    return tmp_path / "typo" / "stroe.sqlite3"
+
+
+@pytest.mark.parametrize(
+    ("kind", "code"),
+    [
+        pytest.param("foreign", EXIT_FAILED, id="another app's database"),
+        pytest.param("folder", EXIT_FAILED, id="a folder"),
+        pytest.param("missing", EXIT_NO_STORE, id="a mistyped path"),
+    ],
+)
+@pytest.mark.parametrize("command", ["migrate", "plan", "conflicts", "cancel", "verify", "status"])
+def test_a_path_that_is_no_store_is_refused_and_nothing_is_left_beside_it(
+    offline_env, tmp_path, capsys, kind, code, command
+):
+    path = not_a_store(kind, tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+
+    answer = run_json(capsys, command, "--store", str(path))
+
+    assert answer["exitCode"] == code
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    if kind == "missing":
+        assert answer["status"] == "no_store"
+        message = answer.get("error", {}).get("message") or ""
+        assert command == "status" or message.startswith(f"no store at {path}, so nothing was")
+
+
+def test_a_mistyped_store_path_is_not_migrated_and_verified(offline_env, tmp_path, capsys):
+    code, out, err = run(capsys, "migrate", "--store", str(tmp_path / "stroe.sqlite3"))
+
+    assert code == EXIT_NO_STORE != EXIT_DONE
+    assert "verified" not in out
+    assert "no store at" in err and "check --store" in err
+    assert run(capsys, "detect", "--store", str(tmp_path / "stroe.sqlite3"))[0] == EXIT_NO_STORE
