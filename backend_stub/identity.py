@@ -44,6 +44,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_UNKNOWN_KEY = "the bearer token is signed by a key the identity provider lacks"
+
 # Key types each algorithm family signs with; a key of another type is never tried.
 _KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC"}
 
@@ -87,8 +89,10 @@ class JwksVerifier:
     The key set is fetched on first use and kept ``cache_seconds``. A token signed by a
     key the set does not hold (the provider rotated its keys) refetches the set, at most
     once per ``refetch_seconds``, so a flood of made-up key ids cannot flood the provider;
-    a failed fetch is not retried within that time either (503 at once). ``clock`` is a
-    monotonic clock in seconds (tests move it).
+    a failed fetch is not retried within that time either (503 at once), while tokens of
+    keys already known keep working. A JWK that names its ``alg`` is used for that
+    algorithm only; one that does not is taken as RS256 (RSA) or by its curve (EC).
+    ``clock`` is a monotonic clock in seconds (tests move it).
 
     >>> settings = IdentitySettings(jwks_url="https://idp.example/jwks.json",
     ...                             issuer="https://idp.example/", audience=("api",))
@@ -105,15 +109,18 @@ class JwksVerifier:
     ) -> None:
         self.settings = settings
         self._clock = clock
+        # The client fetches and parses; the cache is ours, on our clock, so that a
+        # failed or rate-limited fetch never hides keys already known.
         self._client = jwt.PyJWKClient(
             settings.jwks_url,
-            cache_jwk_set=True,
-            lifespan=settings.cache_seconds,
+            cache_jwk_set=False,
             timeout=settings.timeout,
             headers={"User-Agent": "offline-migrate-server"},
         )
         self._lock = threading.Lock()
-        self._last_attempt: float | None = None  # last refetch for an unknown key id
+        self._keys: dict[str, Any] = {}  # kid -> PyJWK of the last fetched set
+        self._fetched_at: float | None = None  # when that set was fetched
+        self._refetched_at: float | None = None  # last refetch for an unknown key id
         self._failed_at: float | None = None  # last fetch that failed
 
     def verify(self, token: str) -> str:
@@ -164,29 +171,36 @@ class JwksVerifier:
         return subject
 
     def _signing_key(self, kid: str) -> Any:
+        settings = self.settings
         with self._lock:
             now = self._clock()
-            wait = self.settings.refetch_seconds
-            if self._failed_at is not None and now - self._failed_at < wait:
-                raise _unavailable(wait - (now - self._failed_at))
-            key = self._match(kid, refresh=False)
-            if key is None and (self._last_attempt is None or now - self._last_attempt >= wait):
-                self._last_attempt = now
+            fresh = self._fetched_at is not None and now - self._fetched_at < settings.cache_seconds
+            if fresh and kid in self._keys:
+                return self._keys[kid]
+            if self._failed_at is not None and now - self._failed_at < settings.refetch_seconds:
+                raise _unavailable(settings.refetch_seconds - (now - self._failed_at))
+            if fresh:  # an unknown key id: the provider may have rotated its keys
+                if (
+                    self._refetched_at is not None
+                    and now - self._refetched_at < settings.refetch_seconds
+                ):
+                    raise _invalid(_UNKNOWN_KEY)
+                self._refetched_at = now
                 logger.info("refetching the JWKS for an unknown key id")
-                key = self._match(kid, refresh=True)
-            if key is None:
-                raise _invalid("the bearer token is signed by a key the identity provider lacks")
-            return key
+            self._fetch(now)
+            if kid not in self._keys:
+                raise _invalid(_UNKNOWN_KEY)
+            return self._keys[kid]
 
-    def _match(self, kid: str, *, refresh: bool) -> Any:
+    def _fetch(self, now: float) -> None:
         try:
-            keys = self._client.get_signing_keys(refresh=refresh)
+            keys = self._client.get_signing_keys(refresh=True)
         except (jwt.PyJWKClientError, jwt.PyJWKSetError, jwt.InvalidKeyError) as exc:
-            self._failed_at = self._clock()
+            self._failed_at = now
             logger.warning("the JWKS at %s cannot be used: %s", self.settings.jwks_url, exc)
             raise _unavailable(self.settings.refetch_seconds) from exc
-        self._failed_at = None
-        return self._client.match_kid(keys, kid)
+        self._keys = {key.key_id: key for key in keys if key.key_id}
+        self._fetched_at, self._failed_at = now, None
 
 
 def token_verifier(settings: Settings) -> TokenVerifier:

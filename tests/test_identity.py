@@ -235,6 +235,43 @@ def test_made_up_key_ids_refetch_the_keys_at_most_once_per_interval(
     assert verifier.verify(rsa_key.sign()) == "alice"
 
 
+def test_made_up_key_ids_while_the_provider_is_down_do_not_lock_out_known_keys(
+    provider: Provider, rsa_key: Key
+) -> None:
+    clock = ManualClock()
+    verifier = JwksVerifier(provider.identity(refetch_seconds=30), clock=clock)
+    assert verifier.verify(rsa_key.sign()) == "alice"
+    provider.status = 500
+    clock.now += 30
+
+    with pytest.raises(ApiError) as refused:
+        verifier.verify(dataclasses.replace(rsa_key, kid="made-up").sign())
+
+    assert refused.value.status == 503
+    assert verifier.verify(rsa_key.sign()) == "alice"
+    assert provider.hits == 2
+
+
+def test_the_keys_are_fetched_again_when_the_cache_expires_so_a_withdrawn_key_stops_working(
+    provider: Provider, rsa_key: Key, ec_key: Key
+) -> None:
+    clock = ManualClock()
+    verifier = JwksVerifier(provider.identity(cache_seconds=600), clock=clock)
+    assert verifier.verify(rsa_key.sign()) == "alice"
+    provider.keys = [ec_key]  # the RSA key is withdrawn
+    clock.now += 599
+    still_cached = verifier.verify(rsa_key.sign())
+    clock.now += 1
+
+    with pytest.raises(ApiError) as refused:
+        verifier.verify(rsa_key.sign())
+
+    assert still_cached == "alice"
+    assert refused.value.status == 401
+    assert provider.hits == 2
+    assert verifier.verify(ec_key.sign()) == "alice"
+
+
 @pytest.mark.parametrize(
     ("overrides", "detail"),
     [
