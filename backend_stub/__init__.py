@@ -11,7 +11,8 @@ Build an app from settings (nothing happens at import time), or run
     >>> app.state.storage.close()
 
 Storage is SQLite in ``settings.data_dir`` (in memory when it is ``None``), behind the
-:class:`Storage` protocol.
+:class:`Storage` protocol. Tokens are development HS256 tokens unless
+``Settings(identity=IdentitySettings(...))`` names an identity provider's JWKS.
 """
 
 import logging
@@ -20,7 +21,7 @@ from backend_stub.app import create_app, open_storage
 from backend_stub.auth import issue_token, verify_token
 from backend_stub.events import Event, EventType, UserRegistered, handle_user_registered
 from backend_stub.items import seed_cloud_items
-from backend_stub.settings import DEV_JWT_SECRET, Settings
+from backend_stub.settings import DEV_JWT_SECRET, IdentitySettings, Settings
 from backend_stub.storage import Storage
 from backend_stub.storage.sqlite import SQLiteStorage
 
@@ -28,6 +29,7 @@ __all__ = [
     "DEV_JWT_SECRET",
     "Event",
     "EventType",
+    "IdentitySettings",
     "SQLiteStorage",
     "Settings",
     "Storage",

@@ -40,6 +40,7 @@ from typing import Any, TextIO
 from backend_stub.app import create_app, open_storage
 from backend_stub.auth import issue_token
 from backend_stub.events import UserRegistered, handle_user_registered
+from backend_stub.identity import announce_token_mode
 from backend_stub.items import seed_cloud_items
 from backend_stub.service import now_ms
 from backend_stub.settings import Settings
@@ -100,11 +101,17 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    announce_token_mode(settings)
     serve(settings, host=args.host, port=args.port)
     return 0
 
 
 def _token(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.identity is not None:
+        raise ValueError(
+            "the server verifies tokens from MIGRATION_JWKS_URL: get one from the identity "
+            "provider ('token' mints development tokens only)"
+        )
     print(issue_token(args.user, settings.jwt_secret, ttl=args.ttl))
     return 0
 

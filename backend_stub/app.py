@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from backend_stub.batches import put_batch
+from backend_stub.identity import token_verifier
 from backend_stub.problems import ApiError, code_for_status, problem_response
 from backend_stub.routes import BatchIntake, router
 from backend_stub.service import now_ms
@@ -88,6 +89,7 @@ def create_app(
     app.state.settings = settings
     app.state.storage = store
     app.state.clock = clock or now_ms
+    app.state.token_verifier = token_verifier(settings)
     app.state.batch_intake = _batch_intake(settings)
     app.include_router(router)
     app.include_router(sync_router)

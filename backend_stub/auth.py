@@ -1,7 +1,8 @@
-"""Bearer tokens: HS256 JWTs whose subject is the user id of the path.
+"""Bearer tokens: JWTs whose subject is the user id of the path.
 
-The reference server mints its own development tokens (:func:`issue_token`, the CLI's
-``token`` command); a deployment would verify its identity provider's tokens instead::
+In development the reference server mints its own HS256 tokens (:func:`issue_token`, the
+CLI's ``token`` command); a deployment verifies its identity provider's tokens instead
+(:mod:`backend_stub.identity`, configured by :class:`~backend_stub.settings.IdentitySettings`)::
 
     >>> from backend_stub.settings import DEV_JWT_SECRET
     >>> token = issue_token("alice", DEV_JWT_SECRET, ttl=60)
@@ -17,14 +18,14 @@ from typing import Annotated
 
 import jwt
 from fastapi import Depends, Path, Request
+from starlette.concurrency import run_in_threadpool
 
 from backend_stub.problems import ApiError
-from backend_stub.settings import Settings
 from sdk.contract import USER_ID_PATTERN, ProblemCode
 
 __all__ = ["ALGORITHM", "authenticated_user", "issue_token", "verify_token"]
 
-#: The only algorithm accepted; in particular ``none`` is refused.
+#: The only algorithm of development tokens; in particular ``none`` is refused.
 ALGORITHM = "HS256"
 
 _USER_ID = re.compile(USER_ID_PATTERN)
@@ -59,31 +60,35 @@ def verify_token(token: str, secret: str) -> str:
             token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp"]}
         )
     except jwt.ExpiredSignatureError as exc:
-        raise _unauthenticated(
+        raise unauthenticated(
             "the bearer token has expired: get a new one", "invalid_token"
         ) from exc
     except jwt.InvalidTokenError as exc:
-        raise _unauthenticated(
+        raise unauthenticated(
             "the bearer token is invalid: get a new one", "invalid_token"
         ) from exc
     subject = claims["sub"]
     if not isinstance(subject, str):  # pragma: no cover - PyJWT already checks this
-        raise _unauthenticated("the bearer token has no user subject", "invalid_token")
+        raise unauthenticated("the bearer token has no user subject", "invalid_token")
     return subject
 
 
 def authenticated_user(request: Request, user_id: Annotated[str, Path(alias="userId")]) -> str:
     """FastAPI dependency: the path's user id, once the bearer token proves it.
 
-    Order of checks: a valid token (401), a well-formed user id (400), the token's
-    subject is that user (403).
+    Order of checks: a valid token (401, or 503 when an identity provider's keys cannot
+    be fetched), a well-formed user id (400), the token's subject is that user (403). The
+    app's ``state.token_verifier`` checks the token.
 
     >>> from types import SimpleNamespace
     >>> from starlette.requests import Request
+    >>> from backend_stub.identity import token_verifier
+    >>> from backend_stub.settings import Settings
     >>> settings = Settings()
     >>> token = issue_token("alice", settings.jwt_secret)
-    >>> request = Request({"type": "http", "app": SimpleNamespace(state=SimpleNamespace(
-    ...     settings=settings)), "headers": [(b"authorization", f"Bearer {token}".encode())]})
+    >>> state = SimpleNamespace(token_verifier=token_verifier(settings))
+    >>> request = Request({"type": "http", "app": SimpleNamespace(state=state),
+    ...                    "headers": [(b"authorization", f"Bearer {token}".encode())]})
     >>> authenticated_user(request, "alice")
     'alice'
     >>> authenticated_user(request, "bob")
@@ -91,11 +96,10 @@ def authenticated_user(request: Request, user_id: Annotated[str, Path(alias="use
     ...
     backend_stub.problems.ApiError: the bearer token belongs to another user
     """
-    settings: Settings = request.app.state.settings
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise _unauthenticated("send 'Authorization: Bearer <token>'", None)
-    subject = verify_token(token.strip(), settings.jwt_secret)
+        raise unauthenticated("send 'Authorization: Bearer <token>'", None)
+    subject: str = request.app.state.token_verifier.verify(token.strip())
     if not _USER_ID.fullmatch(user_id):
         raise ApiError(400, ProblemCode.INVALID_REQUEST, f"malformed user id {user_id!r}")
     if subject != user_id:
@@ -106,6 +110,9 @@ def authenticated_user(request: Request, user_id: Annotated[str, Path(alias="use
 async def _authenticated_user(
     request: Request, user_id: Annotated[str, Path(alias="userId")]
 ) -> str:
+    if request.app.state.token_verifier.blocking:
+        # It may fetch an identity provider's keys: never on the event loop.
+        return await run_in_threadpool(authenticated_user, request, user_id)
     return authenticated_user(request, user_id)
 
 
@@ -113,7 +120,8 @@ async def _authenticated_user(
 UserId = Annotated[str, Depends(_authenticated_user)]
 
 
-def _unauthenticated(detail: str, error: str | None) -> ApiError:
+def unauthenticated(detail: str, error: str | None) -> ApiError:
+    """A 401 with its ``WWW-Authenticate`` challenge (RFC 6750)."""
     challenge = "Bearer" if error is None else f'Bearer error="{error}"'
     return ApiError(
         401, ProblemCode.UNAUTHENTICATED, detail, headers={"WWW-Authenticate": challenge}

@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from backend_stub.app import create_app
+from backend_stub.identity import announce_token_mode
 from backend_stub.monitoring import configure_logging
 from backend_stub.settings import Settings
 from backend_stub.worker import Outcome, Worker
@@ -97,8 +98,10 @@ def _settings() -> Settings:
 def _api() -> Any:
     from mangum import Mangum  # the aws extra
 
+    settings = _settings()
+    announce_token_mode(settings)
     # lifespan off: the storage lives as long as the container, not one invocation.
-    return Mangum(create_app(_settings()), lifespan="off")
+    return Mangum(create_app(settings), lifespan="off")
 
 
 @functools.cache

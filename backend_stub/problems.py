@@ -52,7 +52,7 @@ class ApiError(Exception):
     def __init__(
         self,
         status: int,
-        code: ProblemCode,
+        code: ProblemCode | None,
         detail: str,
         *,
         extra: Mapping[str, Any] | None = None,

@@ -12,8 +12,11 @@ Environment variables:
 ``MIGRATION_DATA_DIR``
     Folder of the SQLite database (default ``./migration-data``).
 ``MIGRATION_JWT_SECRET``
-    HS256 secret for bearer tokens, at least 32 bytes. Defaults to
+    HS256 secret for bearer tokens (development mode), at least 32 bytes. Defaults to
     :data:`DEV_JWT_SECRET`, which is public and **not for production**.
+``MIGRATION_JWKS_URL``, ``MIGRATION_JWT_ISSUER``, ``MIGRATION_JWT_AUDIENCE``, ...
+    Verify an identity provider's RS256/ES256 tokens instead (see
+    :class:`IdentitySettings`); HS256 tokens are then refused.
 ``MIGRATION_SESSION_TTL``
     Seconds a session stays open after its last activity.
 ``MIGRATION_SUPPORTED_DATA_VERSIONS``
@@ -41,7 +44,7 @@ from pydantic import ValidationError
 
 from sdk.contract import Limits
 
-__all__ = ["DEFAULT_DATA_DIR", "DEV_JWT_SECRET", "AwsSettings", "Settings"]
+__all__ = ["DEFAULT_DATA_DIR", "DEV_JWT_SECRET", "AwsSettings", "IdentitySettings", "Settings"]
 
 #: The development secret used when none is configured. Anyone can mint tokens with it:
 #: never use it for a server that holds real data.
@@ -137,6 +140,129 @@ class AwsSettings:
         return cls(**values)  # type: ignore[arg-type]
 
 
+#: Signature algorithms an identity provider's tokens may use: asymmetric only, so the
+#: server holds no secret that could mint a token (and ``none``/``HS*`` never pass).
+ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384")
+
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class IdentitySettings:
+    """How tokens of a real identity provider (Cognito, Auth0, Keycloak, Firebase...) are
+    verified: signatures from the provider's JWKS, then issuer, audience and expiry.
+
+    The ``MIGRATION_JWKS_URL``, ``MIGRATION_JWT_ISSUER`` and ``MIGRATION_JWT_AUDIENCE``
+    variables are required together; the others have defaults. The token's ``sub`` is the
+    user id.
+
+    >>> IdentitySettings.from_env({
+    ...     "MIGRATION_JWKS_URL": "https://idp.example/.well-known/jwks.json",
+    ...     "MIGRATION_JWT_ISSUER": "https://idp.example/",
+    ...     "MIGRATION_JWT_AUDIENCE": "migration-api, migration-api-staging",
+    ... }).audience
+    ('migration-api', 'migration-api-staging')
+    >>> IdentitySettings.from_env({}) is None
+    True
+    >>> IdentitySettings(jwks_url="http://idp.example/jwks", issuer="i", audience=("a",))
+    Traceback (most recent call last):
+    ...
+    ValueError: MIGRATION_JWKS_URL must be an https:// URL (http:// only on loopback), got '...'
+    """
+
+    #: ``MIGRATION_JWKS_URL``: where the provider publishes its public keys.
+    jwks_url: str
+    #: ``MIGRATION_JWT_ISSUER``: the exact ``iss`` claim required.
+    issuer: str
+    #: ``MIGRATION_JWT_AUDIENCE`` (comma-separated): the ``aud`` must name one of these.
+    audience: tuple[str, ...]
+    #: ``MIGRATION_JWT_ALGORITHMS`` (comma-separated): the signature algorithms accepted.
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    #: ``MIGRATION_JWT_LEEWAY``: seconds of clock skew tolerated on ``exp``, ``nbf``, ``iat``.
+    leeway: int = 30
+    #: ``MIGRATION_JWKS_CACHE_SECONDS``: how long fetched keys are used before a refetch.
+    cache_seconds: int = 600
+    #: ``MIGRATION_JWKS_REFETCH_SECONDS``: at most one refetch per this many seconds for a
+    #: token signed by an unknown key (rotation), or after the JWKS could not be fetched.
+    refetch_seconds: int = 30
+    #: ``MIGRATION_JWKS_TIMEOUT``: seconds a JWKS fetch may take.
+    timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        url = self.jwks_url
+        loopback = any(url.startswith(f"http://{host}") for host in _LOOPBACK_HOSTS)
+        if not (url.startswith("https://") or loopback):
+            raise ValueError(
+                "MIGRATION_JWKS_URL must be an https:// URL (http:// only on loopback), "
+                f"got {url!r}"
+            )
+        if not self.issuer.strip():
+            raise ValueError("MIGRATION_JWT_ISSUER must name the issuer (the tokens' iss claim)")
+        if not self.audience or not all(a.strip() for a in self.audience):
+            raise ValueError("MIGRATION_JWT_AUDIENCE must name at least one audience (aud claim)")
+        refused = [a for a in self.algorithms if a not in ASYMMETRIC_ALGORITHMS]
+        if refused or not self.algorithms:
+            raise ValueError(
+                f"MIGRATION_JWT_ALGORITHMS must be among {', '.join(ASYMMETRIC_ALGORITHMS)}, "
+                f"got {', '.join(self.algorithms) or 'nothing'}"
+            )
+        if not 0 <= self.leeway <= 300:
+            raise ValueError("MIGRATION_JWT_LEEWAY must be between 0 and 300 seconds")
+        if not 1 <= self.cache_seconds <= 86_400:
+            raise ValueError("MIGRATION_JWKS_CACHE_SECONDS must be between 1 and 86400")
+        if not 0 <= self.refetch_seconds <= 3600:
+            raise ValueError("MIGRATION_JWKS_REFETCH_SECONDS must be between 0 and 3600")
+        if not 0 < self.timeout <= 30:
+            raise ValueError("MIGRATION_JWKS_TIMEOUT must be more than 0 and at most 30 seconds")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> IdentitySettings | None:
+        """Settings from ``MIGRATION_JWKS_*``/``MIGRATION_JWT_*`` variables, or ``None``
+        when ``MIGRATION_JWKS_URL`` is unset (the HS256 development mode).
+
+        >>> IdentitySettings.from_env({"MIGRATION_JWT_ISSUER": "https://idp.example/"})
+        Traceback (most recent call last):
+        ...
+        ValueError: MIGRATION_JWT_ISSUER is set but MIGRATION_JWKS_URL is not: set it too
+        """
+        env = os.environ if environ is None else environ
+        names = {
+            "issuer": "MIGRATION_JWT_ISSUER",
+            "audience": "MIGRATION_JWT_AUDIENCE",
+            "algorithms": "MIGRATION_JWT_ALGORITHMS",
+            "leeway": "MIGRATION_JWT_LEEWAY",
+            "cache_seconds": "MIGRATION_JWKS_CACHE_SECONDS",
+            "refetch_seconds": "MIGRATION_JWKS_REFETCH_SECONDS",
+            "timeout": "MIGRATION_JWKS_TIMEOUT",
+        }
+        url = env.get("MIGRATION_JWKS_URL", "").strip()
+        if not url:
+            for name in names.values():
+                if env.get(name):
+                    raise ValueError(f"{name} is set but MIGRATION_JWKS_URL is not: set it too")
+            return None
+        for name in ("MIGRATION_JWT_ISSUER", "MIGRATION_JWT_AUDIENCE"):
+            if not env.get(name, "").strip():
+                raise ValueError(f"MIGRATION_JWKS_URL is set, so {name} is needed too")
+        values: dict[str, object] = {"jwks_url": url}
+        for field, name in names.items():
+            raw = env.get(name, "").strip()
+            if not raw:
+                continue
+            try:
+                if field in ("audience", "algorithms"):
+                    values[field] = tuple(p.strip() for p in raw.split(",") if p.strip())
+                elif field == "timeout":
+                    values[field] = float(raw)
+                elif field == "issuer":
+                    values[field] = raw
+                else:
+                    values[field] = int(raw)
+            except ValueError:
+                raise ValueError(f"{name} must be a number, got {raw!r}") from None
+        return cls(**values)  # type: ignore[arg-type]
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
     """How a server instance behaves. ``data_dir=None`` keeps everything in memory.
@@ -159,6 +285,9 @@ class Settings:
     #: ``sqlite`` (embedded, in ``data_dir``) or ``aws`` (see :class:`AwsSettings`).
     backend: Backend = "sqlite"
     aws: AwsSettings = dataclasses.field(default_factory=AwsSettings)
+    #: An identity provider's tokens (see :class:`IdentitySettings`); ``None``: HS256
+    #: tokens signed with ``jwt_secret`` (development mode).
+    identity: IdentitySettings | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in ("sqlite", "aws"):
@@ -196,6 +325,12 @@ class Settings:
                 if part.strip()
             )
             aws = AwsSettings.from_env(env)
+            identity = IdentitySettings.from_env(env)
+            if identity is not None and env.get("MIGRATION_JWT_SECRET"):
+                raise ValueError(
+                    "MIGRATION_JWT_SECRET and MIGRATION_JWKS_URL are both set: tokens come "
+                    "from the identity provider, unset MIGRATION_JWT_SECRET"
+                )
         except (ValidationError, ValueError) as exc:
             raise ValueError(f"invalid MIGRATION_* setting: {exc}") from exc
         return cls(
@@ -205,4 +340,5 @@ class Settings:
             supported_data_versions=versions,
             backend=env.get("MIGRATION_BACKEND") or "sqlite",  # type: ignore[arg-type]
             aws=aws,
+            identity=identity,
         )

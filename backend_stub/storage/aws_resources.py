@@ -12,8 +12,9 @@ Credentials come from the standard AWS chain (environment, profile, role)::
     {'ServerSideEncryption': 'AES256'}
 
 :func:`provision` creates the table, bucket, queues, bus and rule if they are missing: what
-``python -m backend_stub aws-setup`` runs against moto or LocalStack. On AWS, create them
-with your infrastructure code instead, from the same description (see the README).
+``python -m backend_stub aws-setup`` runs against moto or LocalStack. On AWS, deploy
+``deploy/template.yaml`` (CloudFormation) instead; a test checks that it describes the
+same table (:func:`table_definition`, :data:`TTL_ATTRIBUTE`), queues and bus.
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ from typing import Any
 
 from backend_stub.settings import AwsSettings
 
-__all__ = ["EVENT_SOURCE", "AwsResources", "provision"]
+__all__ = [
+    "EVENT_SOURCE",
+    "OUTBOX_INDEX",
+    "TTL_ATTRIBUTE",
+    "AwsResources",
+    "provision",
+    "table_definition",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +42,8 @@ logger = logging.getLogger(__name__)
 EVENT_SOURCE = "offline-migrate"
 #: The sparse index of events not yet published (the outbox sweeper reads it).
 OUTBOX_INDEX = "outbox"
+#: The attribute DynamoDB's TTL reads (epoch seconds) on every row that may expire.
+TTL_ATTRIBUTE = "ttl"
 
 
 class AwsResources:
@@ -119,32 +129,41 @@ def provision(resources: AwsResources) -> None:
     logger.info("aws resources ready: table %s, bucket %s", resources.table, resources.bucket)
 
 
+def table_definition(name: str) -> dict[str, Any]:
+    """The ``CreateTable`` arguments of the backend's table (one table, on demand).
+
+    >>> sorted(table_definition("t"))
+    ['AttributeDefinitions', 'BillingMode', 'GlobalSecondaryIndexes', 'KeySchema', 'TableName']
+    """
+    return {
+        "TableName": name,
+        "BillingMode": "PAY_PER_REQUEST",
+        "AttributeDefinitions": [
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+            {"AttributeName": "obx", "AttributeType": "S"},
+        ],
+        "KeySchema": [
+            {"AttributeName": "pk", "KeyType": "HASH"},
+            {"AttributeName": "sk", "KeyType": "RANGE"},
+        ],
+        "GlobalSecondaryIndexes": [
+            {
+                "IndexName": OUTBOX_INDEX,
+                "KeySchema": [
+                    {"AttributeName": "obx", "KeyType": "HASH"},
+                    {"AttributeName": "sk", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "KEYS_ONLY"},
+            }
+        ],
+    }
+
+
 def _table(resources: AwsResources) -> None:
     ddb = resources.dynamodb
     try:
-        ddb.create_table(
-            TableName=resources.table,
-            BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "sk", "AttributeType": "S"},
-                {"AttributeName": "obx", "AttributeType": "S"},
-            ],
-            KeySchema=[
-                {"AttributeName": "pk", "KeyType": "HASH"},
-                {"AttributeName": "sk", "KeyType": "RANGE"},
-            ],
-            GlobalSecondaryIndexes=[
-                {
-                    "IndexName": OUTBOX_INDEX,
-                    "KeySchema": [
-                        {"AttributeName": "obx", "KeyType": "HASH"},
-                        {"AttributeName": "sk", "KeyType": "RANGE"},
-                    ],
-                    "Projection": {"ProjectionType": "KEYS_ONLY"},
-                }
-            ],
-        )
+        ddb.create_table(**table_definition(resources.table))
     except ddb.exceptions.ResourceInUseException:
         return
     ddb.get_waiter("table_exists").wait(
@@ -152,7 +171,7 @@ def _table(resources: AwsResources) -> None:
     )
     ddb.update_time_to_live(
         TableName=resources.table,
-        TimeToLiveSpecification={"Enabled": True, "AttributeName": "ttl"},
+        TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE},
     )
 
 
