@@ -182,15 +182,19 @@ def pull_body(
     since: str | None,
     until: int | None,
     limit: int | None,
+    device_id: str | None = None,
 ) -> bytes:
     """``GET /sync/changes``: one page as the JSON body of a :class:`PullResponse`.
 
-    Built around each item's stored canonical data, without parsing it: a bootstrap of a
-    large dataset is mostly this loop.
+    Items whose current version ``device_id`` wrote are left out: that device holds them
+    already (it learnt their seq from its push's answer). Built around each item's stored
+    canonical data, without parsing it: a bootstrap of a large dataset is mostly this loop.
     """
     size = min(limit or DEFAULT_PAGE, settings.limits.max_batch_items)
     after = decode_cursor(since)
-    page = storage.pull_page(user_id, after=after, until=until, limit=size + 1)
+    page = storage.pull_page(
+        user_id, after=after, until=until, limit=size + 1, skip_device=device_id
+    )
     items = page.items[:size]
     has_more = len(page.items) > size
     if has_more:

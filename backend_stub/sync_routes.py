@@ -18,7 +18,7 @@ from backend_stub import sync
 from backend_stub.auth import UserId
 from backend_stub.bodies import json_body
 from backend_stub.problems import ApiError
-from backend_stub.routes import Now, SettingsDep, StorageDep
+from backend_stub.routes import _DEVICE_ID, Now, SettingsDep, StorageDep
 from backend_stub.storage import Storage
 from sdk.contract import (
     API_PREFIX,
@@ -70,10 +70,14 @@ def changes(
     since: Annotated[str | None, Query(max_length=4096)] = None,
     until: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
     limit: Annotated[int | None, Query(ge=1)] = None,
+    device_id: Annotated[str | None, Query(alias="deviceId", pattern=_DEVICE_ID)] = None,
 ) -> Response:
     """The user's items written after ``since`` (a cursor of an earlier answer; none: from
-    the start), oldest first, up to ``until`` (a seq) when given."""
-    body = sync.pull_body(storage, settings, user_id, since=since, until=until, limit=limit)
+    the start), oldest first, up to ``until`` (a seq) when given, without those whose
+    current version ``deviceId`` wrote (the asking device holds them)."""
+    body = sync.pull_body(
+        storage, settings, user_id, since=since, until=until, limit=limit, device_id=device_id
+    )
     return Response(body, media_type="application/json")
 
 

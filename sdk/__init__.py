@@ -47,12 +47,15 @@ from ._events import (
     MigrationStarted,
     Progress,
     ProgressPhase,
+    RemoteChangesApplied,
+    SyncCompleted,
 )
 from ._legacy import LegacyCheck, LegacyImport, LegacyTable, import_legacy
 from ._migrate import MigrationOptions, MigrationOutcome, MigrationResult
 from ._plan import CollectionPlan, MigrationPlan
 from ._retry import RetryPolicy
 from ._store import LocalStore, default_store_path
+from ._sync import SyncResult
 
 __version__ = "0.1.0"
 
@@ -99,12 +102,15 @@ __all__ = [
     "ProgressPhase",
     "ProtocolError",
     "RefusedError",
+    "RemoteChangesApplied",
     "RetryPolicy",
     "ServerError",
     "SnapshotError",
     "StoreBusyError",
     "StoreError",
     "StoreNotFoundError",
+    "SyncCompleted",
+    "SyncResult",
     "TransportError",
     "UnsupportedDataVersionError",
     "VerificationError",

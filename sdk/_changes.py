@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from sdk.contract import canonical_item_parts, multiset_add, multiset_checksum, multiset_hex
 
@@ -45,6 +45,7 @@ __all__ = [
     "replace_rows",
     "row_digest",
     "set_meta",
+    "settle_migration",
     "take_remote",
 ]
 
@@ -74,6 +75,13 @@ def create_tables(conn: sqlite3.Connection) -> None:
         "CREATE TABLE sync_conflicts (collection TEXT NOT NULL, key TEXT NOT NULL,"
         " conflict TEXT NOT NULL, server_seq INTEGER NOT NULL, pending INTEGER NOT NULL,"
         " choice TEXT, item TEXT, PRIMARY KEY (collection, key)) WITHOUT ROWID"
+    )
+    # Every conflict the sync's policy (or the app) decided: what was overridden, and why.
+    conn.execute(
+        "CREATE TABLE sync_decisions (id INTEGER PRIMARY KEY, decided_at INTEGER NOT NULL,"
+        " collection TEXT NOT NULL, key TEXT NOT NULL, choice TEXT NOT NULL,"
+        " strategy TEXT NOT NULL, local TEXT NOT NULL, server TEXT NOT NULL,"
+        " server_seq INTEGER NOT NULL)"
     )
     # The push in flight: sent again, byte for byte, after a crash (applied once).
     conn.execute(
@@ -229,6 +237,7 @@ def take_remote(
     delta = 0
     written = 0
     upserts = []
+    same: list[tuple[int, str, str]] = []
     for row, seq in items:
         key = (row[0], row[1])
         previous = old.get(key)
@@ -236,6 +245,9 @@ def take_remote(
         if previous is not None and previous[1] != 0 and previous[1] != allowed:
             continue  # an unpushed local edit: the push's conflict policy decides
         digest = row_digest(*row)
+        if previous is not None and previous == (digest, 0):
+            same.append((seq, key[0], key[1]))  # held already: only its base moves
+            continue
         if previous is not None:
             delta = multiset_add(delta, previous[0], sign=-1)
         delta = multiset_add(delta, digest)
@@ -243,6 +255,9 @@ def take_remote(
         upserts.append((*row, digest, seq))
         written += 1
     conn.executemany(_UPSERT_SYNCED, upserts)
+    conn.executemany(
+        "UPDATE items SET base_seq = ? WHERE collection = ? AND key = ? AND pending = 0", same
+    )
     _add_checksum(conn, delta)
     return written
 
@@ -254,6 +269,41 @@ def acknowledge(conn: sqlite3.Connection, acks: Iterable[tuple[str, str, int, in
         "UPDATE items SET base_seq = ?3, pending = CASE WHEN pending = ?4 THEN 0 ELSE pending"
         " END WHERE collection = ?1 AND key = ?2",
         ((c, k, base, sent) for c, k, sent, base in acks),
+    )
+
+
+def settle_migration(
+    conn: sqlite3.Connection,
+    *,
+    seq: int,
+    prior_seq: int,
+    counter: int,
+    in_snapshot: Callable[[list[tuple[str, str]]], set[tuple[str, str]]],
+) -> None:
+    """After a verified migration committed at ``seq``: rows unchanged since the snapshot
+    (pending at most the snapshot's ``counter``) are in the cloud now, based on ``seq``;
+    rows the app wrote since stay pending, based on ``seq`` when the snapshot held them
+    (the migrated version is what they replace) and on nothing when they are new."""
+    conn.execute(
+        "UPDATE items SET base_seq = ?, pending = 0 WHERE pending > 0 AND pending <= ?",
+        (seq, counter),
+    )
+    later = [
+        (c, k)
+        for c, k in conn.execute("SELECT collection, key FROM items WHERE pending > ?", (counter,))
+    ]
+    for start in range(0, len(later), _CHUNK):
+        held = in_snapshot(later[start : start + _CHUNK])
+        conn.executemany(
+            "UPDATE items SET base_seq = ? WHERE collection = ? AND key = ?",
+            ((seq, c, k) for c, k in held),
+        )
+    set_meta(
+        conn,
+        sync_cursor=str(seq),
+        sync_seq=str(seq),
+        sync_backfill_until=str(prior_seq) if prior_seq > 0 else None,
+        sync_backfill_cursor=None,
     )
 
 

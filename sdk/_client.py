@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -16,15 +17,16 @@ import platformdirs
 from . import contract as c
 from ._conflicts import Conflict, resolved_item
 from ._detect import LocalDetection, LocalState, detect_local
-from ._errors import ConfigurationError, MigrationError
+from ._errors import ConfigurationError, MigrationBlockedError, MigrationError, NotFoundError
 from ._events import Event, Hooks, MigrationFailed, Progress
 from ._journal import Journal, journal_path_for
 from ._lock import MigrationLock, lock_path_for
-from ._migrate import MigrationOptions, MigrationResult, run_migration
+from ._migrate import MigrationOptions, MigrationOutcome, MigrationResult, run_migration
 from ._plan import MigrationPlan, make_plan
 from ._retry import RetryPolicy
 from ._run import stoppable_sleep
-from ._store import default_store_path
+from ._store import LocalStore, connect_read_only, default_store_path
+from ._sync import SyncResult, decide_waiting, run_sync, waiting_conflicts
 from ._transport import Transport
 
 __all__ = ["Detection", "MigrationClient", "migrate"]
@@ -166,8 +168,65 @@ class MigrationClient:
         the same store, :class:`sdk.OfflineError` when the server stays unreachable
         (call again later: it resumes), and the other :class:`sdk.MigrationError` types.
         """
-        with MigrationLock(lock_path_for(self.store_path)), self._journal() as journal:
+        with MigrationLock(lock_path_for(self.store_path)):
             self._stop = stop
+            try:
+                result = self._migrate_locked(stop)
+                if result.outcome in _SYNC_AFTER and _synced(self.store_path):
+                    # Done means the cloud holds what the device holds now: push what the
+                    # app wrote during the migration, pull what other devices put there.
+                    synced = self._sync_locked(stop, full=False)
+                    result = dataclasses.replace(
+                        result, sync=synced, verified=result.verified and synced.verified
+                    )
+                return result
+            finally:
+                self._stop = None
+
+    def sync(self, *, stop: threading.Event | None = None, full: bool = False) -> SyncResult:
+        """Bring the store and the cloud in step, both ways, and prove it.
+
+        Pushes every pending local change (conflicts with changes made elsewhere are
+        decided by ``options.conflicts``, or wait for the app under ``manual``), pulls what
+        changed in the cloud since the last sync, then checks that both hold the same
+        dataset (``verified``). A store that was never migrated is migrated first (the
+        migration is the first sync); a device without a store, or with an empty one,
+        downloads the user's whole dataset. Interrupted anywhere, it resumes.
+
+        ``full`` recomputes both checksums from every item instead of the running ones
+        (an audit; O(items) on both sides)::
+
+            result = client.sync()
+            print(result.pushed, result.pulled, result.pending_changes, result.verified)
+        """
+        with MigrationLock(lock_path_for(self.store_path)):
+            self._stop = stop
+            try:
+                local = detect_local(self.store_path).raise_for_state()
+                if local.state is LocalState.READY:
+                    migrated = self._migrate_locked(stop)
+                    if migrated.outcome is not MigrationOutcome.COMPLETED:
+                        return SyncResult(
+                            pending_changes=local.item_count,
+                            pending_conflicts=migrated.pending_conflicts,
+                            stopped=migrated.outcome is MigrationOutcome.STOPPED,
+                            migration=migrated,
+                        )
+                    if not _synced(self.store_path):  # a server without sync
+                        raise MigrationBlockedError(
+                            "the server migrated this store but offers no sync (its detect "
+                            "lists no 'sync' capability); update the server",
+                            reason="no-sync",
+                        )
+                    return dataclasses.replace(
+                        self._sync_locked(stop, full=full), migration=migrated
+                    )
+                return self._sync_locked(stop, full=full)
+            finally:
+                self._stop = None
+
+    def _migrate_locked(self, stop: threading.Event | None) -> MigrationResult:
+        with self._journal() as journal:
             try:
                 return run_migration(
                     store_path=self.store_path,
@@ -188,8 +247,23 @@ class MigrationClient:
                     )
                 )
                 raise
-            finally:
-                self._stop = None
+
+    def _sync_locked(self, stop: threading.Event | None, *, full: bool) -> SyncResult:
+        try:
+            return run_sync(
+                store_path=self.store_path,
+                transport=self.transport,
+                policy=self.options.conflicts,
+                hooks=self.hooks,
+                stop=stop,
+                full=full,
+            )
+        except NotFoundError as exc:
+            raise MigrationBlockedError(
+                f"the server offers no sync ({exc}); update the server, or point the SDK at "
+                "one whose detect lists the 'sync' capability",
+                reason="no-sync",
+            ) from exc
 
     def status(self) -> c.GetMigrationStatusResponse:
         """The server's status of this device's migration (or the user's latest)."""
@@ -243,7 +317,11 @@ class MigrationClient:
         """
         with self._journal() as journal:
             rows = journal.pending()
-        return [Conflict.from_json(row.conflict) for row in rows if row.choice is None]
+        waiting = [Conflict.from_json(row.conflict) for row in rows if row.choice is None]
+        if _synced(self.store_path):
+            with LocalStore(self.store_path, create=False) as store:
+                waiting.extend(waiting_conflicts(store))
+        return sorted(waiting, key=lambda x: (x.collection, x.key))
 
     def resolve_conflict(
         self, conflict_id: str, choice: str, data: dict[str, Any] | None = None
@@ -260,6 +338,10 @@ class MigrationClient:
             client.resolve_conflict(conflict.conflict_id, "merged",
                                     data={**conflict.server["data"], "score": 10})
         """
+        if conflict_id.startswith("sync-") and _synced(self.store_path):
+            with LocalStore(self.store_path, create=False) as store:
+                if decide_waiting(store, conflict_id, choice, data):
+                    return
         with self._journal() as journal:
             rows = {row.conflict_id: row for row in journal.pending()}
             row = rows.get(conflict_id)
@@ -286,6 +368,24 @@ class MigrationClient:
             time.sleep(seconds)
         else:
             stoppable_sleep(stop)(seconds)
+
+
+_SYNC_AFTER = (MigrationOutcome.COMPLETED, MigrationOutcome.ALREADY_MIGRATED)
+
+
+def _synced(store_path: Path) -> bool:
+    """Whether the store keeps in step with the cloud (it knows where the sync stands)."""
+    try:
+        conn = connect_read_only(store_path)
+    except sqlite3.Error:
+        return False
+    try:
+        row = conn.execute("SELECT 1 FROM store_meta WHERE key = 'sync_cursor'").fetchone()
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
+    return row is not None
 
 
 def migrate(

@@ -386,7 +386,19 @@ def decide(
     ...        now_ms=10_000).flag.reason
     'too_close'
     """
+    if _same_content(conflict.local, conflict.server):
+        # Equal data is never a conflict: both sides hold the same thing, whatever the
+        # timestamps say; the device takes the cloud's version, so both match exactly.
+        return _pick("server", conflict, "identical")
     return _apply(policy.strategy_for(conflict.collection), conflict, policy, clock, now_ms)
+
+
+def _same_content(local: Mapping[str, Any], server: Mapping[str, Any]) -> bool:
+    if bool(local.get("deleted")) != bool(server.get("deleted")):
+        return False
+    return bool(local.get("deleted")) or canonical_json(local.get("data")) == canonical_json(
+        server.get("data")
+    )
 
 
 def resolved_item(conflict: Conflict, choice: str, data: Mapping[str, Any] | None) -> Decision:

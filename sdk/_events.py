@@ -30,6 +30,8 @@ __all__ = [
     "MigrationStarted",
     "Progress",
     "ProgressPhase",
+    "RemoteChangesApplied",
+    "SyncCompleted",
 ]
 
 logger = logging.getLogger(__name__)
@@ -50,6 +52,8 @@ class ProgressPhase(str, enum.Enum):
     RESOLVING = "resolving"
     COMPLETING = "completing"
     VERIFYING = "verifying"
+    PUSHING = "pushing"
+    PULLING = "pulling"
     DONE = "done"
 
 
@@ -138,12 +142,45 @@ class MigrationFailed:
     retryable: bool
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RemoteChangesApplied:
+    """Items changed in the cloud (by another device) were written into the store: the
+    app should refresh what it shows of these collections.
+
+    >>> RemoteChangesApplied(count=2, collections={"cards": 2}).count
+    2
+    """
+
+    count: int
+    collections: dict[str, int]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SyncCompleted:
+    """A sync ended: what went up and down, what still waits, and whether the device
+    now holds exactly what the cloud holds (``verified``).
+
+    >>> SyncCompleted(pushed=1, pulled=0, pending_changes=0, pending_conflicts=0,
+    ...               verified=True, seq=4).verified
+    True
+    """
+
+    pushed: int
+    pulled: int
+    pending_changes: int
+    pending_conflicts: int
+    verified: bool
+    seq: int
+
+
 Event = (
     LocalDataDetected
     | MigrationStarted
     | DataConflictDetected
     | MigrationCompleted
     | MigrationFailed
+    | RemoteChangesApplied
+    | SyncCompleted
 )
 
 

@@ -59,6 +59,10 @@ NAMES = (
     "complete.before",  # everything resolved; `complete` not sent yet
     "complete.after",  # `complete` answered; the cloud checksum not journaled yet
     "cleanup.before",  # verified and marked migrated; snapshot and journal not dropped yet
+    "sync.push.journaled",  # a push is in the store's outbox; not sent yet
+    "sync.push.answered",  # the server applied a push; its answer not written locally yet
+    "sync.pull.answered",  # a page of changes arrived; not written into the store yet
+    "sync.pull.applied",  # a page and its cursor are written; the next page not asked yet
 )
 
 Action = Callable[[], None]

@@ -16,6 +16,7 @@ import dataclasses
 import enum
 import hashlib
 import logging
+import sqlite3
 import threading
 import time
 import uuid
@@ -55,7 +56,8 @@ from ._journal import (
 from ._resolving import resolve_conflicts
 from ._run import Restart, Run, Stopped, session_id_of, session_status, stoppable_sleep
 from ._snapshot import Snapshot, open_snapshot, take_snapshot
-from ._store import LocalStore
+from ._store import LocalStore, MigratedSync, connect_read_only
+from ._sync import SyncResult
 from ._transport import Transport
 
 __all__ = ["MigrationOptions", "MigrationOutcome", "MigrationResult", "run_migration"]
@@ -157,6 +159,9 @@ class MigrationResult:
     pending_conflicts: int = 0
     #: Items ``newest_wins`` could not order with confidence, decided by the fallback.
     flagged: list[FlaggedItem] = dataclasses.field(default_factory=list)
+    #: The sync that ended the migration: it pushed what the app wrote meanwhile and
+    #: pulled what other devices hold (``None`` when the server offers no sync).
+    sync: SyncResult | None = None
 
 
 def run_migration(
@@ -542,13 +547,19 @@ def _complete(run: Run, record: JournalRecord) -> JournalRecord:
     except NotFoundError as exc:
         raise Restart(f"the server no longer knows session {session_id}") from exc
     failpoint("complete.after")
-    completion = None
+    completion: dict[str, Any] | None = None
     if answer.new_items is not None:
         completion = {
             "new_items": answer.new_items,
             "unchanged_items": answer.unchanged_items,
             "conflicts": answer.conflicts,
             "resolutions_by_kind": answer.resolutions_by_kind,
+        }
+    if answer.sync_seq is not None:
+        completion = {
+            **(completion or {}),
+            "sync_seq": answer.sync_seq,
+            "sync_prior_seq": answer.sync_prior_seq or 0,
         }
     return run.journal.advance(
         Phase.COMPLETED, cloud_checksum=answer.cloud_checksum, completion=completion
@@ -571,12 +582,17 @@ def _verify(run: Run, record: JournalRecord, *, resumed: bool) -> MigrationResul
                 migration_id=record.migration_id,
                 session_id=session_id,
                 cloud_checksum=record.cloud_checksum,
+                sync=_migrated_sync(record),
             )
         record = run.journal.advance(Phase.VERIFIED)
     failpoint("cleanup.before")
     # The commit's own counts; the summary (a second full pass on the server) only when
     # the server did not send them.
-    summary = None if record.completion else _summary(run, session_id)
+    summary = (
+        None
+        if record.completion and "new_items" in record.completion
+        else _summary(run, session_id)
+    )
     flagged = _flagged(run.journal)
     Path(record.snapshot_path).unlink(missing_ok=True)
     run.journal.clear()
@@ -587,8 +603,11 @@ def _verify(run: Run, record: JournalRecord, *, resumed: bool) -> MigrationResul
             session_id=session_id, item_count=record.item_count, checksum=record.cloud_checksum
         )
     )
-    counts: dict[str, Any] = record.completion or (
-        summary.model_dump() if summary else {"conflicts": run.conflicts_seen}
+    has_counts = record.completion is not None and "new_items" in record.completion
+    counts: dict[str, Any] = (
+        record.completion
+        if has_counts and record.completion is not None
+        else (summary.model_dump() if summary else {"conflicts": run.conflicts_seen})
     )
     return MigrationResult(
         outcome=MigrationOutcome.COMPLETED,
@@ -607,6 +626,56 @@ def _verify(run: Run, record: JournalRecord, *, resumed: bool) -> MigrationResul
         batches_uploaded=run.batches_uploaded,
         duration_s=time.monotonic() - run.started,
         flagged=flagged,
+    )
+
+
+def _migrated_sync(record: JournalRecord) -> MigratedSync | None:
+    """Where the sync continues, from what the commit said (``None``: a server without
+    sync) and what the snapshot held."""
+    completion = record.completion or {}
+    if completion.get("sync_seq") is None:
+        return None
+    path = Path(record.snapshot_path)
+    try:
+        conn = connect_read_only(path)
+        try:
+            row = conn.execute(
+                "SELECT value FROM store_meta WHERE key = 'change_counter'"
+            ).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        row = None
+    if row is None:
+        # The snapshot is gone (a crash after it was deleted cannot happen before this
+        # point, but a cleaned cache can): nothing may be taken as pushed, so every row
+        # stays pending and the first sync sends it; the cloud answers "unchanged".
+        return MigratedSync(
+            seq=int(completion["sync_seq"]),
+            prior_seq=int(completion.get("sync_prior_seq") or 0),
+            snapshot_counter=0,
+            in_snapshot=lambda keys: set(),
+        )
+
+    def in_snapshot(keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        conn = connect_read_only(path)
+        try:
+            pairs = ",".join(["(?, ?)"] * len(keys))
+            rows = conn.execute(
+                f"WITH wanted(collection, key) AS (VALUES {pairs}) SELECT t.collection, t.key"
+                " FROM wanted CROSS JOIN items AS t"
+                " ON t.collection = wanted.collection AND t.key = wanted.key",
+                [part for key in keys for part in key],
+            ).fetchall()
+        finally:
+            conn.close()
+        return {(c_, k) for c_, k in rows}
+
+    return MigratedSync(
+        seq=int(completion["sync_seq"]),
+        prior_seq=int(completion.get("sync_prior_seq") or 0),
+        snapshot_counter=int(row[0]),
+        in_snapshot=in_snapshot,
     )
 
 

@@ -23,7 +23,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -50,6 +50,7 @@ __all__ = [
     "STORE_FORMAT",
     "SUPPORTED_DATA_VERSIONS",
     "LocalStore",
+    "MigratedSync",
     "MigrationState",
     "default_store_path",
 ]
@@ -132,6 +133,22 @@ class MigrationState:
     migration_id: str
     session_id: str
     cloud_checksum: str
+
+
+@dataclass(frozen=True)
+class MigratedSync:
+    """Where the sync continues after a migration: the commit's ``seq``, the cloud's seq
+    before it (``prior_seq``: what other devices put there, pulled once), the store's
+    change counter in the snapshot, and which keys the snapshot held.
+
+    >>> MigratedSync(seq=2, prior_seq=1, snapshot_counter=5, in_snapshot=set).seq
+    2
+    """
+
+    seq: int
+    prior_seq: int
+    snapshot_counter: int
+    in_snapshot: Callable[[list[tuple[str, str]]], set[tuple[str, str]]]
 
 
 def now_ms() -> int:
@@ -561,8 +578,19 @@ class LocalStore:
         with self._writing("write resolved items") as conn:
             return _changes.replace_rows(conn, checked)
 
-    def mark_migrated(self, *, migration_id: str, session_id: str, cloud_checksum: str) -> None:
+    def mark_migrated(
+        self,
+        *,
+        migration_id: str,
+        session_id: str,
+        cloud_checksum: str,
+        sync: MigratedSync | None = None,
+    ) -> None:
         """Record that the store's content now lives in the cloud (after verification).
+
+        With ``sync`` (what the commit told of the cloud's order), the migrated items stop
+        being pending and the sync continues from the commit: what the app wrote after the
+        snapshot stays pending, based on the migrated version, for the next push.
 
         >>> import tempfile, pathlib
         >>> tmp = tempfile.TemporaryDirectory()
@@ -591,6 +619,14 @@ class LocalStore:
                     ("cloud_checksum", cloud_checksum),
                 ],
             )
+            if sync is not None:
+                _changes.settle_migration(
+                    conn,
+                    seq=sync.seq,
+                    prior_seq=sync.prior_seq,
+                    counter=sync.snapshot_counter,
+                    in_snapshot=sync.in_snapshot,
+                )
 
     # -- reads
 

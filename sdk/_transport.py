@@ -39,6 +39,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from . import _fastjson as fastjson
 from ._errors import (
     AuthError,
     ConfigurationError,
@@ -75,10 +76,12 @@ from .contract import (
     PlanEntry,
     PlanResponse,
     ProblemCode,
+    PushResponse,
     ResolveConflictsRequest,
     ResolveConflictsResponse,
     StartMigrationRequest,
     StartMigrationResponse,
+    SyncStateResponse,
 )
 
 __all__ = ["Exchange", "TokenSource", "Transport"]
@@ -578,6 +581,72 @@ class Transport:
 
     # ------------------------------------------------------------------ machinery
 
+    # ------------------------------------------------------------------ sync
+
+    def push(self, body: bytes) -> PushResponse:
+        """``POST /sync/push`` with a :class:`~sdk.contract.PushRequest` body already encoded
+        (the SDK keeps the exact bytes, so a push retried after a crash is the same push).
+
+        >>> transport.push(request_json).results[0].outcome  # doctest: +SKIP
+        'applied'
+        """
+        return self._call(
+            "push",
+            "POST",
+            "/sync/push",
+            PushResponse,
+            content=body,
+            headers={"Content-Type": "application/json"},
+        )
+
+    def pull(
+        self, *, since: str | None, until: int | None, limit: int, device_id: str | None = None
+    ) -> dict[str, Any]:
+        """``GET /sync/changes``: one page, as the parsed JSON of a
+        :class:`~sdk.contract.PullResponse` (its items are checked by the caller as they are
+        written into the store, so a large bootstrap builds no model per item).
+
+        >>> transport.pull(since=None, until=None, limit=1000)["hasMore"]  # doctest: +SKIP
+        False
+        """
+        params: dict[str, str | int] = {"limit": _count("limit", limit, minimum=1)}
+        if since:
+            params["since"] = _text("since", since)
+        if until is not None:
+            params["until"] = _count("until", until)
+        if device_id is not None:
+            params["deviceId"] = _text("device_id", device_id)
+        response = self._request("pull", "GET", "/sync/changes", params=params)
+        try:
+            page = fastjson.loads(response.content)
+        except ValueError as exc:
+            raise ProtocolError(
+                f"pull: the server's answer is not JSON ({exc}); check that the URL points at "
+                "the migration server"
+            ) from exc
+        if not _is_page(page):
+            raise ProtocolError(
+                "pull: the server's answer is not a page of changes (changes, cursor, "
+                "hasMore, seq, checksum, itemCount); the server and the SDK disagree on the "
+                "wire contract, update whichever is older"
+            )
+        return page  # type: ignore[no-any-return]
+
+    def sync_state(self, *, full: bool = False) -> SyncStateResponse:
+        """``GET /sync/state``: the cloud's head, item count and checksum; ``full``
+        recomputes the checksum from every item on the server.
+
+        >>> transport.sync_state().seq  # doctest: +SKIP
+        42
+        """
+        return self._call(
+            "sync state",
+            "GET",
+            "/sync/state",
+            SyncStateResponse,
+            params={"full": "true" if full else "false"},
+        )
+
     def _call(
         self,
         op: str,
@@ -809,6 +878,24 @@ def _check_token(token: object, what: str) -> None:
             f"{what} must be a non-empty string of visible ASCII characters (no spaces or "
             "line breaks)"
         )
+
+
+def _is_page(page: object) -> bool:
+    return (
+        isinstance(page, dict)
+        and isinstance(page.get("changes"), list)
+        and isinstance(page.get("cursor"), str)
+        and isinstance(page.get("hasMore"), bool)
+        and type(page.get("seq")) is int
+        and isinstance(page.get("checksum"), str)
+        and _CHECKSUM.fullmatch(page["checksum"]) is not None
+        and type(page.get("itemCount")) is int
+    )
+
+
+def _count(name: str, value: object, *, minimum: int = 0) -> int:
+    _check_count(name, value, minimum=minimum)
+    return value  # type: ignore[return-value]
 
 
 def _check_count(name: str, value: object, *, minimum: int = 0) -> None:

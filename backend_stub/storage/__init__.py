@@ -235,11 +235,18 @@ class Storage(Protocol):
         ...
 
     def pull_page(
-        self, user_id: str, *, after: tuple[int, str, str] | None, until: int | None, limit: int
+        self,
+        user_id: str,
+        *,
+        after: tuple[int, str, str] | None,
+        until: int | None,
+        limit: int,
+        skip_device: str | None = None,
     ) -> PullPage:
         """Up to ``limit`` items in (seq, collection, key) order after ``after`` (a seq
-        alone when collection and key are empty) and at most ``until``, with the head
-        read from the same snapshot."""
+        alone when collection and key are empty) and at most ``until``, leaving out the
+        items whose current version ``skip_device`` wrote, with the head read from the
+        same snapshot."""
         ...
 
     def full_checksum(self, user_id: str) -> tuple[int, int]:

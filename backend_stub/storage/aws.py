@@ -567,7 +567,13 @@ class AwsStorage:
         raise NotImplementedError("sync is not available on the aws backend")
 
     def pull_page(
-        self, user_id: str, *, after: tuple[int, str, str] | None, until: int | None, limit: int
+        self,
+        user_id: str,
+        *,
+        after: tuple[int, str, str] | None,
+        until: int | None,
+        limit: int,
+        skip_device: str | None = None,
     ) -> PullPage:
         raise NotImplementedError("sync is not available on the aws backend")
 

@@ -684,10 +684,19 @@ class SQLiteStorage:
         return found
 
     def pull_page(
-        self, user_id: str, *, after: tuple[int, str, str] | None, until: int | None, limit: int
+        self,
+        user_id: str,
+        *,
+        after: tuple[int, str, str] | None,
+        until: int | None,
+        limit: int,
+        skip_device: str | None = None,
     ) -> PullPage:
         sql = f"SELECT {_CLOUD_COLUMNS}, seq FROM cloud_items WHERE user_id = ?"
         params: list[Any] = [user_id]
+        if skip_device is not None:
+            sql += " AND device_id != ?"
+            params.append(skip_device)
         if after is not None:
             seq, collection, key = after
             if collection or key:

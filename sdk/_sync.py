@@ -1,0 +1,567 @@
+"""The sync: after the migration, the store and the cloud stay in step, both ways.
+
+One sync is three steps, each resumable after a kill at any point:
+
+1. **Push.** Pending local changes (:mod:`sdk._changes` records them with every write)
+   go up in batches. Each batch is written to the store's outbox before it is sent and
+   sent again byte for byte after a crash: the server applies a push id once. The answer
+   is applied in one transaction with the outbox row's removal: ``applied`` and
+   ``unchanged`` changes stop being pending (unless the app wrote them again meanwhile),
+   a ``conflict`` is decided by the same :class:`~sdk.ConflictPolicy` as the migration's,
+   and its outcome is pushed by the next batch (or waits for the app, ``manual``).
+2. **Pull.** Pages of the user's changes since the store's cursor, each written in one
+   transaction together with the new cursor; a row with an unpushed local change is never
+   overwritten (the next push meets the conflict and the policy decides). After a
+   migration, the items the cloud held before it (another device's) are pulled once, up
+   to the seq the migration started from; a new device pulls everything.
+3. **Proof.** When the last page is applied and nothing is pending, the store's running
+   multiset checksum must equal the cloud's: "verified" means the device holds exactly
+   what the cloud holds, now.
+
+Use it through :meth:`sdk.MigrationClient.sync`; this module is the engine behind it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from . import _changes as changes
+from . import contract as c
+from ._conflicts import (
+    ClockEstimate,
+    Conflict,
+    ConflictPolicy,
+    Decision,
+    decide,
+    resolved_item,
+)
+from ._errors import ProtocolError, VerificationError
+from ._events import Hooks, Progress, ProgressPhase, RemoteChangesApplied, SyncCompleted
+from ._failpoints import failpoint
+from ._run import Stopped
+from ._store import LocalStore, check_item, now_ms
+
+__all__ = ["SyncResult", "decide_waiting", "run_sync", "waiting_conflicts"]
+
+logger = logging.getLogger(__name__)
+
+#: Changes per push, and items per pull page.
+PUSH_BATCH = 500
+PULL_PAGE = 1000
+#: Push batches one sync sends at most: an app that writes faster than the network
+#: takes them still sees the sync end (its writes stay pending for the next one).
+_MAX_PUSH_ROUNDS = 100
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SyncResult:
+    """What one sync did, and where the device stands.
+
+    ``verified`` is true only when nothing is pending on the device and its checksum
+    equals the cloud's as of the last page read: the device holds what the cloud holds.
+
+    >>> SyncResult().verified, SyncResult().pending_changes
+    (False, 0)
+    """
+
+    pushed: int = 0
+    pulled: int = 0
+    #: Conflicts the policy decided in this sync, by strategy.
+    resolutions_by_kind: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: Local writes not yet in the cloud (written during the sync, or waiting on a
+    #: conflict the app must decide).
+    pending_changes: int = 0
+    #: Conflicts waiting for the app (``manual``, or a callback's deferral).
+    pending_conflicts: int = 0
+    #: The cloud's seq and checksum as of the last page read.
+    seq: int = 0
+    cloud_checksum: str | None = None
+    local_checksum: str | None = None
+    verified: bool = False
+    #: Whether both checksums were recomputed from every item (``full=True``).
+    full: bool = False
+    stopped: bool = False
+    round_trips: int = 0
+    duration_s: float = 0.0
+    #: The migration this sync began with, when the store had never been migrated (the
+    #: migration is the first sync); see its outcome when it waits for the app.
+    migration: Any = None
+
+
+@dataclasses.dataclass
+class _Sync:
+    store: LocalStore
+    transport: Any  # sdk._transport.Transport (a Protocol would only restate it)
+    policy: ConflictPolicy
+    hooks: Hooks
+    stop: threading.Event | None
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    pushed: int = 0
+    pulled: int = 0
+    round_trips: int = 0
+    kinds: Counter[str] = dataclasses.field(default_factory=Counter)
+
+    def check_stop(self) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise Stopped("stop requested")
+
+
+def run_sync(
+    *,
+    store_path: Path,
+    transport: Any,
+    policy: ConflictPolicy,
+    hooks: Hooks,
+    stop: threading.Event | None = None,
+    full: bool = False,
+) -> SyncResult:
+    """Push, pull and prove, once. Creates the store when there is none (a new device
+    then bootstraps the user's data). The caller holds the store's migration lock."""
+    with LocalStore(store_path) as store:
+        run = _Sync(store, transport, policy, hooks, stop)
+        try:
+            _resend_outbox(run)
+            _apply_app_decisions(run)
+            for _round in range(_MAX_PUSH_ROUNDS):
+                run.check_stop()
+                if not _push_batch(run):
+                    break
+            page = _pull(run)
+            return _prove(run, page, full=full)
+        except Stopped:
+            logger.info("sync stopped at a safe point; the next sync resumes")
+            return dataclasses.replace(_result(run), stopped=True)
+
+
+# --------------------------------------------------------------------------- push
+
+
+def _resend_outbox(run: _Sync) -> None:
+    """A push sent before a crash, answered or not: send it again (applied once)."""
+    with run.store._reading("read the sync outbox") as conn:
+        row = conn.execute("SELECT push_id, body, sent FROM sync_outbox").fetchone()
+    if row is None:
+        return
+    push_id, body, sent = row
+    logger.info("sending push %s again: a crash interrupted it", push_id)
+    _send(run, push_id, body.encode("utf-8"), json.loads(sent))
+
+
+def _push_batch(run: _Sync) -> bool:
+    """Send one batch of pending changes; False when none was pending."""
+    with run.store._reading("read pending changes") as conn:
+        rows = conn.execute(
+            "SELECT collection, key, data, updated_at, deleted, base_seq, pending FROM items"
+            " WHERE pending > 0 AND NOT EXISTS (SELECT 1 FROM sync_conflicts s WHERE"
+            " s.collection = items.collection AND s.key = items.key)"
+            " ORDER BY pending LIMIT ?",
+            (PUSH_BATCH,),
+        ).fetchall()
+    if not rows:
+        return False
+    push_id = uuid.uuid4().hex
+    body = _push_body(push_id, run.store.device_id, rows)
+    sent = [[r[0], r[1], r[6]] for r in rows]
+    with run.store._writing("record a push") as conn:
+        conn.execute(
+            "INSERT INTO sync_outbox (push_id, body, sent) VALUES (?, ?, ?)",
+            (push_id, body, json.dumps(sent)),
+        )
+    failpoint("sync.push.journaled")
+    _send(run, push_id, body.encode("utf-8"), sent)
+    return True
+
+
+def _push_body(push_id: str, device_id: str, rows: list[tuple[Any, ...]]) -> str:
+    """The push's JSON, built around each row's stored canonical data (no re-encoding)."""
+    changes_json = ",".join(
+        '{{"baseSeq":{},"collection":{},"data":{},"deleted":{},"key":{},"updatedAt":{:d}}}'.format(
+            "null" if base is None else int(base),
+            json.dumps(collection, ensure_ascii=False),
+            data,
+            "true" if deleted else "false",
+            json.dumps(key, ensure_ascii=False),
+            updated_at,
+        )
+        for collection, key, data, updated_at, deleted, base, _pending in rows
+    )
+    tail = f'"deviceId":{json.dumps(device_id)},"pushId":{json.dumps(push_id)}'
+    return f'{{"changes":[{changes_json}],{tail}}}'
+
+
+def _send(run: _Sync, push_id: str, body: bytes, sent: list[list[Any]]) -> None:
+    run.hooks.progress(Progress(ProgressPhase.PUSHING, 0, len(sent)))
+    answer = run.transport.push(body)
+    run.round_trips += 1
+    failpoint("sync.push.answered")
+    if len(answer.results) != len(sent) or any(
+        (r.collection, r.key) != (s[0], s[1]) for r, s in zip(answer.results, sent, strict=False)
+    ):
+        raise ProtocolError(
+            f"the server's answer to push {push_id} does not list the changes sent, in order;"
+            " the server and the SDK disagree on the wire contract, update whichever is older"
+        )
+    locals_ = _local_items(run, [(s[0], s[1]) for s in sent])
+    clock = ClockEstimate.from_date(run.transport.last_exchange) or ClockEstimate()
+    now = now_ms()
+    with run.store._writing("apply a push's answer") as conn:
+        acks: list[tuple[str, str, int, int]] = []
+        for result, (collection, key, pending) in zip(answer.results, sent, strict=True):
+            if result.outcome == "applied":
+                acks.append((collection, key, pending, result.seq))
+                continue
+            assert result.server is not None
+            server = _row(collection, key, result.server)
+            if result.outcome == "unchanged":
+                # Equal data: the device takes the cloud's item (its updatedAt may differ).
+                changes.take_remote(
+                    conn, [(server, result.seq)], only_if_pending={(collection, key): pending}
+                )
+                acks.append((collection, key, pending, result.seq))
+                continue
+            local = locals_.get((collection, key))
+            if local is None:  # the row cannot vanish (deletes are tombstones)
+                continue
+            decision = _decide(run, local, server, result, clock, now)
+            _apply_decision(run, conn, decision, local, server, result, pending)
+        changes.acknowledge(conn, acks)
+        conn.execute("DELETE FROM sync_outbox WHERE push_id = ?", (push_id,))
+    run.pushed += sum(1 for r in answer.results if r.outcome != "conflict")
+    run.hooks.progress(Progress(ProgressPhase.PUSHING, len(sent), len(sent)))
+
+
+def _local_items(run: _Sync, keys: list[tuple[str, str]]) -> dict[tuple[str, str], c.Item]:
+    found: dict[tuple[str, str], c.Item] = {}
+    for collection, key in keys:
+        item = run.store.get(collection, key)
+        if item is not None:
+            found[(collection, key)] = item
+    return found
+
+
+def _row(collection: str, key: str, version: c.ItemVersion) -> changes.Row:
+    text = check_item(collection, key, version.data, version.updated_at, version.deleted)
+    return (collection, key, text, version.updated_at, int(version.deleted))
+
+
+def _decide(
+    run: _Sync,
+    local: c.Item,
+    server: changes.Row,
+    result: c.PushResult,
+    clock: ClockEstimate,
+    now: int,
+) -> Decision:
+    conflict = _conflict(local, server, result)
+    decision = decide(conflict, run.policy, clock, now_ms=now)
+    run.kinds[decision.kind] += 1
+    return decision
+
+
+def _conflict(local: c.Item, server: changes.Row, result: c.PushResult) -> Conflict:
+    collection, key = local["collection"], local["key"]
+    ident = hashlib.sha256(
+        c.canonical_json(["sync", collection, key, result.seq]).encode()
+    ).hexdigest()[:24]
+    return Conflict(
+        conflict_id=f"sync-{ident}",
+        collection=collection,
+        key=key,
+        local=local,
+        server=_item(server),
+        server_version=result.server.version if result.server else None,
+        server_device_id=result.server.device_id if result.server else None,
+    )
+
+
+def _item(row: changes.Row) -> c.Item:
+    return c.Item(
+        collection=row[0],
+        key=row[1],
+        data=json.loads(row[2]),
+        updatedAt=row[3],
+        deleted=bool(row[4]),
+    )
+
+
+def _apply_decision(
+    run: _Sync,
+    conn: Any,
+    decision: Decision,
+    local: c.Item,
+    server: changes.Row,
+    result: c.PushResult,
+    pending: int,
+) -> None:
+    """Write a conflict's outcome, in the transaction that applies the push's answer."""
+    collection, key = local["collection"], local["key"]
+    rebase = [(collection, key, -1, result.seq)]  # a base only: the change stays pending
+    if decision.item is None:  # the app decides (manual, or deferred)
+        conflict = _conflict(local, server, result)
+        conn.execute(
+            "INSERT INTO sync_conflicts (collection, key, conflict, server_seq, pending)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (collection, key) DO UPDATE SET"
+            " conflict = excluded.conflict, server_seq = excluded.server_seq,"
+            " pending = excluded.pending, choice = NULL, item = NULL",
+            (
+                collection,
+                key,
+                json.dumps(dataclasses.replace(conflict, reason=decision.reason).to_json()),
+                result.seq,
+                pending,
+            ),
+        )
+        return
+    _log(conn, decision, local, server, result.seq)
+    if decision.choice == "server":
+        taken = changes.take_remote(
+            conn, [(server, result.seq)], only_if_pending={(collection, key): pending}
+        )
+        if not taken:  # the app wrote it again meanwhile: its newer write goes up next
+            changes.acknowledge(conn, rebase)
+    elif decision.choice == "local":
+        changes.acknowledge(conn, rebase)
+    else:
+        item = decision.item
+        text = check_item(collection, key, item["data"], item["updatedAt"], item["deleted"])
+        changes.record_writes(
+            conn, [(collection, key, text, item["updatedAt"], int(item["deleted"]))]
+        )
+        changes.acknowledge(conn, rebase)
+
+
+def waiting_conflicts(store: LocalStore) -> list[Conflict]:
+    """The sync's conflicts that wait for the app, in (collection, key) order."""
+    with store._reading("read waiting conflicts") as conn:
+        rows = conn.execute(
+            "SELECT conflict FROM sync_conflicts WHERE choice IS NULL ORDER BY collection, key"
+        ).fetchall()
+    return [Conflict.from_json(json.loads(text)) for (text,) in rows]
+
+
+def decide_waiting(
+    store: LocalStore, conflict_id: str, choice: str, data: dict[str, Any] | None
+) -> bool:
+    """Record the app's decision on a waiting sync conflict (the next sync applies and
+    pushes it). False when no waiting sync conflict has this id."""
+    with store._writing("record a decision") as conn:
+        for collection, key, text in conn.execute(
+            "SELECT collection, key, conflict FROM sync_conflicts"
+        ).fetchall():
+            conflict = Conflict.from_json(json.loads(text))
+            if conflict.conflict_id != conflict_id:
+                continue
+            decision = resolved_item(conflict, choice, data)
+            conn.execute(
+                "UPDATE sync_conflicts SET choice = ?, item = ? WHERE collection = ? AND key = ?",
+                (decision.choice, c.canonical_json(decision.item), collection, key),
+            )
+            return True
+    return False
+
+
+def _apply_app_decisions(run: _Sync) -> None:
+    """Write the app's decisions on waiting conflicts; the push that follows sends them."""
+    with run.store._writing("apply the app's decisions") as conn:
+        rows = conn.execute(
+            "SELECT conflict, server_seq, pending, choice, item FROM sync_conflicts"
+            " WHERE choice IS NOT NULL"
+        ).fetchall()
+        for text, seq, pending, choice, item_text in rows:
+            conflict = Conflict.from_json(json.loads(text))
+            item = json.loads(item_text)
+            decision = Decision(choice, "manual", item)
+            server = _row_of(conflict.server)
+            version = c.ItemVersion(
+                data=conflict.server["data"],
+                updated_at=conflict.server["updatedAt"],
+                deleted=conflict.server["deleted"],
+            )
+            result = c.PushResult(
+                collection=conflict.collection,
+                key=conflict.key,
+                outcome="conflict",
+                seq=seq,
+                server=version,
+            )
+            run.kinds["manual"] += 1
+            _apply_decision(run, conn, decision, conflict.local, server, result, pending)
+            conn.execute(
+                "DELETE FROM sync_conflicts WHERE collection = ? AND key = ?",
+                (conflict.collection, conflict.key),
+            )
+
+
+def _row_of(item: c.Item) -> changes.Row:
+    text = check_item(
+        item["collection"], item["key"], item["data"], item["updatedAt"], item["deleted"]
+    )
+    return (item["collection"], item["key"], text, item["updatedAt"], int(item["deleted"]))
+
+
+def _log(conn: Any, decision: Decision, local: c.Item, server: changes.Row, seq: int) -> None:
+    conn.execute(
+        "INSERT INTO sync_decisions (decided_at, collection, key, choice, strategy, local,"
+        " server, server_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            now_ms(),
+            local["collection"],
+            local["key"],
+            decision.choice,
+            decision.kind,
+            c.canonical_json(local),
+            c.canonical_json(_item(server)),
+            seq,
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- pull
+
+
+@dataclasses.dataclass(frozen=True)
+class _Page:
+    seq: int
+    checksum: str
+    item_count: int
+
+
+def _pull(run: _Sync) -> _Page:
+    """Pull the backfill (if a migration left one), then everything since the cursor.
+    Returns the head described by the last page."""
+    state = _sync_meta(run)
+    until = state.get("sync_backfill_until")
+    if until is not None:
+        _pull_range(run, since_key="sync_backfill_cursor", until=int(until))
+    return _pull_range(run, since_key="sync_cursor", until=None)
+
+
+def _pull_range(run: _Sync, *, since_key: str, until: int | None) -> _Page:
+    while True:
+        run.check_stop()
+        since = _sync_meta(run).get(since_key)
+        page = run.transport.pull(
+            since=since, until=until, limit=PULL_PAGE, device_id=run.store.device_id
+        )
+        run.round_trips += 1
+        failpoint("sync.pull.answered")
+        items = [_pulled(raw) for raw in page["changes"]]
+        with run.store._writing("apply pulled changes") as conn:
+            written = changes.take_remote(conn, items)
+            done = not page["hasMore"]
+            if until is not None and done:
+                changes.set_meta(conn, sync_backfill_until=None, sync_backfill_cursor=None)
+            else:
+                changes.set_meta(conn, **{since_key: page["cursor"]})
+            if until is None:
+                changes.set_meta(conn, sync_seq=str(page["seq"]))
+        failpoint("sync.pull.applied")
+        run.pulled += written
+        if written:
+            counts = Counter(row[0] for row, _seq in items)
+            run.hooks.emit(RemoteChangesApplied(count=written, collections=dict(counts)))
+        run.hooks.progress(
+            Progress(ProgressPhase.PULLING, run.pulled, max(run.pulled, page["itemCount"]))
+        )
+        if done:
+            return _Page(page["seq"], page["checksum"], page["itemCount"])
+
+
+def _pulled(raw: Any) -> tuple[changes.Row, int]:
+    """One pulled item, checked as any write to the store is."""
+    try:
+        collection, key = raw["collection"], raw["key"]
+        seq = raw["seq"]
+        text = check_item(collection, key, raw["data"], raw["updatedAt"], raw["deleted"])
+    except (KeyError, TypeError) as exc:
+        raise ProtocolError(
+            f"a pulled item is not a wire item ({exc!r}); the server and the SDK disagree on "
+            "the wire contract, update whichever is older"
+        ) from exc
+    if type(seq) is not int or seq < 0:
+        raise ProtocolError(f"a pulled item has no valid seq ({seq!r}); update the server")
+    return (collection, key, text, raw["updatedAt"], int(raw["deleted"])), seq
+
+
+def _sync_meta(run: _Sync) -> dict[str, str]:
+    with run.store._reading("read the sync state") as conn:
+        return changes.meta(
+            conn, "sync_cursor", "sync_backfill_until", "sync_backfill_cursor", "sync_seq"
+        )
+
+
+# --------------------------------------------------------------------------- proof
+
+
+def _prove(run: _Sync, page: _Page, *, full: bool) -> SyncResult:
+    with run.store._writing("record the sync") as conn:
+        pending = _pending(conn)
+        waiting = conn.execute(
+            "SELECT count(*) FROM sync_conflicts WHERE choice IS NULL"
+        ).fetchone()[0]
+        local = changes.local_checksum(conn)
+        (count,) = conn.execute("SELECT count(*) FROM items").fetchone()
+        if full:
+            local, count = changes.full_checksum(conn)
+        verified_now = pending == 0 and c.multiset_hex(local) == page.checksum
+        if verified_now:
+            changes.set_meta(conn, last_sync_at=str(now_ms()))
+    cloud = page.checksum
+    if full:
+        state = run.transport.sync_state(full=True)
+        run.round_trips += 1
+        cloud = state.checksum
+        verified_now = verified_now and state.checksum == c.multiset_hex(local)
+    if pending == 0 and not verified_now:
+        raise VerificationError(
+            f"after the sync the device holds {count} items with checksum "
+            f"{c.multiset_hex(local)} and the cloud {page.item_count} with {cloud}, though "
+            "nothing is pending on the device; the local store was left as it is: run "
+            "verify --full, and contact support if it still differs"
+        )
+    result = dataclasses.replace(
+        _result(run),
+        pending_changes=pending,
+        pending_conflicts=waiting,
+        seq=page.seq,
+        cloud_checksum=cloud,
+        local_checksum=c.multiset_hex(local),
+        verified=verified_now,
+        full=full,
+    )
+    run.hooks.emit(
+        SyncCompleted(
+            pushed=result.pushed,
+            pulled=result.pulled,
+            pending_changes=pending,
+            pending_conflicts=waiting,
+            verified=result.verified,
+            seq=page.seq,
+        )
+    )
+    run.hooks.progress(Progress(ProgressPhase.DONE, 1, 1))
+    return result
+
+
+def _pending(conn: Any) -> int:
+    (n,) = conn.execute("SELECT count(*) FROM items WHERE pending > 0").fetchone()
+    return int(n)
+
+
+def _result(run: _Sync) -> SyncResult:
+    return SyncResult(
+        pushed=run.pushed,
+        pulled=run.pulled,
+        resolutions_by_kind=dict(sorted(run.kinds.items())),
+        round_trips=run.round_trips,
+        duration_s=time.monotonic() - run.started,
+    )
