@@ -66,7 +66,18 @@ def push_changes(
     storage: Storage, settings: Settings, user_id: str, request: PushRequest, *, now: int
 ) -> PushResponse:
     """``POST /sync/push``: apply what can be applied, report the rest; all in one
-    transaction, once per ``pushId``."""
+    transaction, once per ``pushId``.
+
+    >>> from backend_stub.storage.sqlite import SQLiteStorage
+    >>> storage = SQLiteStorage.in_memory()
+    >>> push = PushRequest(push_id="push-0002", device_id="d1", changes=[PushChange(
+    ...     collection="c", key="k", data={}, updated_at=1, deleted=False, base_seq=None)])
+    >>> first = push_changes(storage, Settings(), "alice", push, now=1)
+    >>> again = push_changes(storage, Settings(), "alice", push, now=2)
+    >>> again.replayed, again.seq == first.seq
+    (True, True)
+    >>> storage.close()
+    """
     limit = settings.limits.max_batch_items
     if len(request.changes) > limit:
         raise ApiError(
@@ -189,6 +200,12 @@ def pull_body(
     Items whose current version ``device_id`` wrote are left out: that device holds them
     already (it learnt their seq from its push's answer). Built around each item's stored
     canonical data, without parsing it: a bootstrap of a large dataset is mostly this loop.
+
+    >>> from backend_stub.storage.sqlite import SQLiteStorage
+    >>> storage = SQLiteStorage.in_memory()
+    >>> json.loads(pull_body(storage, Settings(), "bob", since="0", until=None, limit=5))
+    {'changes': [], 'cursor': '0', 'hasMore': False, 'seq': 0, 'checksum': '0000000000000000000000000000000000000000000000000000000000000000', 'itemCount': 0}
+    >>> storage.close()
     """
     size = min(limit or DEFAULT_PAGE, settings.limits.max_batch_items)
     after = decode_cursor(since)
@@ -230,20 +247,35 @@ def pull_body(
     )
 
 
-def sync_state(storage: Storage, user_id: str, *, full: bool) -> SyncStateResponse:
+def sync_state(
+    storage: Storage,
+    user_id: str,
+    *,
+    full: bool,
+    since: str | None = None,
+    device_id: str | None = None,
+) -> SyncStateResponse:
     """``GET /sync/state``: the head; with ``full``, the checksum recomputed from every
-    item's content (O(items): for audits and ``verify --full``)."""
+    item's content (O(items): for audits and ``verify --full``); with ``since``, how many
+    items a pull from that cursor would bring (to ``device_id``).
+
+    >>> from backend_stub.storage.sqlite import SQLiteStorage
+    >>> storage = SQLiteStorage.in_memory()
+    >>> sync_state(storage, "alice", full=True, since="0").changes_since
+    0
+    >>> storage.close()
+    """
     head = storage.sync_head(user_id)
-    if not full:
-        return SyncStateResponse(
-            seq=head.seq,
-            checksum=multiset_hex(head.checksum),
-            item_count=head.item_count,
-            full=False,
-        )
-    checksum, count = storage.full_checksum(user_id)
+    changed = None
+    if since is not None:
+        changed = storage.count_changes(user_id, after=decode_cursor(since), skip_device=device_id)
+    checksum, count = storage.full_checksum(user_id) if full else (head.checksum, head.item_count)
     return SyncStateResponse(
-        seq=head.seq, checksum=multiset_hex(checksum), item_count=count, full=True
+        seq=head.seq,
+        checksum=multiset_hex(checksum),
+        item_count=count,
+        full=full,
+        changes_since=changed,
     )
 
 

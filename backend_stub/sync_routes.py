@@ -83,7 +83,12 @@ def changes(
 
 @sync_router.get("/state")
 def state(
-    user_id: UserId, storage: StorageDep, full: Annotated[bool, Query()] = False
+    user_id: UserId,
+    storage: StorageDep,
+    full: Annotated[bool, Query()] = False,
+    since: Annotated[str | None, Query(max_length=4096)] = None,
+    device_id: Annotated[str | None, Query(alias="deviceId", pattern=_DEVICE_ID)] = None,
 ) -> SyncStateResponse:
-    """The user's head seq, item count and checksum (``full``: recomputed from the items)."""
-    return sync.sync_state(storage, user_id, full=full)
+    """The user's head seq, item count and checksum (``full``: recomputed from the items;
+    ``since``: how many items a pull from that cursor would bring to ``deviceId``)."""
+    return sync.sync_state(storage, user_id, full=full, since=since, device_id=device_id)

@@ -55,7 +55,7 @@ from ._migrate import MigrationOptions, MigrationOutcome, MigrationResult
 from ._plan import CollectionPlan, MigrationPlan
 from ._retry import RetryPolicy
 from ._store import LocalStore, default_store_path
-from ._sync import SyncResult
+from ._sync import SyncResult, SyncStatus
 
 __version__ = "0.1.0"
 
@@ -111,6 +111,7 @@ __all__ = [
     "StoreNotFoundError",
     "SyncCompleted",
     "SyncResult",
+    "SyncStatus",
     "TransportError",
     "UnsupportedDataVersionError",
     "VerificationError",

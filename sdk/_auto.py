@@ -26,6 +26,7 @@ import logging
 import math
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,7 +49,8 @@ from ._lock import MigrationLock, lock_path_for
 from ._migrate import MigrationOptions, MigrationOutcome, MigrationResult
 from ._retry import Retrier, RetryPolicy
 from ._snapshot import open_snapshot
-from ._store import default_store_path
+from ._store import default_store_path, unwatch_writes, watch_writes
+from ._sync import SyncResult
 
 __all__ = ["AutoMigration", "AutoState", "AutoStatus", "auto_migrate", "journal_progress"]
 
@@ -78,7 +80,8 @@ class AutoState(str, enum.Enum):
     """Where the startup migration stands.
 
     Settled states (:meth:`AutoMigration.wait` returns on them): ``ANONYMOUS``,
-    ``AWAITING_USER``, ``DONE``, ``NOTHING_TO_MIGRATE``, ``FAILED``, ``STOPPED``.
+    ``AWAITING_USER``, ``DONE``, ``SYNCED``, ``NOTHING_TO_MIGRATE``, ``FAILED``,
+    ``STOPPED``.
 
     >>> AutoState.RETRYING.value
     'retrying'
@@ -100,6 +103,11 @@ class AutoState(str, enum.Enum):
     AWAITING_USER = "awaiting_user"
     #: Migrated and verified while this app ran.
     DONE = "done"
+    #: Pushing local changes and pulling the cloud's (after the migration).
+    SYNCING = "syncing"
+    #: The last sync left the device in step with the cloud (or says what still waits);
+    #: the hook syncs again after local writes, periodically, and on ``sync_now()``.
+    SYNCED = "synced"
     #: No store, an empty one, or one migrated before: nothing was done.
     NOTHING_TO_MIGRATE = "nothing_to_migrate"
     #: Cannot finish without a change (a damaged store, a refusal): see ``error``.
@@ -118,6 +126,7 @@ _SETTLED = frozenset(
         AutoState.ANONYMOUS,
         AutoState.AWAITING_USER,
         AutoState.DONE,
+        AutoState.SYNCED,
         AutoState.NOTHING_TO_MIGRATE,
         AutoState.FAILED,
         AutoState.STOPPED,
@@ -150,7 +159,12 @@ class AutoMigration:
     - ``on_state(AutoStatus)``: every state change, with a sentence to show;
     - ``on_conflicts(list)``: conflicts the user must decide (see :meth:`resolve`);
     - ``on_done(MigrationResult)``: migrated and verified while the app ran;
+    - ``on_sync(SyncResult)``: a sync ended (after the migration the hook keeps the store
+      in step with the cloud: soon after local writes, every ``sync_interval`` seconds,
+      and on :meth:`sync_now`); remote changes arrive as ``RemoteChangesApplied`` events;
     - ``on_failure(MigrationError)``: it cannot finish without a change (``FAILED``).
+
+    With ``sync=False`` the hook only migrates, and ends there.
 
     They run on the migration thread, unless ``dispatch`` is given: a function that runs
     a zero-argument callable on the app's own thread (a ``queue.Queue().put`` the GUI loop
@@ -185,6 +199,10 @@ class AutoMigration:
         on_done: Callable[[MigrationResult], object] | None = None,
         on_failure: Callable[[MigrationError], object] | None = None,
         dispatch: Callable[[Callable[[], None]], object] | None = None,
+        sync: bool = True,
+        sync_interval: float = 60.0,
+        push_delay: float = 1.0,
+        on_sync: Callable[[SyncResult], object] | None = None,
     ) -> None:
         # Nothing here may fail or block: arguments are checked by the worker, which
         # reports a bad one as FAILED instead of raising into the app's start-up.
@@ -206,6 +224,12 @@ class AutoMigration:
         self._on_done = on_done
         self._on_failure = on_failure
         self._dispatch = dispatch
+        self._sync = sync
+        self._sync_interval = sync_interval
+        self._push_delay = push_delay
+        self._on_sync = on_sync
+        self._last_sync: SyncResult | None = None
+        self._sync_asked = threading.Event()
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -244,6 +268,24 @@ class AutoMigration:
         """The result of the last migration attempt that ended (``None`` before one)."""
         with self._cond:
             return self._result
+
+    @property
+    def last_sync(self) -> SyncResult | None:
+        """The last sync that ended (``None`` before one): what went up and down, what
+        still waits, whether the device was in step with the cloud."""
+        with self._cond:
+            return self._last_sync
+
+    def sync_now(self) -> None:
+        """Sync now (say, when the app comes to the foreground or the network returns),
+        instead of at the next local write or ``sync_interval``."""
+        self._sync_asked.set()
+        with self._cond:
+            alive = self._thread is not None and self._thread.is_alive()
+            if alive:
+                self._wake.set()
+        if not alive:
+            self.start()
 
     @property
     def running(self) -> bool:
@@ -386,18 +428,25 @@ class AutoMigration:
             if self._app_name is not None
             else None
         )
+        local = None
         if path is not None:
             try:
                 local = detect_local(path)
             except StoreBusyError:
                 local = None  # the app is writing: the migration itself waits for it
             if local is not None:
-                if local.state in (LocalState.NO_STORE, LocalState.EMPTY, LocalState.MIGRATED):
-                    self._set(AutoState.NOTHING_TO_MIGRATE, local.reason)
-                    return
                 local.raise_for_state()
         with self._cond:
             anonymous = self._user_id is None
+        settled = local is not None and local.state in (
+            LocalState.NO_STORE,
+            LocalState.EMPTY,
+            LocalState.MIGRATED,
+        )
+        if settled and (anonymous or not self._sync):
+            assert local is not None
+            self._set(AutoState.NOTHING_TO_MIGRATE, local.reason)
+            return
         if anonymous:
             self._set(
                 AutoState.ANONYMOUS,
@@ -408,7 +457,10 @@ class AutoMigration:
             with self._cond:
                 self._client = client
             try:
-                self._loop(client)
+                if settled:  # nothing to migrate: sync (a new device downloads the data)
+                    self._keep_in_sync(client, at_once=True)
+                elif self._loop(client) and self._sync:
+                    self._keep_in_sync(client, at_once=False)
             finally:
                 with self._cond:
                     self._client = None
@@ -431,13 +483,14 @@ class AutoMigration:
             on_event=self._relay_event,
         )
 
-    def _loop(self, client: MigrationClient) -> None:
+    def _loop(self, client: MigrationClient) -> bool:
+        """Migrate until done; True when the store is now in the cloud's keeping."""
         retries = Retrier(self._backoff).start()
         lock = MigrationLock(lock_path_for(client.store_path))
         while True:
             if self._stop.is_set():
                 self._set(AutoState.STOPPED, "stopped; the migration resumes at the next start")
-                return
+                return False
             if not lock.try_acquire():
                 self._watch(client.store_path)
                 continue
@@ -464,7 +517,10 @@ class AutoMigration:
                     self._awaiting(client, result)
                     continue
                 self._finished(result)
-                return
+                return result.outcome in (
+                    MigrationOutcome.COMPLETED,
+                    MigrationOutcome.ALREADY_MIGRATED,
+                )
             decision = retries.next_delay()
             if decision.delay is None:
                 raise error
@@ -475,6 +531,105 @@ class AutoMigration:
                 retry_in=decision.delay,
             )
             self._pause(decision.delay)
+
+    def _keep_in_sync(self, client: MigrationClient, *, at_once: bool) -> None:
+        """Sync soon after local writes (``push_delay`` after the last of a burst), every
+        ``sync_interval`` seconds and on :meth:`sync_now`; back off while offline; leave
+        at a safe point when stopped."""
+        written = watch_writes(client.store_path, self._wake)
+        retries = Retrier(self._backoff).start()
+        delay: float | None = 0.0 if at_once else self._sync_interval
+        try:
+            while True:
+                if delay:
+                    self._wait_for_work(written, delay)
+                if self._stop.is_set():
+                    # Stopped between syncs: nothing was interrupted, the state stands
+                    # (a sync cut short reports STOPPED below).
+                    return
+                self._settle_burst(written)
+                written.clear()
+                self._sync_asked.clear()
+                self._set(AutoState.SYNCING, "bringing this device and the cloud in step")
+                try:
+                    result = client.sync(stop=self._stop)
+                except MigrationBlockedError as exc:
+                    if exc.reason != _LOCKED:
+                        raise
+                    delay = self._watch_interval  # another instance syncs this store
+                    continue
+                except AuthError as exc:
+                    if exc.status != 401:
+                        raise
+                    error: MigrationError = exc
+                except MigrationError as exc:
+                    if not exc.retryable:
+                        raise
+                    error = exc
+                else:
+                    retries = Retrier(self._backoff).start()
+                    delay = self._synced(client, result)
+                    continue
+                decision = retries.next_delay()
+                if decision.delay is None:
+                    raise error
+                self._set(
+                    AutoState.RETRYING,
+                    f"will sync again in {decision.delay:.0f} s: {error}",
+                    error=error,
+                    retry_in=decision.delay,
+                )
+                delay = decision.delay
+        finally:
+            unwatch_writes(client.store_path, written)
+
+    def _synced(self, client: MigrationClient, result: SyncResult) -> float | None:
+        """Report a finished sync; returns how long to wait before the next one."""
+        with self._cond:
+            self._last_sync = result
+        self._notify(self._on_sync, result)
+        if result.stopped:
+            self._set(AutoState.STOPPED, "stopped; syncing resumes at the next start")
+            return 0.0
+        if result.pending_conflicts:
+            conflicts = client.pending_conflicts()
+            with self._cond:
+                fresh = {c.conflict_id for c in conflicts} != self._asked
+                self._asked = {c.conflict_id for c in conflicts}
+            self._set(
+                AutoState.AWAITING_USER,
+                f"{len(conflicts)} item(s) changed both here and in the cloud: choose which "
+                "to keep",
+            )
+            if fresh:
+                self._notify(self._on_conflicts, conflicts)
+            return self._sync_interval
+        if result.pending_changes:
+            detail = f"{result.pending_changes} local change(s) wait for the next sync"
+        else:
+            detail = "this device and the cloud hold the same data"
+        self._set(AutoState.SYNCED, detail)
+        return self._sync_interval
+
+    def _wait_for_work(self, written: threading.Event, seconds: float) -> None:
+        """Sleep until a local write, a wake-up (``sync_now``, ``resolve``, ``stop``) or
+        ``seconds`` pass (a write sets the wake-up event too)."""
+        if not (written.is_set() or self._sync_asked.is_set()):
+            self._wake.wait(seconds)
+        with self._cond:
+            self._wake.clear()
+            self._handled = self._requests
+
+    def _settle_burst(self, written: threading.Event) -> None:
+        """Let a burst of writes finish (no write for ``push_delay``, at most 10 times
+        that) so one push carries it."""
+        if not written.is_set() or self._sync_asked.is_set():
+            return
+        deadline = time.monotonic() + 10 * self._push_delay
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            written.clear()
+            if not self._stop.wait(self._push_delay) and not written.is_set():
+                return
 
     def _finished(self, result: MigrationResult) -> None:
         with self._cond:
@@ -600,6 +755,10 @@ def auto_migrate(
     on_done: Callable[[MigrationResult], object] | None = None,
     on_failure: Callable[[MigrationError], object] | None = None,
     dispatch: Callable[[Callable[[], None]], object] | None = None,
+    sync: bool = True,
+    sync_interval: float = 60.0,
+    push_delay: float = 1.0,
+    on_sync: Callable[[SyncResult], object] | None = None,
 ) -> AutoMigration:
     """The startup hook: call it once at app start; it returns at once and migrates in
     a background thread when there is something to migrate.
@@ -610,7 +769,11 @@ def auto_migrate(
     of each HTTP call; ``backoff`` spaces the attempts while offline (by default 2 s
     doubling to 5 min, for as long as the app runs). At interpreter exit the migration is
     stopped (waiting up to ``shutdown_timeout`` s); call :meth:`AutoMigration.stop`
-    yourself to choose when. See :class:`AutoMigration` for the callbacks::
+    yourself to choose when. After the migration (or when there is nothing to migrate and
+    a user is signed in) it keeps the store in step with the cloud: ``push_delay`` seconds
+    after a burst of local writes, every ``sync_interval`` seconds, and on
+    :meth:`AutoMigration.sync_now` (``sync=False``: migrate only). See
+    :class:`AutoMigration` for the callbacks::
 
         migration = auto_migrate(server="https://api.example.com", user_id=session.user,
                                  token=session.fresh_token, app_name="FlashCards",
@@ -635,6 +798,10 @@ def auto_migrate(
         on_done=on_done,
         on_failure=on_failure,
         dispatch=dispatch,
+        sync=sync,
+        sync_interval=sync_interval,
+        push_delay=push_delay,
+        on_sync=on_sync,
     ).start()
 
 

@@ -26,7 +26,14 @@ from ._plan import MigrationPlan, make_plan
 from ._retry import RetryPolicy
 from ._run import stoppable_sleep
 from ._store import LocalStore, connect_read_only, default_store_path
-from ._sync import SyncResult, decide_waiting, run_sync, waiting_conflicts
+from ._sync import (
+    SyncResult,
+    SyncStatus,
+    decide_waiting,
+    run_sync,
+    sync_status,
+    waiting_conflicts,
+)
 from ._transport import Transport
 
 __all__ = ["Detection", "MigrationClient", "migrate"]
@@ -224,6 +231,17 @@ class MigrationClient:
                 return self._sync_locked(stop, full=full)
             finally:
                 self._stop = None
+
+    def verify(self, *, full: bool = False) -> SyncStatus:
+        """Check, changing nothing, whether the device and the cloud hold the same data
+        now: no local change pending, nothing new in the cloud, equal checksums. ``full``
+        recomputes both checksums from every item (an audit; O(items) on both sides)::
+
+            status = client.verify()
+            print(status.verified, status.pending_changes, status.changes_to_pull)
+        """
+        with LocalStore(self.store_path, create=False) as store:
+            return sync_status(store, self.transport, full=full)
 
     def _migrate_locked(self, stop: threading.Event | None) -> MigrationResult:
         with self._journal() as journal:

@@ -33,7 +33,9 @@ from dataclasses import dataclass
 
 __all__ = [
     "ENV_VAR",
+    "MIGRATION_NAMES",
     "NAMES",
+    "SYNC_NAMES",
     "FailpointError",
     "configure_from_env",
     "enable",
@@ -45,8 +47,8 @@ __all__ = [
 #: The environment variable :func:`configure_from_env` reads.
 ENV_VAR = "OFFLINE_MIGRATE_FAILPOINTS"
 
-#: Every failpoint the SDK has, in the order a migration meets them.
-NAMES = (
+#: The migration's failpoints, in the order a migration meets them.
+MIGRATION_NAMES = (
     "snapshot.during",  # the store is copied into the partial snapshot file; not checked
     "snapshot.taken",  # snapshot renamed into place; its checksum not journaled yet
     "start.before",  # the snapshot is journaled; `start` not sent yet
@@ -59,11 +61,16 @@ NAMES = (
     "complete.before",  # everything resolved; `complete` not sent yet
     "complete.after",  # `complete` answered; the cloud checksum not journaled yet
     "cleanup.before",  # verified and marked migrated; snapshot and journal not dropped yet
+)
+#: The sync's failpoints, in the order a sync meets them.
+SYNC_NAMES = (
     "sync.push.journaled",  # a push is in the store's outbox; not sent yet
     "sync.push.answered",  # the server applied a push; its answer not written locally yet
     "sync.pull.answered",  # a page of changes arrived; not written into the store yet
     "sync.pull.applied",  # a page and its cursor are written; the next page not asked yet
 )
+#: Every failpoint the SDK has.
+NAMES = MIGRATION_NAMES + SYNC_NAMES
 
 Action = Callable[[], None]
 

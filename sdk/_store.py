@@ -53,6 +53,8 @@ __all__ = [
     "MigratedSync",
     "MigrationState",
     "default_store_path",
+    "unwatch_writes",
+    "watch_writes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -149,6 +151,67 @@ class MigratedSync:
     prior_seq: int
     snapshot_counter: int
     in_snapshot: Callable[[list[tuple[str, str]]], set[tuple[str, str]]]
+
+
+_watchers_lock = threading.Lock()
+_watchers: dict[str, set[threading.Event]] = {}
+
+
+def watch_writes(path: str | os.PathLike[str], *also: threading.Event) -> threading.Event:
+    """An event set whenever this process writes app data into the store at ``path``
+    (``put``, ``put_many``, ``delete``): how the startup hook pushes soon after a write
+    without polling; ``also`` are set with it. Writes by other processes are seen by its
+    periodic sync.
+
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "s.sqlite3"
+    >>> written = watch_writes(path)
+    >>> with LocalStore(path) as store:
+    ...     _ = store.put("c", "k", {})
+    >>> written.is_set()
+    True
+    >>> unwatch_writes(path, written)
+    """
+    event = _Signal(also)
+    with _watchers_lock:
+        _watchers.setdefault(_watch_key(path), set()).add(event)
+    return event
+
+
+class _Signal(threading.Event):
+    """An event that also sets others (a write wakes the hook's thread too)."""
+
+    def __init__(self, also: tuple[threading.Event, ...]) -> None:
+        super().__init__()
+        self._also = also
+
+    def set(self) -> None:
+        super().set()
+        for event in self._also:
+            event.set()
+
+
+def unwatch_writes(path: str | os.PathLike[str], event: threading.Event) -> None:
+    """Stop setting ``event`` (from :func:`watch_writes`)."""
+    with _watchers_lock:
+        events = _watchers.get(_watch_key(path))
+        if events is not None:
+            events.discard(event)
+            if not events:
+                del _watchers[_watch_key(path)]
+
+
+def _watch_key(path: str | os.PathLike[str]) -> str:
+    return os.path.abspath(os.fspath(path))
+
+
+def _written(path: Path) -> None:
+    if not _watchers:
+        return
+    with _watchers_lock:
+        events = list(_watchers.get(_watch_key(path), ()))
+    for event in events:
+        event.set()
 
 
 def now_ms() -> int:
@@ -496,6 +559,7 @@ class LocalStore:
         text = check_item(collection, key, data, stamp, False)
         with self._writing("store an item") as conn:
             _changes.record_writes(conn, [(collection, key, text, stamp, 0)])
+        _written(self._path)
         return {
             "collection": collection,
             "key": key,
@@ -526,6 +590,7 @@ class LocalStore:
 
         with self._writing("store items") as conn:
             _changes.record_writes(conn, checked())
+        _written(self._path)
         return given
 
     def delete(self, collection: str, key: str, *, updated_at: int | None = None) -> bool:
@@ -548,6 +613,7 @@ class LocalStore:
                 "SELECT deleted FROM items WHERE collection = ? AND key = ?", (collection, key)
             ).fetchone()
             _changes.record_writes(conn, [(collection, key, "{}", stamp, 1)])
+        _written(self._path)
         return row is not None and row[0] == 0
 
     def replace_if_unchanged(self, pairs: Iterable[tuple[Item, Item]]) -> int:

@@ -50,7 +50,14 @@ from ._failpoints import failpoint
 from ._run import Stopped
 from ._store import LocalStore, check_item, now_ms
 
-__all__ = ["SyncResult", "decide_waiting", "run_sync", "waiting_conflicts"]
+__all__ = [
+    "SyncResult",
+    "SyncStatus",
+    "decide_waiting",
+    "run_sync",
+    "sync_status",
+    "waiting_conflicts",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +102,76 @@ class SyncResult:
     #: The migration this sync began with, when the store had never been migrated (the
     #: migration is the first sync); see its outcome when it waits for the app.
     migration: Any = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SyncStatus:
+    """Where the device stands against the cloud, read without changing anything.
+
+    ``verified`` is true when nothing waits either way and both checksums are equal: the
+    device holds what the cloud holds, now. The cloud's side is ``None`` offline.
+
+    >>> SyncStatus(pending_changes=0, pending_conflicts=0, local_checksum="0" * 64,
+    ...            local_item_count=0).verified
+    False
+    """
+
+    pending_changes: int
+    pending_conflicts: int
+    local_checksum: str
+    local_item_count: int
+    #: Items a pull would bring (changed in the cloud since the last sync).
+    changes_to_pull: int | None = None
+    cloud_checksum: str | None = None
+    cloud_item_count: int | None = None
+    cloud_seq: int | None = None
+    #: The cloud's seq as of the last page this device read.
+    synced_seq: int | None = None
+    #: When a sync last proved the device in step (ms since the epoch).
+    last_sync_at: int | None = None
+    verified: bool = False
+    full: bool = False
+
+
+def sync_status(store: LocalStore, transport: Any | None, *, full: bool = False) -> SyncStatus:
+    """Compare the store with the cloud (``transport=None``: the device's side only).
+    ``full`` recomputes both checksums from every item."""
+    with store._reading("read the sync state") as conn:
+        pending = _pending(conn)
+        waiting = conn.execute(
+            "SELECT count(*) FROM sync_conflicts WHERE choice IS NULL"
+        ).fetchone()[0]
+        if full:
+            local, count = changes.full_checksum(conn)
+        else:
+            local = changes.local_checksum(conn)
+            (count,) = conn.execute("SELECT count(*) FROM items").fetchone()
+        state = changes.meta(conn, "sync_cursor", "sync_seq", "last_sync_at")
+    base = SyncStatus(
+        pending_changes=pending,
+        pending_conflicts=waiting,
+        local_checksum=c.multiset_hex(local),
+        local_item_count=count,
+        synced_seq=int(state["sync_seq"]) if "sync_seq" in state else None,
+        last_sync_at=int(state["last_sync_at"]) if "last_sync_at" in state else None,
+        full=full,
+    )
+    if transport is None:
+        return base
+    cloud = transport.sync_state(
+        full=full, since=state.get("sync_cursor", "0"), device_id=store.device_id
+    )
+    return dataclasses.replace(
+        base,
+        changes_to_pull=cloud.changes_since,
+        cloud_checksum=cloud.checksum,
+        cloud_item_count=cloud.item_count,
+        cloud_seq=cloud.seq,
+        verified=pending == 0
+        and waiting == 0
+        and not cloud.changes_since
+        and cloud.checksum == base.local_checksum,
+    )
 
 
 @dataclasses.dataclass

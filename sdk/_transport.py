@@ -632,20 +632,22 @@ class Transport:
             )
         return page  # type: ignore[no-any-return]
 
-    def sync_state(self, *, full: bool = False) -> SyncStateResponse:
+    def sync_state(
+        self, *, full: bool = False, since: str | None = None, device_id: str | None = None
+    ) -> SyncStateResponse:
         """``GET /sync/state``: the cloud's head, item count and checksum; ``full``
-        recomputes the checksum from every item on the server.
+        recomputes the checksum from every item on the server; ``since`` (a cursor) also
+        counts what a pull from there would bring to ``device_id``.
 
         >>> transport.sync_state().seq  # doctest: +SKIP
         42
         """
-        return self._call(
-            "sync state",
-            "GET",
-            "/sync/state",
-            SyncStateResponse,
-            params={"full": "true" if full else "false"},
-        )
+        params: dict[str, str | int] = {"full": "true" if full else "false"}
+        if since is not None:
+            params["since"] = _text("since", since)
+        if device_id is not None:
+            params["deviceId"] = _text("device_id", device_id)
+        return self._call("sync state", "GET", "/sync/state", SyncStateResponse, params=params)
 
     def _call(
         self,

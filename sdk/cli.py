@@ -42,9 +42,10 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from ._client import MigrationClient
 from ._conflicts import ConflictPolicy
@@ -62,9 +63,12 @@ from ._journal import journal_path_for
 from ._lock import MigrationLock, lock_path_for
 from ._migrate import MigrationOptions, MigrationOutcome, MigrationResult
 from ._retry import RetryPolicy
-from ._store import default_store_path
+from ._store import LocalStore, default_store_path
+from ._sync import SyncResult, sync_status
 
 __all__ = ["EXIT_DONE", "EXIT_FAILED", "EXIT_NO_STORE", "EXIT_PENDING", "EXIT_USAGE", "main"]
+
+_R = TypeVar("_R")
 
 EXIT_DONE = 0
 EXIT_FAILED = 1
@@ -217,8 +221,23 @@ def _parser() -> argparse.ArgumentParser:
     command("conflicts", _conflicts, "list the conflicts waiting for a decision")
     resolve = command("resolve", _resolve, "decide conflicts waiting for a decision")
     command("cancel", _cancel, "cancel the migration in progress; the store is untouched")
-    command("verify", _verify, "check that the cloud holds what the device migrated")
-    for sub in (plan, migrate):
+    verify = command(
+        "verify", _verify, "check that the cloud holds exactly what the device holds, now"
+    )
+    verify.add_argument(
+        "--full",
+        action="store_true",
+        help="recompute both checksums from every item instead of the running ones",
+    )
+    sync = command(
+        "sync", _sync, "push local changes, pull the cloud's, and check both hold the same"
+    )
+    sync.add_argument(
+        "--full",
+        action="store_true",
+        help="check with checksums recomputed from every item (slower; an audit)",
+    )
+    for sub in (plan, migrate, sync):
         sub.add_argument(
             "--strategy",
             action="append",
@@ -320,13 +339,17 @@ def _policy(specs: Sequence[str]) -> ConflictPolicy:
 
 
 def _client(
-    args: argparse.Namespace, options: MigrationOptions | None = None, **kw: Any
+    args: argparse.Namespace,
+    options: MigrationOptions | None = None,
+    *,
+    creates: bool = False,
+    **kw: Any,
 ) -> MigrationClient:
     credentials = _credentials(args, required=True)
     assert credentials is not None
     server, user, token = credentials
     path = _store_path(args)
-    _refuse_unusable(path)
+    _refuse_unusable(path, creates=creates)
     retry = None if args.retry_for is None else RetryPolicy(timeout=args.retry_for)
     return MigrationClient(
         server=server,
@@ -339,11 +362,13 @@ def _client(
     )
 
 
-def _refuse_unusable(path: Path) -> None:
-    """Refuse a path that holds no store, or not ours, before the client puts its journal
-    and lock beside it: a refusal leaves no trace."""
+def _refuse_unusable(path: Path, *, creates: bool = False) -> None:
+    """Refuse a path that holds no store (unless the command ``creates`` it: ``sync`` on a
+    new device), or not ours, before the client puts its journal and lock beside it: a
+    refusal leaves no trace."""
     local = inspect_store(path, count=False)
-    if local.state is LocalState.NO_STORE and not journal_path_for(path).exists():
+    missing = local.state is LocalState.NO_STORE and not journal_path_for(path).exists()
+    if missing and not (creates and path.parent.is_dir()):
         raise StoreNotFoundError(_no_store(path), path=str(path))
     if _unusable(local):
         local.raise_for_state()
@@ -450,7 +475,7 @@ def _migrate(args: argparse.Namespace) -> Answer:
     return _migrated(result)
 
 
-def _run_stoppable(work: Callable[[threading.Event], MigrationResult]) -> MigrationResult:
+def _run_stoppable(work: Callable[[threading.Event], _R]) -> _R:
     """Run ``work`` in a thread; Ctrl-C (or SIGTERM) stops it at a safe point."""
     stop = threading.Event()
     finished = threading.Event()
@@ -481,7 +506,7 @@ def _run_stoppable(work: Callable[[threading.Event], MigrationResult]) -> Migrat
             signal.signal(signal.SIGTERM, previous)
     if "error" in box:
         raise box["error"]
-    result: MigrationResult = box["result"]
+    result: _R = box["result"]
     return result
 
 
@@ -535,7 +560,43 @@ def _migrated(result: MigrationResult) -> Answer:
         f"{' (resumed)' if result.resumed else ''}, {result.duration_s:.1f} s"
     )
     lines.append(f"  checksum {result.cloud_checksum}")
+    if result.sync is not None:
+        lines.extend(_sync_lines(result.sync))
+    if result.sync is not None and not result.verified and result.sync.pending_changes:
+        return Answer(EXIT_PENDING, fields, lines)  # the app wrote meanwhile: sync again
     return Answer(EXIT_DONE if result.verified else EXIT_FAILED, fields, lines)
+
+
+def _sync(args: argparse.Namespace) -> Answer:
+    options = MigrationOptions(conflicts=_policy(args.strategy))
+    with _client(args, options, creates=True) as client:
+        result = _run_stoppable(lambda stop: client.sync(stop=stop, full=args.full))
+    fields = {"verified": result.verified, "result": result}
+    if result.migration is not None and result.migration.outcome is not MigrationOutcome.COMPLETED:
+        answer = _migrated(result.migration)  # the first sync is the migration: it waits
+        return Answer(answer.code, {**fields, **answer.fields}, answer.lines)
+    lines = _sync_lines(result)
+    if result.stopped:
+        lines.append("stopped at a safe point; run the same command to continue")
+    if result.pending_conflicts:
+        lines.append("decide the waiting conflicts with `conflicts` and `resolve`, then sync")
+    code = EXIT_DONE if result.verified else EXIT_PENDING
+    return Answer(code, fields, lines)
+
+
+def _sync_lines(result: SyncResult) -> list[str]:
+    lines = [
+        f"synced: {result.pushed:,} change(s) sent, {result.pulled:,} received; "
+        f"in step with the cloud: {'yes' if result.verified else 'not yet'}"
+    ]
+    if result.resolutions_by_kind:
+        lines.append(f"  conflicts decided by: {counts(result.resolutions_by_kind)}")
+    if result.pending_changes:
+        lines.append(f"  {result.pending_changes:,} local change(s) still wait to be sent")
+    if result.pending_conflicts:
+        lines.append(f"  {result.pending_conflicts:,} conflict(s) wait for a decision")
+    lines.append(f"  cloud at seq {result.seq}, checksum {result.cloud_checksum}")
+    return lines
 
 
 def _status(args: argparse.Namespace) -> Answer:
@@ -553,6 +614,19 @@ def _status(args: argparse.Namespace) -> Answer:
     fields: dict[str, Any] = {"local": _local_fields(local), "progress": progress, "busy": busy}
     if local.migration is not None:
         lines.append(f"migrated in session {local.migration.session_id}")
+    if local.synced:
+        with LocalStore(path, create=False) as store:
+            mine = sync_status(store, None)
+        fields["sync"] = mine
+        when = (
+            "never"
+            if mine.last_sync_at is None
+            else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(mine.last_sync_at / 1000))
+        )
+        lines.append(
+            f"sync     {mine.pending_changes:,} local change(s) to send, "
+            f"{mine.pending_conflicts:,} conflict(s) waiting; last in step: {when}"
+        )
     if progress is not None:
         lines.append(
             f"journal  {progress.phase.value}: {progress.items_done:,}/{progress.items_total:,} "
@@ -639,6 +713,45 @@ def _cancel(args: argparse.Namespace) -> Answer:
     return Answer(EXIT_DONE, {"cancelled": cancelled}, [line])
 
 
+def _sync_known(path: Path) -> bool:
+    with LocalStore(path, create=False) as store:
+        return sync_status(store, None).synced_seq is not None
+
+
+def _verify_sync(
+    args: argparse.Namespace, path: Path, local: LocalDetection, fields: dict[str, Any]
+) -> Answer:
+    with _client(args) as client:
+        status = client.verify(full=args.full)
+    fields.update(verified=status.verified, status=status)
+    how = "recomputed from every item" if status.full else "running"
+    if status.verified:
+        return Answer(
+            EXIT_DONE,
+            fields,
+            [
+                f"verified: the cloud holds exactly the {status.local_item_count:,} items of "
+                "this device",
+                f"  checksum ({how}) {status.local_checksum}",
+            ],
+        )
+    waiting = []
+    if status.pending_changes:
+        waiting.append(f"{status.pending_changes:,} local change(s) not sent yet")
+    if status.changes_to_pull:
+        waiting.append(f"{status.changes_to_pull:,} cloud change(s) not received yet")
+    if status.pending_conflicts:
+        waiting.append(f"{status.pending_conflicts:,} conflict(s) wait for a decision")
+    if waiting:
+        return Answer(EXIT_PENDING, fields, [f"not in step: {'; '.join(waiting)}: run `sync`"])
+    raise VerificationError(
+        f"the device holds {status.local_item_count:,} items with checksum "
+        f"{status.local_checksum} ({how}) and the cloud {status.cloud_item_count:,} with "
+        f"{status.cloud_checksum}, though nothing waits either way; run `verify --full`, "
+        "then `sync`, and contact support if they still differ"
+    )
+
+
 def _verify(args: argparse.Namespace) -> Answer:
     path = _store_path(args)
     local = detect_local(path)
@@ -648,6 +761,8 @@ def _verify(args: argparse.Namespace) -> Answer:
     if local.state is LocalState.EMPTY:
         return Answer(EXIT_DONE, fields, ["nothing to verify: the store holds no items"])
     local.raise_for_state()
+    if _sync_known(path):
+        return _verify_sync(args, path, local, fields)
     state = local.migration
     if state is None:
         journaled = journal_path_for(path).exists()

@@ -837,3 +837,6 @@ class SyncStateResponse(WireModel):
     checksum: str
     item_count: int
     full: bool
+    #: With ``since`` (a cursor) and ``deviceId``: how many items a pull from that cursor
+    #: would bring to that device.
+    changes_since: int | None = None

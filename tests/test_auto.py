@@ -135,16 +135,66 @@ def test_the_hook_returns_at_once_and_migrates_in_the_background(server, tmp_pat
         ),
     ],
 )
-def test_the_hook_does_nothing_when_there_is_nothing_to_migrate(server, tmp_path, prepare):
+def test_without_sync_the_hook_does_nothing_when_there_is_nothing_to_migrate(
+    server, tmp_path, prepare
+):
     store = tmp_path / "store.sqlite3"
     prepare(store, server)
     requests = count_requests(server)
 
-    handle, rec = start_hook(server, store, "bea", tmp_path)
+    handle, rec = start_hook(server, store, "bea", tmp_path, sync=False)
 
     assert handle.wait(DEADLINE) is AutoState.NOTHING_TO_MIGRATE
     assert requests == []
     assert rec.done == [] and rec.failures == [] and rec.progress == []
+
+
+def test_a_signed_in_device_without_data_downloads_the_users_cloud_data(server, tmp_path):
+    phone = make_store(tmp_path / "phone.sqlite3", learning_items(30))
+    with MigrationClient(
+        http_client=server.client,
+        user_id="bea",
+        token=server.token("bea"),
+        store_path=phone,
+        options=MigrationOptions(cache_dir=tmp_path / "c"),
+    ) as client:
+        client.migrate()
+    store = tmp_path / "new-device" / "store.sqlite3"
+    synced: list[object] = []
+
+    handle, rec = start_hook(server, store, "bea", tmp_path, on_sync=synced.append)
+
+    assert handle.wait(DEADLINE) is AutoState.SYNCED
+    handle.stop()
+    assert synced and synced[-1].verified and synced[-1].pulled == 32
+    with LocalStore(store) as mine, LocalStore(phone) as theirs:
+        assert list(mine.iter_items()) == list(theirs.iter_items())
+    assert rec.failures == []
+
+
+def test_after_the_migration_the_hook_pushes_soon_after_the_app_writes(server, tmp_path):
+    store = make_store(tmp_path / "store.sqlite3", learning_items(20))
+    synced: list[object] = []
+    sync_done = threading.Condition()
+
+    def on_sync(result: object) -> None:
+        with sync_done:
+            synced.append(result)
+            sync_done.notify_all()
+
+    handle, rec = start_hook(
+        server, store, "dan", tmp_path, on_sync=on_sync, push_delay=0.01, sync_interval=3600
+    )
+    assert handle.wait(DEADLINE) is AutoState.DONE
+    with LocalStore(store) as app:
+        app.put("lesson_progress", "after-done", {"score": 7})
+    with sync_done:
+        assert sync_done.wait_for(lambda: any(r.pushed for r in synced), DEADLINE)
+    handle.stop()
+    pushed = next(r for r in synced if r.pushed)
+    assert pushed.pushed == 1 and pushed.verified and pushed.pending_changes == 0
+    assert server.storage.cloud_items("dan", [("lesson_progress", "after-done")])
+    assert "synced" in rec.state_names()
 
 
 def test_an_anonymous_users_data_waits_and_migrates_as_soon_as_they_register(server, tmp_path):

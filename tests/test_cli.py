@@ -420,3 +420,41 @@ def test_a_mistyped_store_path_is_not_migrated_and_verified(offline_env, tmp_pat
     assert "verified" not in out
     assert "no store at" in err and "check --store" in err
     assert run(capsys, "detect", "--store", str(tmp_path / "stroe.sqlite3"))[0] == EXIT_NO_STORE
+
+
+def test_sync_sends_what_the_app_wrote_after_the_migration_and_verify_proves_it(
+    env, tmp_path, capsys
+):
+    store = make_store(tmp_path / "store.sqlite3", learning_items(60))
+    assert run(capsys, "migrate", "--store", str(store))[0] == EXIT_DONE
+    with LocalStore(store) as app:
+        app.put("lesson_progress", "later", {"score": 3})
+
+    code, out, _ = run(capsys, "verify", "--store", str(store))
+    assert code == EXIT_PENDING and "1 local change(s) not sent yet: run `sync`" in out
+    code, out, _ = run(capsys, "status", "--store", str(store))
+    assert "sync     1 local change(s) to send" in out
+
+    code, out, _ = run(capsys, "sync", "--store", str(store))
+    assert code == EXIT_DONE
+    assert "synced: 1 change(s) sent, 0 received; in step with the cloud: yes" in out
+
+    answer = run_json(capsys, "verify", "--store", str(store), "--full")
+    assert answer["exitCode"] == EXIT_DONE and answer["verified"] is True
+    code, out, _ = run(capsys, "status", "--store", str(store))
+    assert "sync     0 local change(s) to send, 0 conflict(s) waiting" in out
+
+
+def test_sync_on_a_new_device_downloads_the_users_data(env, tmp_path, capsys):
+    phone = make_store(tmp_path / "phone.sqlite3", learning_items(30))
+    assert run(capsys, "migrate", "--store", str(phone))[0] == EXIT_DONE
+    tablet = tmp_path / "tablet.sqlite3"
+    assert run(capsys, "sync", "--store", str(tmp_path / "no" / "such" / "dir.sqlite3"))[0] == (
+        EXIT_NO_STORE  # a mistyped folder is not a new device
+    )
+
+    code, out, _ = run(capsys, "sync", "--store", str(tablet))
+
+    assert code == EXIT_DONE and "32 received" in out
+    with LocalStore(tablet) as mine, LocalStore(phone) as theirs:
+        assert list(mine.iter_items()) == list(theirs.iter_items())

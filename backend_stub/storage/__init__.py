@@ -249,6 +249,12 @@ class Storage(Protocol):
         same snapshot."""
         ...
 
+    def count_changes(
+        self, user_id: str, *, after: tuple[int, str, str] | None, skip_device: str | None
+    ) -> int:
+        """How many items :meth:`pull_page` would return from ``after`` without a limit."""
+        ...
+
     def full_checksum(self, user_id: str) -> tuple[int, int]:
         """The multiset checksum and item count recomputed from every item's content."""
         ...

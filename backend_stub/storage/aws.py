@@ -577,6 +577,11 @@ class AwsStorage:
     ) -> PullPage:
         raise NotImplementedError("sync is not available on the aws backend")
 
+    def count_changes(
+        self, user_id: str, *, after: tuple[int, str, str] | None, skip_device: str | None
+    ) -> int:
+        raise NotImplementedError("sync is not available on the aws backend")
+
     def full_checksum(self, user_id: str) -> tuple[int, int]:
         raise NotImplementedError("sync is not available on the aws backend")
 

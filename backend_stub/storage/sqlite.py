@@ -692,22 +692,12 @@ class SQLiteStorage:
         limit: int,
         skip_device: str | None = None,
     ) -> PullPage:
-        sql = f"SELECT {_CLOUD_COLUMNS}, seq FROM cloud_items WHERE user_id = ?"
-        params: list[Any] = [user_id]
+        sql, params = _after(
+            f"SELECT {_CLOUD_COLUMNS}, seq FROM cloud_items", user_id, after, until
+        )
         if skip_device is not None:
             sql += " AND device_id != ?"
             params.append(skip_device)
-        if after is not None:
-            seq, collection, key = after
-            if collection or key:
-                sql += " AND (seq, collection, key) > (?, ?, ?)"
-                params.extend(after)
-            else:
-                sql += " AND seq > ?"
-                params.append(seq)
-        if until is not None:
-            sql += " AND seq <= ?"
-            params.append(until)
         sql += " ORDER BY seq, collection, key LIMIT ?"
         params.append(limit)
         with self._snapshot():
@@ -718,6 +708,15 @@ class SQLiteStorage:
             for r in rows
         ]
         return PullPage(items, head)
+
+    def count_changes(
+        self, user_id: str, *, after: tuple[int, str, str] | None, skip_device: str | None
+    ) -> int:
+        sql, params = _after("SELECT count(*) FROM cloud_items", user_id, after, None)
+        if skip_device is not None:
+            sql += " AND device_id != ?"
+            params.append(skip_device)
+        return int(self._rows(sql, params)[0][0])
 
     def full_checksum(self, user_id: str) -> tuple[int, int]:
         total = count = 0
@@ -817,6 +816,26 @@ class SQLiteStorage:
 
 
 # ---------------------------------------------------------------------- row mapping
+
+
+def _after(
+    select: str, user_id: str, after: tuple[int, str, str] | None, until: int | None
+) -> tuple[str, list[Any]]:
+    """``select`` over the user's cloud items after a pull position, up to ``until``."""
+    sql = f"{select} WHERE user_id = ?"
+    params: list[Any] = [user_id]
+    if after is not None:
+        seq, collection, key = after
+        if collection or key:
+            sql += " AND (seq, collection, key) > (?, ?, ?)"
+            params.extend(after)
+        else:
+            sql += " AND seq > ?"
+            params.append(seq)
+    if until is not None:
+        sql += " AND seq <= ?"
+        params.append(until)
+    return sql, params
 
 
 def _chunks(values: Sequence[Any]) -> Iterator[Sequence[Any]]:
