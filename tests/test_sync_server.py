@@ -8,6 +8,7 @@ stopped, read through and resumed.
 
 from __future__ import annotations
 
+import concurrent.futures
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -203,6 +204,27 @@ def test_a_replayed_push_answers_the_stored_response_and_applies_once(server: Se
     assert_problem(other, 409, "push-mismatch")
     assert [c["data"] for c in pulled(server)["changes"]] == [{"v": 1}, {"v": 1}]
     assert assert_consistent(server)["seq"] == 1
+
+
+def test_the_same_push_sent_twice_at_once_is_applied_once(server: Server) -> None:
+    changes = [change("a", {"v": 1})]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: push(server, changes, push_id="push-twin"), range(2)))
+
+    assert [a.status_code for a in answers] == [200, 200]
+    assert sorted(a.json()["replayed"] for a in answers) == [False, True]
+    assert assert_consistent(server)["seq"] == 1
+
+
+def test_a_large_value_travels_whole_through_push_and_pull(server: Server) -> None:
+    large = {"text": "x" * 70_000}  # past what the aws backend keeps inline
+
+    answer = pushed(server, [change("big", large)])
+
+    (only,) = pulled(server)["changes"]
+    assert only["data"] == large
+    assert answer["checksum"] == checksum_of(item("big", large))
+    assert_consistent(server)
 
 
 # --------------------------------------------------------------------------- pull
