@@ -25,10 +25,14 @@ end of ``atomic()``, bulk writes are set aside and made visible by that transact
 * **Cloud items** are committed by set-aside, flip and roll-forward
   (:mod:`backend_stub.storage.aws_cloud`): no reader ever sees half a migration, and a
   commit interrupted after its flip is finished by the next writer.
+* **Sync** rides on those commits (:mod:`backend_stub.storage.aws_sync`): the flip moves
+  the user's head (seq, checksum, count) once per commit, every item carries its seq and
+  digest, and pulls walk a per-user log in (seq, collection, key) order.
 
 Modules: :mod:`~backend_stub.storage.aws_rows` (layout), ``aws_table`` (calls),
 ``aws_unit`` and ``aws_commit`` (units of work), ``aws_ledger`` (batches),
-``aws_cloud`` (cloud items), ``aws_resources`` (clients, provisioning). Everything here
+``aws_cloud`` (cloud items), ``aws_sync`` (sync head, log, pushes), ``aws_resources``
+(clients, provisioning). Everything here
 talks to AWS (or moto), so the examples are in the tests; offline:
 
     >>> AwsStorage.open(AwsSettings(endpoint_url="http://127.0.0.1:1")).ledger.__class__
@@ -47,7 +51,7 @@ from collections.abc import Iterator, Sequence
 
 from backend_stub.events import Event
 from backend_stub.settings import AwsSettings
-from backend_stub.storage import iter_staged, tally_staged_pages
+from backend_stub.storage import aws_sync, iter_staged, tally_staged_pages
 from backend_stub.storage.aws_cloud import PROFILE, CloudItems
 from backend_stub.storage.aws_commit import commit, publish, store_snapshot
 from backend_stub.storage.aws_ledger import (
@@ -61,8 +65,10 @@ from backend_stub.storage.aws_ledger import (
 from backend_stub.storage.aws_resources import OUTBOX_INDEX, AwsResources
 from backend_stub.storage.aws_rows import (
     Row,
+    aside_pk,
     b,
     batch_of,
+    cloud_of,
     conflict_attrs,
     conflict_body,
     conflict_of,
@@ -80,6 +86,7 @@ from backend_stub.storage.aws_rows import (
     n,
     opt_n,
     opt_s,
+    push_sk,
     s,
     session_attrs,
     session_of,
@@ -108,7 +115,7 @@ from backend_stub.storage.records import (
     SyncHead,
     VersionConflict,
 )
-from sdk.contract import SessionStatus
+from sdk.contract import SessionStatus, multiset_add
 
 __all__ = ["AwsStorage", "BatchBusy", "DamagedObject", "HeldBatch"]
 
@@ -127,9 +134,7 @@ class AwsStorage:
     >>> storage.close()
     """
 
-    #: The sync's order and checksum are not kept on this backend yet: its sync
-    #: endpoints answer 404 and ``detect`` does not offer the ``sync`` capability.
-    supports_sync = False
+    supports_sync = True
 
     def __init__(self, resources: AwsResources, *, owns_clients: bool = False) -> None:
         self.resources = resources
@@ -379,11 +384,25 @@ class AwsStorage:
         self, session_id: str, user_id: str, *, device_id: str, now: int
     ) -> int:
         written = 0
-        for page in iter_staged(self, session_id):
-            new = [s.as_cloud(version=1, device_id=device_id) for s in page if s.outcome == "new"]
-            if new:
-                self.put_cloud_items(user_id, new, now)
-                written += len(new)
+        with self.atomic():
+            unit = self._unit()
+            # The commit takes its seq even with nothing new (as on SQLite).
+            self._writing(unit, user_id)
+            for page in iter_staged(self, session_id):
+                new = [s for s in page if s.outcome == "new"]
+                if new:
+                    # No read of what they replace: the commit's walk found no cloud item
+                    # for any of them at the generation its flip is conditioned on.
+                    self._set_aside(
+                        unit,
+                        user_id,
+                        [s.as_cloud(version=1, device_id=device_id) for s in new],
+                        [s.digest for s in new],
+                        {},
+                        {},
+                        now,
+                    )
+                    written += len(new)
         return written
 
     def outcome_counts(self, session_id: str) -> dict[str, int]:
@@ -546,25 +565,92 @@ class AwsStorage:
         return found
 
     def put_cloud_items(self, user_id: str, items: Sequence[CloudItem], now: int) -> int:
+        if not items:
+            return self.sync_head(user_id).seq
         with self.atomic():
             unit = self._unit()
-            if user_id not in unit.cloud:
-                # Only one commit rolls forward per user at a time: finish a stalled one.
-                self.cloud.settle(user_id, self._snapshot)
-                unit.cloud[user_id] = 0
-                unit.generations.setdefault(user_id, self.cloud.generation(user_id))
-            written = self.cloud.set_aside(unit.tx, user_id, items, now)
-            unit.cloud[user_id] += len(written)
-            unit.aside.extend((user_id, sk) for sk in written)
-        return 0  # no sync order on this backend (supports_sync)
+            seq = self._writing(unit, user_id)
+            keys = [(i.collection, i.key) for i in items]
+            current, generation = self.cloud.rows_at(user_id, keys)
+            if generation != unit.generations[user_id]:
+                raise VersionConflict(f"the cloud items of {user_id} changed during this unit")
+            again = [k for k in keys if (user_id, item_key(*k)) in unit.aside_keys]
+            mine: dict[Key, Row] = {}
+            if again:
+                # Written earlier in this unit: that version is the one replaced.
+                pk = aside_pk(unit.tx, user_id)
+                rows = self.table.batch_get([key(pk, item_key(*k)) for k in again])
+                mine = {split_item_key(get_s(r, "sk")): r for r in rows}
+            self._set_aside(unit, user_id, items, [i.digest() for i in items], current, mine, now)
+        return seq
 
-    # The sync methods: never called while supports_sync is False.
+    def _writing(self, unit: Unit, user_id: str) -> int:
+        """Start writing the user's items in ``unit``; the seq they are written at."""
+        if user_id not in unit.cloud:
+            # Only one commit rolls forward per user at a time: finish a stalled one.
+            self.cloud.settle(user_id, self._snapshot)
+            profile = aws_sync.read_profile(self.table, user_id)
+            if unit.generations.setdefault(user_id, profile.view) != profile.view:
+                raise VersionConflict(f"the cloud items of {user_id} changed during this unit")
+            unit.cloud[user_id] = 0
+            head = profile.head
+            unit.sync[user_id] = (head.seq, head._replace(seq=head.seq + 1))
+        return unit.sync[user_id][1].seq
+
+    def _set_aside(
+        self,
+        unit: Unit,
+        user_id: str,
+        items: Sequence[CloudItem],
+        digests: Sequence[bytes],
+        current: dict[Key, Row],
+        mine: dict[Key, Row],
+        now: int,
+    ) -> None:
+        """Set ``items`` aside and move the unit's head: ``current`` holds the cloud
+        rows they replace, ``mine`` the rows this unit set aside for them before."""
+        prior, head = unit.sync[user_id]
+        total, count = head.checksum, head.item_count
+        for item, digest in zip(items, digests, strict=True):
+            total = multiset_add(total, digest)
+            address = (item.collection, item.key)
+            old = mine.get(address) or current.get(address)
+            if old is None:
+                count += 1
+            else:
+                total = multiset_add(total, self.cloud.digest_of(old), sign=-1)
+        written = self.cloud.set_aside(
+            unit.tx, user_id, items, now, seq=head.seq, digests=digests, replaced=current
+        )
+        unit.sync[user_id] = (prior, head._replace(checksum=total, item_count=count))
+        unit.cloud[user_id] += len(written)
+        unit.aside.extend((user_id, sk) for sk in written)
+        unit.aside_keys.update((user_id, sk) for sk in written)
+
+    # ------------------------------------------------------------------ sync
 
     def sync_head(self, user_id: str) -> SyncHead:
-        raise NotImplementedError("sync is not available on the aws backend")
+        unit: Unit | None = getattr(self._local, "unit", None)
+        if unit is not None and user_id in unit.sync:
+            return unit.sync[user_id][1]  # this unit's writes count, as in a transaction
+        profile = aws_sync.read_profile(self.table, user_id)
+        if unit is not None and unit.generations.setdefault(user_id, profile.view) != (
+            profile.view
+        ):
+            raise VersionConflict(f"the cloud items of {user_id} changed during this unit")
+        return profile.head
 
     def synced_items(self, user_id: str, keys: Sequence[Key]) -> dict[Key, SyncedItem]:
-        raise NotImplementedError("sync is not available on the aws backend")
+        rows, generation = self.cloud.rows_at(user_id, keys)
+        unit: Unit | None = getattr(self._local, "unit", None)
+        if unit is not None:
+            unit.generations.setdefault(user_id, generation)
+        return {
+            address: SyncedItem(
+                cloud_of(row, self.table.unpack(row, "data")), opt_n(row, "seq") or 0
+            )
+            for address, row in rows.items()
+        }
 
     def pull_page(
         self,
@@ -575,7 +661,7 @@ class AwsStorage:
         limit: int,
         skip_device: str | None = None,
     ) -> PullPage:
-        raise NotImplementedError("sync is not available on the aws backend")
+        return aws_sync.pull_page(self.cloud, user_id, after=after, until=until, limit=limit)
 
     def count_changes(
         self, user_id: str, *, after: tuple[int, str, str] | None, skip_device: str | None
@@ -583,13 +669,19 @@ class AwsStorage:
         raise NotImplementedError("sync is not available on the aws backend")
 
     def full_checksum(self, user_id: str) -> tuple[int, int]:
-        raise NotImplementedError("sync is not available on the aws backend")
+        return aws_sync.full_checksum(self.cloud, user_id)
 
     def get_push(self, user_id: str, push_id: str) -> PushRecord | None:
-        raise NotImplementedError("sync is not available on the aws backend")
+        row = self.table.get(user_pk(user_id), push_sk(push_id))
+        return aws_sync.push_of(self.table, row) if row else None
 
     def save_push(self, user_id: str, push_id: str, record: PushRecord, now: int) -> None:
-        raise NotImplementedError("sync is not available on the aws backend")
+        with self.atomic():
+            row = aws_sync.push_row(
+                self.table, user_id, push_id, record, now, retention_s=self._retention_s
+            )
+            # With the push's writes and head: a concurrent twin loses, retries, replays.
+            self._unit().add(put_op(row, "attribute_not_exists(#pk)"))
 
     def settle(self, user_id: str) -> None:
         """Finish the user's commit if a crash stopped it after its flip (idempotent).

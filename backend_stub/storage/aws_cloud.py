@@ -24,7 +24,14 @@ seqlock on the profile (``gen`` changes at every flip and every clear; a reader 
 pointer changed while it read starts again) makes each read one consistent view. A
 crash during the roll-forward therefore changes nothing for readers, and it resumes: the
 next writer of the user's items (or ``AwsStorage.settle``) finishes it first, and the
-condition on ``base`` makes copying twice harmless::
+condition on ``base`` makes copying twice harmless.
+
+Sync rides on the same commit (:mod:`backend_stub.storage.aws_sync`): every set-aside
+row carries the commit's ``seq`` (one per user and commit) and its item digest; the
+flip moves the user's sync head (seq, multiset checksum, item count) with the pointer,
+conditioned on the seq it replaces, so the head moves exactly once per commit however
+often the roll-forward resumes; the roll-forward copies ``seq`` and ``digest`` onto the
+items and then writes their entries in the user's sync log::
 
     >>> applies(None, None), applies(3, 3), applies(4, 3), applies(None, 3)
     (True, True, False, False)
@@ -34,16 +41,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from backend_stub.storage.aws_rows import (
     Row,
     aside_pk,
+    b,
     cloud_attrs,
     cloud_of,
     cloud_pk,
+    get_n,
+    get_s,
     item_key,
     key,
+    log_pk,
+    log_sk,
     n,
     opt_n,
     opt_s,
@@ -53,7 +65,8 @@ from backend_stub.storage.aws_rows import (
 )
 from backend_stub.storage.aws_table import Table
 from backend_stub.storage.aws_unit import Op, chunked, expression_names
-from backend_stub.storage.records import CloudItem, Key, VersionConflict
+from backend_stub.storage.records import CloudItem, Key, SyncHead, VersionConflict
+from sdk.contract import multiset_hex
 
 __all__ = ["CloudItems", "applies"]
 
@@ -72,6 +85,8 @@ _CLOUD_ATTRS = (
     "writtenAt",
     "data",
     "dataRef",
+    "seq",
+    "digest",
 )
 
 
@@ -104,32 +119,44 @@ class CloudItems:
 
     def read_at(self, user_id: str, keys: Sequence[Key]) -> tuple[dict[Key, CloudItem], int]:
         """:meth:`read`, and the commit generation the items were read at."""
+        rows, generation = self.rows_at(user_id, keys)
+        found = {k: cloud_of(row, self.table.unpack(row, "data")) for k, row in rows.items()}
+        return found, generation
+
+    def rows_at(self, user_id: str, keys: Sequence[Key]) -> tuple[dict[Key, Row], int]:
+        """The rows of :meth:`read_at` (data still packed, with ``seq`` and ``digest``)."""
         if not keys:
             return {}, self.generation(user_id)
-        wanted = [key(cloud_pk(user_id, c, k), "ITEM") for c, k in keys]
         for _ in range(_SEQLOCK_ROUNDS):
             before = self._pointer(user_id)
-            rows = self.table.batch_get(wanted)
-            aside: list[Row] = []
-            if before[1] is not None:
-                pk = aside_pk(before[1], user_id)
-                aside = self.table.batch_get([key(pk, item_key(c, k)) for c, k in keys])
+            rows = self.effective(user_id, keys, before[1])
             if self._pointer(user_id) == before:
                 break
         else:
             raise VersionConflict(f"the cloud items of {user_id} kept changing while read")
         # With a commit rolling, the view is the one its clear makes physical (+1).
-        generation = before[0] + (1 if before[1] is not None else 0)
-        found = {
-            (item.collection, item.key): item
-            for item in (cloud_of(row, self.table.unpack(row, "data")) for row in rows)
-        }
-        for row in aside:
-            address = split_item_key(row["sk"]["S"])
-            current = found.get(address)
-            if applies(current.version if current else None, opt_n(row, "base")):
-                found[address] = cloud_of(row, self.table.unpack(row, "data"))
-        return found, generation
+        return rows, before[0] + (1 if before[1] is not None else 0)
+
+    def effective(self, user_id: str, keys: Sequence[Key], rolling: str | None) -> dict[Key, Row]:
+        """The rows a reader sees among ``keys`` while commit ``rolling`` (``None``: no
+        commit) rolls forward: its set-aside versions win where the item still holds
+        their ``base``. One consistent view only inside the caller's seqlock."""
+        wanted = [key(cloud_pk(user_id, c, k), "ITEM") for c, k in keys]
+        found = {(get_s(r, "collection"), get_s(r, "key")): r for r in self.table.batch_get(wanted)}
+        if rolling is not None:
+            pk = aside_pk(rolling, user_id)
+            for row in self.table.batch_get([key(pk, item_key(c, k)) for c, k in keys]):
+                address = split_item_key(row["sk"]["S"])
+                current = found.get(address)
+                if applies(opt_n(current, "version") if current else None, opt_n(row, "base")):
+                    found[address] = row
+        return found
+
+    def digest_of(self, row: Row) -> bytes:
+        """The item digest of a cloud row (computed for rows written before sync)."""
+        if "digest" in row:
+            return bytes(row["digest"]["B"])
+        return cloud_of(row, self.table.unpack(row, "data")).digest()
 
     def generation(self, user_id: str) -> int:
         """The user's commit generation now (it grows at every flip and every clear)."""
@@ -144,20 +171,34 @@ class CloudItems:
 
     # ------------------------------------------------------------------ commits
 
-    def set_aside(self, tx: str, user_id: str, items: Sequence[CloudItem], now: int) -> list[str]:
-        """Write the new versions of a commit where readers do not look yet."""
+    def set_aside(
+        self,
+        tx: str,
+        user_id: str,
+        items: Sequence[CloudItem],
+        now: int,
+        *,
+        seq: int,
+        digests: Sequence[bytes],
+        replaced: Mapping[Key, Row],
+    ) -> list[str]:
+        """Write the new versions of a commit where readers do not look yet, at sync
+        ``seq``; ``replaced`` holds the rows they replace, as the commit read them."""
         pk = aside_pk(tx, user_id)
         expires = int(time.time()) + self.retention_s
         rows: list[Row] = []
-        for item in items:
+        for item, digest in zip(items, digests, strict=True):
             row = key(pk, item_key(item.collection, item.key))
             row.update(cloud_attrs(item, now))
             row.update(self.table.pack("data", item.data)[0])
-            row["userId"] = s(user_id)
-            row["ttl"] = n(expires)
-            if item.version > 1:
-                # Versions grow by one per write: this is the version the commit replaces.
-                row["base"] = n(item.version - 1)
+            row.update({"userId": s(user_id), "ttl": n(expires)})
+            row.update({"seq": n(seq), "digest": b(digest)})
+            old = replaced.get((item.collection, item.key))
+            if old is not None:
+                # The version the commit replaces, and its place in the sync log.
+                row["base"] = n(get_n(old, "version"))
+                if opt_n(old, "seq"):
+                    row["baseSeq"] = old["seq"]
             rows.append(row)
         self.table.batch_write(puts=rows)
         return [row["sk"]["S"] for row in rows]
@@ -167,9 +208,17 @@ class CloudItems:
         pk = aside_pk(tx, user_id)
         self.table.batch_write(deletes=[key(pk, sk) for sk in item_keys])
 
-    def flip(self, tx: str, user_id: str, session_id: str | None, generation: int) -> Op:
+    def flip(
+        self,
+        tx: str,
+        user_id: str,
+        session_id: str | None,
+        generation: int,
+        head: tuple[int, SyncHead] | None = None,
+    ) -> Op:
         """The pointer write of a commit (goes in the commit's transaction): only if no
-        commit is rolling and none happened since ``generation``."""
+        commit is rolling and none happened since ``generation``. ``head`` is the sync
+        head's move, ``(seq it replaces, new head)``: once, with the commit point."""
         expression = "SET #rolling = :tx, #gen = if_not_exists(#gen, :zero) + :one"
         values: Row = {":tx": s(tx), ":zero": n(0), ":one": n(1)}
         if session_id is not None:
@@ -180,6 +229,24 @@ class CloudItems:
             values[":gen"] = n(generation)
         else:
             condition = "attribute_not_exists(#rolling) AND attribute_not_exists(#gen)"
+        if head is not None:
+            prior, new = head
+            expression += (
+                ", #syncSeq = :sseq, #syncSum = :ssum, #syncCount = :scount, #rollingSeq = :sseq"
+            )
+            values.update(
+                {
+                    ":sseq": n(new.seq),
+                    ":ssum": s(multiset_hex(new.checksum)),
+                    ":scount": n(new.item_count),
+                }
+            )
+            # Implied by the generation; stated so that the head can never move twice.
+            if prior:
+                condition += " AND #syncSeq = :prior"
+                values[":prior"] = n(prior)
+            else:
+                condition += " AND attribute_not_exists(#syncSeq)"
         return Op(
             {
                 "Update": {
@@ -212,24 +279,43 @@ class CloudItems:
         """
         pk = aside_pk(tx, user_id)
         copied = 0
-        page: list[Op] = []
+        page: list[Row] = []
         for row in self.table.query(pk):
-            page.append(self._copy(user_id, row))
+            page.append(row)
             if len(page) == 100:
-                copied += self._apply(page)
+                copied += self._copy_page(user_id, page)
                 page = []
-        copied += self._apply(page)
+        copied += self._copy_page(user_id, page)
         if session_id is not None:
             finish(session_id)
         self.table.update(
             user_pk(user_id),
             PROFILE,
-            "REMOVE #rolling, #rollingSession SET #gen = #gen + :one",
+            "REMOVE #rolling, #rollingSession, #rollingSeq SET #gen = #gen + :one",
             condition="#rolling = :tx",
             values={":one": n(1), ":tx": s(tx)},
         )
         keys = [key(pk, row["sk"]["S"]) for row in self.table.query(pk, projection="#pk, #sk")]
         self.table.batch_write(deletes=keys)
+        return copied
+
+    def _copy_page(self, user_id: str, rows: list[Row]) -> int:
+        copied = self._apply([self._copy(user_id, row) for row in rows])
+        # Then the items' places in the sync log, the old ones dropped. Readers check every
+        # entry against its item, and read the rolling commit's entries from its set-aside
+        # rows until the pointer is cleared: these writes may lag, repeat or be cut short.
+        puts: list[Row] = []
+        deletes: list[Row] = []
+        for row in rows:
+            seq = opt_n(row, "seq")
+            if seq is None:
+                continue
+            collection, item = split_item_key(row["sk"]["S"])
+            puts.append(key(log_pk(user_id), log_sk(seq, collection, item)))
+            old = opt_n(row, "baseSeq")
+            if old is not None:
+                deletes.append(key(log_pk(user_id), log_sk(old, collection, item)))
+        self.table.batch_write(puts=puts, deletes=deletes)
         return copied
 
     def _copy(self, user_id: str, row: Row) -> Op:

@@ -75,7 +75,9 @@ def commit(storage: AwsStorage, unit: Unit) -> None:
             unit.cloud[user] = 0
             unit.generations.setdefault(user, storage.cloud.generation(user))
     body += [
-        storage.cloud.flip(unit.tx, user, completing.get(user), unit.generations[user])
+        storage.cloud.flip(
+            unit.tx, user, completing.get(user), unit.generations[user], unit.sync.get(user)
+        )
         for user in unit.cloud
     ]
     for transaction in transactions(unit, body):

@@ -15,13 +15,19 @@ DynamoDB's byte order of these strings is the (collection, key) order of the API
 ``USER#{user}``              ``MIGRATION#{session}``        a session (the seed's model), with its
                                                             optimistic-lock ``version`` and counts
 ``USER#{user}``              ``PROFILE``                    candidate flag, active-session token,
-                                                            cloud commit pointer (``rolling``)
+                                                            cloud commit pointer (``rolling``),
+                                                            sync head (``syncSeq``, ``syncSum``,
+                                                            ``syncCount``)
+``USER#{user}``              ``PUSH#{push}``                an applied sync push, for its replays
 ``USER#{user}``              ``MIGRATIONID#{migration}``    claims a client migration id
 ``SESSION#{session}``        ``SESSION``                    the session's owner (id lookups)
 ``SESSION#{session}``        ``BATCH#{seq}``                the batch ledger (state, lease)
 ``SESSION#{session}#ITEMS``  ``{collection}#{key}``         staged items
 ``SESSION#{session}#CONFL``  ``{collection}#{key}``         conflicts (one per key)
-``ITEM#{user}#{c}#{k}``      ``ITEM``                       the user's cloud items
+``ITEM#{user}#{c}#{k}``      ``ITEM``                       the user's cloud items (with their
+                                                            sync ``seq`` and ``digest``)
+``USER#{user}#SEQ``          ``{seq:020d}#{c}#{k}``         the sync log: where each item sits in
+                                                            the user's order
 ``TX#{tx}#{user}``           ``{collection}#{key}``         cloud writes of a commit, set aside
 ``USER#{user}#EVENTS``       ``{time}#{ns}#{id}``           published events (the outbox)
 ===========================  =============================  =====================================
@@ -54,7 +60,9 @@ __all__ = [
     "conflict_id",
     "item_key",
     "key_of_conflict_id",
+    "log_sk",
     "split_item_key",
+    "split_log_sk",
 ]
 
 #: Values up to this many UTF-8 bytes are kept in the row; larger ones go to S3.
@@ -156,6 +164,33 @@ def aside_pk(tx: str, user_id: str) -> str:
 
 def events_pk(user_id: str) -> str:
     return f"USER#{user_id}#EVENTS"
+
+
+def log_pk(user_id: str) -> str:
+    return f"USER#{user_id}#SEQ"
+
+
+def log_sk(seq: int, collection: str, key: str) -> str:
+    """The sort key of an item's place in the sync log: (seq, collection, key) order.
+
+    >>> log_sk(7, "c", "k"), split_log_sk(log_sk(7, "c", "k#1"))
+    ('00000000000000000007#c#k', (7, 'c', 'k#1'))
+    """
+    return f"{seq:020d}#{item_key(collection, key)}"
+
+
+def split_log_sk(value: str) -> tuple[int, str, str]:
+    """The ``(seq, collection, key)`` of :func:`log_sk`.
+
+    >>> split_log_sk("00000000000000000012#notes#a")
+    (12, 'notes', 'a')
+    """
+    seq, _, address = value.partition("#")
+    return (int(seq), *split_item_key(address))
+
+
+def push_sk(push_id: str) -> str:
+    return f"PUSH#{push_id}"
 
 
 def key(pk: str, sk: str) -> Row:

@@ -34,7 +34,7 @@ from typing import Any
 
 from backend_stub.events import Event
 from backend_stub.storage.aws_rows import Row, get_s, key
-from backend_stub.storage.records import StorageError, VersionConflict
+from backend_stub.storage.records import StorageError, SyncHead, VersionConflict
 
 __all__ = [
     "Claim",
@@ -155,6 +155,10 @@ class Unit:
         self.generations: dict[str, int] = {}
         #: Set-aside rows as (user, item key), to undo them when a nested block fails.
         self.aside: list[tuple[str, str]] = []
+        #: The same, as a set: which items this unit wrote already.
+        self.aside_keys: set[tuple[str, str]] = set()
+        #: Each writing user's sync head: (seq it had when read, head after this unit).
+        self.sync: dict[str, tuple[int, SyncHead]] = {}
         self.claim: Claim | None = None
 
     def add(self, op: Op) -> None:
@@ -192,6 +196,7 @@ class Unit:
             len(self.aside),
             self.claim,
             dict(self.generations),
+            dict(self.sync),
         )
 
     def restore(self, mark: tuple[Any, ...]) -> None:
@@ -206,8 +211,11 @@ class Unit:
             size,
             self.claim,
             self.generations,
+            self.sync,
         ) = mark
-        del self.aside[size:]
+        if size < len(self.aside):
+            del self.aside[size:]
+            self.aside_keys = set(self.aside)
 
 
 def chunked(ops: Sequence[Op], limit: int) -> Iterator[list[Op]]:
