@@ -210,8 +210,10 @@ def pull_body(
     """
     size = min(limit or DEFAULT_PAGE, settings.limits.max_batch_items)
     after = decode_cursor(since)
-    page = storage.pull_page(
-        user_id, after=after, until=until, limit=size + 1, skip_device=device_id
+    page = retrying(
+        lambda: storage.pull_page(
+            user_id, after=after, until=until, limit=size + 1, skip_device=device_id
+        )
     )
     items = page.items[:size]
     has_more = len(page.items) > size
@@ -269,8 +271,15 @@ def sync_state(
     head = storage.sync_head(user_id)
     changed = None
     if since is not None:
-        changed = storage.count_changes(user_id, after=decode_cursor(since), skip_device=device_id)
-    checksum, count = storage.full_checksum(user_id) if full else (head.checksum, head.item_count)
+        position = decode_cursor(since)
+        changed = retrying(
+            lambda: storage.count_changes(user_id, after=position, skip_device=device_id)
+        )
+    checksum, count = (
+        retrying(lambda: storage.full_checksum(user_id))
+        if full
+        else (head.checksum, head.item_count)
+    )
     return SyncStateResponse(
         seq=head.seq,
         checksum=multiset_hex(checksum),

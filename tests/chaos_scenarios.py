@@ -831,8 +831,9 @@ scenario("disk:store-locked")(
 
 @scenario("disk:written-during-snapshot", ci_seeds=(19,))
 def written_during_snapshot(env: Env, seed: int) -> Report:
-    """The app commits pairs of items while the SDK snapshots: the snapshot (and so the
-    cloud) holds whole pairs, a prefix of them, one point in time."""
+    """The app commits pairs of items while the SDK snapshots: the snapshot (the items the
+    migration staged) holds whole pairs, a prefix of them, one point in time; the pairs
+    written after it reach the cloud through the sync that ends the migration."""
     report = Report("disk:written-during-snapshot", seed, runs=0)
     world = make_world(env.root / "world", env.user(report.scenario, seed), items=2000)
     obs = Observations()
@@ -878,14 +879,23 @@ def written_during_snapshot(env: Env, seed: int) -> Report:
             stop.set()
             thread.join()
         view = ServerView(server.data_dir)
-        cloud_pairs = sorted(k for (c, k) in view.cloud(world.user) if c == "pairs")
-        got = sorted({int(k[2:]) for k in cloud_pairs})
-        whole = all(f"a-{n:05d}" in cloud_pairs and f"b-{n:05d}" in cloud_pairs for n in got)
+        done = [s for s in view.sessions(world.user) if s.status == "completed"]
+        staged = view.staged_keys(done[-1].id) if done else []
+        snapped = sorted(k for (c, k) in staged if c == "pairs")
+        got = sorted({int(k[2:]) for k in snapped})
+        whole = all(f"a-{n:05d}" in snapped and f"b-{n:05d}" in snapped for n in got)
         if not whole or got != list(range(len(got))):
             report.violate(f"the snapshot is not one point in time: pairs {got[:5]}...")
         if not got or len(got) >= len(written):
             report.violate(
                 f"the writes did not straddle the snapshot ({len(got)} of {len(written)} pairs)"
+            )
+        cloud_pairs = {k for (c, k) in view.cloud(world.user) if c == "pairs"}
+        late = [n for n in written if f"a-{n:05d}" not in cloud_pairs]
+        if late:
+            report.violate(
+                f"{len(late)} pair(s) written during the migration never reached the cloud",
+                "items_lost",
             )
         report.faults = len(written)
         pair_keys = {("pairs", f"{x}-{n:05d}") for n in written for x in "ab"}

@@ -149,7 +149,13 @@ def test_a_push_applies_new_and_based_changes_and_reports_equal_data_and_conflic
 ) -> None:
     detect = server.client.get(server.url("/detect"), headers=server.auth())
     assert "sync" in detect.json()["capabilities"]
-    assert state(server) == {"seq": 0, "checksum": "0" * 64, "itemCount": 0, "full": False}
+    assert state(server) == {
+        "seq": 0,
+        "checksum": "0" * 64,
+        "itemCount": 0,
+        "full": False,
+        "changesSince": None,
+    }
 
     first = pushed(server, [change("a", {"v": 1}), change("b", {"v": 1})])
 

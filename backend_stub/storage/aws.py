@@ -661,12 +661,35 @@ class AwsStorage:
         limit: int,
         skip_device: str | None = None,
     ) -> PullPage:
-        return aws_sync.pull_page(self.cloud, user_id, after=after, until=until, limit=limit)
+        # The log holds every item: the device's own are left out here, page after page
+        # until ``limit`` others are found (or the log ends), so that a short page still
+        # means the end and the caller's cursor skips nothing.
+        found: list[SyncedItem] = []
+        position = after
+        while True:
+            page = aws_sync.pull_page(self.cloud, user_id, after=position, until=until, limit=limit)
+            found.extend(
+                s for s in page.items if skip_device is None or s.item.device_id != skip_device
+            )
+            if len(page.items) < limit or len(found) >= limit:
+                return PullPage(found[:limit], page.head)
+            last = page.items[-1]
+            position = (last.seq, last.item.collection, last.item.key)
 
     def count_changes(
         self, user_id: str, *, after: tuple[int, str, str] | None, skip_device: str | None
     ) -> int:
-        raise NotImplementedError("sync is not available on the aws backend")
+        count = 0
+        position = after
+        while True:
+            page = aws_sync.pull_page(self.cloud, user_id, after=position, until=None, limit=1000)
+            count += sum(
+                1 for s in page.items if skip_device is None or s.item.device_id != skip_device
+            )
+            if len(page.items) < 1000:
+                return count
+            last = page.items[-1]
+            position = (last.seq, last.item.collection, last.item.key)
 
     def full_checksum(self, user_id: str) -> tuple[int, int]:
         return aws_sync.full_checksum(self.cloud, user_id)
