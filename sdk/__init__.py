@@ -9,6 +9,8 @@ The public surface is everything in ``__all__``; modules starting with ``_`` are
 private. ``sdk.contract`` (the wire models) is public too.
 """
 
+import logging as _logging
+
 from ._auto import AutoMigration, AutoState, AutoStatus, auto_migrate
 from ._client import Detection, MigrationClient, migrate
 from ._conflicts import Conflict, ConflictPolicy, FlaggedItem
@@ -18,6 +20,7 @@ from ._errors import (
     ConfigurationError,
     ConflictError,
     CorruptStoreError,
+    EndpointError,
     ForeignStoreError,
     InvalidItemError,
     InvalidRequestError,
@@ -56,6 +59,10 @@ from ._store import LocalStore, default_store_path
 
 __version__ = "0.1.0"
 
+# A library logs, the app decides where it goes: without this, Python's last-resort handler
+# would print the SDK's retry warnings on the stderr of an app that configured no logging.
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())
+
 __all__ = [
     "AuthError",
     "AutoMigration",
@@ -69,6 +76,7 @@ __all__ = [
     "CorruptStoreError",
     "DataConflictDetected",
     "Detection",
+    "EndpointError",
     "Event",
     "FlaggedItem",
     "ForeignStoreError",
