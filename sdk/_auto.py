@@ -27,14 +27,8 @@ import math
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import httpx
-
-from ._client import MigrationClient, Token
-from ._conflicts import Conflict
-from ._detect import LocalState, detect_local
 from ._errors import (
     AuthError,
     ConfigurationError,
@@ -43,12 +37,19 @@ from ._errors import (
     StoreBusyError,
 )
 from ._events import Event, Progress, ProgressPhase
-from ._journal import Phase, journal_path_for, peek_journal
-from ._lock import MigrationLock, lock_path_for
-from ._migrate import MigrationOptions, MigrationOutcome, MigrationResult
 from ._retry import Retrier, RetryPolicy
-from ._snapshot import open_snapshot
-from ._store import default_store_path
+
+# Start-up cost: auto_migrate() runs on the app's main thread, so this module imports only
+# what is light (no httpx, pydantic, sqlite-utils). The worker thread imports the rest,
+# in the functions that use it.
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import httpx
+
+    from ._client import MigrationClient, Token
+    from ._conflicts import Conflict
+    from ._migrate import MigrationOptions, MigrationResult
 
 __all__ = ["AutoMigration", "AutoState", "AutoStatus", "auto_migrate", "journal_progress"]
 
@@ -64,13 +65,14 @@ _LOCKED = "in-progress"
 #: The server's reason when another device of the same user is migrating.
 _ACTIVE_SESSION = "active-session"
 
+# Keyed by the journal's Phase values (a str enum): the journal is imported on first use.
 _PHASE_PROGRESS = {
-    Phase.PREPARED: ProgressPhase.STARTING,
-    Phase.STARTED: ProgressPhase.UPLOADING,
-    Phase.UPLOADED: ProgressPhase.RESOLVING,
-    Phase.RESOLVED: ProgressPhase.COMPLETING,
-    Phase.COMPLETED: ProgressPhase.VERIFYING,
-    Phase.VERIFIED: ProgressPhase.VERIFYING,
+    "prepared": ProgressPhase.STARTING,
+    "started": ProgressPhase.UPLOADING,
+    "uploaded": ProgressPhase.RESOLVING,
+    "resolved": ProgressPhase.COMPLETING,
+    "completed": ProgressPhase.VERIFYING,
+    "verified": ProgressPhase.VERIFYING,
 }
 
 
@@ -378,6 +380,11 @@ class AutoMigration:
                 self._cond.notify_all()
 
     def _run(self) -> None:
+        from pathlib import Path
+
+        from ._detect import LocalState, detect_local
+        from ._store import default_store_path
+
         self._notify(self._on_state, self.status)  # start() set it without telling
         path = (
             Path(self._store_path)
@@ -414,6 +421,8 @@ class AutoMigration:
                     self._client = None
 
     def _new_client(self) -> MigrationClient:
+        from ._client import MigrationClient
+
         with self._cond:
             user_id, token = self._user_id, self._token
         if user_id is None:
@@ -432,6 +441,9 @@ class AutoMigration:
         )
 
     def _loop(self, client: MigrationClient) -> None:
+        from ._lock import MigrationLock, lock_path_for
+        from ._migrate import MigrationOutcome
+
         retries = Retrier(self._backoff).start()
         lock = MigrationLock(lock_path_for(client.store_path))
         while True:
@@ -477,6 +489,8 @@ class AutoMigration:
             self._pause(decision.delay)
 
     def _finished(self, result: MigrationResult) -> None:
+        from ._migrate import MigrationOutcome
+
         with self._cond:
             self._result = result
         outcome = result.outcome
@@ -647,12 +661,15 @@ def journal_progress(store_path: str | Path) -> Progress | None:
     >>> journal_progress(pathlib.Path(tempfile.mkdtemp()) / "store.sqlite3") is None
     True
     """
+    from ._journal import Phase, journal_path_for, peek_journal
+    from ._snapshot import open_snapshot
+
     peeked = peek_journal(journal_path_for(store_path))
     if peeked is None:
         return None
     record, acked = peeked
     total = record.item_count
-    phase = _PHASE_PROGRESS[record.phase]
+    phase = _PHASE_PROGRESS[record.phase.value]
     if record.phase is Phase.PREPARED:
         return Progress(phase, 0, total)
     if record.phase is not Phase.STARTED:
