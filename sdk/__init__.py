@@ -27,6 +27,7 @@ _logging.getLogger(__name__).addHandler(_logging.NullHandler())
 #: Every public name and the private module that defines it: one line per name. A name is
 #: imported on first access, then cached in this module's namespace.
 _EXPORTS: dict[str, str] = {
+    "AsyncMigrationClient": "._aio",
     "AuthError": "._errors",
     "AutoMigration": "._auto",
     "AutoState": "._auto",
@@ -89,6 +90,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 if _typing.TYPE_CHECKING:  # what type checkers and IDEs see (tests keep it equal to _EXPORTS)
+    from ._aio import AsyncMigrationClient as AsyncMigrationClient
     from ._auto import AutoMigration as AutoMigration
     from ._auto import AutoState as AutoState
     from ._auto import AutoStatus as AutoStatus
