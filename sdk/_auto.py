@@ -28,14 +28,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import httpx
-
-from ._client import MigrationClient, Token
-from ._conflicts import Conflict
-from ._detect import LocalState, detect_local
 from ._errors import (
     AuthError,
     ConfigurationError,
@@ -44,13 +38,20 @@ from ._errors import (
     StoreBusyError,
 )
 from ._events import Event, Progress, ProgressPhase
-from ._journal import Phase, journal_path_for, peek_journal
-from ._lock import MigrationLock, lock_path_for
-from ._migrate import MigrationOptions, MigrationOutcome, MigrationResult
 from ._retry import Retrier, RetryPolicy
-from ._snapshot import open_snapshot
-from ._store import default_store_path, unwatch_writes, watch_writes
-from ._sync import SyncResult
+
+# Start-up cost: auto_migrate() runs on the app's main thread, so this module imports only
+# what is light (no httpx, pydantic, sqlite-utils). The worker thread imports the rest,
+# in the functions that use it.
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import httpx
+
+    from ._client import MigrationClient, Token
+    from ._conflicts import Conflict
+    from ._migrate import MigrationOptions, MigrationResult
+    from ._sync import SyncResult
 
 __all__ = ["AutoMigration", "AutoState", "AutoStatus", "auto_migrate", "journal_progress"]
 
@@ -66,13 +67,14 @@ _LOCKED = "in-progress"
 #: The server's reason when another device of the same user is migrating.
 _ACTIVE_SESSION = "active-session"
 
+# Keyed by the journal's Phase values (a str enum): the journal is imported on first use.
 _PHASE_PROGRESS = {
-    Phase.PREPARED: ProgressPhase.STARTING,
-    Phase.STARTED: ProgressPhase.UPLOADING,
-    Phase.UPLOADED: ProgressPhase.RESOLVING,
-    Phase.RESOLVED: ProgressPhase.COMPLETING,
-    Phase.COMPLETED: ProgressPhase.VERIFYING,
-    Phase.VERIFIED: ProgressPhase.VERIFYING,
+    "prepared": ProgressPhase.STARTING,
+    "started": ProgressPhase.UPLOADING,
+    "uploaded": ProgressPhase.RESOLVING,
+    "resolved": ProgressPhase.COMPLETING,
+    "completed": ProgressPhase.VERIFYING,
+    "verified": ProgressPhase.VERIFYING,
 }
 
 
@@ -420,6 +422,11 @@ class AutoMigration:
                 self._cond.notify_all()
 
     def _run(self) -> None:
+        from pathlib import Path
+
+        from ._detect import LocalState, detect_local
+        from ._store import default_store_path
+
         self._notify(self._on_state, self.status)  # start() set it without telling
         path = (
             Path(self._store_path)
@@ -466,6 +473,8 @@ class AutoMigration:
                     self._client = None
 
     def _new_client(self) -> MigrationClient:
+        from ._client import MigrationClient
+
         with self._cond:
             user_id, token = self._user_id, self._token
         if user_id is None:
@@ -485,6 +494,9 @@ class AutoMigration:
 
     def _loop(self, client: MigrationClient) -> bool:
         """Migrate until done; True when the store is now in the cloud's keeping."""
+        from ._lock import MigrationLock, lock_path_for
+        from ._migrate import MigrationOutcome
+
         retries = Retrier(self._backoff).start()
         lock = MigrationLock(lock_path_for(client.store_path))
         while True:
@@ -536,6 +548,8 @@ class AutoMigration:
         """Sync soon after local writes (``push_delay`` after the last of a burst), every
         ``sync_interval`` seconds and on :meth:`sync_now`; back off while offline; leave
         at a safe point when stopped."""
+        from ._store import unwatch_writes, watch_writes
+
         written = watch_writes(client.store_path, self._wake)
         retries = Retrier(self._backoff).start()
         delay: float | None = 0.0 if at_once else self._sync_interval
@@ -632,6 +646,8 @@ class AutoMigration:
                 return
 
     def _finished(self, result: MigrationResult) -> None:
+        from ._migrate import MigrationOutcome
+
         with self._cond:
             self._result = result
         outcome = result.outcome
@@ -814,12 +830,15 @@ def journal_progress(store_path: str | Path) -> Progress | None:
     >>> journal_progress(pathlib.Path(tempfile.mkdtemp()) / "store.sqlite3") is None
     True
     """
+    from ._journal import Phase, journal_path_for, peek_journal
+    from ._snapshot import open_snapshot
+
     peeked = peek_journal(journal_path_for(store_path))
     if peeked is None:
         return None
     record, acked = peeked
     total = record.item_count
-    phase = _PHASE_PROGRESS[record.phase]
+    phase = _PHASE_PROGRESS[record.phase.value]
     if record.phase is Phase.PREPARED:
         return Progress(phase, 0, total)
     if record.phase is not Phase.STARTED:

@@ -5,6 +5,7 @@ The tree::
 
     MigrationError
     ├── ConfigurationError          bad arguments or settings
+    │   └── EndpointError           the server URL or its TLS set-up is wrong (never "offline")
     ├── InvalidItemError            an item that cannot be stored or sent as it is
     ├── StoreError                  the local store cannot be used
     │   ├── StoreNotFoundError
@@ -43,6 +44,7 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "CorruptStoreError",
+    "EndpointError",
     "ForeignStoreError",
     "InvalidItemError",
     "InvalidRequestError",
@@ -81,6 +83,17 @@ class ConfigurationError(MigrationError, ValueError):
 
     >>> isinstance(ConfigurationError("batch_size must be >= 1, got 0"), ValueError)
     True
+    """
+
+
+class EndpointError(ConfigurationError):
+    """The server URL, or the TLS set-up behind it, is wrong: a certificate this device
+    cannot verify, ``https://`` to a plain-HTTP server, or a URL that is not the migration
+    server (``detect`` answers 404). Retrying cannot help, so it is never taken for being
+    offline; the message says what to check.
+
+    >>> issubclass(EndpointError, ConfigurationError), EndpointError("x").retryable
+    (True, False)
     """
 
 

@@ -25,8 +25,6 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timezone
-from email.utils import parsedate_to_datetime
 
 from ._errors import ConfigurationError
 
@@ -318,6 +316,10 @@ def parse_http_date(value: str | None) -> float | None:
     """
     if not value:
         return None
+    # Imported here: email.utils costs ~7 ms, and auto_migrate()'s start-up loads this module.
+    from datetime import timezone
+    from email.utils import parsedate_to_datetime
+
     try:
         parsed = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):

@@ -29,6 +29,7 @@ import gzip as gzip_module
 import logging
 import random
 import re
+import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from ._errors import (
     AuthError,
     ConfigurationError,
     ConflictError,
+    EndpointError,
     InvalidRequestError,
     NotFoundError,
     OfflineError,
@@ -101,6 +103,11 @@ _UNREACHABLE = (
     httpx.ProxyError,
     httpx.RemoteProtocolError,
 )
+# TLS errors that are a connection cut mid-handshake (a flaky mobile network), not a setup
+# mistake: these stay "offline". Every other ssl.SSLError under a connect error is a setup
+# mistake (a certificate that cannot be verified, https:// to a plain-HTTP server) that no
+# retry can fix.
+_TLS_NETWORK_ERRORS = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
 _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 # Only these two carry a Retry-After that means "come back then" (RFC 9110 §10.2.3).
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
@@ -398,7 +405,17 @@ class Transport:
             params["dataVersion"] = data_version
         if device_id is not None:
             params["deviceId"] = device_id
-        return self._call("detect", "GET", "/detect", DetectMigrationResponse, params=params)
+        try:
+            return self._call("detect", "GET", "/detect", DetectMigrationResponse, params=params)
+        except NotFoundError as exc:
+            # detect names no resource that could be missing: a 404 means the URL is not the
+            # migration server's (a wrong host, path prefix or port), whatever the body says.
+            raise EndpointError(
+                f"detect: {self._url(self.base_path + '/detect')} answered 404 Not Found, so "
+                "this is not the migration server's address; check the server URL (its "
+                "root, such as https://api.example.com, without /api/migration) and the "
+                "port"
+            ) from exc
 
     def start(self, request: StartMigrationRequest) -> StartMigrationResponse:
         """``POST /start``; the same ``migration_id`` always returns the same session.
@@ -713,6 +730,7 @@ class Transport:
                     headers=all_headers,
                 )
             except _UNREACHABLE as exc:
+                self._raise_if_tls_setup(op, url_path, exc)
                 decision = self._decide(run, idempotent, None)
                 if not decision.retry:
                     self._raise_offline(op, url_path, exc, decision)
@@ -810,6 +828,31 @@ class Transport:
         raise OfflineError(
             f"{op}: cannot reach {self._url(path)}: {_describe(exc)}; gave up "
             f"({decision.reason}); the migration will resume when the server is reachable"
+        ) from exc
+
+    def _raise_if_tls_setup(self, op: str, path: str, exc: httpx.TransportError) -> None:
+        """Raise :class:`EndpointError` when ``exc`` is a TLS set-up mistake, not a network
+        failure: waiting for the network would never end."""
+        tls = _tls_cause(exc)
+        if tls is None:
+            return
+        url = self._url(path)
+        detail = tls.reason or str(tls)
+        if isinstance(tls, ssl.SSLCertVerificationError):
+            detail = f"{detail}: {tls.verify_message}"
+            advice = (
+                "check that the server URL's host name is the one on the server's certificate "
+                "and that the certificate is issued by a CA this device trusts (an app that "
+                "bundles Python must ship a CA bundle, such as certifi's); for a private CA, "
+                "pass http_client=httpx.Client(base_url=..., verify=ssl_context)"
+            )
+        else:
+            advice = (
+                "check the URL's scheme and port: https:// needs a server speaking TLS there "
+                "(the embedded `python -m backend_stub` speaks plain http://)"
+            )
+        raise EndpointError(
+            f"{op}: the TLS connection to {url} failed ({type(tls).__name__}: {detail}); {advice}"
         ) from exc
 
     def _raise_server(
@@ -917,6 +960,21 @@ def _segment(name: str, value: object) -> str:
     if text in (".", ".."):
         raise ConfigurationError(f"{name} must not be {text!r}")
     return quote(text, safe="")
+
+
+def _tls_cause(exc: BaseException) -> ssl.SSLError | None:
+    """The :class:`ssl.SSLError` a connect error wraps (httpx chains httpcore's error,
+    which chains ssl's), unless it is a connection cut mid-handshake."""
+    if not isinstance(exc, httpx.ConnectError):
+        return None
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ssl.SSLError):
+            return None if isinstance(cause, _TLS_NETWORK_ERRORS) else cause
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _describe(exc: BaseException) -> str:

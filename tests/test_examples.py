@@ -328,3 +328,20 @@ def test_a_second_instance_of_the_app_follows_the_first_instead_of_migrating(
     assert "status: Your 1002 items are safe in the cloud" in first_seen
     assert first.returncode == 0
     assert summary_of(live_server, user)["summary"]["totalItems"] == 1002
+
+
+def test_the_asyncio_app_is_suspended_mid_upload_resumes_and_migrates_everything(
+    env, live_server, user, tmp_path
+):
+    done = run_example(
+        "asyncio_app.py", env, "--folder", str(tmp_path), "--items", "2000", "--suspend-at", "500"
+    )
+
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    suspended = [line for line in lines if line.startswith("suspended with ")]
+    assert len(suspended) == 1 and suspended[0].endswith("/2000 uploaded; resuming")
+    assert lines.index(suspended[0]) < lines.index("phase: completing")
+    assert lines[-2] == "completed: 2000 items, verified: True"
+    assert lines[-1].startswith("loop lag: max ")
+    assert summary_of(live_server, user)["summary"]["totalItems"] == 2000
