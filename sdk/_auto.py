@@ -175,7 +175,7 @@ class AutoMigration:
     >>> import tempfile, pathlib
     >>> store = pathlib.Path(tempfile.mkdtemp()) / "store.sqlite3"   # no store there
     >>> migration = auto_migrate(server="http://127.0.0.1:9", user_id="u1", token="t",
-    ...                          store_path=store)
+    ...                          store_path=store, sync=False)  # migrate only
     >>> migration.wait(timeout=10)
     <AutoState.NOTHING_TO_MIGRATE: 'nothing_to_migrate'>
     """

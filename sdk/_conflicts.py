@@ -379,12 +379,20 @@ def decide(
     """Decide one conflict. ``clock`` corrects device timestamps; ``now_ms`` is the
     device's wall clock (for the "in the future" check).
 
-    >>> side = {"collection": "a", "key": "k", "deleted": False, "data": {}}
+    >>> side = {"collection": "a", "key": "k", "deleted": False}
     >>> conflict = Conflict(conflict_id="c", collection="a", key="k",
-    ...     local={**side, "updatedAt": 1_000}, server={**side, "updatedAt": 1_500})
+    ...     local={**side, "data": {"v": 1}, "updatedAt": 1_000},
+    ...     server={**side, "data": {"v": 2}, "updatedAt": 1_500})
     >>> decide(conflict, ConflictPolicy(default="newest_wins"), ClockEstimate(),
     ...        now_ms=10_000).flag.reason
     'too_close'
+
+    Equal data is never a conflict, whatever the timestamps: the cloud's copy stands.
+
+    >>> same = Conflict(conflict_id="c", collection="a", key="k",
+    ...     local={**side, "data": {}, "updatedAt": 1}, server={**side, "data": {}, "updatedAt": 9})
+    >>> decide(same, ConflictPolicy(default="manual"), ClockEstimate(), now_ms=10).kind
+    'identical'
     """
     if _same_content(conflict.local, conflict.server):
         # Equal data is never a conflict: both sides hold the same thing, whatever the

@@ -546,9 +546,9 @@ def _pull_range(run: _Sync, *, since_key: str, until: int | None) -> _Page:
         if written:
             counts = Counter(row[0] for row, _seq in items)
             run.hooks.emit(RemoteChangesApplied(count=written, collections=dict(counts)))
-        run.hooks.progress(
-            Progress(ProgressPhase.PULLING, run.pulled, max(run.pulled, page["itemCount"]))
-        )
+        # The total is unknown until the last page: one more page is the honest guess.
+        expected = run.pulled + (PULL_PAGE if page["hasMore"] else 0)
+        run.hooks.progress(Progress(ProgressPhase.PULLING, run.pulled, expected))
         if done:
             return _Page(page["seq"], page["checksum"], page["itemCount"])
 
@@ -625,7 +625,7 @@ def _prove(run: _Sync, page: _Page, *, full: bool) -> SyncResult:
             seq=page.seq,
         )
     )
-    run.hooks.progress(Progress(ProgressPhase.DONE, 1, 1))
+    run.hooks.progress(Progress(ProgressPhase.DONE, count, count))
     return result
 
 

@@ -11,6 +11,7 @@ The chaos tests also crash it at the SDK's named failpoints, through the
 ``OFFLINE_MIGRATE_FAILPOINTS`` environment variable (``batch.sent=kill@3``), which the
 SDK reads when the migration starts; ``MIGRATE_CHILD_IN_FLIGHT`` sets how many batches
 are uploaded in parallel (default 1, so "the 3rd batch" means the same batch every run).
+With ``MIGRATE_CHILD_SYNC=1`` it syncs instead (``sync`` result line).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from sdk import MigrationClient, MigrationError, MigrationOptions, Progress
+from sdk import MigrationClient, MigrationError, MigrationOptions, Progress, _failpoints
 
 
 def main() -> int:
@@ -54,6 +55,22 @@ def main() -> int:
         on_event=on_event,
     ) as client:
         try:
+            if os.environ.get("MIGRATE_CHILD_SYNC"):
+                _failpoints.configure_from_env()  # a sync reads no journal: set them here
+                synced = client.sync()
+                print(
+                    "sync",
+                    json.dumps(
+                        {
+                            "verified": synced.verified,
+                            "pulled": synced.pulled,
+                            "pushed": synced.pushed,
+                            "pending": synced.pending_changes,
+                        }
+                    ),
+                    flush=True,
+                )
+                return 0
             result = client.migrate()
         except MigrationError as exc:
             print("error", type(exc).__name__, str(exc).replace("\n", " "), flush=True)

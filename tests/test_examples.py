@@ -107,9 +107,10 @@ def test_the_custom_conflicts_example_decides_each_collection_by_its_policy(env)
     assert "  flashcards: {'local': 1, 'pending': 1}" in out
     assert "asked the learner about flashcards/gato" in out
     assert "phone migrated: 7 items, verified: True" in out
+    # One preference holds the same value on both devices: equal data is no conflict.
     assert (
-        "resolutions: {'callback': 1, 'field_merge': 1, 'local_wins': 2, 'manual': 1, "
-        "'newest_wins': 1}"
+        "resolutions: {'callback': 1, 'field_merge': 1, 'identical': 1, 'local_wins': 1, "
+        "'manual': 1, 'newest_wins': 1}"
     ) in out
     assert "preferences/theme: {'value': 'dark'}" in out  # local_wins
     assert (
