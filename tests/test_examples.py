@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import hashlib
+import importlib.util
 import os
 import queue
 import shutil
@@ -328,3 +329,21 @@ def test_a_second_instance_of_the_app_follows_the_first_instead_of_migrating(
     assert "status: Your 1002 items are safe in the cloud" in first_seen
     assert first.returncode == 0
     assert summary_of(live_server, user)["summary"]["totalItems"] == 1002
+
+
+def load_demo():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("demo", EXAMPLES / "demo.py")
+    assert spec is not None and spec.loader is not None
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    return demo
+
+
+def test_the_readme_gives_the_number_of_items_the_demo_moves(tmp_path):
+    demo = load_demo()
+    # items_for() is what the README quotes; fill_store() must agree at any size.
+    assert demo.fill_store(tmp_path / "store.sqlite3", 30) == demo.items_for(30)
+    readme = (ROOT / "README.md").read_text()
+    (row,) = [line for line in readme.splitlines() if line.startswith("| `examples/demo.py`")]
+    assert f"{demo.items_for(demo.DEFAULT_LESSONS):,} items" in row
+    assert f"{demo.DEFAULT_LESSONS:,} lessons" in row
