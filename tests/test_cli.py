@@ -328,23 +328,49 @@ def test_status_without_a_server_reads_the_device_alone(tmp_path, capsys, monkey
     assert "ready" in out and "not migrated yet" in out
 
 
+CLI_ARGS = ("--batch-size", "20", "--parallel", "1", "--progress", "lines")
+
+
 def cli_process(store: Path, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sdk",
-            "migrate",
-            "--store",
-            str(store),
-            "--batch-size",
-            "20",
-            "--parallel",
-            "1",
-            "--progress",
-            "lines",
-            *extra,
-        ],
+        [sys.executable, "-m", "sdk", "migrate", "--store", str(store), *CLI_ARGS, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+#: The CLI, with the migration held at a failpoint until the CLI asks it to stop (which
+#: Ctrl-C does) or a signal ends the process: whatever the machine's speed, the signal
+#: lands at that very step, never after the migration finished.
+PAUSED_CLI = """
+import sys, threading
+from sdk import _failpoints, cli
+from sdk._client import MigrationClient
+
+name, at, *argv = sys.argv[1:]
+stops = []
+migrate = MigrationClient.migrate
+
+def remember_stop(self, *args, stop=None, **kwargs):
+    stops.append(stop)
+    return migrate(self, *args, stop=stop, **kwargs)
+
+def pause():
+    print(f"paused at {name}", file=sys.stderr, flush=True)
+    if not stops[-1].wait(120):
+        raise SystemExit("nobody interrupted the paused migration")
+
+MigrationClient.migrate = remember_stop
+_failpoints.enable(name, pause, at=int(at))
+sys.exit(cli.main(argv))
+"""
+
+
+def paused_cli_process(store: Path, failpoint: str, at: int) -> subprocess.Popen[str]:
+    argv = ["migrate", "--store", str(store), *CLI_ARGS]
+    return subprocess.Popen(
+        [sys.executable, "-c", PAUSED_CLI, failpoint, str(at), *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -366,39 +392,38 @@ def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, 
 
 
 @pytest.mark.parametrize(
-    ("moment", "sig"),
+    ("failpoint", "at", "sig"),
     [
-        pytest.param("snapshotting", signal.SIGKILL, id="killed before start"),
-        pytest.param("uploading", signal.SIGKILL, id="killed mid-upload"),
-        pytest.param("completing", signal.SIGKILL, id="killed around completion"),
-        pytest.param("uploading", signal.SIGINT, id="Ctrl-C mid-upload"),
+        pytest.param("start.before", 1, signal.SIGKILL, id="killed before start"),
+        pytest.param("batch.answered", 3, signal.SIGKILL, id="killed mid-upload"),
+        pytest.param("complete.after", 1, signal.SIGKILL, id="killed around completion"),
+        pytest.param("batch.answered", 3, signal.SIGINT, id="Ctrl-C mid-upload"),
     ],
 )
 def test_a_migration_killed_at_any_moment_continues_when_the_same_command_runs_again(
-    env, live_server, tmp_path, moment, sig
+    env, live_server, tmp_path, failpoint, at, sig
 ):
     items = learning_items(900)
     store = make_store(tmp_path / "store.sqlite3", items)
     live_server.seed(env, [dict(i, data={"other": True}) for i in items[:5]])
 
-    first = cli_process(store)
-    wait_for_line(
-        first,
-        lambda line: line.startswith(moment) and not line.startswith("uploading: 0/"),
-    )
+    first = paused_cli_process(store, failpoint, at)
+    wait_for_line(first, lambda line: line == f"paused at {failpoint}\n")
     first.send_signal(sig)
     code, out, err = finish(first)
     if sig == signal.SIGINT:
-        assert code == EXIT_PENDING
+        assert code == EXIT_PENDING, err
         assert "stopped at a safe point; run the same command to continue" in out
+    else:
+        assert code == -sig
     assert "Traceback" not in out + err
-    assert detect_local(store).state is LocalState.READY or moment == "completing"
+    assert detect_local(store).state is LocalState.READY  # not marked migrated yet
 
     code, out, err = finish(cli_process(store))
 
     assert code == EXIT_DONE, err
     assert "verified: yes" in out or "already migrated" in out
-    if moment == "uploading":
+    if failpoint == "batch.answered":
         assert "(resumed)" in out
     with httpx.Client(
         base_url=f"{live_server.url}/api/migration/{env}",
