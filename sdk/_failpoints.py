@@ -9,6 +9,8 @@ in :data:`NAMES`). Off, a failpoint is a check of one empty dict. A test turns o
     OFFLINE_MIGRATE_FAILPOINTS="*=kill@17"              # at the 17th boundary, any name
 
 Actions: ``kill`` (SIGKILL this very process, as a power cut or the OS would),
+``stop`` (SIGSTOP it: frozen at that very step, as a suspended laptop would be, until
+a test sends SIGCONT; ``os.waitpid(pid, os.WUNTRACED)`` returns once it is frozen),
 ``raise`` (:class:`FailpointError`, which no SDK code catches), or in-process any
 callable. ``@N`` fires at the N-th hit only (default: the first)::
 
@@ -108,6 +110,8 @@ def _trigger(name: str) -> None:
     for _key, action, seen in fire:
         if action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+        if action == "stop":
+            os.kill(os.getpid(), signal.SIGSTOP)
         if action == "raise":
             raise FailpointError(f"failpoint {name} (hit {seen})")
         if callable(action):
@@ -125,8 +129,10 @@ def enable(name: str, action: str | Action = "kill", *, at: int = 1) -> None:
     if name != "*" and name not in NAMES:
         known = ", ".join(NAMES[:2])
         raise ValueError(f"unknown failpoint {name!r}; known: {known}, ...")
-    if not callable(action) and action not in ("kill", "raise"):
-        raise ValueError(f"a failpoint action is 'kill', 'raise' or a callable, not {action!r}")
+    if not callable(action) and action not in ("kill", "stop", "raise"):
+        raise ValueError(
+            f"a failpoint action is 'kill', 'stop', 'raise' or a callable, not {action!r}"
+        )
     if at < 1:
         raise ValueError(f"at must be >= 1, got {at}")
     with _lock:

@@ -20,7 +20,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from signal import SIGCONT, SIGSTOP
+from signal import SIGCONT
 
 import httpx
 import pytest
@@ -28,6 +28,7 @@ from sdk_fixtures import learning_items, make_store
 
 from sdk import LocalState, LocalStore, ProgressPhase, detect_local
 from sdk._auto import journal_progress
+from sdk._failpoints import ENV_VAR
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -290,21 +291,19 @@ def test_a_second_instance_of_the_app_follows_the_first_instead_of_migrating(
     store = make_store(tmp_path / "store.sqlite3", learning_items(1000))
     flags = ("--store", str(store), "--headless", "--quit-when-settled", "--batch-size", "10")
     command = [sys.executable, str(EXAMPLES / "startup_hook.py"), *flags]
-    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    # Frozen by its own failpoint mid-upload, holding the store's lock, with the 3rd
+    # batch answered and the first two journaled: however fast the machine, the first
+    # instance cannot finish before the second starts.
+    frozen_env = env | {ENV_VAR: "batch.answered=stop@3"}
+    first = subprocess.Popen(command, env=frozen_env, stdout=subprocess.PIPE, text=True)
     first_lines = Lines(first)
     second = second_lines = None
     try:
-        first_lines.until(lambda line: line.startswith("progress: ") and "uploading" in line)
-        for _ in range(50):
-            first.send_signal(SIGSTOP)  # frozen mid-upload, holding the store's lock
-            os.waitpid(first.pid, os.WUNTRACED)  # returns once it has really stopped
-            frozen = journal_progress(store)  # what the second will read
-            if frozen is not None and frozen.phase is ProgressPhase.UPLOADING:
-                break  # (not frozen in the middle of a journal commit)
-            first.send_signal(SIGCONT)
-            first_lines.until(lambda line: line.startswith("progress: "))
-        else:
-            raise AssertionError("the first instance never paused at a readable point")
+        _, status = os.waitpid(first.pid, os.WUNTRACED)  # returns once it has stopped
+        assert os.WIFSTOPPED(status), status
+        frozen = journal_progress(store)  # what the second will read
+        assert frozen is not None and frozen.phase is ProgressPhase.UPLOADING
+        assert 20 <= frozen.items_done < 1000  # two batches or more, not all of them
         second = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
         second_lines = Lines(second)
         watched = second_lines.until(lambda line: line.startswith("progress: "))
