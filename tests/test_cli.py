@@ -367,6 +367,13 @@ sys.exit(cli.main(argv))
 """
 
 
+def as_in_a_terminal() -> None:
+    """Ctrl-C's default meaning in the child, even when this run's own SIGINT is ignored
+    (a background job, nohup): an ignored SIGINT is inherited, and Python then installs
+    no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def paused_cli_process(store: Path, failpoint: str, at: int) -> subprocess.Popen[str]:
     argv = ["migrate", "--store", str(store), *CLI_ARGS]
     return subprocess.Popen(
@@ -374,6 +381,7 @@ def paused_cli_process(store: Path, failpoint: str, at: int) -> subprocess.Popen
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=as_in_a_terminal,
     )
 
 

@@ -291,23 +291,37 @@ def test_a_second_instance_of_the_app_follows_the_first_instead_of_migrating(
     store = make_store(tmp_path / "store.sqlite3", learning_items(1000))
     flags = ("--store", str(store), "--headless", "--quit-when-settled", "--batch-size", "10")
     command = [sys.executable, str(EXAMPLES / "startup_hook.py"), *flags]
-    # Frozen by its own failpoint mid-upload, holding the store's lock, with the 3rd
-    # batch answered and the first two journaled: however fast the machine, the first
-    # instance cannot finish before the second starts.
-    frozen_env = env | {ENV_VAR: "batch.answered=stop@3"}
+    # Frozen by its own failpoint after each batch from the 3rd on, mid-upload and holding
+    # the store's lock: however fast the machine, the first instance cannot finish before
+    # the second starts. Another of its threads may be writing the journal at that
+    # moment (locked: unreadable), so it goes on to the next batch's freeze until the
+    # journal reads.
+    frozen_env = env | {ENV_VAR: "batch.answered=stop@3+"}
     first = subprocess.Popen(command, env=frozen_env, stdout=subprocess.PIPE, text=True)
     first_lines = Lines(first)
     second = second_lines = None
-    try:
+
+    def frozen_again() -> None:
         _, status = os.waitpid(first.pid, os.WUNTRACED)  # returns once it has stopped
-        assert os.WIFSTOPPED(status), status
+        assert os.WIFSTOPPED(status), f"the first instance ended ({status}) unfrozen"
+
+    try:
+        frozen_again()
         frozen = journal_progress(store)  # what the second will read
-        assert frozen is not None and frozen.phase is ProgressPhase.UPLOADING
+        while frozen is None:
+            first.send_signal(SIGCONT)
+            frozen_again()
+            frozen = journal_progress(store)
+        assert frozen.phase is ProgressPhase.UPLOADING
         assert 20 <= frozen.items_done < 1000  # two batches or more, not all of them
         second = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
         second_lines = Lines(second)
         watched = second_lines.until(lambda line: line.startswith("progress: "))
-        first.send_signal(SIGCONT)
+        while first.poll() is None:  # thaw it at each batch's freeze until it finishes
+            first.send_signal(SIGCONT)
+            _, status = os.waitpid(first.pid, os.WUNTRACED)
+            if not os.WIFSTOPPED(status):
+                first.returncode = os.waitstatus_to_exitcode(status)
         second_seen = second_lines.rest()
         assert second.wait(timeout=60) == 0
         first_seen = first_lines.rest()

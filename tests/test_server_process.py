@@ -49,6 +49,9 @@ def serving(
             stderr=errors,
             text=True,
             env=env,
+            # Ctrl-C's default meaning, even when this run's SIGINT is ignored (a
+            # background job): an ignored SIGINT is inherited by the child.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     try:
         assert process.stdout is not None
