@@ -2,7 +2,8 @@
 
 ``serve`` (the default command) binds the socket itself, prints exactly one line,
 ``listening on http://HOST:PORT``, to stdout and serves until interrupted (logs go to
-stderr). The other commands work on the same data folder::
+stderr; Ctrl-C or SIGTERM stop it gracefully, exit status 0). The other commands work
+on the same data folder::
 
     python -m backend_stub --port 0 --data-dir /tmp/mig     # serve on a free port
     python -m backend_stub token alice --ttl 600            # print a dev bearer token
@@ -62,6 +63,8 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000) -> N
     """
     import uvicorn  # only the serve command needs it
 
+    from backend_stub.timeouts import guarded_protocol
+
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -74,8 +77,17 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000) -> N
     app = create_app(settings)
     _tune_gc()
     # log_config=None: uvicorn's own config would log requests to stdout, which must
-    # carry nothing but the listening line.
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on"))
+    # carry nothing but the listening line. The protocol bounds the time a client has
+    # to send a request (settings.timeouts); keep-alive is the same idle bound.
+    timeouts = settings.timeouts
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        lifespan="on",
+        http=guarded_protocol(timeouts),
+        timeout_keep_alive=max(1, round(timeouts.idle)),
+    )
+    server = uvicorn.Server(config)
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"listening on http://{shown}:{sock.getsockname()[1]}", flush=True)
     server.run(sockets=[sock])
@@ -102,7 +114,12 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     announce_token_mode(settings)
-    serve(settings, host=args.host, port=args.port)
+    try:
+        serve(settings, host=args.host, port=args.port)
+    except KeyboardInterrupt:
+        # uvicorn shuts down gracefully on Ctrl-C, then raises the signal again for
+        # whoever runs it: here that is us, and a stop asked for is not an error.
+        print("stopped", file=sys.stderr)
     return 0
 
 

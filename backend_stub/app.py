@@ -85,6 +85,9 @@ def create_app(
         title="Offline-first migration server (reference)",
         version="0.1.0",
         lifespan=lifespan,
+        # Starlette would answer a trailing slash with a 307 whose Location is built
+        # from the request's Host header (an open redirect); here it is a 404 problem.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.storage = store

@@ -24,6 +24,10 @@ Environment variables:
 ``MIGRATION_LIMITS``
     JSON object of :class:`~sdk.contract.Limits` fields in camelCase, e.g.
     ``{"maxBatchItems": 1000}``.
+``MIGRATION_IDLE_TIMEOUT``, ``MIGRATION_HEADER_TIMEOUT``, ``MIGRATION_BODY_TIMEOUT``
+    Seconds a client of ``python -m backend_stub`` has to start a request (5), to send
+    its head (10) and its body (120); then the connection is closed
+    (:class:`ConnectionTimeouts`).
 ``MIGRATION_BACKEND``
     ``sqlite`` (the default: embedded, batches processed as they arrive) or ``aws``
     (DynamoDB, S3, SQS and EventBridge; batches processed by ``python -m backend_stub
@@ -44,7 +48,14 @@ from pydantic import ValidationError
 
 from sdk.contract import Limits
 
-__all__ = ["DEFAULT_DATA_DIR", "DEV_JWT_SECRET", "AwsSettings", "IdentitySettings", "Settings"]
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "DEV_JWT_SECRET",
+    "AwsSettings",
+    "ConnectionTimeouts",
+    "IdentitySettings",
+    "Settings",
+]
 
 #: The development secret used when none is configured. Anyone can mint tokens with it:
 #: never use it for a server that holds real data.
@@ -264,6 +275,56 @@ class IdentitySettings:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class ConnectionTimeouts:
+    """Seconds a client has for each phase of a request on ``python -m backend_stub``
+    (:mod:`backend_stub.timeouts` enforces them): a slow or silent client cannot hold a
+    connection open for ever. Each is a deadline for the whole phase, so trickling
+    bytes does not extend it.
+
+    >>> ConnectionTimeouts()
+    ConnectionTimeouts(idle=5.0, header=10.0, body=120.0)
+    >>> ConnectionTimeouts(header=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: MIGRATION_HEADER_TIMEOUT must be a positive number of seconds, got 0
+    """
+
+    #: Before a connection's first request, and between requests (keep-alive).
+    idle: float = 5.0
+    #: From a request's first byte to the end of its head.
+    header: float = 10.0
+    #: From the end of a request's head to the end of its body (a batch is at most
+    #: ``Limits.max_batch_bytes``: raise it for slow links).
+    body: float = 120.0
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not value > 0:
+                raise ValueError(
+                    f"MIGRATION_{field.name.upper()}_TIMEOUT must be a positive number of "
+                    f"seconds, got {value}"
+                )
+            object.__setattr__(self, field.name, float(value))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ConnectionTimeouts:
+        """Timeouts from ``MIGRATION_{IDLE,HEADER,BODY}_TIMEOUT``; unset ones keep their
+        default.
+
+        >>> ConnectionTimeouts.from_env({"MIGRATION_BODY_TIMEOUT": "30"}).body
+        30.0
+        """
+        env = os.environ if environ is None else environ
+        values = {}
+        for field in dataclasses.fields(cls):
+            raw = env.get(f"MIGRATION_{field.name.upper()}_TIMEOUT")
+            if raw:
+                values[field.name] = float(raw)
+        return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
     """How a server instance behaves. ``data_dir=None`` keeps everything in memory.
 
@@ -288,6 +349,8 @@ class Settings:
     #: An identity provider's tokens (see :class:`IdentitySettings`); ``None``: HS256
     #: tokens signed with ``jwt_secret`` (development mode).
     identity: IdentitySettings | None = None
+    #: How long a client may take to send a request (``python -m backend_stub`` only).
+    timeouts: ConnectionTimeouts = dataclasses.field(default_factory=ConnectionTimeouts)
 
     def __post_init__(self) -> None:
         if self.backend not in ("sqlite", "aws"):
@@ -331,6 +394,7 @@ class Settings:
                     "MIGRATION_JWT_SECRET and MIGRATION_JWKS_URL are both set: tokens come "
                     "from the identity provider, unset MIGRATION_JWT_SECRET"
                 )
+            timeouts = ConnectionTimeouts.from_env(env)
         except (ValidationError, ValueError) as exc:
             raise ValueError(f"invalid MIGRATION_* setting: {exc}") from exc
         return cls(
@@ -341,4 +405,5 @@ class Settings:
             backend=env.get("MIGRATION_BACKEND") or "sqlite",  # type: ignore[arg-type]
             aws=aws,
             identity=identity,
+            timeouts=timeouts,
         )

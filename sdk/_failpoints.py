@@ -9,8 +9,11 @@ in :data:`NAMES`). Off, a failpoint is a check of one empty dict. A test turns o
     OFFLINE_MIGRATE_FAILPOINTS="*=kill@17"              # at the 17th boundary, any name
 
 Actions: ``kill`` (SIGKILL this very process, as a power cut or the OS would),
+``stop`` (SIGSTOP it: frozen at that very step, as a suspended laptop would be, until
+a test sends SIGCONT; ``os.waitpid(pid, os.WUNTRACED)`` returns once it is frozen),
 ``raise`` (:class:`FailpointError`, which no SDK code catches), or in-process any
-callable. ``@N`` fires at the N-th hit only (default: the first)::
+callable. ``@N`` fires at the N-th hit only (default: the first), ``@N+`` at every hit
+from the N-th on::
 
     >>> reset()
     >>> enable("complete.before", "raise")
@@ -88,6 +91,7 @@ class _Rule:
     action: str | Action
     at: int  # the hit that fires it, 1-based
     seen: int = 0
+    and_after: bool = False  # every hit from `at` on
 
 
 _lock = threading.Lock()
@@ -114,19 +118,24 @@ def _trigger(name: str) -> None:
             if rule is None:
                 continue
             rule.seen += 1
-            if rule.seen == rule.at:
+            if rule.seen == rule.at or (rule.and_after and rule.seen > rule.at):
                 fire.append((key, rule.action, rule.seen))
     for _key, action, seen in fire:
         if action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+        if action == "stop":
+            os.kill(os.getpid(), signal.SIGSTOP)
         if action == "raise":
             raise FailpointError(f"failpoint {name} (hit {seen})")
         if callable(action):
             action()
 
 
-def enable(name: str, action: str | Action = "kill", *, at: int = 1) -> None:
-    """Fire ``action`` at the ``at``-th time ``name`` is reached (``*``: any name).
+def enable(
+    name: str, action: str | Action = "kill", *, at: int = 1, and_after: bool = False
+) -> None:
+    """Fire ``action`` at the ``at``-th time ``name`` is reached (``*``: any name), and
+    with ``and_after`` at every time after it too.
 
     >>> enable("nope", "raise")
     Traceback (most recent call last):
@@ -136,12 +145,14 @@ def enable(name: str, action: str | Action = "kill", *, at: int = 1) -> None:
     if name != "*" and name not in NAMES:
         known = ", ".join(NAMES[:2])
         raise ValueError(f"unknown failpoint {name!r}; known: {known}, ...")
-    if not callable(action) and action not in ("kill", "raise"):
-        raise ValueError(f"a failpoint action is 'kill', 'raise' or a callable, not {action!r}")
+    if not callable(action) and action not in ("kill", "stop", "raise"):
+        raise ValueError(
+            f"a failpoint action is 'kill', 'stop', 'raise' or a callable, not {action!r}"
+        )
     if at < 1:
         raise ValueError(f"at must be >= 1, got {at}")
     with _lock:
-        _rules[name] = _Rule(action, at)
+        _rules[name] = _Rule(action, at, and_after=and_after)
 
 
 def reset() -> None:
@@ -167,7 +178,7 @@ def hits() -> dict[str, int]:
 
 
 def configure_from_env(environ: Mapping[str, str] | None = None) -> None:
-    """Enable the failpoints ``OFFLINE_MIGRATE_FAILPOINTS`` lists (``name=action[@n]``,
+    """Enable the failpoints ``OFFLINE_MIGRATE_FAILPOINTS`` lists (``name=action[@n[+]]``,
     separated by ``;``); nothing when it is unset. Called when a migration starts.
 
     >>> configure_from_env({ENV_VAR: "resolve.after=raise@2"}); failpoint("resolve.after")
@@ -182,5 +193,8 @@ def configure_from_env(environ: Mapping[str, str] | None = None) -> None:
         name, sep, rest = part.partition("=")
         action, _, at = rest.partition("@")
         if not sep:
-            raise ValueError(f"{ENV_VAR}: {part!r} is not name=action[@n]")
-        enable(name.strip(), action.strip(), at=int(at) if at else 1)
+            raise ValueError(f"{ENV_VAR}: {part!r} is not name=action[@n[+]]")
+        at = at.strip()
+        every = at.endswith("+")
+        at = at.removesuffix("+")
+        enable(name.strip(), action.strip(), at=int(at) if at else 1, and_after=every)

@@ -39,6 +39,7 @@ import enum
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -46,6 +47,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
+from urllib.parse import quote
+
+import httpx
 
 from ._client import MigrationClient
 from ._conflicts import ConflictPolicy
@@ -56,6 +60,7 @@ from ._errors import (
     MigrationBlockedError,
     MigrationError,
     NotFoundError,
+    RefusedError,
     StoreNotFoundError,
     VerificationError,
 )
@@ -65,6 +70,7 @@ from ._migrate import MigrationOptions, MigrationOutcome, MigrationResult
 from ._retry import RetryPolicy
 from ._store import LocalStore, default_store_path
 from ._sync import SyncResult, sync_status
+from .contract import API_PREFIX
 
 __all__ = ["EXIT_DONE", "EXIT_FAILED", "EXIT_NO_STORE", "EXIT_PENDING", "EXIT_USAGE", "main"]
 
@@ -123,16 +129,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    waits = _show_waits(args)
     try:
         answer: Answer = args.run(args)
     except UsageError as exc:
         answer = _failure(EXIT_USAGE, exc, f"{exc} (see `{args.command} --help`)")
-    except ConfigurationError as exc:
-        answer = _failure(EXIT_USAGE, exc, str(exc))
     except StoreNotFoundError as exc:
         answer = _failure(EXIT_NO_STORE, exc, str(exc))
     except MigrationError as exc:
-        answer = _failure(_code_for(exc), exc, str(exc))
+        code, message = _explain(args, exc)
+        answer = _failure(code, exc, message)
     except KeyboardInterrupt:
         answer = Answer(EXIT_PENDING, {"interrupted": True}, ["interrupted; nothing was lost"])
     except Exception as exc:  # the last line of defence: a message, never a traceback
@@ -143,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"internal error ({type(exc).__name__}: {exc}); please report it with the "
             "output of the same command run with --verbose",
         )
+    finally:
+        waits()
     _print(args, answer)
     return answer.code
 
@@ -150,6 +158,122 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _failure(code: int, exc: BaseException, message: str) -> Answer:
     error = {"type": type(exc).__name__, "message": message}
     return Answer(code, {"error": error}, [])
+
+
+def _error_fields(args: argparse.Namespace, exc: MigrationError) -> tuple[int, dict[str, str]]:
+    """The exit code and the ``error`` field of a command that reports what it found
+    before a server error."""
+    code, message = _explain(args, exc)
+    return code, {"type": type(exc).__name__, "message": message}
+
+
+def _explain(args: argparse.Namespace, exc: MigrationError) -> tuple[int, str]:
+    """The exit code and the message a person at a terminal needs for ``exc``: the SDK's
+    advice speaks of its Python API, which a shell user cannot call."""
+    if isinstance(exc, RefusedError) and exc.status == 404 and _wrong_server(args, exc):
+        server = _server_url(args)
+        how = "" if exc.code else ", without the API's problem details"
+        return EXIT_USAGE, (
+            f"{server} does not serve the migration API (it answered 404 Not Found{how}): give "
+            "--server (or MIGRATION_SERVER) the server's root URL, such as "
+            "http://127.0.0.1:8000, without /api or any other path"
+        )
+    if isinstance(exc, NotFoundError):
+        return EXIT_FAILED, (
+            f"{_for_the_command_line(str(exc).split('; ', 1)[0])}; the server no longer knows "
+            "this migration's session (it expired or was cancelled): run `status` to see "
+            "where it stands, then `migrate` to start again"
+        )
+    code = EXIT_USAGE if isinstance(exc, ConfigurationError) else _code_for(exc)
+    return code, _for_the_command_line(str(exc))
+
+
+def _server_url(args: argparse.Namespace) -> str:
+    return str(args.server or os.environ.get("MIGRATION_SERVER") or "the server")
+
+
+def _wrong_server(args: argparse.Namespace, exc: RefusedError) -> bool:
+    """Whether a 404 means the URL is wrong rather than the session gone: not our
+    problem+json at all, or ``detect`` (which every user has) not found either."""
+    if exc.code is None:
+        return True
+    credentials = _credentials(args, required=False)
+    if credentials is None:
+        return False
+    server, user, token = credentials
+    url = f"{server.rstrip('/')}{API_PREFIX}/{quote(user, safe='')}/detect"
+    try:
+        answer = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    except httpx.HTTPError:
+        return False  # cannot tell: keep the server's own words
+    return answer.status_code == 404
+
+
+# The SDK's API names in its advice, and the command that does the same from a shell.
+_COMMAND_FOR = {
+    "status": "status",
+    "detect": "detect",
+    "plan": "plan",
+    "migrate": "migrate",
+    "cancel": "cancel",
+    "summary": "verify",
+    "verify": "verify",
+    "pending_conflicts": "conflicts",
+    "resolve_conflict": "resolve",
+    "resolve_conflicts": "resolve",
+    "complete": "migrate",
+}
+_API_CALL = re.compile(r"\b(?:(call|use) )?(\w+)\(\)")
+
+
+def _for_the_command_line(message: str) -> str:
+    """``message`` with the SDK's Python calls replaced by the commands that do the same.
+
+    >>> _for_the_command_line("call status() and resume; see pending_conflicts()")
+    'run `status` and resume; see `conflicts`'
+    """
+
+    def command(match: re.Match[str]) -> str:
+        verb, name = match.group(1), match.group(2)
+        name = _COMMAND_FOR.get(name, name.replace("_", "-"))
+        return f"{'run ' if verb else ''}`{name}`"
+
+    return _API_CALL.sub(command, message)
+
+
+def _show_waits(args: argparse.Namespace) -> Callable[[], None]:
+    """Print a line on stderr for each wait before a retry (the server unreachable or
+    busy), instead of silence; returns the function that stops it."""
+    if args.verbose:
+        return lambda: None  # the log lines, all of them, already go to stderr
+    handler = _WaitLines(_server_url(args))
+    transport_log = logging.getLogger("sdk._transport")
+    # Its warnings are these waits: shown here as plain lines, not as log records.
+    saved = transport_log.level, transport_log.propagate
+    transport_log.setLevel(logging.WARNING)
+    transport_log.propagate = False
+    transport_log.addHandler(handler)
+
+    def stop() -> None:
+        transport_log.removeHandler(handler)
+        transport_log.level, transport_log.propagate = saved
+
+    return stop
+
+
+class _WaitLines(logging.Handler):
+    """The transport logs each retry as a warning; a person sees it as one line."""
+
+    def __init__(self, server: str) -> None:
+        super().__init__(logging.WARNING)
+        self.server = server
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            print(f"waiting for {self.server}: {message}", file=sys.stderr, flush=True)
+        except Exception:  # pragma: no cover - a broken stderr must not break the command
+            self.handleError(record)
 
 
 def _code_for(exc: MigrationError) -> int:
@@ -175,9 +299,24 @@ def _print(args: argparse.Namespace, answer: Answer) -> None:
         print(f"error: {error['message']}", file=sys.stderr)
 
 
+def _camel(name: str) -> str:
+    """The wire's key style for a Python field name.
+
+    >>> _camel("resolutions_by_kind"), _camel("duration_s")
+    ('resolutionsByKind', 'durationS')
+    """
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
 def _jsonable(value: Any) -> Any:
+    """``value`` as JSON: the SDK's dataclasses with their fields in camelCase, as on
+    the wire; the keys of dicts (collections, an item's own data) as they are."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _jsonable(dataclasses.asdict(value))
+        return {
+            _camel(field.name): _jsonable(getattr(value, field.name))
+            for field in dataclasses.fields(value)
+        }
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, dict):
@@ -258,7 +397,12 @@ def _parser() -> argparse.ArgumentParser:
         "on a terminal, lines otherwise)",
     )
     resolve.add_argument("conflict_id", nargs="?", help="the conflict (see `conflicts`)")
-    resolve.add_argument("choice", nargs="?", choices=("local", "server", "merged"))
+    resolve.add_argument(
+        "choice",
+        nargs="?",
+        choices=("local", "server", "merged"),
+        help="the version to keep: this device's, the cloud's, or merged (give --data)",
+    )
     resolve.add_argument("--data", help="the merged item's data, a JSON object (for merged)")
     resolve.add_argument(
         "--all", choices=("local", "server"), help="decide every waiting conflict the same way"
@@ -417,8 +561,8 @@ def _detect(args: argparse.Namespace) -> Answer:
             try:
                 found = client.detect()
             except MigrationError as exc:
-                fields["error"] = {"type": type(exc).__name__, "message": str(exc)}
-                return Answer(_code_for(exc), fields, lines)
+                code, fields["error"] = _error_fields(args, exc)
+                return Answer(code, fields, lines)
         server = found.server
         assert server is not None
         fields["server"] = server.wire()
@@ -650,11 +794,14 @@ def _status(args: argparse.Namespace) -> Answer:
         with _client(args) as client:
             try:
                 status = client.status()
-            except NotFoundError:
+            except NotFoundError as exc:
+                if _wrong_server(args, exc):
+                    code, fields["error"] = _error_fields(args, exc)
+                    return Answer(code, fields, lines)
                 status = None  # the server knows no migration of this user
             except MigrationError as exc:
-                fields["error"] = {"type": type(exc).__name__, "message": str(exc)}
-                return Answer(max(code, _code_for(exc)), fields, lines)
+                error_code, fields["error"] = _error_fields(args, exc)
+                return Answer(max(code, error_code), fields, lines)
         if status is not None:
             fields["server"] = status.wire()
             lines.append(
@@ -677,7 +824,7 @@ def _conflicts(args: argparse.Namespace) -> Answer:
         lines.append(f"    the cloud:   {describe_item(conflict.server)}")
     if waiting:
         lines.append("decide with: resolve CONFLICT_ID local|server, or resolve --all local")
-    return Answer(EXIT_DONE, {"conflicts": [c.to_json() for c in waiting]}, lines)
+    return Answer(EXIT_DONE, {"conflicts": waiting}, lines)
 
 
 def _resolve(args: argparse.Namespace) -> Answer:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import re
@@ -46,7 +47,29 @@ def run_json(capsys, *argv: str) -> dict:
     (line,) = out.splitlines()  # exactly one object, on one line
     answer = json.loads(line)
     assert answer["exitCode"] == code
+    assert_camel_case(answer)
     return answer
+
+
+#: Fields whose keys are data (collection names, an item's own fields, strategy names).
+DATA_KEYED = {"collections", "data", "resolutionsByKind", "resolutions", "choices"}
+
+
+def assert_camel_case(value, where: str = "") -> None:
+    """Every key the CLI names is in the wire's style: camelCase, like `itemCount`."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            assert re.fullmatch(r"[a-z][a-zA-Z0-9]*", key), f"{where}.{key} is not camelCase"
+            if key not in DATA_KEYED:
+                assert_camel_case(inner, f"{where}.{key}")
+    elif isinstance(value, list):
+        for inner in value:
+            assert_camel_case(inner, where)
+
+
+def assert_no_python_api(text: str) -> None:
+    """A shell user cannot call `status()` or `pending_conflicts()`."""
+    assert not re.search(r"\w\(\)", text), text
 
 
 def closed_port() -> int:
@@ -101,7 +124,7 @@ def test_every_command_walks_a_migration_with_conflicts_to_the_end(
     assert '"other": true' in out  # the cloud's side is shown
 
     listed = run_json(capsys, "conflicts", *where)["conflicts"]
-    first = listed[0]["conflict_id"]
+    first = listed[0]["conflictId"]
     merged = json.dumps({"score": 1000})
     assert run(capsys, "resolve", *where, first, "merged", "--data", merged)[0] == EXIT_DONE
     resolved = run_json(capsys, "resolve", *where, "--all", "local")
@@ -109,12 +132,12 @@ def test_every_command_walks_a_migration_with_conflicts_to_the_end(
 
     done = run_json(capsys, "migrate", *where, "--strategy", "manual")
     assert done["exitCode"] == EXIT_DONE and done["verified"] is True
-    assert done["result"]["resolutions_by_kind"] == {"manual": 3}
+    assert done["result"]["resolutionsByKind"] == {"manual": 3}
     with LocalStore(store, create=False) as s:
         kept = s.get(listed[0]["collection"], listed[0]["key"])
         local = list(s.iter_items())
     assert kept is not None and kept["data"] == {"score": 1000}
-    assert done["result"]["cloud_checksum"] == dataset_checksum_of(local)
+    assert done["result"]["cloudChecksum"] == dataset_checksum_of(local)
 
     verified = run_json(capsys, "verify", *where)
     assert verified["exitCode"] == EXIT_DONE and verified["verified"] is True
@@ -193,6 +216,97 @@ def test_offline_is_pending_not_a_failure(env, tmp_path, capsys, monkeypatch):
     assert answer["local"]["state"] == "ready"  # what the device knows is still reported
 
 
+@pytest.mark.parametrize("command", ["detect", "migrate", "status", "plan"])
+def test_a_server_url_with_a_path_is_told_apart_from_a_lost_session(
+    env, live_server, tmp_path, capsys, monkeypatch, command
+):
+    store = make_store(tmp_path / "store.sqlite3", learning_items(10))
+    monkeypatch.setenv("MIGRATION_SERVER", live_server.url + "/api")
+
+    answer = run_json(capsys, command, "--store", str(store))
+
+    assert answer["exitCode"] == EXIT_USAGE
+    message = answer["error"]["message"]
+    assert f"{live_server.url}/api does not serve the migration API" in message
+    assert "the server's root URL, such as http://127.0.0.1:8000" in message
+    assert "session" not in message
+    assert_no_python_api(message)
+
+
+def test_a_session_the_server_no_longer_knows_is_a_lost_session_with_cli_advice(
+    env, live_server, tmp_path, capsys, monkeypatch
+):
+    store = make_store(tmp_path / "store.sqlite3", learning_items(10))
+    assert run(capsys, "migrate", "--store", str(store))[0] == EXIT_DONE
+    # Another user asks about this store's session: to them it does not exist.
+    monkeypatch.setenv("MIGRATION_USER", "someone-else")
+    monkeypatch.setenv("MIGRATION_TOKEN", live_server.token("someone-else"))
+
+    code, _, err = run(capsys, "verify", "--store", str(store))
+
+    assert code == EXIT_FAILED
+    assert "the server no longer knows this migration's session" in err
+    assert "run `status` to see where it stands, then `migrate`" in err
+    assert "does not serve the migration API" not in err
+    assert_no_python_api(err)
+
+
+def test_an_unknown_conflict_points_to_the_conflicts_command(env, tmp_path, capsys):
+    store = make_store(tmp_path / "store.sqlite3", learning_items(10))
+
+    code, _, err = run(capsys, "resolve", "--store", str(store), "nosuchid", "local")
+
+    assert code == EXIT_USAGE
+    assert "no conflict 'nosuchid' waits for a decision" in err
+    assert "list the waiting ones with `conflicts`" in err
+    assert_no_python_api(err)
+
+
+def test_the_sdks_advice_reaches_the_command_line_without_python_calls():
+    from sdk._transport import _ADVICE_BY_CODE, _ADVICE_BY_STATUS
+    from sdk.cli import _for_the_command_line
+
+    advice = [*_ADVICE_BY_CODE.values(), *_ADVICE_BY_STATUS.values()]
+    assert any("()" in text for text in advice)  # the SDK speaks to Python callers
+    for text in advice:
+        assert_no_python_api(_for_the_command_line(text))
+
+
+def test_while_the_server_is_down_each_wait_is_a_line_saying_what_it_waits_for(
+    env, tmp_path, capsys, monkeypatch
+):
+    store = make_store(tmp_path / "store.sqlite3", learning_items(10))
+    server = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("MIGRATION_SERVER", server)
+
+    code, _out, err = run(capsys, "migrate", "--store", str(store), "--retry-for", "2")
+
+    assert code == EXIT_PENDING
+    waits = [line for line in err.splitlines() if line.startswith(f"waiting for {server}: ")]
+    assert waits, err
+    assert all("Connection refused; retrying in" in line for line in waits)
+    assert "cannot reach" in err.splitlines()[-1]  # then the verdict, once
+
+
+def test_every_positional_argument_has_help():
+    from sdk.cli import _parser
+
+    parser = _parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    positionals = [
+        (name, action.dest)
+        for name, sub in commands.choices.items()
+        for action in sub._actions
+        if not action.option_strings
+    ]
+    assert ("resolve", "choice") in positionals
+    assert [p for p in positionals if not _help_of(commands.choices[p[0]], p[1])] == []
+
+
+def _help_of(parser, dest: str) -> str | None:
+    return next(a.help for a in parser._actions if a.dest == dest)
+
+
 def test_a_store_the_sdk_cannot_use_fails_with_exit_1_and_says_why(env, tmp_path, capsys):
     store = tmp_path / "notes.db"
     store.write_bytes(b"SQLite format 3\x00" + bytes(200))
@@ -215,26 +329,60 @@ def test_status_without_a_server_reads_the_device_alone(tmp_path, capsys, monkey
     assert "ready" in out and "not migrated yet" in out
 
 
+CLI_ARGS = ("--batch-size", "20", "--parallel", "1", "--progress", "lines")
+
+
 def cli_process(store: Path, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sdk",
-            "migrate",
-            "--store",
-            str(store),
-            "--batch-size",
-            "20",
-            "--parallel",
-            "1",
-            "--progress",
-            "lines",
-            *extra,
-        ],
+        [sys.executable, "-m", "sdk", "migrate", "--store", str(store), *CLI_ARGS, *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+    )
+
+
+#: The CLI, with the migration held at a failpoint until the CLI asks it to stop (which
+#: Ctrl-C does) or a signal ends the process: whatever the machine's speed, the signal
+#: lands at that very step, never after the migration finished.
+PAUSED_CLI = """
+import sys, threading
+from sdk import _failpoints, cli
+from sdk._client import MigrationClient
+
+name, at, *argv = sys.argv[1:]
+stops = []
+migrate = MigrationClient.migrate
+
+def remember_stop(self, *args, stop=None, **kwargs):
+    stops.append(stop)
+    return migrate(self, *args, stop=stop, **kwargs)
+
+def pause():
+    print(f"paused at {name}", file=sys.stderr, flush=True)
+    if not stops[-1].wait(120):
+        raise SystemExit("nobody interrupted the paused migration")
+
+MigrationClient.migrate = remember_stop
+_failpoints.enable(name, pause, at=int(at))
+sys.exit(cli.main(argv))
+"""
+
+
+def as_in_a_terminal() -> None:
+    """Ctrl-C's default meaning in the child, even when this run's own SIGINT is ignored
+    (a background job, nohup): an ignored SIGINT is inherited, and Python then installs
+    no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def paused_cli_process(store: Path, failpoint: str, at: int) -> subprocess.Popen[str]:
+    argv = ["migrate", "--store", str(store), *CLI_ARGS]
+    return subprocess.Popen(
+        [sys.executable, "-c", PAUSED_CLI, failpoint, str(at), *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=as_in_a_terminal,
     )
 
 
@@ -253,39 +401,38 @@ def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, 
 
 
 @pytest.mark.parametrize(
-    ("moment", "sig"),
+    ("failpoint", "at", "sig"),
     [
-        pytest.param("snapshotting", signal.SIGKILL, id="killed before start"),
-        pytest.param("uploading", signal.SIGKILL, id="killed mid-upload"),
-        pytest.param("completing", signal.SIGKILL, id="killed around completion"),
-        pytest.param("uploading", signal.SIGINT, id="Ctrl-C mid-upload"),
+        pytest.param("start.before", 1, signal.SIGKILL, id="killed before start"),
+        pytest.param("batch.answered", 3, signal.SIGKILL, id="killed mid-upload"),
+        pytest.param("complete.after", 1, signal.SIGKILL, id="killed around completion"),
+        pytest.param("batch.answered", 3, signal.SIGINT, id="Ctrl-C mid-upload"),
     ],
 )
 def test_a_migration_killed_at_any_moment_continues_when_the_same_command_runs_again(
-    env, live_server, tmp_path, moment, sig
+    env, live_server, tmp_path, failpoint, at, sig
 ):
     items = learning_items(900)
     store = make_store(tmp_path / "store.sqlite3", items)
     live_server.seed(env, [dict(i, data={"other": True}) for i in items[:5]])
 
-    first = cli_process(store)
-    wait_for_line(
-        first,
-        lambda line: line.startswith(moment) and not line.startswith("uploading: 0/"),
-    )
+    first = paused_cli_process(store, failpoint, at)
+    wait_for_line(first, lambda line: line == f"paused at {failpoint}\n")
     first.send_signal(sig)
     code, out, err = finish(first)
     if sig == signal.SIGINT:
-        assert code == EXIT_PENDING
+        assert code == EXIT_PENDING, err
         assert "stopped at a safe point; run the same command to continue" in out
+    else:
+        assert code == -sig
     assert "Traceback" not in out + err
-    assert detect_local(store).state is LocalState.READY or moment == "completing"
+    assert detect_local(store).state is LocalState.READY  # not marked migrated yet
 
     code, out, err = finish(cli_process(store))
 
     assert code == EXIT_DONE, err
     assert "verified: yes" in out or "already migrated" in out
-    if moment == "uploading":
+    if failpoint == "batch.answered":
         assert "(resumed)" in out
     with httpx.Client(
         base_url=f"{live_server.url}/api/migration/{env}",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import hashlib
+import importlib.util
 import os
 import queue
 import shutil
@@ -19,7 +20,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from signal import SIGCONT, SIGSTOP
+from signal import SIGCONT
 
 import httpx
 import pytest
@@ -27,6 +28,7 @@ from sdk_fixtures import learning_items, make_store
 
 from sdk import LocalState, LocalStore, ProgressPhase, detect_local
 from sdk._auto import journal_progress
+from sdk._failpoints import ENV_VAR
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -290,25 +292,37 @@ def test_a_second_instance_of_the_app_follows_the_first_instead_of_migrating(
     store = make_store(tmp_path / "store.sqlite3", learning_items(1000))
     flags = ("--store", str(store), "--headless", "--quit-when-settled", "--batch-size", "10")
     command = [sys.executable, str(EXAMPLES / "startup_hook.py"), *flags]
-    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    # Frozen by its own failpoint after each batch from the 3rd on, mid-upload and holding
+    # the store's lock: however fast the machine, the first instance cannot finish before
+    # the second starts. Another of its threads may be writing the journal at that
+    # moment (locked: unreadable), so it goes on to the next batch's freeze until the
+    # journal reads.
+    frozen_env = env | {ENV_VAR: "batch.answered=stop@3+"}
+    first = subprocess.Popen(command, env=frozen_env, stdout=subprocess.PIPE, text=True)
     first_lines = Lines(first)
     second = second_lines = None
+
+    def frozen_again() -> None:
+        _, status = os.waitpid(first.pid, os.WUNTRACED)  # returns once it has stopped
+        assert os.WIFSTOPPED(status), f"the first instance ended ({status}) unfrozen"
+
     try:
-        first_lines.until(lambda line: line.startswith("progress: ") and "uploading" in line)
-        for _ in range(50):
-            first.send_signal(SIGSTOP)  # frozen mid-upload, holding the store's lock
-            os.waitpid(first.pid, os.WUNTRACED)  # returns once it has really stopped
-            frozen = journal_progress(store)  # what the second will read
-            if frozen is not None and frozen.phase is ProgressPhase.UPLOADING:
-                break  # (not frozen in the middle of a journal commit)
+        frozen_again()
+        frozen = journal_progress(store)  # what the second will read
+        while frozen is None:
             first.send_signal(SIGCONT)
-            first_lines.until(lambda line: line.startswith("progress: "))
-        else:
-            raise AssertionError("the first instance never paused at a readable point")
+            frozen_again()
+            frozen = journal_progress(store)
+        assert frozen.phase is ProgressPhase.UPLOADING
+        assert 20 <= frozen.items_done < 1000  # two batches or more, not all of them
         second = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
         second_lines = Lines(second)
         watched = second_lines.until(lambda line: line.startswith("progress: "))
-        first.send_signal(SIGCONT)
+        while first.poll() is None:  # thaw it at each batch's freeze until it finishes
+            first.send_signal(SIGCONT)
+            _, status = os.waitpid(first.pid, os.WUNTRACED)
+            if not os.WIFSTOPPED(status):
+                first.returncode = os.waitstatus_to_exitcode(status)
         second_seen = second_lines.rest()
         assert second.wait(timeout=60) == 0
         first_seen = first_lines.rest()
@@ -346,3 +360,21 @@ def test_the_asyncio_app_is_suspended_mid_upload_resumes_and_migrates_everything
     assert lines[-2] == "completed: 2000 items, verified: True"
     assert lines[-1].startswith("loop lag: max ")
     assert summary_of(live_server, user)["summary"]["totalItems"] == 2000
+
+
+def load_demo():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("demo", EXAMPLES / "demo.py")
+    assert spec is not None and spec.loader is not None
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    return demo
+
+
+def test_the_readme_gives_the_number_of_items_the_demo_moves(tmp_path):
+    demo = load_demo()
+    # items_for() is what the README quotes; fill_store() must agree at any size.
+    assert demo.fill_store(tmp_path / "store.sqlite3", 30) == demo.items_for(30)
+    readme = (ROOT / "README.md").read_text()
+    (row,) = [line for line in readme.splitlines() if line.startswith("| `examples/demo.py`")]
+    assert f"{demo.items_for(demo.DEFAULT_LESSONS):,} items" in row
+    assert f"{demo.DEFAULT_LESSONS:,} lessons" in row

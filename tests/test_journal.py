@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+import sdk._lock
 from sdk._errors import JournalError
 from sdk._journal import Journal, JournalRecord, Phase, ResolutionRecord, journal_path_for
 from sdk._lock import MigrationLock
@@ -145,26 +146,44 @@ def test_the_migration_lock_admits_one_holder_at_a_time(tmp_path):
     second.release()
 
 
-def test_acquiring_waits_out_another_process_that_only_peeks_at_the_lock(tmp_path):
+def test_acquiring_waits_out_another_process_that_only_peeks_at_the_lock(tmp_path, monkeypatch):
     # `status` takes the lock for a moment to see whether a migration runs; a migration
     # starting in that moment must not fail with "another process is migrating".
+    # The peeker lets go when told, once acquire() has found the lock taken: no timing.
+    monkeypatch.setattr(sdk._lock, "_PEEK_GRACE_S", 60.0)  # a slow machine is not a peek
     path = tmp_path / "lock"
     code = (
-        "import sys, time\n"
+        "import sys\n"
         "from sdk._lock import MigrationLock\n"
         "lock = MigrationLock(sys.argv[1]); assert lock.try_acquire()\n"
-        "print('held', flush=True); time.sleep(0.15); lock.release()\n"
+        "print('held', flush=True); sys.stdin.readline(); lock.release()\n"
     )
     with subprocess.Popen(
-        [sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", code, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     ) as proc:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        assert proc.stdin is not None
         lock = MigrationLock(path)
         assert not lock.try_acquire()  # still held: acquire() has something to wait out
+        refusals = []
+        first_try = lock.try_acquire
+
+        def try_acquire() -> bool:
+            got = first_try()
+            if not got and not refusals:
+                proc.stdin.write("let go\n")  # the peek ends while acquire() waits
+                proc.stdin.flush()
+            refusals.append(not got)
+            return got
+
+        lock.try_acquire = try_acquire  # type: ignore[method-assign]
 
         lock.acquire()
 
-        assert lock.try_acquire()
+        assert refusals[0] is True and refusals[-1] is False  # it waited, then took it
         lock.release()
     assert proc.returncode == 0
 

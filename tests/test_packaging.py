@@ -1,13 +1,20 @@
 """The SDK stays light: it runs with its declared dependencies only, and optional extras
-(orjson, rich, the server's and AWS's libraries) never enter its import path."""
+(orjson, rich, the server's and AWS's libraries) never enter its import path. What is
+published is what an integrator needs: the code, the license, the user-facing extras; no
+development tools as extras, and no user data left in the checkout."""
 
 from __future__ import annotations
 
+import email
+import importlib.metadata
+import shutil
 import subprocess
 import sys
+import tarfile
 import textwrap
 from pathlib import Path
 
+import pytest
 from sdk_fixtures import learning_items, make_store
 
 from sdk import MigrationClient, MigrationOptions, RetryPolicy, _fastjson
@@ -117,3 +124,86 @@ def test_a_migration_without_orjson_gives_the_checksum_it_gives_with_it(
         verified[path] = client.summary().summary.dataset_checksum
     assert _fastjson.orjson_in_use() is False  # the second run was on the stdlib
     assert verified == {"orjson": expected, "stdlib": expected}
+
+
+#: The extras an integrator installs; development tools live in [dependency-groups].
+USER_FACING_EXTRAS = {"server", "aws", "cli", "fast"}
+
+#: What following the README leaves in a checkout: none of it may ship.
+USER_DATA = (
+    "store.sqlite3",
+    "store.sqlite3-wal",
+    "store.sqlite3.migration-journal",
+    "store.sqlite3.migration-lock",
+    "items.jsonl",
+    "server-data/migration.sqlite3",
+    "migration-data/migration.sqlite3",
+    "examples/app-v1.db",
+)
+
+
+def build_sdist(tmp_path: Path) -> tarfile.TarFile:
+    """Builds the sdist of a copy of this checkout into which a user's data was dropped."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(
+        ROOT,
+        checkout,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "__pycache__", ".*_cache", ".hypothesis", "dist", "build"
+        ),
+    )
+    for name in USER_DATA:
+        (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / name).write_bytes(b"a user's data")
+    done = subprocess.run(
+        [sys.executable, "-m", "hatchling", "build", "-t", "sdist", "-d", str(tmp_path / "dist")],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    (sdist,) = (tmp_path / "dist").glob("*.tar.gz")
+    return tarfile.open(sdist)
+
+
+def test_the_sdist_ships_the_code_and_license_and_no_user_data(tmp_path: Path) -> None:
+    with build_sdist(tmp_path) as sdist:
+        names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
+        info = sdist.extractfile(next(n for n in sdist.getnames() if n.endswith("/PKG-INFO")))
+        assert info is not None
+        metadata = email.message_from_bytes(info.read())
+
+    assert {"LICENSE", "pyproject.toml", "sdk/__init__.py", "backend_stub/app.py"} <= names
+    assert not set(USER_DATA) & names
+    leaked = [n for n in names if n.endswith((".sqlite3", ".jsonl", ".db", "-journal", "-lock"))]
+    assert leaked == []
+    assert set(metadata.get_all("Provides-Extra") or []) == USER_FACING_EXTRAS
+    assert metadata["License-Expression"] == "MIT"
+    assert "License-File" in metadata
+    assert any(
+        c.startswith("Programming Language :: Python :: 3")
+        for c in metadata.get_all("Classifier") or []
+    )
+
+
+def test_the_installed_distribution_publishes_only_user_facing_extras() -> None:
+    installed = importlib.metadata.metadata("offline-migrate")
+    assert set(installed.get_all("Provides-Extra") or []) == USER_FACING_EXTRAS
+    requirements = installed.get_all("Requires-Dist") or []
+    for tool in ("pytest", "moto", "schemathesis", "hypothesis", "respx", "ruff", "mypy"):
+        assert not [r for r in requirements if r.startswith(tool)], tool
+
+
+def test_gitignore_covers_what_the_readme_and_the_sdk_leave_in_a_checkout() -> None:
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    done = subprocess.run(
+        ["git", "check-ignore", "--no-index", "--verbose", "--non-matching", *USER_DATA],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    unignored = [line.split("\t")[-1] for line in done.stdout.splitlines() if line.startswith("::")]
+    assert unignored == []

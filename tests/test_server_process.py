@@ -6,8 +6,10 @@ import json
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,10 +34,14 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @contextmanager
-def serving(data_dir: Path, log: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """``python -m backend_stub --port 0`` as a child process, and its base URL."""
+def serving(
+    data_dir: Path, log: Path, **settings: str
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``python -m backend_stub --port 0`` as a child process, and its base URL;
+    ``settings`` are more ``MIGRATION_*`` variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATION_")}
     env["MIGRATION_JWT_SECRET"] = SECRET
+    env.update(settings)
     with log.open("a") as errors:
         process = subprocess.Popen(
             [sys.executable, "-m", "backend_stub", "--port", "0", "--data-dir", str(data_dir)],
@@ -43,6 +49,9 @@ def serving(data_dir: Path, log: Path) -> Iterator[tuple[subprocess.Popen[str], 
             stderr=errors,
             text=True,
             env=env,
+            # Ctrl-C's default meaning, even when this run's SIGINT is ignored (a
+            # background job): an ignored SIGINT is inherited by the child.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     try:
         assert process.stdout is not None
@@ -78,6 +87,89 @@ def test_serve_prints_one_listening_line_and_answers_requests(tmp_path: Path) ->
     assert refused.status_code == 401
     assert rest == ""  # stdout carries the listening line and nothing else
     assert (tmp_path / "data").is_dir()
+
+
+def test_ctrl_c_stops_the_server_cleanly_without_a_traceback(tmp_path: Path) -> None:
+    with serving(tmp_path / "data", tmp_path / "log") as (process, base):
+        assert httpx.get(f"{base}/api/migration/alice/detect", headers=_auth()).is_success
+        process.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
+        code = process.wait(timeout=30)
+
+    errors = (tmp_path / "log").read_text()
+    assert code == 0, errors
+    assert "Traceback" not in errors and "KeyboardInterrupt" not in errors
+    assert errors.rstrip().endswith("stopped")
+
+
+#: Short bounds, each different, so a test sees which one closed the connection.
+TIMEOUTS = {
+    "MIGRATION_IDLE_TIMEOUT": "1",
+    "MIGRATION_HEADER_TIMEOUT": "2",
+    "MIGRATION_BODY_TIMEOUT": "3",
+}
+#: Scheduling slack on a busy machine: the bound is a deadline, the close comes after it.
+SLACK = 5.0
+
+
+def seconds_until_the_server_closes(sock: socket.socket, opening: bytes, trickle: bytes) -> float:
+    """Sends ``opening``, then a byte of ``trickle`` (repeated) whenever the server has
+    been silent for 0.1 s, and returns the seconds until the server closes the
+    connection: its EOF (or a reset), not a timer of ours, ends the wait."""
+    started = time.monotonic()
+    sock.sendall(opening)
+    sock.settimeout(0.1)
+    while time.monotonic() - started < 30:
+        try:
+            if trickle:
+                sock.sendall(trickle[:1])
+            if sock.recv(4096) == b"":
+                return time.monotonic() - started
+        except TimeoutError:
+            continue  # the server is still listening: trickle the next byte
+        except (ConnectionResetError, BrokenPipeError):
+            return time.monotonic() - started
+    raise AssertionError("the server kept the connection open for 30 s")
+
+
+@pytest.mark.parametrize(
+    ("opening", "trickle", "bound"),
+    [
+        pytest.param(b"", b"", "MIGRATION_IDLE_TIMEOUT", id="a silent client"),
+        pytest.param(
+            b"GET /api/migration/alice/detect HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+            b"a",
+            "MIGRATION_HEADER_TIMEOUT",
+            id="a request head trickled a byte at a time",
+        ),
+        pytest.param(
+            b"POST /api/migration/alice/start HTTP/1.1\r\nHost: x\r\n"
+            b"Authorization: Bearer " + issue_token("alice", SECRET).encode() + b"\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{",
+            b" ",
+            "MIGRATION_BODY_TIMEOUT",
+            id="a request body trickled a byte at a time",
+        ),
+        pytest.param(
+            b"GET /api/migration/alice/detect HTTP/1.1\r\nHost: x\r\n"
+            b"Authorization: Bearer " + issue_token("alice", SECRET).encode() + b"\r\n\r\n",
+            b"",
+            "MIGRATION_IDLE_TIMEOUT",
+            id="a keep-alive connection idle after its answer",
+        ),
+    ],
+)
+def test_a_slow_or_silent_client_is_disconnected_within_the_configured_bound(
+    tmp_path: Path, opening: bytes, trickle: bytes, bound: str
+) -> None:
+    with (
+        serving(tmp_path / "data", tmp_path / "log", **TIMEOUTS) as (_, base),
+        socket.create_connection((httpx.URL(base).host, httpx.URL(base).port or 80)) as sock,
+    ):
+        seconds = seconds_until_the_server_closes(sock, opening, trickle)
+
+    limit = float(TIMEOUTS[bound])
+    assert limit * 0.9 <= seconds < limit + SLACK, (seconds, bound)
+    assert "Traceback" not in (tmp_path / "log").read_text()
 
 
 def test_a_killed_server_restarted_on_the_same_data_dir_keeps_its_sessions(

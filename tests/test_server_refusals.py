@@ -519,6 +519,19 @@ def test_an_unknown_route_and_a_wrong_method_are_problems(server: Server) -> Non
     assert "POST" in wrong.headers["allow"]
 
 
+@pytest.mark.parametrize("authorized", [True, False], ids=["with a token", "without"])
+def test_a_trailing_slash_is_not_found_and_never_redirects_to_the_host_header(
+    server: Server, authorized: bool
+) -> None:
+    headers = {"Host": "evil.example", **(server.auth() if authorized else {})}
+
+    answer = server.client.get(server.url("/detect") + "/", headers=headers, follow_redirects=False)
+
+    assert_problem(answer, 404, "not-found")
+    assert "location" not in answer.headers
+    assert "evil.example" not in answer.text
+
+
 @pytest.mark.parametrize("count", [-1, 2**63, 10**40, "many"])
 def test_a_bad_query_parameter_is_unprocessable(server: Server, count: object) -> None:
     response = server.client.get(

@@ -22,8 +22,14 @@ from hypothesis.stateful import (
 from server_fixtures import TestClient
 
 from backend_stub import Settings, create_app, issue_token
-from sdk import ConflictPolicy, LocalStore, MigrationClient, MigrationOptions, RetryPolicy
-from sdk import _failpoints
+from sdk import (
+    ConflictPolicy,
+    LocalStore,
+    MigrationClient,
+    MigrationOptions,
+    RetryPolicy,
+    _failpoints,
+)
 from sdk.contract import item_digest, multiset_checksum, multiset_hex
 
 KEYS = [("cards", f"k{i}") for i in range(4)] + [("prefs", "theme")]
