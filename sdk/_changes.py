@@ -42,6 +42,7 @@ __all__ = [
     "meta",
     "next_counter",
     "record_writes",
+    "repair",
     "replace_rows",
     "row_digest",
     "set_meta",
@@ -83,6 +84,17 @@ def create_tables(conn: sqlite3.Connection) -> None:
         " strategy TEXT NOT NULL, local TEXT NOT NULL, server TEXT NOT NULL,"
         " server_seq INTEGER NOT NULL)"
     )
+    # Writes made around the SDK (plain SQL on ``items``) are caught by triggers: the row
+    # becomes pending at a new change counter value with no digest, and the digest it had
+    # waits here to leave the running checksum; a row deleted outright comes back as a
+    # tombstone, so the deletion is synced too. :func:`repair` settles both.
+    conn.execute(
+        "CREATE TABLE sync_repairs (id INTEGER PRIMARY KEY, collection TEXT NOT NULL,"
+        " key TEXT NOT NULL, digest BLOB, base_seq INTEGER, deleted_row INTEGER NOT NULL)"
+    )
+    conn.execute("CREATE INDEX items_undigested ON items (collection, key) WHERE digest IS NULL")
+    for statement in _TRIGGERS:
+        conn.execute(statement)
     # The push in flight: sent again, byte for byte, after a crash (applied once).
     conn.execute(
         "CREATE TABLE sync_outbox (push_id TEXT PRIMARY KEY, body TEXT NOT NULL,"
@@ -99,6 +111,95 @@ def create_tables(conn: sqlite3.Connection) -> None:
             (digest, row[0], row[1]),
         )
     set_meta(conn, change_counter=str(1 if rows else 0), local_checksum=multiset_hex(total))
+
+
+_BUMP = "UPDATE store_meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'change_counter'"
+_COUNTER = "(SELECT CAST(value AS INTEGER) FROM store_meta WHERE key = 'change_counter')"
+#: The triggers that record writes made around the SDK (its own writes always set the
+#: digest, so they never fire them).
+_TRIGGERS = (
+    f"""CREATE TRIGGER items_inserted_around AFTER INSERT ON items WHEN NEW.digest IS NULL
+    BEGIN
+        {_BUMP};
+        UPDATE items SET pending = {_COUNTER}
+        WHERE collection = NEW.collection AND key = NEW.key;
+    END""",
+    f"""CREATE TRIGGER items_updated_around
+    AFTER UPDATE OF collection, key, data, updated_at, deleted ON items
+    WHEN NEW.digest IS OLD.digest
+    BEGIN
+        INSERT INTO sync_repairs (collection, key, digest, base_seq, deleted_row)
+        VALUES (OLD.collection, OLD.key, OLD.digest, NULL, 0);
+        {_BUMP};
+        UPDATE items SET digest = NULL, pending = {_COUNTER}
+        WHERE collection = NEW.collection AND key = NEW.key;
+    END""",
+    """CREATE TRIGGER items_deleted_around AFTER DELETE ON items
+    BEGIN
+        INSERT INTO sync_repairs (collection, key, digest, base_seq, deleted_row)
+        VALUES (OLD.collection, OLD.key, OLD.digest, OLD.base_seq, 1);
+    END""",
+)
+
+
+def repair(conn: sqlite3.Connection) -> int:
+    """Settle what the triggers recorded of writes made around the SDK: digests that left
+    are taken out of the running checksum, rows without a digest get one (their data
+    rewritten canonically, the same JSON), a row deleted outright comes back as a pending
+    tombstone. Costs O(such writes); returns how many records (digests taken out, rows
+    given one) it settled.
+
+    >>> conn = sqlite3.connect(":memory:", isolation_level=None)
+    >>> create_tables(conn)
+    >>> _ = record_writes(conn, [("c", "k", '{"a":1}', 1, 0)])
+    >>> _ = conn.execute("UPDATE items SET data = ?", ['{ "a": 2 }'])  # around the SDK
+    >>> repair(conn), conn.execute("SELECT data FROM items").fetchone()
+    (2, ('{"a":2}',))
+    >>> local_checksum(conn) == multiset_checksum([row_digest("c", "k", '{"a":2}', 1, 0)])
+    True
+    """
+    from sdk import _fastjson  # the parser the snapshot uses: the same canonical text
+
+    delta = 0
+    settled = 0
+    gone = conn.execute(
+        "SELECT id, collection, key, digest, base_seq, deleted_row FROM sync_repairs"
+    ).fetchall()
+    for ident, collection, key, digest, base, deleted_row in gone:
+        if digest is not None:
+            delta = multiset_add(delta, digest, sign=-1)
+        conn.execute("DELETE FROM sync_repairs WHERE id = ?", (ident,))
+        exists = conn.execute(
+            "SELECT 1 FROM items WHERE collection = ? AND key = ?", (collection, key)
+        ).fetchone()
+        if deleted_row and not exists:
+            tomb = (collection, key, "{}", _now_ms(), 1)
+            tomb_digest = row_digest(*tomb)
+            delta = multiset_add(delta, tomb_digest)
+            conn.execute(_INSERT_TOMBSTONE, (*tomb, tomb_digest, base, next_counter(conn)))
+        settled += 1
+    for collection, key, data, updated_at, deleted in conn.execute(
+        "SELECT collection, key, data, updated_at, deleted FROM items WHERE digest IS NULL"
+    ).fetchall():
+        try:
+            text = _fastjson.canonical_text(data) if not deleted else "{}"
+        except (TypeError, ValueError, RecursionError):
+            text = data  # not JSON: the snapshot names it; the digest still counts it
+        digest = row_digest(collection, key, text, updated_at, deleted)
+        delta = multiset_add(delta, digest)
+        conn.execute(
+            "UPDATE items SET data = ?, digest = ? WHERE collection = ? AND key = ?",
+            (text, digest, collection, key),
+        )
+        settled += 1
+    _add_checksum(conn, delta)
+    return settled
+
+
+def _now_ms() -> int:
+    import time
+
+    return time.time_ns() // 1_000_000
 
 
 def row_digest(collection: str, key: str, data: str, updated_at: int, deleted: int) -> bytes:
@@ -161,6 +262,18 @@ def _existing(
         )
         found.update(((c, k), (d, p)) for c, k, d, p in rows)
     return found
+
+
+def _any_between(conn: sqlite3.Connection, low: tuple[str, str], high: tuple[str, str]) -> bool:
+    """Whether any row lies in the key range: a page pulled into a new device's store
+    (a bootstrap) falls where there is nothing yet, and then needs no lookup per key."""
+    return (
+        conn.execute(
+            "SELECT 1 FROM items WHERE (collection, key) BETWEEN (?, ?) AND (?, ?) LIMIT 1",
+            (*low, *high),
+        ).fetchone()
+        is not None
+    )
 
 
 def record_writes(conn: sqlite3.Connection, rows: Iterable[Row]) -> int:
@@ -228,23 +341,26 @@ def take_remote(
     items: Sequence[tuple[Row, int]],
     *,
     only_if_pending: dict[tuple[str, str], int] | None = None,
+    digests: Sequence[bytes] | None = None,
 ) -> int:
     """Write cloud versions ``(row, seq)`` as in step with the cloud (pending 0, base
     ``seq``), never over an unpushed local change: a row pending locally is skipped, unless
     ``only_if_pending`` names the pending value it must still have (a conflict decided for
-    the cloud's version, or a push answered ``unchanged``). Returns how many were written."""
-    old = _existing(conn, [(r[0], r[1]) for r, _ in items])
+    the cloud's version, or a push answered ``unchanged``). ``digests``, when the caller
+    has them already, are the rows' :func:`row_digest`. Returns how many were written."""
+    keys = [(r[0], r[1]) for r, _ in items]
+    old = _existing(conn, keys) if keys and _any_between(conn, min(keys), max(keys)) else {}
     delta = 0
     written = 0
     upserts = []
     same: list[tuple[int, str, str]] = []
-    for row, seq in items:
+    for index, (row, seq) in enumerate(items):
         key = (row[0], row[1])
         previous = old.get(key)
         allowed = 0 if only_if_pending is None else only_if_pending.get(key, 0)
         if previous is not None and previous[1] != 0 and previous[1] != allowed:
             continue  # an unpushed local edit: the push's conflict policy decides
-        digest = row_digest(*row)
+        digest = row_digest(*row) if digests is None else digests[index]
         if previous is not None and previous == (digest, 0):
             same.append((seq, key[0], key[1]))  # held already: only its base moves
             continue
@@ -254,7 +370,8 @@ def take_remote(
         old[key] = (digest, 0)
         upserts.append((*row, digest, seq))
         written += 1
-    conn.executemany(_UPSERT_SYNCED, upserts)
+    # Where the store held none of these keys (a bootstrap), a plain insert: faster.
+    conn.executemany(_INSERT_SYNCED if not old else _UPSERT_SYNCED, upserts)
     conn.executemany(
         "UPDATE items SET base_seq = ? WHERE collection = ? AND key = ? AND pending = 0", same
     )
@@ -279,6 +396,7 @@ def settle_migration(
     prior_seq: int,
     counter: int,
     in_snapshot: Callable[[list[tuple[str, str]]], set[tuple[str, str]]],
+    user_id: str = "",
 ) -> None:
     """After a verified migration committed at ``seq``: rows unchanged since the snapshot
     (pending at most the snapshot's ``counter``) are in the cloud now, based on ``seq``;
@@ -304,6 +422,7 @@ def settle_migration(
         sync_seq=str(seq),
         sync_backfill_until=str(prior_seq) if prior_seq > 0 else None,
         sync_backfill_cursor=None,
+        sync_user=user_id or None,
     )
 
 
@@ -324,6 +443,14 @@ _UPSERT_PENDING = (
     " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (collection, key) DO UPDATE SET"
     " data = excluded.data, updated_at = excluded.updated_at, deleted = excluded.deleted,"
     " digest = excluded.digest, pending = excluded.pending"
+)
+_INSERT_TOMBSTONE = (
+    "INSERT INTO items (collection, key, data, updated_at, deleted, digest, base_seq, pending)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_SYNCED = (
+    "INSERT INTO items (collection, key, data, updated_at, deleted, digest, base_seq, pending)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, 0)"
 )
 _UPSERT_SYNCED = (
     "INSERT INTO items (collection, key, data, updated_at, deleted, digest, base_seq, pending)"

@@ -16,7 +16,7 @@ import platformdirs
 
 from . import contract as c
 from ._conflicts import Conflict, resolved_item
-from ._detect import LocalDetection, LocalState, detect_local
+from ._detect import LocalDetection, LocalState, detect_local, inspect_store
 from ._errors import ConfigurationError, MigrationBlockedError, MigrationError, NotFoundError
 from ._events import Event, Hooks, MigrationFailed, Progress
 from ._journal import Journal, journal_path_for
@@ -209,12 +209,15 @@ class MigrationClient:
         with MigrationLock(lock_path_for(self.store_path)):
             self._stop = stop
             try:
-                local = detect_local(self.store_path).raise_for_state()
-                if local.state is LocalState.READY:
+                # Not counted: a sync costs O(changes), whatever the store holds.
+                local = inspect_store(self.store_path, count=False).raise_for_state()
+                if local.state is LocalState.READY and not _synced(self.store_path):
                     migrated = self._migrate_locked(stop)
+                    if migrated.outcome is MigrationOutcome.NOTHING_TO_MIGRATE:
+                        return self._sync_locked(stop, full=full)  # empty: download
                     if migrated.outcome is not MigrationOutcome.COMPLETED:
                         return SyncResult(
-                            pending_changes=local.item_count,
+                            pending_changes=detect_local(self.store_path).item_count,
                             pending_conflicts=migrated.pending_conflicts,
                             stopped=migrated.outcome is MigrationOutcome.STOPPED,
                             migration=migrated,

@@ -582,7 +582,7 @@ def _verify(run: Run, record: JournalRecord, *, resumed: bool) -> MigrationResul
                 migration_id=record.migration_id,
                 session_id=session_id,
                 cloud_checksum=record.cloud_checksum,
-                sync=_migrated_sync(record),
+                sync=_migrated_sync(record, run.transport.user_id),
             )
         record = run.journal.advance(Phase.VERIFIED)
     failpoint("cleanup.before")
@@ -629,7 +629,7 @@ def _verify(run: Run, record: JournalRecord, *, resumed: bool) -> MigrationResul
     )
 
 
-def _migrated_sync(record: JournalRecord) -> MigratedSync | None:
+def _migrated_sync(record: JournalRecord, user_id: str) -> MigratedSync | None:
     """Where the sync continues, from what the commit said (``None``: a server without
     sync) and what the snapshot held."""
     completion = record.completion or {}
@@ -655,6 +655,7 @@ def _migrated_sync(record: JournalRecord) -> MigratedSync | None:
             prior_seq=int(completion.get("sync_prior_seq") or 0),
             snapshot_counter=0,
             in_snapshot=lambda keys: set(),
+            user_id=user_id,
         )
 
     def in_snapshot(keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
@@ -676,6 +677,7 @@ def _migrated_sync(record: JournalRecord) -> MigratedSync | None:
         prior_seq=int(completion.get("sync_prior_seq") or 0),
         snapshot_counter=int(row[0]),
         in_snapshot=in_snapshot,
+        user_id=user_id,
     )
 
 

@@ -653,6 +653,12 @@ def _check_and_plan(
     conn: sqlite3.Connection, source: Path, batch_size: int, max_batch_bytes: int
 ) -> _Info:
     conn.execute("PRAGMA journal_mode=DELETE")
+    # The copy is no store: the store's triggers (which record writes made around the
+    # SDK) must not count this copy's own rewrites as the app's.
+    for (trigger,) in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+    ).fetchall():
+        conn.execute(f'DROP TRIGGER "{trigger}"')
     problems = [
         msg
         for (msg,) in conn.execute("PRAGMA quick_check(5)")

@@ -151,6 +151,8 @@ class MigratedSync:
     prior_seq: int
     snapshot_counter: int
     in_snapshot: Callable[[list[tuple[str, str]]], set[tuple[str, str]]]
+    #: The user whose data the store now keeps in step.
+    user_id: str = ""
 
 
 _watchers_lock = threading.Lock()
@@ -267,8 +269,35 @@ def item_label(collection: object, key: object) -> str:
     return label if len(label) <= 80 else label[:77] + "..."
 
 
-def check_item(collection: Any, key: Any, data: Any, updated_at: Any, deleted: Any) -> str:
-    """Validate one item and return its data as canonical JSON text."""
+def check_item(
+    collection: Any,
+    key: Any,
+    data: Any,
+    updated_at: Any,
+    deleted: Any,
+    *,
+    encode: Callable[[Any], str] = canonical_json,
+) -> str:
+    """Validate one item and return its data as canonical JSON text (``encode``: a faster
+    encoder that writes byte for byte what :func:`~sdk.contract.canonical_json` does)."""
+    if (
+        type(collection) is str
+        and type(key) is str
+        and type(data) is dict
+        and type(updated_at) is int
+        and updated_at >= 0
+        and type(deleted) is bool
+        and _NAME_RE.fullmatch(collection)
+        and _KEY_RE.fullmatch(key)
+    ):
+        # The common case: only the encoding is left to check (no label built per item).
+        try:
+            text = encode(data)
+            text.encode("utf-8")
+            key.encode("utf-8")
+            return text
+        except (UnicodeEncodeError, TypeError, ValueError, RecursionError):
+            pass  # the full checks below name the problem
     where = item_label(collection, key)
     if not isinstance(collection, str) or not _NAME_RE.fullmatch(collection):
         raise InvalidItemError(
@@ -692,6 +721,7 @@ class LocalStore:
                     prior_seq=sync.prior_seq,
                     counter=sync.snapshot_counter,
                     in_snapshot=sync.in_snapshot,
+                    user_id=sync.user_id,
                 )
 
     # -- reads

@@ -31,10 +31,12 @@ import threading
 import time
 import uuid
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from . import _changes as changes
+from . import _fastjson as fastjson
 from . import contract as c
 from ._conflicts import (
     ClockEstimate,
@@ -44,7 +46,7 @@ from ._conflicts import (
     decide,
     resolved_item,
 )
-from ._errors import ProtocolError, VerificationError
+from ._errors import MigrationBlockedError, ProtocolError, VerificationError
 from ._events import Hooks, Progress, ProgressPhase, RemoteChangesApplied, SyncCompleted
 from ._failpoints import failpoint
 from ._run import Stopped
@@ -63,7 +65,7 @@ logger = logging.getLogger(__name__)
 
 #: Changes per push, and items per pull page.
 PUSH_BATCH = 500
-PULL_PAGE = 1000
+PULL_PAGE = 2000
 #: Push batches one sync sends at most: an app that writes faster than the network
 #: takes them still sees the sync end (its writes stay pending for the next one).
 _MAX_PUSH_ROUNDS = 100
@@ -136,6 +138,17 @@ class SyncStatus:
 def sync_status(store: LocalStore, transport: Any | None, *, full: bool = False) -> SyncStatus:
     """Compare the store with the cloud (``transport=None``: the device's side only).
     ``full`` recomputes both checksums from every item."""
+    if transport is not None:
+        with store._reading("read the store's user") as conn:
+            owner = changes.meta(conn, "sync_user").get("sync_user")
+        if owner is not None and owner != transport.user_id:
+            raise MigrationBlockedError(
+                f"the store at {store.path} keeps the data of user {owner!r}, not "
+                f"{transport.user_id!r}'s: verify it as {owner!r}",
+                reason="another-user",
+            )
+    with store._writing("settle writes made around the SDK") as conn:
+        changes.repair(conn)
     with store._reading("read the sync state") as conn:
         pending = _pending(conn)
         waiting = conn.execute(
@@ -205,6 +218,7 @@ def run_sync(
     then bootstraps the user's data). The caller holds the store's migration lock."""
     with LocalStore(store_path) as store:
         run = _Sync(store, transport, policy, hooks, stop)
+        _claim(store, transport.user_id)
         try:
             _resend_outbox(run)
             _apply_app_decisions(run)
@@ -217,6 +231,24 @@ def run_sync(
         except Stopped:
             logger.info("sync stopped at a safe point; the next sync resumes")
             return dataclasses.replace(_result(run), stopped=True)
+
+
+def _claim(store: LocalStore, user_id: str) -> None:
+    """A store keeps one user's data in step: the first sync (or the migration) names the
+    user; another user is refused before anything is sent or written."""
+    with store._writing("name the store's user") as conn:
+        owner = changes.meta(conn, "sync_user").get("sync_user")
+        if owner is None:
+            changes.set_meta(conn, sync_user=user_id)
+        if owner is None or owner == user_id:
+            changes.repair(conn)  # writes made around the SDK: pending, and counted
+    if owner is not None and owner != user_id:
+        raise MigrationBlockedError(
+            f"the store at {store.path} keeps the data of user {owner!r} in step with the "
+            f"cloud, not {user_id!r}'s: give each user a store of their own (a store_path or "
+            "app_name per user); nothing was sent",
+            reason="another-user",
+        )
 
 
 # --------------------------------------------------------------------------- push
@@ -523,50 +555,77 @@ def _pull(run: _Sync) -> _Page:
 
 
 def _pull_range(run: _Sync, *, since_key: str, until: int | None) -> _Page:
-    while True:
-        run.check_stop()
-        since = _sync_meta(run).get(since_key)
-        page = run.transport.pull(
+    """Pull pages until the last one. The next page is asked for (from the cursor the page
+    in hand gave) while this one is written into the store, so the server's work and the
+    device's overlap; each page is written with its cursor, so a kill resumes from the
+    last page written."""
+
+    def fetch(since: str | None) -> dict[str, Any]:
+        return run.transport.pull(  # type: ignore[no-any-return]
             since=since, until=until, limit=PULL_PAGE, device_id=run.store.device_id
         )
-        run.round_trips += 1
-        failpoint("sync.pull.answered")
-        items = [_pulled(raw) for raw in page["changes"]]
-        with run.store._writing("apply pulled changes") as conn:
-            written = changes.take_remote(conn, items)
-            done = not page["hasMore"]
-            if until is not None and done:
-                changes.set_meta(conn, sync_backfill_until=None, sync_backfill_cursor=None)
-            else:
-                changes.set_meta(conn, **{since_key: page["cursor"]})
-            if until is None:
-                changes.set_meta(conn, sync_seq=str(page["seq"]))
-        failpoint("sync.pull.applied")
-        run.pulled += written
-        if written:
-            counts = Counter(row[0] for row, _seq in items)
-            run.hooks.emit(RemoteChangesApplied(count=written, collections=dict(counts)))
-        # The total is unknown until the last page: one more page is the honest guess.
-        expected = run.pulled + (PULL_PAGE if page["hasMore"] else 0)
-        run.hooks.progress(Progress(ProgressPhase.PULLING, run.pulled, expected))
-        if done:
-            return _Page(page["seq"], page["checksum"], page["itemCount"])
+
+    run.check_stop()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdk-pull") as ahead:
+        upcoming: Future[dict[str, Any]] = ahead.submit(fetch, _sync_meta(run).get(since_key))
+        try:
+            while True:
+                page = upcoming.result()
+                run.round_trips += 1
+                done = not page["hasMore"]
+                if not done:
+                    upcoming = ahead.submit(fetch, page["cursor"])
+                failpoint("sync.pull.answered")
+                _apply_page(run, page, since_key=since_key, until=until)
+                if done:
+                    return _Page(page["seq"], page["checksum"], page["itemCount"])
+                run.check_stop()
+        except BaseException:
+            upcoming.cancel()
+            raise
 
 
-def _pulled(raw: Any) -> tuple[changes.Row, int]:
-    """One pulled item, checked as any write to the store is."""
+def _apply_page(run: _Sync, page: dict[str, Any], *, since_key: str, until: int | None) -> None:
+    pulled = [_pulled(raw) for raw in page["changes"]]
+    items = [(row, seq) for row, seq, _ in pulled]
+    with run.store._writing("apply pulled changes") as conn:
+        written = changes.take_remote(conn, items, digests=[d for _, _, d in pulled])
+        if until is not None and not page["hasMore"]:
+            changes.set_meta(conn, sync_backfill_until=None, sync_backfill_cursor=None)
+        else:
+            changes.set_meta(conn, **{since_key: page["cursor"]})
+        if until is None:
+            changes.set_meta(conn, sync_seq=str(page["seq"]))
+    failpoint("sync.pull.applied")
+    run.pulled += written
+    if written:
+        counts = Counter(row[0] for row, _seq in items)
+        run.hooks.emit(RemoteChangesApplied(count=written, collections=dict(counts)))
+    # The total is unknown until the last page: one more page is the honest guess.
+    expected = run.pulled + (PULL_PAGE if page["hasMore"] else 0)
+    run.hooks.progress(Progress(ProgressPhase.PULLING, run.pulled, expected))
+
+
+def _pulled(raw: Any) -> tuple[changes.Row, int, bytes]:
+    """One pulled item, checked as any write to the store is, with its digest."""
     try:
+        seq = raw.pop("seq")
         collection, key = raw["collection"], raw["key"]
-        seq = raw["seq"]
-        text = check_item(collection, key, raw["data"], raw["updatedAt"], raw["deleted"])
-    except (KeyError, TypeError) as exc:
+        updated_at, deleted = raw["updatedAt"], raw["deleted"]
+        if len(raw) != 5:
+            raise KeyError(sorted(raw))
+    except (KeyError, TypeError, AttributeError) as exc:
         raise ProtocolError(
             f"a pulled item is not a wire item ({exc!r}); the server and the SDK disagree on "
             "the wire contract, update whichever is older"
         ) from exc
     if type(seq) is not int or seq < 0:
         raise ProtocolError(f"a pulled item has no valid seq ({seq!r}); update the server")
-    return (collection, key, text, raw["updatedAt"], int(raw["deleted"])), seq
+    text = check_item(collection, key, raw["data"], updated_at, deleted, encode=fastjson.canonical)
+    # One more C call gives the item's canonical bytes (what the checksum hashes).
+    _, canonical = fastjson.encode_item(raw)
+    row = (collection, key, text, updated_at, int(deleted))
+    return row, seq, hashlib.sha256(canonical).digest()
 
 
 def _sync_meta(run: _Sync) -> dict[str, str]:
@@ -586,10 +645,12 @@ def _prove(run: _Sync, page: _Page, *, full: bool) -> SyncResult:
             "SELECT count(*) FROM sync_conflicts WHERE choice IS NULL"
         ).fetchone()[0]
         local = changes.local_checksum(conn)
-        (count,) = conn.execute("SELECT count(*) FROM items").fetchone()
+        count = page.item_count  # counting the rows would cost O(items); needed on failure
         if full:
             local, count = changes.full_checksum(conn)
         verified_now = pending == 0 and c.multiset_hex(local) == page.checksum
+        if pending == 0 and not verified_now and not full:
+            (count,) = conn.execute("SELECT count(*) FROM items").fetchone()
         if verified_now:
             changes.set_meta(conn, last_sync_at=str(now_ms()))
     cloud = page.checksum

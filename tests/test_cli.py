@@ -233,7 +233,7 @@ def test_a_server_url_with_a_path_is_told_apart_from_a_lost_session(
     assert_no_python_api(message)
 
 
-def test_a_session_the_server_no_longer_knows_is_a_lost_session_with_cli_advice(
+def test_another_users_credentials_can_neither_verify_nor_sync_a_users_store(
     env, live_server, tmp_path, capsys, monkeypatch
 ):
     store = make_store(tmp_path / "store.sqlite3", learning_items(10))
@@ -242,11 +242,14 @@ def test_a_session_the_server_no_longer_knows_is_a_lost_session_with_cli_advice(
     monkeypatch.setenv("MIGRATION_USER", "someone-else")
     monkeypatch.setenv("MIGRATION_TOKEN", live_server.token("someone-else"))
 
+    code, _, err = run(capsys, "cancel", "--store", str(store))
+    assert code == EXIT_DONE  # nothing of someone-else's to cancel
+    # The store keeps its own user's data: another user is told so, never synced into it.
     code, _, err = run(capsys, "verify", "--store", str(store))
-
     assert code == EXIT_FAILED
-    assert "the server no longer knows this migration's session" in err
-    assert "run `status` to see where it stands, then `migrate`" in err
+    assert "keeps the data of user" in err and "'someone-else'" in err
+    code, _, err = run(capsys, "sync", "--store", str(store))
+    assert code == EXIT_FAILED and "nothing was sent" in err
     assert "does not serve the migration API" not in err
     assert_no_python_api(err)
 

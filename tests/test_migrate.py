@@ -30,7 +30,9 @@ from sdk import (
     OfflineError,
     Progress,
     ProgressPhase,
+    RemoteChangesApplied,
     RetryPolicy,
+    SyncCompleted,
     VerificationError,
     detect_local,
 )
@@ -96,9 +98,13 @@ def test_a_store_migrates_end_to_end_and_the_cloud_then_equals_the_device(server
     cloud = cloud_of(server, "alice", list(local))
     assert cloud == local
     assert all(local[(d["collection"], d["key"])]["data"] == {"score": 100} for d in different)
-    assert result.cloud_checksum == dataset_checksum_of(local.values())
-    # The cloud-only items are untouched.
-    assert len(cloud_of(server, "alice", [(i["collection"], i["key"]) for i in cloud_only])) == 5
+    others = {(i["collection"], i["key"]) for i in cloud_only}
+    migrated = [item for key, item in local.items() if key not in others]
+    assert result.cloud_checksum == dataset_checksum_of(migrated)
+    # The cloud-only items are untouched, and the sync that ended the migration brought
+    # them to the device.
+    assert len(cloud_of(server, "alice", list(others))) == 5
+    assert others <= set(local) and result.sync is not None and result.sync.pulled == 5
     # The store is marked migrated, the journal is empty and the snapshot is gone.
     assert detect_local(store).state is LocalState.MIGRATED
     with Journal(journal_path_for(store)) as journal:
@@ -106,7 +112,14 @@ def test_a_store_migrates_end_to_end_and_the_cloud_then_equals_the_device(server
     assert list((tmp_path / "cache").glob("*.sqlite3*")) == []
     # Events in order, progress never backwards within the upload.
     kinds = [type(e) for e in events]
-    assert kinds == [LocalDataDetected, MigrationStarted, DataConflictDetected, MigrationCompleted]
+    assert kinds == [
+        LocalDataDetected,
+        MigrationStarted,
+        DataConflictDetected,
+        MigrationCompleted,
+        RemoteChangesApplied,  # the cloud-only items, pulled by the sync that ends it
+        SyncCompleted,
+    ]
     uploads = [p.items_done for p in progress if p.phase is ProgressPhase.UPLOADING]
     assert uploads == sorted(uploads) and uploads[-1] == len(items)
     assert progress[-1].phase is ProgressPhase.DONE
@@ -240,7 +253,9 @@ def test_a_checksum_mismatch_after_completion_leaves_the_store_unmarked(server, 
     assert len(local_of(store)) == 22
 
 
-def test_the_app_can_keep_writing_while_it_migrates_and_later_writes_stay_local(server, tmp_path):
+def test_the_app_can_keep_writing_while_it_migrates_and_its_writes_reach_the_cloud(
+    server, tmp_path
+):
     store = make_store(tmp_path / "store.sqlite3", learning_items(100))
     writes: list[int] = []
 
@@ -252,9 +267,13 @@ def test_the_app_can_keep_writing_while_it_migrates_and_later_writes_stay_local(
 
     with client_for(server, store, "hal", tmp_path, on_progress=write_during_upload) as client:
         result = client.migrate()
+    # The snapshot held 102 items; the sync that ends the migration sent the 3 written
+    # after it, so when migrate() returns the cloud holds what the device holds.
     assert result.verified and result.item_count == 102
-    assert cloud_of(server, "hal", [("lesson_progress", "late-0")]) == {}
-    assert len(local_of(store)) == 105
+    assert result.sync is not None and result.sync.pushed == 3
+    local = local_of(store)
+    assert len(local) == 105 and cloud_of(server, "hal", list(local)) == local
+    assert detect_local(store).pending_changes == 0
 
 
 def test_a_migration_runs_over_a_real_loopback_socket_in_parallel_and_gzipped(

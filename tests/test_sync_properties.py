@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import tempfile
 import uuid
 from pathlib import Path
@@ -28,6 +29,7 @@ from sdk import (
     MigrationClient,
     MigrationOptions,
     RetryPolicy,
+    _changes,
     _failpoints,
 )
 from sdk.contract import item_digest, multiset_checksum, multiset_hex
@@ -112,6 +114,34 @@ class Devices(RuleBasedStateMachine):
         assert written is not None
         self.last_write[(device, key)] = dict(written)
 
+    @rule(data=st.data(), key=st.sampled_from(KEYS), delete=st.booleans())
+    def write_around_the_sdk(self, data: st.DataObject, key: tuple[str, str], delete: bool) -> None:
+        """The app writes with plain SQL: the store's triggers must record it all the same."""
+        device = data.draw(st.integers(0, len(self.stores) - 1), label="device")
+        token = uuid.uuid4().hex[:8]
+        conn = sqlite3.connect(self.stores[device])
+        try:
+            if delete:
+                changed = conn.execute(
+                    "DELETE FROM items WHERE collection = ? AND key = ?", key
+                ).rowcount
+            else:
+                changed = conn.execute(
+                    "UPDATE items SET data = ?, updated_at = ?, deleted = 0"
+                    " WHERE collection = ? AND key = ?",
+                    (f'{{ "w": "{token}" }}', self.tick(), *key),
+                ).rowcount
+            conn.commit()
+        finally:
+            conn.close()
+        if changed:
+            self.last_write[(device, key)] = {
+                "collection": key[0],
+                "key": key[1],
+                "data": {} if delete else {"w": token},
+                "deleted": delete,
+            }
+
     @rule(data=st.data())
     def sync(self, data: st.DataObject) -> None:
         device = data.draw(st.integers(0, len(self.stores) - 1), label="device")
@@ -139,11 +169,14 @@ class Devices(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.stores))
     @invariant()
     def stores_stay_consistent(self) -> None:
-        # The running checksum always equals a recomputation, whatever was interrupted.
+        # The running checksum always equals a recomputation, whatever was interrupted,
+        # once what the triggers recorded of writes around the SDK is settled.
         for path in self.stores:
             if not path.exists():
                 continue
             with LocalStore(path) as store:
+                with store._writing("settle") as conn:
+                    _changes.repair(conn)
                 digests = [item_digest(i) for i in store.iter_items()]
                 with store._reading("check") as conn:
                     (kept,) = conn.execute(
@@ -157,7 +190,7 @@ class Devices(RuleBasedStateMachine):
             for device in range(len(self.stores)):
                 with self.client(device) as client:
                     client.sync()
-            self.observe_cloud()
+                self.observe_cloud()
         storage = self.http.app.state.storage  # type: ignore[attr-defined]
         cloud = {
             (s.item.collection, s.item.key): s.item.wire()
@@ -202,8 +235,8 @@ class DevicesWithChecks(Devices):
 
 
 DevicesWithChecks.TestCase.settings = settings(
-    max_examples=12,
-    stateful_step_count=20,
+    max_examples=25,
+    stateful_step_count=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )

@@ -1,0 +1,143 @@
+"""`make bench`: the sync's costs, against baselines measured in the same run.
+
+1. **An incremental sync costs O(changes).** A store of each size is migrated, then the
+   app changes 100 items and syncs; the client's CPU time and wall time of that sync
+   (median of ``--repeat`` rounds) at the largest size over the smallest is the ratio
+   (target <= 1.5), and the HTTP round trips it took are counted (target <= 3).
+2. **A bootstrap pull is as fast as the upload.** A new device downloads the largest
+   store's dataset; its items/s over the migration's upload phase, measured on the same
+   data in the same run (target >= 0.8).
+
+Every run uses fresh stores and a fresh backend_stub on loopback::
+
+    .venv/bin/python bench/sync.py [--sizes 10000 1000000] [--changes 100] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import backend_stub, fill_store, token
+
+
+def migrate(url: str, user: str, store: Path, cache: Path) -> dict[str, float]:
+    """Migrate ``store``; returns the upload phase's items/s (what the bootstrap is
+    compared with) and the whole migration's."""
+    from sdk import MigrationClient, MigrationOptions, Progress
+
+    marks: dict[str, float] = {}
+
+    def progress(p: Progress) -> None:
+        marks.setdefault(p.phase.value, time.perf_counter())
+
+    started = time.perf_counter()
+    with MigrationClient(
+        server=url,
+        user_id=user,
+        token=token(user),
+        store_path=store,
+        options=MigrationOptions(batch_size=5000, cache_dir=cache),
+        on_progress=progress,
+    ) as client:
+        result = client.migrate()
+    ended = time.perf_counter()
+    assert result.verified, result
+    upload = marks.get("resolving", marks.get("completing", ended)) - marks["uploading"]
+    return {
+        "items": result.item_count,
+        "upload_rate": result.item_count / upload,
+        "migration_rate": result.item_count / (ended - started),
+    }
+
+
+def incremental(url: str, user: str, store: Path, changes: int, round_: int) -> dict[str, float]:
+    """The app changes ``changes`` items, then one sync: its CPU, wall time, round trips."""
+    from sdk import LocalStore, MigrationClient
+
+    with LocalStore(store) as app:
+        app.put_many(
+            {
+                "collection": "lesson_progress",
+                "key": f"item-{i * 2:08d}",
+                "data": {"score": round_, "edited": True},
+            }
+            for i in range(changes)
+        )
+    with MigrationClient(server=url, user_id=user, token=token(user), store_path=store) as client:
+        cpu, wall = time.process_time(), time.perf_counter()
+        result = client.sync()
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    assert result.verified and result.pushed == changes, result
+    return {"cpu": cpu, "wall": wall, "round_trips": result.round_trips}
+
+
+def bootstrap(url: str, user: str, store: Path) -> dict[str, float]:
+    from sdk import MigrationClient
+
+    with MigrationClient(server=url, user_id=user, token=token(user), store_path=store) as client:
+        started = time.perf_counter()
+        result = client.sync()
+        seconds = time.perf_counter() - started
+    assert result.verified, result
+    return {"items": result.pulled, "rate": result.pulled / seconds, "seconds": seconds}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 1_000_000])
+    parser.add_argument("--changes", type=int, default=100)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    sizes = sorted(args.sizes)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmp:
+        root = Path(tmp)
+        with backend_stub(root / "server") as (url, _server):
+            for size in sizes:
+                user = f"sync-{size}"
+                store = fill_store(root / f"{size}" / "store.sqlite3", size)
+                migrated = migrate(url, user, store, root / f"{size}" / "cache")
+                runs = [incremental(url, user, store, args.changes, i) for i in range(args.repeat)]
+                rows.append(
+                    {
+                        "size": size,
+                        "cpu": statistics.median(r["cpu"] for r in runs),
+                        "wall": statistics.median(r["wall"] for r in runs),
+                        "round_trips": max(r["round_trips"] for r in runs),
+                        "migrated": migrated,
+                    }
+                )
+            largest = rows[-1]
+            pulled = bootstrap(url, f"sync-{largest['size']}", root / "new-device.sqlite3")
+    print(f"incremental sync of {args.changes} changed items (median of {args.repeat}):")
+    print("| store items | client CPU ms | wall ms | round trips |")
+    print("| ---: | ---: | ---: | ---: |")
+    for row in rows:
+        print(
+            f"| {row['size']:,} | {row['cpu'] * 1000:.1f} | {row['wall'] * 1000:.1f} |"
+            f" {row['round_trips']:.0f} |"
+        )
+    small, large = rows[0], rows[-1]
+    print(
+        f"ratio {large['size']:,} / {small['size']:,}: CPU {large['cpu'] / small['cpu']:.2f},"
+        f" wall {large['wall'] / small['wall']:.2f} (target <= 1.5);"
+        f" round trips at most {max(r['round_trips'] for r in rows):.0f} (target <= 3)"
+    )
+    upload = largest["migrated"]["upload_rate"]
+    print(
+        f"bootstrap of {pulled['items']:,} items: {pulled['rate']:,.0f} items/s in"
+        f" {pulled['seconds']:.1f} s; the migration's upload of the same data:"
+        f" {upload:,.0f} items/s; ratio {pulled['rate'] / upload:.2f} (target >= 0.8)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
