@@ -41,6 +41,7 @@ __all__ = [
     "local_checksum",
     "meta",
     "next_counter",
+    "rebuild",
     "record_writes",
     "repair",
     "replace_rows",
@@ -295,7 +296,7 @@ def record_writes(conn: sqlite3.Connection, rows: Iterable[Row]) -> int:
             if previous is not None and previous[0] == digest:
                 continue
             delta = multiset_add(delta, digest)
-            if previous is not None:
+            if previous is not None and previous[0] is not None:  # None: a damaged row
                 delta = multiset_add(delta, previous[0], sign=-1)
             old[(row[0], row[1])] = (digest, 0)  # a key twice in one call: the later wins
             upserts.append((*row, digest))
@@ -364,7 +365,7 @@ def take_remote(
         if previous is not None and previous == (digest, 0):
             same.append((seq, key[0], key[1]))  # held already: only its base moves
             continue
-        if previous is not None:
+        if previous is not None and previous[0] is not None:  # None: a damaged row
             delta = multiset_add(delta, previous[0], sign=-1)
         delta = multiset_add(delta, digest)
         old[key] = (digest, 0)
@@ -387,6 +388,24 @@ def acknowledge(conn: sqlite3.Connection, acks: Iterable[tuple[str, str, int, in
         " END WHERE collection = ?1 AND key = ?2",
         ((c, k, base, sent) for c, k, sent, base in acks),
     )
+
+
+def rebuild(conn: sqlite3.Connection) -> int:
+    """Recompute every row's digest and the running checksum from the rows themselves
+    (O(items)): after damage the SDK could not see (a flipped byte in a digest, a write
+    around it with triggers dropped). Returns the checksum."""
+    total = 0
+    cursor = conn.execute("SELECT collection, key, data, updated_at, deleted, digest FROM items")
+    fixes = []
+    while rows := cursor.fetchmany(2000):
+        for collection, key, data, updated_at, deleted, stored in rows:
+            digest = row_digest(collection, key, data, updated_at, deleted)
+            total = multiset_add(total, digest)
+            if digest != stored:
+                fixes.append((digest, collection, key))
+    conn.executemany("UPDATE items SET digest = ? WHERE collection = ? AND key = ?", fixes)
+    set_meta(conn, local_checksum=multiset_hex(total))
+    return total
 
 
 def settle_migration(

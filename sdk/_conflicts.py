@@ -592,11 +592,14 @@ def _merged(conflict: Conflict, data: Mapping[str, Any], kind: str) -> Decision:
     except MigrationError as exc:
         raise ConfigurationError(f"the merged value is not a valid item: {exc}") from exc
     item["data"] = json.loads(text)  # canonical, and a copy of what the caller passed
-    encoded = canonical_json(item)
-    if encoded == canonical_json(_item(conflict.collection, conflict.key, conflict.local)):
-        return Decision("local", kind, item)
-    if encoded == canonical_json(_item(conflict.collection, conflict.key, conflict.server)):
-        return Decision("server", kind, item)
+    # A merge holding one side's data is that side, as it is (equal data is never a
+    # conflict, so the cloud's copy wins a tie): deciding it again changes nothing.
+    server = _item(conflict.collection, conflict.key, conflict.server)
+    if _same_content(item, server):
+        return Decision("server", kind, server)
+    local = _item(conflict.collection, conflict.key, conflict.local)
+    if _same_content(item, local):
+        return Decision("local", kind, local)
     return Decision("merged", kind, item)
 
 

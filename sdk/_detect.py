@@ -247,6 +247,10 @@ def _inspect_ours(
             f"supports ({sorted(SUPPORTED_DATA_VERSIONS)}): open it once with the app "
             "release that upgrades it, or contact support",
         )
+    if "0003_sync" in applied:
+        damage = _schema_damage(conn, tables)
+        if damage:
+            return _corrupt(path, size, damage)
     counts: dict[str, int] = {}
     tombstones = 0
     pending = 0
@@ -299,6 +303,56 @@ def _inspect_ours(
         pending_changes=pending if synced else 0,
         synced=synced,
     )
+
+
+#: The columns of our tables once the sync's schema step ran, and its triggers: a store
+#: whose schema differs was damaged, and is refused before anything is sent.
+_COLUMNS = {
+    "store_meta": ("key", "value"),
+    "items": (
+        "collection",
+        "key",
+        "data",
+        "updated_at",
+        "deleted",
+        "base_seq",
+        "pending",
+        "digest",
+    ),
+    "sync_conflicts": ("collection", "key", "conflict", "server_seq", "pending", "choice", "item"),
+    "sync_decisions": (
+        "id",
+        "decided_at",
+        "collection",
+        "key",
+        "choice",
+        "strategy",
+        "local",
+        "server",
+        "server_seq",
+    ),
+    "sync_repairs": ("id", "collection", "key", "digest", "base_seq", "deleted_row"),
+    "sync_outbox": ("push_id", "body", "sent"),
+}
+_TRIGGERS = ("items_deleted_around", "items_inserted_around", "items_updated_around")
+
+
+def _schema_damage(conn: sqlite3.Connection, tables: set[str]) -> str | None:
+    for table, columns in _COLUMNS.items():
+        if table not in tables:
+            return f"its {table} table is missing"
+        found = tuple(row[1] for row in conn.execute(f"PRAGMA table_info({table})"))
+        if found != columns:
+            return f"its {table} table has the columns {list(found)}, not {list(columns)}"
+    triggers = tuple(
+        sorted(
+            name
+            for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        )
+    )
+    if triggers != _TRIGGERS:
+        return f"its triggers are {list(triggers)}, not {list(_TRIGGERS)}"
+    return None
 
 
 @dataclass(frozen=True)

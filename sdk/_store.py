@@ -703,26 +703,37 @@ class LocalStore:
             raise ConfigurationError(
                 f"cloud_checksum must be 64 lowercase hex digits, got {cloud_checksum!r}"
             )
-        with self._writing("mark the store migrated") as conn:
-            conn.executemany(
-                "INSERT INTO store_meta (key, value) VALUES (?, ?)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                [
-                    ("migrated_at", str(now_ms())),
-                    ("migration_id", migration_id),
-                    ("session_id", session_id),
-                    ("cloud_checksum", cloud_checksum),
-                ],
-            )
-            if sync is not None:
-                _changes.settle_migration(
-                    conn,
-                    seq=sync.seq,
-                    prior_seq=sync.prior_seq,
-                    counter=sync.snapshot_counter,
-                    in_snapshot=sync.in_snapshot,
-                    user_id=sync.user_id,
-                )
+        for attempt in range(2):
+            try:
+                with self._writing("mark the store migrated") as conn:
+                    conn.executemany(
+                        "INSERT INTO store_meta (key, value) VALUES (?, ?)"
+                        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        [
+                            ("migrated_at", str(now_ms())),
+                            ("migration_id", migration_id),
+                            ("session_id", session_id),
+                            ("cloud_checksum", cloud_checksum),
+                        ],
+                    )
+                    if sync is not None:
+                        _changes.settle_migration(
+                            conn,
+                            seq=sync.seq,
+                            prior_seq=sync.prior_seq,
+                            counter=sync.snapshot_counter,
+                            in_snapshot=sync.in_snapshot,
+                            user_id=sync.user_id,
+                        )
+                return
+            except CorruptStoreError:
+                if attempt:
+                    raise
+                # The rows are whole (the snapshot read them all), so the damage is in an
+                # index, which quick_check does not read: indexes are derived, rebuild them.
+                logger.warning("rebuilding the indexes of %s: one was damaged", self._path)
+                with self._writing("rebuild the store's indexes") as conn:
+                    conn.execute("REINDEX items")
 
     # -- reads
 

@@ -57,6 +57,7 @@ from ._detect import LocalDetection, LocalState, detect_local, inspect_store
 from ._display import counts, describe_item, open_progress
 from ._errors import (
     ConfigurationError,
+    EndpointError,
     MigrationBlockedError,
     MigrationError,
     NotFoundError,
@@ -170,6 +171,9 @@ def _error_fields(args: argparse.Namespace, exc: MigrationError) -> tuple[int, d
 def _explain(args: argparse.Namespace, exc: MigrationError) -> tuple[int, str]:
     """The exit code and the message a person at a terminal needs for ``exc``: the SDK's
     advice speaks of its Python API, which a shell user cannot call."""
+    cause = exc.__cause__
+    if isinstance(exc, EndpointError) and isinstance(cause, RefusedError) and cause.status == 404:
+        exc = cause  # detect answered 404: the URL is wrong, said the command line's way
     if isinstance(exc, RefusedError) and exc.status == 404 and _wrong_server(args, exc):
         server = _server_url(args)
         how = "" if exc.code else ", without the API's problem details"
