@@ -815,6 +815,18 @@ def _status(args: argparse.Namespace) -> Answer:
                 f"{status.unresolved_conflicts} unresolved conflicts"
             )
             lines.extend(f"         error: {e}" for e in status.errors)
+        if "sync" in fields:
+            with _client(args) as client:
+                try:
+                    both = client.verify()
+                except MigrationError as exc:
+                    fields["syncError"] = {"type": type(exc).__name__, "message": str(exc)}
+                    return Answer(code, fields, lines)
+            fields["sync"] = both
+            lines.append(
+                f"cloud    {both.changes_to_pull or 0:,} change(s) to receive; in step now: "
+                f"{'yes' if both.verified else 'no'}"
+            )
     return Answer(code, fields, lines)
 
 

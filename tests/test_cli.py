@@ -584,6 +584,7 @@ def test_sync_sends_what_the_app_wrote_after_the_migration_and_verify_proves_it(
     assert code == EXIT_PENDING and "1 local change(s) not sent yet: run `sync`" in out
     code, out, _ = run(capsys, "status", "--store", str(store))
     assert "sync     1 local change(s) to send" in out
+    assert "cloud    0 change(s) to receive; in step now: no" in out
 
     code, out, _ = run(capsys, "sync", "--store", str(store))
     assert code == EXIT_DONE
@@ -593,6 +594,7 @@ def test_sync_sends_what_the_app_wrote_after_the_migration_and_verify_proves_it(
     assert answer["exitCode"] == EXIT_DONE and answer["verified"] is True
     code, out, _ = run(capsys, "status", "--store", str(store))
     assert "sync     0 local change(s) to send, 0 conflict(s) waiting" in out
+    assert "in step now: yes" in out
 
 
 def test_sync_on_a_new_device_downloads_the_users_data(env, tmp_path, capsys):

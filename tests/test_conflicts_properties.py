@@ -110,6 +110,11 @@ POLICIES = {
 
 
 def merged_item(local: Item, cloud: Item, data: dict[str, Any]) -> Item:
+    # A merge holding one side's data is that side as it is, the cloud's first.
+    if not cloud["deleted"] and data == cloud["data"]:
+        return cloud
+    if not local["deleted"] and data == local["data"]:
+        return local
     return Item(
         collection=local["collection"],
         key=local["key"],
