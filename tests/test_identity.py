@@ -272,6 +272,19 @@ def test_the_keys_are_fetched_again_when_the_cache_expires_so_a_withdrawn_key_st
     assert verifier.verify(ec_key.sign()) == "alice"
 
 
+@dataclasses.dataclass(frozen=True)
+class Ago:
+    """A time claim ``seconds`` before the moment the token is signed (negative: after):
+    computed when the test runs, never when the suite is collected minutes earlier."""
+
+    seconds: int
+
+
+def at_now(claims: dict[str, Any]) -> dict[str, Any]:
+    now = int(time.time())
+    return {k: now - v.seconds if isinstance(v, Ago) else v for k, v in claims.items()}
+
+
 @pytest.mark.parametrize(
     ("overrides", "detail"),
     [
@@ -281,15 +294,15 @@ def test_the_keys_are_fetched_again_when_the_cache_expires_so_a_withdrawn_key_st
         pytest.param({"iss": None}, "'iss' claim", id="no-issuer"),
         pytest.param({"exp": None}, "'exp' claim", id="no-expiry"),
         pytest.param({"sub": None}, "'sub' claim", id="no-subject"),
-        pytest.param({"exp": int(time.time()) - 31}, "expired", id="expired-over-leeway"),
-        pytest.param({"nbf": int(time.time()) + 120}, "invalid", id="not-yet-valid"),
+        pytest.param({"exp": Ago(31)}, "expired", id="expired-over-leeway"),
+        pytest.param({"nbf": Ago(-120)}, "invalid", id="not-yet-valid"),
     ],
 )
 def test_a_token_with_the_wrong_claims_is_refused_with_401(
     provider: Provider, rsa_key: Key, overrides: dict[str, Any], detail: str
 ) -> None:
     with serving(provider.identity(leeway=30)) as client:
-        answer = detect(client, rsa_key.sign(**overrides))
+        answer = detect(client, rsa_key.sign(**at_now(overrides)))
 
     assert answer.status_code == 401
     assert answer.headers["content-type"] == PROBLEM_CONTENT_TYPE
@@ -300,8 +313,8 @@ def test_a_token_with_the_wrong_claims_is_refused_with_401(
 @pytest.mark.parametrize(
     "overrides",
     [
-        pytest.param({"exp": int(time.time()) - 20}, id="expired-within-leeway"),
-        pytest.param({"nbf": int(time.time()) + 20}, id="valid-soon-within-leeway"),
+        pytest.param({"exp": Ago(20)}, id="expired-within-leeway"),
+        pytest.param({"nbf": Ago(-20)}, id="valid-soon-within-leeway"),
         pytest.param({"aud": ["other-app", AUDIENCE]}, id="one-of-several-audiences"),
     ],
 )
@@ -309,7 +322,7 @@ def test_a_token_within_the_leeway_or_naming_our_audience_among_others_is_accept
     provider: Provider, rsa_key: Key, overrides: dict[str, Any]
 ) -> None:
     with serving(provider.identity(leeway=30)) as client:
-        answer = detect(client, rsa_key.sign(**overrides))
+        answer = detect(client, rsa_key.sign(**at_now(overrides)))
 
     assert answer.status_code == 200, answer.text
 
