@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -56,6 +57,7 @@ from ._events import Hooks, Progress, ProgressPhase, RemoteChangesApplied, SyncC
 from ._failpoints import failpoint
 from ._run import Stopped
 from ._store import LocalStore, check_item, now_ms
+from .contract import KEY_PATTERN, NAME_PATTERN
 
 __all__ = [
     "SyncResult",
@@ -68,6 +70,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_NAME_RE = re.compile(NAME_PATTERN)
+_KEY_RE = re.compile(KEY_PATTERN)
 #: Changes per push, and items per pull page.
 PUSH_BATCH = 500
 PULL_PAGE = 2000
@@ -621,10 +625,9 @@ def _pull_range(run: _Sync, *, since_key: str, until: int | None) -> _Page:
 
 
 def _apply_page(run: _Sync, page: dict[str, Any], *, since_key: str, until: int | None) -> None:
-    pulled = [_pulled(raw) for raw in page["changes"]]
-    items = [(row, seq) for row, seq, _ in pulled]
+    items, digests = _pulled_page(page["changes"])
     with run.store._writing("apply pulled changes") as conn:
-        written = changes.take_remote(conn, items, digests=[d for _, _, d in pulled])
+        written = changes.take_remote(conn, items, digests=digests)
         if until is not None and not page["hasMore"]:
             changes.set_meta(conn, sync_backfill_until=None, sync_backfill_cursor=None)
         else:
@@ -639,6 +642,54 @@ def _apply_page(run: _Sync, page: dict[str, Any], *, since_key: str, until: int 
     # The total is unknown until the last page: one more page is the honest guess.
     expected = run.pulled + (PULL_PAGE if page["hasMore"] else 0)
     run.hooks.progress(Progress(ProgressPhase.PULLING, run.pulled, expected))
+
+
+def _pulled_page(page: list[Any]) -> tuple[list[tuple[changes.Row, int]], list[bytes]]:
+    """A page's items as rows with their seqs, and their digests. The common case costs
+    one orjson call per item (the data's canonical text and the item's canonical bytes
+    together); anything unusual goes through the full checks of :func:`_pulled`."""
+    items: list[tuple[changes.Row, int]] = []
+    digests: list[bytes] = []
+    name_ok, key_ok = _NAME_RE.fullmatch, _KEY_RE.fullmatch
+    sha256, encode = hashlib.sha256, fastjson.encode_item
+    for raw in page:
+        try:
+            seq = raw["seq"]
+            collection, key, updated_at, deleted = (
+                raw["collection"],
+                raw["key"],
+                raw["updatedAt"],
+                raw["deleted"],
+            )
+            usual = (
+                len(raw) == 6
+                and type(seq) is int
+                and seq >= 0
+                and type(collection) is str
+                and type(key) is str
+                and type(raw["data"]) is dict
+                and type(updated_at) is int
+                and updated_at >= 0
+                and type(deleted) is bool
+                and name_ok(collection) is not None
+                and key_ok(key) is not None
+            )
+        except (KeyError, TypeError):
+            usual = False
+        if usual:
+            del raw["seq"]
+            try:
+                text, canonical = encode(raw)  # refuses text that is not valid Unicode
+            except (TypeError, ValueError, RecursionError):
+                raw["seq"] = seq
+            else:
+                items.append(((collection, key, text, updated_at, int(deleted)), seq))
+                digests.append(sha256(canonical).digest())
+                continue
+        row, seq, digest = _pulled(raw)
+        items.append((row, seq))
+        digests.append(digest)
+    return items, digests
 
 
 def _pulled(raw: Any) -> tuple[changes.Row, int, bytes]:
