@@ -38,3 +38,13 @@ def test_the_memory_and_startup_benches_run_and_print_their_verdicts() -> None:
     out = _bench("startup.py", "--fresh", "3", "--runs", "3", "--items", "50")
     assert "target: median < 5 ms" in out
     assert "target: import + call and process - bare <= 50 ms" in out
+
+
+def test_the_sync_bench_runs_both_measures_and_prints_its_ratios() -> None:
+    out = _bench("sync.py", "--sizes", "200", "600", "--changes", "20", "--repeat", "2")
+
+    rows = [line for line in out.splitlines() if line.startswith("| 2") or line.startswith("| 6")]
+    assert len(rows) == 2  # one line per store size
+    assert "(target <= 1.5)" in out and "(target <= 3)" in out
+    assert re.search(r"bootstrap of 600 items: [\d,]+ items/s", out)
+    assert "(target >= 0.8)" in out
