@@ -48,7 +48,13 @@ from sdk import (
 )
 
 POLL_MS = 50  # how often the GUI thread drains the migration's callbacks
-ENDED = (AutoState.DONE, AutoState.NOTHING_TO_MIGRATE, AutoState.FAILED, AutoState.STOPPED)
+ENDED = (
+    AutoState.DONE,
+    AutoState.SYNCED,
+    AutoState.NOTHING_TO_MIGRATE,
+    AutoState.FAILED,
+    AutoState.STOPPED,
+)
 
 
 class Screen(Protocol):
@@ -340,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     screen.run(on_close=app.quit)
     assert app.migration is not None
     state = app.migration.state
-    return 0 if state in (AutoState.DONE, AutoState.NOTHING_TO_MIGRATE) else 3
+    return 0 if state in (AutoState.DONE, AutoState.SYNCED, AutoState.NOTHING_TO_MIGRATE) else 3
 
 
 if __name__ == "__main__":
