@@ -228,9 +228,14 @@ def print_summary(result: object, summary: object, seconds: float) -> None:
         print(f"   collection      {name}: {count:,}")
     print(f"   duration        {seconds:.1f} s ({s.total_items / max(seconds, 1e-9):,.0f} items/s)")
     print(f"   checksum        {result.cloud_checksum}")
+    if result.sync is not None:
+        print(
+            f"   synced          {result.sync.pushed:,} written meanwhile sent,"
+            f" {result.sync.pulled:,} of the other device's received"
+        )
     print(
         f"   verified        {'yes' if result.verified else 'NO'} "
-        "(the cloud's checksum equals the device's)"
+        "(the device now holds exactly what the cloud holds)"
     )
     for line in summary.recommendations:
         print(f"   note            {line}")
