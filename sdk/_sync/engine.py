@@ -2,7 +2,7 @@
 
 One sync is three steps, each resumable after a kill at any point:
 
-1. **Push.** Pending local changes (:mod:`sdk._changes` records them with every write)
+1. **Push.** Pending local changes (:mod:`sdk._store.changes` records them with every write)
    go up in batches. Each batch is written to the store's outbox before it is sent and
    sent again byte for byte after a crash: the server applies a push id once. The answer
    is applied in one transaction with the outbox row's removal: ``applied`` and
@@ -36,10 +36,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from . import _changes as changes
-from . import _fastjson as fastjson
-from . import contract as c
-from ._conflicts import (
+from .. import _fastjson as fastjson
+from .. import contract as c
+from .._conflicts.policy import (
     ClockEstimate,
     Conflict,
     ConflictPolicy,
@@ -47,17 +46,18 @@ from ._conflicts import (
     decide,
     resolved_item,
 )
-from ._errors import (
+from .._errors import (
     CorruptStoreError,
     MigrationBlockedError,
     ProtocolError,
     VerificationError,
 )
-from ._events import Hooks, Progress, ProgressPhase, RemoteChangesApplied, SyncCompleted
-from ._failpoints import failpoint
-from ._run import Stopped
-from ._store import LocalStore, check_item, now_ms
-from .contract import KEY_PATTERN, NAME_PATTERN
+from .._events import Hooks, Progress, ProgressPhase, RemoteChangesApplied, SyncCompleted
+from .._failpoints import failpoint
+from .._stopping import Stopped
+from .._store import changes
+from .._store.local import LocalStore, check_item, now_ms
+from ..contract import KEY_PATTERN, NAME_PATTERN
 
 __all__ = [
     "SyncResult",
@@ -199,7 +199,7 @@ def sync_status(store: LocalStore, transport: Any | None, *, full: bool = False)
 @dataclasses.dataclass
 class _Sync:
     store: LocalStore
-    transport: Any  # sdk._transport.Transport (a Protocol would only restate it)
+    transport: Any  # sdk._transport.http.Transport (a Protocol would only restate it)
     policy: ConflictPolicy
     hooks: Hooks
     stop: threading.Event | None
