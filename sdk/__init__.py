@@ -79,8 +79,8 @@ _EXPORTS: dict[str, str] = {
     "StoreError": "._errors",
     "StoreNotFoundError": "._errors",
     "SyncCompleted": "._events",
-    "SyncResult": "._sync.engine",
-    "SyncStatus": "._sync.engine",
+    "SyncResult": "._sync.run",
+    "SyncStatus": "._sync.proof",
     "TransportError": "._errors",
     "UnsupportedDataVersionError": "._errors",
     "VerificationError": "._errors",
@@ -153,8 +153,8 @@ if _typing.TYPE_CHECKING:  # what type checkers and IDEs see (tests keep it equa
     from ._store.legacy_rows import LegacyTable as LegacyTable
     from ._store.local import LocalStore as LocalStore
     from ._store.local import default_store_path as default_store_path
-    from ._sync.engine import SyncResult as SyncResult
-    from ._sync.engine import SyncStatus as SyncStatus
+    from ._sync.proof import SyncStatus as SyncStatus
+    from ._sync.run import SyncResult as SyncResult
     from ._transport.retry import RetryPolicy as RetryPolicy
 
 

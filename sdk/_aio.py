@@ -38,7 +38,8 @@ if TYPE_CHECKING:
     from ._migration.engine import MigrationResult
     from ._migration.options import MigrationOptions
     from ._migration.plan import MigrationPlan
-    from ._sync.engine import SyncResult, SyncStatus
+    from ._sync.proof import SyncStatus
+    from ._sync.run import SyncResult
     from ._transport.retry import RetryPolicy
 
 __all__ = ["AsyncMigrationClient"]

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from ._conflicts.policy import Conflict
     from ._migration.engine import MigrationResult
     from ._migration.options import MigrationOptions
-    from ._sync.engine import SyncResult
+    from ._sync.run import SyncResult
 
 __all__ = ["AutoMigration", "AutoState", "AutoStatus", "auto_migrate", "journal_progress"]
 

@@ -27,14 +27,10 @@ from ._stopping import stoppable_sleep
 from ._store.detect import LocalDetection, LocalState, detect_local, inspect_store
 from ._store.local import LocalStore, default_store_path
 from ._store.schema import connect_read_only
-from ._sync.engine import (
-    SyncResult,
-    SyncStatus,
-    decide_waiting,
-    run_sync,
-    sync_status,
-    waiting_conflicts,
-)
+from ._sync.engine import run_sync
+from ._sync.proof import SyncStatus, sync_status
+from ._sync.push import decide_waiting, waiting_conflicts
+from ._sync.run import SyncResult
 from ._transport.http import Transport
 from ._transport.retry import RetryPolicy
 

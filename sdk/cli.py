@@ -70,7 +70,8 @@ from ._migration.lock import MigrationLock, lock_path_for
 from ._migration.options import MigrationOptions
 from ._store.detect import LocalDetection, LocalState, detect_local, inspect_store
 from ._store.local import LocalStore, default_store_path
-from ._sync.engine import SyncResult, sync_status
+from ._sync.proof import sync_status
+from ._sync.run import SyncResult
 from ._transport.retry import RetryPolicy
 from .contract import API_PREFIX
 

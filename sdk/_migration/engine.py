@@ -51,7 +51,7 @@ from .._store.detect import LocalState, check_local, detect_local
 from .._store.local import LocalStore, MigratedSync
 from .._store.schema import connect_read_only
 from .._store.snapshot import Snapshot, open_snapshot, take_snapshot
-from .._sync.engine import SyncResult
+from .._sync.run import SyncResult
 from .._transport.http import Transport
 from .journal import (
     Journal,
