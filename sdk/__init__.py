@@ -32,38 +32,38 @@ _EXPORTS: dict[str, str] = {
     "AutoMigration": "._auto",
     "AutoState": "._auto",
     "AutoStatus": "._auto",
-    "CollectionPlan": "._plan",
+    "CollectionPlan": "._migration.plan",
     "ConfigurationError": "._errors",
-    "Conflict": "._conflicts",
+    "Conflict": "._conflicts.policy",
     "ConflictError": "._errors",
-    "ConflictPolicy": "._conflicts",
+    "ConflictPolicy": "._conflicts.policy",
     "CorruptStoreError": "._errors",
     "DataConflictDetected": "._events",
     "Detection": "._client",
     "EndpointError": "._errors",
     "Event": "._events",
-    "FlaggedItem": "._conflicts",
+    "FlaggedItem": "._conflicts.policy",
     "ForeignStoreError": "._errors",
     "InvalidItemError": "._errors",
     "InvalidRequestError": "._errors",
     "JournalError": "._errors",
-    "LegacyCheck": "._legacy",
+    "LegacyCheck": "._store.legacy",
     "LegacyDatabaseError": "._errors",
-    "LegacyImport": "._legacy",
-    "LegacyTable": "._legacy",
+    "LegacyImport": "._store.legacy",
+    "LegacyTable": "._store.legacy_rows",
     "LocalDataDetected": "._events",
-    "LocalDetection": "._detect",
-    "LocalState": "._detect",
-    "LocalStore": "._store",
+    "LocalDetection": "._store.detect",
+    "LocalState": "._store.detect",
+    "LocalStore": "._store.local",
     "MigrationBlockedError": "._errors",
     "MigrationClient": "._client",
     "MigrationCompleted": "._events",
     "MigrationError": "._errors",
     "MigrationFailed": "._events",
-    "MigrationOptions": "._migrate",
-    "MigrationOutcome": "._migrate",
-    "MigrationPlan": "._plan",
-    "MigrationResult": "._migrate",
+    "MigrationOptions": "._migration.options",
+    "MigrationOutcome": "._migration.engine",
+    "MigrationPlan": "._migration.plan",
+    "MigrationResult": "._migration.engine",
     "MigrationStarted": "._events",
     "NotFoundError": "._errors",
     "OfflineError": "._errors",
@@ -72,22 +72,22 @@ _EXPORTS: dict[str, str] = {
     "ProtocolError": "._errors",
     "RefusedError": "._errors",
     "RemoteChangesApplied": "._events",
-    "RetryPolicy": "._retry",
+    "RetryPolicy": "._transport.retry",
     "ServerError": "._errors",
     "SnapshotError": "._errors",
     "StoreBusyError": "._errors",
     "StoreError": "._errors",
     "StoreNotFoundError": "._errors",
     "SyncCompleted": "._events",
-    "SyncResult": "._sync",
-    "SyncStatus": "._sync",
+    "SyncResult": "._sync.run",
+    "SyncStatus": "._sync.proof",
     "TransportError": "._errors",
     "UnsupportedDataVersionError": "._errors",
     "VerificationError": "._errors",
     "auto_migrate": "._auto",
-    "default_store_path": "._store",
-    "detect_local": "._detect",
-    "import_legacy": "._legacy",
+    "default_store_path": "._store.local",
+    "detect_local": "._store.detect",
+    "import_legacy": "._store.legacy",
     "migrate": "._client",
 }
 
@@ -102,12 +102,9 @@ if _typing.TYPE_CHECKING:  # what type checkers and IDEs see (tests keep it equa
     from ._client import Detection as Detection
     from ._client import MigrationClient as MigrationClient
     from ._client import migrate as migrate
-    from ._conflicts import Conflict as Conflict
-    from ._conflicts import ConflictPolicy as ConflictPolicy
-    from ._conflicts import FlaggedItem as FlaggedItem
-    from ._detect import LocalDetection as LocalDetection
-    from ._detect import LocalState as LocalState
-    from ._detect import detect_local as detect_local
+    from ._conflicts.policy import Conflict as Conflict
+    from ._conflicts.policy import ConflictPolicy as ConflictPolicy
+    from ._conflicts.policy import FlaggedItem as FlaggedItem
     from ._errors import AuthError as AuthError
     from ._errors import ConfigurationError as ConfigurationError
     from ._errors import ConflictError as ConflictError
@@ -142,20 +139,23 @@ if _typing.TYPE_CHECKING:  # what type checkers and IDEs see (tests keep it equa
     from ._events import ProgressPhase as ProgressPhase
     from ._events import RemoteChangesApplied as RemoteChangesApplied
     from ._events import SyncCompleted as SyncCompleted
-    from ._legacy import LegacyCheck as LegacyCheck
-    from ._legacy import LegacyImport as LegacyImport
-    from ._legacy import LegacyTable as LegacyTable
-    from ._legacy import import_legacy as import_legacy
-    from ._migrate import MigrationOptions as MigrationOptions
-    from ._migrate import MigrationOutcome as MigrationOutcome
-    from ._migrate import MigrationResult as MigrationResult
-    from ._plan import CollectionPlan as CollectionPlan
-    from ._plan import MigrationPlan as MigrationPlan
-    from ._retry import RetryPolicy as RetryPolicy
-    from ._store import LocalStore as LocalStore
-    from ._store import default_store_path as default_store_path
-    from ._sync import SyncResult as SyncResult
-    from ._sync import SyncStatus as SyncStatus
+    from ._migration.engine import MigrationOutcome as MigrationOutcome
+    from ._migration.engine import MigrationResult as MigrationResult
+    from ._migration.options import MigrationOptions as MigrationOptions
+    from ._migration.plan import CollectionPlan as CollectionPlan
+    from ._migration.plan import MigrationPlan as MigrationPlan
+    from ._store.detect import LocalDetection as LocalDetection
+    from ._store.detect import LocalState as LocalState
+    from ._store.detect import detect_local as detect_local
+    from ._store.legacy import LegacyCheck as LegacyCheck
+    from ._store.legacy import LegacyImport as LegacyImport
+    from ._store.legacy import import_legacy as import_legacy
+    from ._store.legacy_rows import LegacyTable as LegacyTable
+    from ._store.local import LocalStore as LocalStore
+    from ._store.local import default_store_path as default_store_path
+    from ._sync.proof import SyncStatus as SyncStatus
+    from ._sync.run import SyncResult as SyncResult
+    from ._transport.retry import RetryPolicy as RetryPolicy
 
 
 #: Public submodules, imported on first access too.

@@ -33,12 +33,14 @@ if TYPE_CHECKING:
 
     from . import contract as c
     from ._client import Detection, MigrationClient, Token
-    from ._conflicts import Conflict
+    from ._conflicts.policy import Conflict
     from ._events import Event, Progress
-    from ._migrate import MigrationOptions, MigrationResult
-    from ._plan import MigrationPlan
-    from ._retry import RetryPolicy
-    from ._sync import SyncResult, SyncStatus
+    from ._migration.engine import MigrationResult
+    from ._migration.options import MigrationOptions
+    from ._migration.plan import MigrationPlan
+    from ._sync.proof import SyncStatus
+    from ._sync.run import SyncResult
+    from ._transport.retry import RetryPolicy
 
 __all__ = ["AsyncMigrationClient"]
 

@@ -38,7 +38,7 @@ from ._errors import (
     StoreBusyError,
 )
 from ._events import Event, Progress, ProgressPhase
-from ._retry import Retrier, RetryPolicy
+from ._transport.retry import Retrier, RetryPolicy
 
 # Start-up cost: auto_migrate() runs on the app's main thread, so this module imports only
 # what is light (no httpx, pydantic, sqlite-utils). The worker thread imports the rest,
@@ -49,9 +49,10 @@ if TYPE_CHECKING:
     import httpx
 
     from ._client import MigrationClient, Token
-    from ._conflicts import Conflict
-    from ._migrate import MigrationOptions, MigrationResult
-    from ._sync import SyncResult
+    from ._conflicts.policy import Conflict
+    from ._migration.engine import MigrationResult
+    from ._migration.options import MigrationOptions
+    from ._sync.run import SyncResult
 
 __all__ = ["AutoMigration", "AutoState", "AutoStatus", "auto_migrate", "journal_progress"]
 
@@ -424,8 +425,8 @@ class AutoMigration:
     def _run(self) -> None:
         from pathlib import Path
 
-        from ._detect import LocalState, detect_local
-        from ._store import default_store_path
+        from ._store.detect import LocalState, detect_local
+        from ._store.local import default_store_path
 
         self._notify(self._on_state, self.status)  # start() set it without telling
         path = (
@@ -494,8 +495,8 @@ class AutoMigration:
 
     def _loop(self, client: MigrationClient) -> bool:
         """Migrate until done; True when the store is now in the cloud's keeping."""
-        from ._lock import MigrationLock, lock_path_for
-        from ._migrate import MigrationOutcome
+        from ._migration.engine import MigrationOutcome
+        from ._migration.lock import MigrationLock, lock_path_for
 
         retries = Retrier(self._backoff).start()
         lock = MigrationLock(lock_path_for(client.store_path))
@@ -548,7 +549,7 @@ class AutoMigration:
         """Sync soon after local writes (``push_delay`` after the last of a burst), every
         ``sync_interval`` seconds and on :meth:`sync_now`; back off while offline; leave
         at a safe point when stopped."""
-        from ._store import unwatch_writes, watch_writes
+        from ._store.local import unwatch_writes, watch_writes
 
         written = watch_writes(client.store_path, self._wake)
         retries = Retrier(self._backoff).start()
@@ -646,7 +647,7 @@ class AutoMigration:
                 return
 
     def _finished(self, result: MigrationResult) -> None:
-        from ._migrate import MigrationOutcome
+        from ._migration.engine import MigrationOutcome
 
         with self._cond:
             self._result = result
@@ -830,8 +831,8 @@ def journal_progress(store_path: str | Path) -> Progress | None:
     >>> journal_progress(pathlib.Path(tempfile.mkdtemp()) / "store.sqlite3") is None
     True
     """
-    from ._journal import Phase, journal_path_for, peek_journal
-    from ._snapshot import open_snapshot
+    from ._migration.journal import Phase, journal_path_for, peek_journal
+    from ._store.snapshot import open_snapshot
 
     peeked = peek_journal(journal_path_for(store_path))
     if peeked is None:

@@ -15,26 +15,24 @@ import httpx
 import platformdirs
 
 from . import contract as c
-from ._conflicts import Conflict, resolved_item
-from ._detect import LocalDetection, LocalState, detect_local, inspect_store
+from ._conflicts.policy import Conflict, resolved_item
 from ._errors import ConfigurationError, MigrationBlockedError, MigrationError, NotFoundError
 from ._events import Event, Hooks, MigrationFailed, Progress
-from ._journal import Journal, journal_path_for
-from ._lock import MigrationLock, lock_path_for
-from ._migrate import MigrationOptions, MigrationOutcome, MigrationResult, run_migration
-from ._plan import MigrationPlan, make_plan
-from ._retry import RetryPolicy
-from ._run import stoppable_sleep
-from ._store import LocalStore, connect_read_only, default_store_path
-from ._sync import (
-    SyncResult,
-    SyncStatus,
-    decide_waiting,
-    run_sync,
-    sync_status,
-    waiting_conflicts,
-)
-from ._transport import Transport
+from ._migration.engine import MigrationOutcome, MigrationResult, run_migration
+from ._migration.journal import Journal, journal_path_for
+from ._migration.lock import MigrationLock, lock_path_for
+from ._migration.options import MigrationOptions
+from ._migration.plan import MigrationPlan, make_plan
+from ._stopping import stoppable_sleep
+from ._store.detect import LocalDetection, LocalState, detect_local, inspect_store
+from ._store.local import LocalStore, default_store_path
+from ._store.schema import connect_read_only
+from ._sync.engine import run_sync
+from ._sync.proof import SyncStatus, sync_status
+from ._sync.push import decide_waiting, waiting_conflicts
+from ._sync.run import SyncResult
+from ._transport.http import Transport
+from ._transport.retry import RetryPolicy
 
 __all__ = ["Detection", "MigrationClient", "migrate"]
 

@@ -52,8 +52,7 @@ from urllib.parse import quote
 import httpx
 
 from ._client import MigrationClient
-from ._conflicts import ConflictPolicy
-from ._detect import LocalDetection, LocalState, detect_local, inspect_store
+from ._conflicts.policy import ConflictPolicy
 from ._display import counts, describe_item, open_progress
 from ._errors import (
     ConfigurationError,
@@ -65,12 +64,15 @@ from ._errors import (
     StoreNotFoundError,
     VerificationError,
 )
-from ._journal import journal_path_for
-from ._lock import MigrationLock, lock_path_for
-from ._migrate import MigrationOptions, MigrationOutcome, MigrationResult
-from ._retry import RetryPolicy
-from ._store import LocalStore, default_store_path
-from ._sync import SyncResult, sync_status
+from ._migration.engine import MigrationOutcome, MigrationResult
+from ._migration.journal import journal_path_for
+from ._migration.lock import MigrationLock, lock_path_for
+from ._migration.options import MigrationOptions
+from ._store.detect import LocalDetection, LocalState, detect_local, inspect_store
+from ._store.local import LocalStore, default_store_path
+from ._sync.proof import sync_status
+from ._sync.run import SyncResult
+from ._transport.retry import RetryPolicy
 from .contract import API_PREFIX
 
 __all__ = ["EXIT_DONE", "EXIT_FAILED", "EXIT_NO_STORE", "EXIT_PENDING", "EXIT_USAGE", "main"]
@@ -251,7 +253,7 @@ def _show_waits(args: argparse.Namespace) -> Callable[[], None]:
     if args.verbose:
         return lambda: None  # the log lines, all of them, already go to stderr
     handler = _WaitLines(_server_url(args))
-    transport_log = logging.getLogger("sdk._transport")
+    transport_log = logging.getLogger("sdk._transport.http")
     # Its warnings are these waits: shown here as plain lines, not as log records.
     saved = transport_log.level, transport_log.propagate
     transport_log.setLevel(logging.WARNING)

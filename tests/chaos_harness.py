@@ -41,7 +41,7 @@ from backend_stub import Settings, issue_token
 from backend_stub.items import seed_cloud_items
 from backend_stub.storage.sqlite import DATABASE_NAME, SQLiteStorage
 from sdk import LocalState, LocalStore, MigrationCompleted, Progress, detect_local
-from sdk._journal import Journal, journal_path_for
+from sdk._migration.journal import Journal, journal_path_for
 from sdk.contract import Item, dataset_checksum_of
 
 Key = tuple[str, str]

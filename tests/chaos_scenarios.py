@@ -71,7 +71,7 @@ from sdk import (
     StoreBusyError,
 )
 from sdk._failpoints import ENV_VAR, MIGRATION_NAMES
-from sdk._transport import Transport
+from sdk._transport.http import Transport
 from sdk.contract import Limits
 
 __all__ = ["SCENARIOS", "Entry", "Env", "InProcess", "in_process", "page_quota", "run"]

@@ -24,7 +24,7 @@ from sdk import (
     ProgressPhase,
 )
 from sdk._failpoints import enable, reset
-from sdk._journal import Journal, Phase, journal_path_for
+from sdk._migration.journal import Journal, Phase, journal_path_for
 
 
 @pytest.fixture(autouse=True)

@@ -34,7 +34,7 @@ from sdk import (
     detect_local,
 )
 from sdk._auto import journal_progress
-from sdk._journal import Journal, Phase, journal_path_for
+from sdk._migration.journal import Journal, Phase, journal_path_for
 
 FAST = RetryPolicy(attempts=1_000_000, timeout=float("inf"), initial=0.01, max_delay=0.02, jitter=0)
 DEADLINE = 30.0

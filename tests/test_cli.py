@@ -266,7 +266,7 @@ def test_an_unknown_conflict_points_to_the_conflicts_command(env, tmp_path, caps
 
 
 def test_the_sdks_advice_reaches_the_command_line_without_python_calls():
-    from sdk._transport import _ADVICE_BY_CODE, _ADVICE_BY_STATUS
+    from sdk._transport.http import _ADVICE_BY_CODE, _ADVICE_BY_STATUS
     from sdk.cli import _for_the_command_line
 
     advice = [*_ADVICE_BY_CODE.values(), *_ADVICE_BY_STATUS.values()]

@@ -29,7 +29,7 @@ from sdk import (
     MigrationOutcome,
     RetryPolicy,
 )
-from sdk._conflicts import ClockEstimate, decide
+from sdk._conflicts.policy import ClockEstimate, decide
 from sdk.contract import Item, SessionStatus
 
 T0 = 1_700_000_000_000

@@ -27,7 +27,7 @@ from sdk import (
     OfflineError,
     RetryPolicy,
 )
-from sdk._store import now_ms
+from sdk._store.local import now_ms
 from sdk.contract import Item
 
 MINUTE = 60_000

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-import sdk._detect
-from sdk._detect import LocalDetection, LocalState, check_local, detect_local
+import sdk._store.detect
 from sdk._errors import CorruptStoreError, ForeignStoreError, UnsupportedDataVersionError
-from sdk._store import MIGRATION_SET, STORE_APPLICATION_ID, LocalStore
+from sdk._store.detect import LocalDetection, LocalState, check_local, detect_local
+from sdk._store.local import LocalStore
+from sdk._store.schema import MIGRATION_SET, STORE_APPLICATION_ID
 
 
 def raw(path):
@@ -330,6 +331,6 @@ def test_a_real_corrupt_store_fails_the_check_with_corrupt_store_error(tmp_path)
 
 
 def test_the_docstring_examples_run():
-    result = doctest.testmod(sdk._detect)
+    result = doctest.testmod(sdk._store.detect)
     assert result.attempted > 5
     assert result.failed == 0

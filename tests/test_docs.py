@@ -13,7 +13,12 @@ import pytest
 import sdk
 
 ROOT = Path(__file__).resolve().parent.parent
-SDK_MODULES = sorted(f"sdk.{p.stem}" for p in (ROOT / "sdk").glob("*.py") if p.stem != "__main__")
+# Every module below sdk, in the capability folders too (a folder's __init__ is the folder).
+SDK_MODULES = sorted(
+    ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+    for p in (ROOT / "sdk").rglob("*.py")
+    if p.stem != "__main__" and p != ROOT / "sdk" / "__init__.py"
+)
 
 
 @pytest.mark.parametrize("name", [pytest.param(m, id=m) for m in ["sdk", *SDK_MODULES]])

@@ -26,8 +26,8 @@ from sdk import (
     StoreError,
     _failpoints,
 )
-from sdk._journal import Journal
-from sdk._lock import MigrationLock, lock_path_for
+from sdk._migration.journal import Journal
+from sdk._migration.lock import MigrationLock, lock_path_for
 
 
 @pytest.fixture

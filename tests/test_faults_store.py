@@ -34,7 +34,7 @@ from sdk import (
     SnapshotError,
     StoreError,
 )
-from sdk._snapshot import take_snapshot
+from sdk._store.snapshot import take_snapshot
 
 MUTANTS = 220
 HANG = 30.0  # seconds; a refusal takes milliseconds

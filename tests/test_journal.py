@@ -5,10 +5,10 @@ import sys
 
 import pytest
 
-import sdk._lock
+import sdk._migration.lock
 from sdk._errors import JournalError
-from sdk._journal import Journal, JournalRecord, Phase, ResolutionRecord, journal_path_for
-from sdk._lock import MigrationLock
+from sdk._migration.journal import Journal, JournalRecord, Phase, ResolutionRecord, journal_path_for
+from sdk._migration.lock import MigrationLock
 
 
 def record(**overrides: object) -> JournalRecord:
@@ -121,7 +121,7 @@ def test_a_write_is_durable_even_when_the_process_dies_right_after(tmp_path):
     path = tmp_path / "j"
     code = (
         "import os, sys\n"
-        "from sdk._journal import Journal, JournalRecord, Phase\n"
+        "from sdk._migration.journal import Journal, JournalRecord, Phase\n"
         "j = Journal(sys.argv[1])\n"
         "j.create(JournalRecord.new(user_id='u', device_id='d', migration_id='mig-0001',"
         " snapshot_path='s', dataset_checksum='a'*64, item_count=1, batch_count=1))\n"
@@ -150,11 +150,11 @@ def test_acquiring_waits_out_another_process_that_only_peeks_at_the_lock(tmp_pat
     # `status` takes the lock for a moment to see whether a migration runs; a migration
     # starting in that moment must not fail with "another process is migrating".
     # The peeker lets go when told, once acquire() has found the lock taken: no timing.
-    monkeypatch.setattr(sdk._lock, "_PEEK_GRACE_S", 60.0)  # a slow machine is not a peek
+    monkeypatch.setattr(sdk._migration.lock, "_PEEK_GRACE_S", 60.0)  # a slow machine is not a peek
     path = tmp_path / "lock"
     code = (
         "import sys\n"
-        "from sdk._lock import MigrationLock\n"
+        "from sdk._migration.lock import MigrationLock\n"
         "lock = MigrationLock(sys.argv[1]); assert lock.try_acquire()\n"
         "print('held', flush=True); sys.stdin.readline(); lock.release()\n"
     )
@@ -192,7 +192,7 @@ def test_the_lock_of_a_killed_process_is_released_by_the_system(tmp_path):
     path = tmp_path / "lock"
     code = (
         "import os, sys\n"
-        "from sdk._lock import MigrationLock\n"
+        "from sdk._migration.lock import MigrationLock\n"
         "lock = MigrationLock(sys.argv[1]); assert lock.try_acquire()\n"
         "print('held', flush=True); sys.stdin.read()\n"
     )

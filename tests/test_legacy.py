@@ -23,7 +23,7 @@ from sdk import (
     StoreError,
     import_legacy,
 )
-from sdk._legacy_values import encode_key
+from sdk._store.legacy_values import encode_key
 from sdk.contract import KEY_PATTERN, dataset_checksum_of
 
 T0 = 1_700_000_000  # seconds

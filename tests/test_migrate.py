@@ -36,7 +36,7 @@ from sdk import (
     VerificationError,
     detect_local,
 )
-from sdk._journal import Journal, journal_path_for
+from sdk._migration.journal import Journal, journal_path_for
 from sdk.contract import Item, dataset_checksum_of
 
 
@@ -207,7 +207,7 @@ def test_an_interrupted_upload_resumes_in_the_same_session_and_sends_only_what_i
 
 
 def test_a_second_migration_of_the_same_store_waits_for_the_first(server, tmp_path):
-    from sdk._lock import MigrationLock, lock_path_for
+    from sdk._migration.lock import MigrationLock, lock_path_for
 
     store = make_store(tmp_path / "store.sqlite3", learning_items(10))
     with (

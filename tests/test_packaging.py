@@ -76,7 +76,7 @@ def test_the_sdk_works_with_only_its_declared_dependencies(tmp_path: Path) -> No
         sys.modules.update(dict.fromkeys({OPTIONAL!r}))  # as if not installed
         from pathlib import Path
         from sdk import LocalState, LocalStore, detect_local
-        from sdk._snapshot import take_snapshot
+        from sdk._store.snapshot import take_snapshot
         from sdk import _fastjson
         assert not _fastjson.orjson_in_use()
         store = Path({str(store)!r})

@@ -10,7 +10,13 @@ from typing import Any
 import pytest
 
 from sdk._errors import ConfigurationError
-from sdk._retry import Retrier, RetryDecision, RetryPolicy, parse_http_date, parse_retry_after
+from sdk._transport.retry import (
+    Retrier,
+    RetryDecision,
+    RetryPolicy,
+    parse_http_date,
+    parse_retry_after,
+)
 
 
 class Clock:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import sdk._snapshot
+import sdk._store.snapshot
 from sdk._errors import (
     ConfigurationError,
     CorruptStoreError,
@@ -19,8 +19,8 @@ from sdk._errors import (
     StoreNotFoundError,
     UnsupportedDataVersionError,
 )
-from sdk._snapshot import PreparedBatch, Snapshot, open_snapshot, take_snapshot
-from sdk._store import LocalStore
+from sdk._store.local import LocalStore
+from sdk._store.snapshot import PreparedBatch, Snapshot, open_snapshot, take_snapshot
 from sdk.contract import (
     Manifest,
     batch_body,
@@ -618,7 +618,7 @@ def test_a_snapshot_object_describes_itself(store_path, tmp_path):
 
 
 def test_the_docstring_examples_run():
-    result = doctest.testmod(sdk._snapshot)
+    result = doctest.testmod(sdk._store.snapshot)
     assert result.attempted > 10
     assert result.failed == 0
 

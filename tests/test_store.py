@@ -12,7 +12,7 @@ import platformdirs
 import pytest
 from sqlite_utils import Database
 
-import sdk._store
+import sdk._store.local
 from sdk._errors import (
     ConfigurationError,
     CorruptStoreError,
@@ -23,16 +23,15 @@ from sdk._errors import (
     StoreNotFoundError,
     UnsupportedDataVersionError,
 )
-from sdk._store import (
+from sdk._store.local import LocalStore, default_store_path
+from sdk._store.schema import (
     CURRENT_DATA_VERSION,
     MIGRATION_SET,
     MIGRATIONS,
     SCHEMA_STEPS,
     STORE_APPLICATION_ID,
     STORE_FORMAT,
-    LocalStore,
     MigrationState,
-    default_store_path,
 )
 from sdk.contract import canonical_json
 
@@ -535,7 +534,7 @@ def test_another_process_writes_the_same_store_while_this_one_does(tmp_path):
     path = tmp_path / "s.sqlite3"
     script = (
         "import sys\n"
-        "from sdk._store import LocalStore\n"
+        "from sdk._store.local import LocalStore\n"
         "with LocalStore(sys.argv[1]) as s:\n"
         "    print('ready', flush=True)\n"
         "    sys.stdin.readline()\n"
@@ -599,6 +598,6 @@ def test_stored_data_reads_back_exactly_as_json_gives_it(store):
 
 
 def test_the_docstring_examples_run():
-    result = doctest.testmod(sdk._store)
+    result = doctest.testmod(sdk._store.local)
     assert result.attempted > 10
     assert result.failed == 0

@@ -29,9 +29,9 @@ from sdk import (
     MigrationClient,
     MigrationOptions,
     RetryPolicy,
-    _changes,
     _failpoints,
 )
+from sdk._store import changes as _changes
 from sdk.contract import item_digest, multiset_checksum, multiset_hex
 
 KEYS = [("cards", f"k{i}") for i in range(4)] + [("prefs", "theme")]

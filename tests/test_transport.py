@@ -32,8 +32,8 @@ from sdk._errors import (
     ServerError,
     TransportError,
 )
-from sdk._retry import RetryPolicy
-from sdk._transport import Exchange, Transport
+from sdk._transport.http import Exchange, Transport
+from sdk._transport.retry import RetryPolicy
 
 BASE = "http://test"
 USER = "u1"
@@ -890,7 +890,7 @@ def test_retries_are_logged_without_the_token(
         httpx.ConnectError, httpx.Response(503), problem(401), STATUS, token=lambda: TOKEN
     )
     transport.status()
-    retries = [r for r in caplog.records if r.name == "sdk._transport"]
+    retries = [r for r in caplog.records if r.name == "sdk._transport.http"]
     assert [r.levelno for r in retries] == [logging.WARNING, logging.WARNING, logging.INFO]
     assert "retrying in 0.25 s (attempt 2 of 8)" in retries[0].getMessage()
     assert all(TOKEN not in r.getMessage() for r in caplog.records)

@@ -31,7 +31,7 @@ from sdk import (
     RetryPolicy,
     auto_migrate,
 )
-from sdk._transport import Transport
+from sdk._transport.http import Transport
 
 TWO_TRIES = RetryPolicy(attempts=2, initial=0.0, max_delay=0.0, jitter=0.0)
 
@@ -194,7 +194,7 @@ RETRY_WARNING = """
 import socket, sys
 {setup}
 from sdk import OfflineError, RetryPolicy
-from sdk._transport import Transport
+from sdk._transport.http import Transport
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]  # closed once the block ends: connections are refused

@@ -1,5 +1,6 @@
-"""The rows of one legacy table as items: the query that reads them, and for each row
-its key, time, tombstone and data, compared with what the store already holds.
+"""One legacy table: how it maps onto a collection (:class:`LegacyTable`), the query that
+reads its rows, and for each row its key, time, tombstone and data, compared with what
+the store already holds.
 
 Every refusal names the legacy file, the table, the column and the row, and says what
 to do; the store is then left as it was (the import writes in one transaction).
@@ -11,11 +12,12 @@ import base64
 import dataclasses
 import math
 import sqlite3
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
-from ._errors import ConfigurationError, InvalidItemError
-from ._legacy_source import (
+from .._errors import ConfigurationError, InvalidItemError
+from ..contract import Item, item_digest
+from .legacy_source import (
     Shape,
     Source,
     describe,
@@ -24,17 +26,64 @@ from ._legacy_source import (
     undecodable_column,
     undecodable_row,
 )
-from ._legacy_values import TimeError, column_mixes_types, encode_key, to_ms
-from ._store import LocalStore
-from .contract import Item, item_digest
+from .legacy_values import TimeError, TimeUnit, column_mixes_types, encode_key, to_ms
+from .local import LocalStore
 
-if TYPE_CHECKING:
-    from ._legacy import LegacyTable
-
-__all__ = ["Plan", "plan_table", "read_items"]
+__all__ = ["LegacyTable", "Plan", "plan_table", "read_items"]
 
 _MAX_KEY = 512  # characters, as contract.KEY_PATTERN allows
 _ROWID_NAMES = ("rowid", "_rowid_", "oid")
+
+
+Transform = Callable[[dict[str, Any]], "dict[str, Any] | None"]
+Predicate = Callable[[dict[str, Any]], bool]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LegacyTable:
+    """How one table of the app's own schema maps onto a collection.
+
+    - ``table``: the table (or view) to read;
+    - ``collection``: the collection its rows become (default: the table's name);
+    - ``key``: the column, or columns, that identify a row (default: the table's primary
+      key, else its rowid; generated columns may serve). Two rows never become one
+      item: a key whose values could be mistaken for another's is written in a tagged
+      form starting with ``~``, and two rows with the same key values are refused;
+    - ``updated_at``: the column holding when the row last changed (default: none, the
+      time of the first import that wrote the row);
+    - ``time_unit``: how ``updated_at`` is written: ``"s"``, ``"ms"``, ``"us"``,
+      ``"ns"`` since the epoch, or ``"iso"`` (ISO 8601 text, UTC unless it says so).
+      Without it a number below 10^11 is taken as seconds, above as milliseconds. A
+      time before 1970 or after 2199 is refused as a wrong unit. A row whose time is
+      NULL gets the import's time when its data is new or changed, and otherwise keeps
+      the time the store holds;
+    - ``deleted``: a column whose value marks a soft-deleted row, true as SQLite takes
+      it (``1`` and ``'1'`` are true; ``0``, ``'0'``, ``'false'`` and NULL are not),
+      or a function from the row (a dict) to True or False. A deleted row becomes a
+      tombstone that keeps the row's data;
+    - ``columns``: the columns that make up the item's data (default: all);
+    - ``transform``: a function from the whole row (a dict) to the item's data, or
+      ``None`` to leave the row out; it replaces ``columns``.
+
+    Blobs become base64 text (use ``transform`` to do otherwise).
+
+    >>> LegacyTable(table="tbl_cards", collection="flashcards", key="front").collection
+    'flashcards'
+    """
+
+    table: str
+    collection: str | None = None
+    key: str | Sequence[str] | None = None
+    updated_at: str | None = None
+    time_unit: TimeUnit | None = None
+    deleted: str | Predicate | None = None
+    columns: Sequence[str] | None = None
+    transform: Transform | None = None
+
+    @property
+    def target(self) -> str:
+        """The collection the rows go to."""
+        return self.collection or self.table
 
 
 @dataclasses.dataclass

@@ -20,8 +20,8 @@ import re
 import sqlite3
 from pathlib import Path
 
-from ._errors import ConfigurationError, LegacyDatabaseError
-from ._store import connect_read_only
+from .._errors import ConfigurationError, LegacyDatabaseError
+from .schema import connect_read_only
 
 __all__ = [
     "Column",

@@ -49,12 +49,12 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
-from ._errors import ConfigurationError, MigrationError
-from ._store import check_item, item_label
-from .contract import DataConflict, Item, canonical_json
+from .._errors import ConfigurationError, MigrationError
+from .._store.local import check_item, item_label
+from ..contract import DataConflict, Item, canonical_json
 
 if TYPE_CHECKING:
-    from ._transport import Exchange
+    from .._transport.http import Exchange
 
 __all__ = [
     "DEFAULT_FIELD_RULES",
@@ -309,7 +309,7 @@ class ClockEstimate:
     between sending and receiving, so the midpoint is the best guess and half the round
     trip the uncertainty.
 
-    >>> from sdk._transport import Exchange
+    >>> from sdk._transport.http import Exchange
     >>> clock = ClockEstimate.measure(Exchange(sent_at_ms=10_000, received_at_ms=10_040),
     ...                               server_time=7_000)
     >>> clock, clock.to_server(10_020)
@@ -331,7 +331,7 @@ class ClockEstimate:
     def from_date(cls, exchange: Exchange | None) -> ClockEstimate | None:
         """From an answer's ``Date`` header: whole seconds, so 500 ms less certain.
 
-        >>> from sdk._transport import Exchange
+        >>> from sdk._transport.http import Exchange
         >>> ClockEstimate.from_date(Exchange(sent_at_ms=1_000, received_at_ms=1_000,
         ...     date="Thu, 01 Jan 1970 00:00:01 GMT"))
         ClockEstimate(offset_ms=-500, uncertainty_ms=500)

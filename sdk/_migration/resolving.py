@@ -10,15 +10,15 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from . import contract as c
-from ._conflicts import ClockEstimate, Conflict, FlaggedItem, decide
-from ._errors import ConflictError, NotFoundError
-from ._events import DataConflictDetected, Progress, ProgressPhase
-from ._failpoints import failpoint
-from ._journal import JournalRecord, PendingRecord, Phase, ResolutionRecord, decision_key
-from ._run import Restart, Run, session_id_of, session_status
-from ._snapshot import Snapshot
-from ._store import LocalStore, now_ms
+from .. import contract as c
+from .._conflicts.policy import ClockEstimate, Conflict, FlaggedItem, decide
+from .._errors import ConflictError, NotFoundError
+from .._events import DataConflictDetected, Progress, ProgressPhase
+from .._failpoints import failpoint
+from .._store.local import LocalStore, now_ms
+from .._store.snapshot import Snapshot
+from .journal import JournalRecord, PendingRecord, Phase, ResolutionRecord, decision_key
+from .run import Restart, Run, session_id_of, session_status
 
 __all__ = ["resolve_conflicts"]
 

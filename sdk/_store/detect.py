@@ -29,7 +29,7 @@ from sdk._errors import (
     StoreError,
     UnsupportedDataVersionError,
 )
-from sdk._store import (
+from sdk._store.schema import (
     MIGRATION_SET,
     SCHEMA_STEPS,
     STORE_APPLICATION_ID,
@@ -126,7 +126,7 @@ def detect_local(path: str | os.PathLike[str]) -> LocalDetection:
     """Classify the store at ``path``, read-only and cheaply (one GROUP BY for the counts).
 
     >>> import tempfile, pathlib
-    >>> from sdk._store import LocalStore
+    >>> from sdk._store.local import LocalStore
     >>> tmp = tempfile.TemporaryDirectory()
     >>> with LocalStore(pathlib.Path(tmp.name) / "s.sqlite3") as store:
     ...     _ = store.put("cards", "c1", {"front": "hola"})

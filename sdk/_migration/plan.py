@@ -28,12 +28,13 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
-from ._conflicts import ClockEstimate, Conflict, ConflictPolicy, FlaggedItem, decide
-from ._detect import LocalState, check_local, detect_local
-from ._errors import InvalidRequestError, ProtocolError
-from ._store import connect_read_only, now_ms, store_error
-from ._transport import Transport
-from .contract import Item, PlanEntry, PlanResponse, item_digest
+from .._conflicts.policy import ClockEstimate, Conflict, ConflictPolicy, FlaggedItem, decide
+from .._errors import InvalidRequestError, ProtocolError
+from .._store.detect import LocalState, check_local, detect_local
+from .._store.local import now_ms
+from .._store.schema import connect_read_only, store_error
+from .._transport.http import Transport
+from ..contract import Item, PlanEntry, PlanResponse, item_digest
 
 __all__ = ["CollectionPlan", "MigrationPlan", "make_plan"]
 

@@ -356,7 +356,9 @@ def take_remote(
     if digests is not None and not _any_between(conn, low, high):
         # Where the store holds none of these keys (a bootstrap): no lookups, no checks
         # per row, one plain insert.
-        conn.executemany(_INSERT_SYNCED, [(*r, d, q) for (r, q), d in zip(items, digests)])
+        conn.executemany(
+            _INSERT_SYNCED, [(*r, d, q) for (r, q), d in zip(items, digests, strict=False)]
+        )
         total = sum(int.from_bytes(d, "big") for d in digests)
         _add_checksum(conn, total % (1 << 256))
         return len(items)

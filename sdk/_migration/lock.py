@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from ._errors import MigrationBlockedError, StoreError
+from .._errors import MigrationBlockedError, StoreError
 
 __all__ = ["MigrationLock", "lock_path_for"]
 

@@ -5,7 +5,7 @@ the WAL, and could tear while the app writes). The batch plan is deterministic: 
 store gives the same batches, and the dataset checksum does not depend on the batching::
 
     >>> import tempfile, pathlib
-    >>> from sdk._store import LocalStore
+    >>> from sdk._store.local import LocalStore
     >>> from sdk.contract import dataset_checksum_of
     >>> tmp = pathlib.Path(tempfile.mkdtemp())
     >>> with LocalStore(tmp / "store.sqlite3") as store:
@@ -42,7 +42,6 @@ from types import TracebackType
 from typing import Any
 
 from sdk import _fastjson as fastjson
-from sdk._detect import LocalState, inspect_store
 from sdk._errors import (
     ConfigurationError,
     CorruptStoreError,
@@ -53,13 +52,13 @@ from sdk._errors import (
     UnsupportedDataVersionError,
 )
 from sdk._failpoints import failpoint
-from sdk._store import (
+from sdk._store.detect import LocalState, inspect_store
+from sdk._store.local import check_item, item_label
+from sdk._store.schema import (
     STORE_APPLICATION_ID,
     STORE_FORMAT,
     SUPPORTED_DATA_VERSIONS,
-    check_item,
     connect_read_only,
-    item_label,
     store_error,
 )
 from sdk.contract import (
@@ -152,7 +151,7 @@ class Snapshot:
     while others read metadata, fetch items or iterate too.
 
     >>> import tempfile, pathlib
-    >>> from sdk._store import LocalStore
+    >>> from sdk._store.local import LocalStore
     >>> tmp = pathlib.Path(tempfile.mkdtemp())
     >>> LocalStore(tmp / "s.sqlite3").close()
     >>> snap = take_snapshot(tmp / "s.sqlite3", tmp, batch_size=10, max_batch_bytes=4096)
@@ -230,7 +229,7 @@ class Snapshot:
         """The manifest sent with ``start``.
 
         >>> import tempfile, pathlib
-        >>> from sdk._store import LocalStore
+        >>> from sdk._store.local import LocalStore
         >>> tmp = pathlib.Path(tempfile.mkdtemp())
         >>> LocalStore(tmp / "s.sqlite3").close()
         >>> with take_snapshot(tmp / "s.sqlite3", tmp, batch_size=10,
@@ -271,7 +270,7 @@ class Snapshot:
         """The plan as ``(seq, item_count, byte_count)`` rows.
 
         >>> import tempfile, pathlib
-        >>> from sdk._store import LocalStore
+        >>> from sdk._store.local import LocalStore
         >>> tmp = pathlib.Path(tempfile.mkdtemp())
         >>> with LocalStore(tmp / "s.sqlite3") as store:
         ...     _ = store.put("c", "k", {}, updated_at=1)
@@ -292,7 +291,7 @@ class Snapshot:
         the plan; a mismatch means the file was damaged or tampered with (``SnapshotError``).
 
         >>> import tempfile, pathlib, json
-        >>> from sdk._store import LocalStore
+        >>> from sdk._store.local import LocalStore
         >>> tmp = pathlib.Path(tempfile.mkdtemp())
         >>> with LocalStore(tmp / "s.sqlite3") as store:
         ...     _ = store.put("c", "k", {"v": 1}, updated_at=1)
@@ -348,7 +347,7 @@ class Snapshot:
         """The snapshot's version of the given items; keys not in it are left out.
 
         >>> import tempfile, pathlib
-        >>> from sdk._store import LocalStore
+        >>> from sdk._store.local import LocalStore
         >>> tmp = pathlib.Path(tempfile.mkdtemp())
         >>> with LocalStore(tmp / "s.sqlite3") as store:
         ...     _ = store.put("c", "k", {"v": 1}, updated_at=1)
@@ -374,7 +373,7 @@ class Snapshot:
         migrated keys).
 
         >>> import tempfile, pathlib
-        >>> from sdk._store import LocalStore
+        >>> from sdk._store.local import LocalStore
         >>> from sdk.contract import dataset_checksum_of
         >>> tmp = pathlib.Path(tempfile.mkdtemp())
         >>> with LocalStore(tmp / "s.sqlite3") as store:
@@ -501,7 +500,7 @@ def take_snapshot(
     ``<name>.partial``, synced, then renamed into place: a snapshot file is always complete.
 
     >>> import tempfile, pathlib
-    >>> from sdk._store import LocalStore
+    >>> from sdk._store.local import LocalStore
     >>> tmp = pathlib.Path(tempfile.mkdtemp())
     >>> LocalStore(tmp / "s.sqlite3").close()
     >>> take_snapshot(tmp / "s.sqlite3", tmp, batch_size=0, max_batch_bytes=4096)

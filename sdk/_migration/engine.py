@@ -6,8 +6,8 @@ idempotent, so the whole function can be killed anywhere and simply called again
 reads the journal, asks the server for the truth (``status``) and carries on.
 
 Use it through :class:`sdk.MigrationClient` (or :func:`sdk.migrate`); this module is
-the engine behind them. The conflict phase is :mod:`sdk._resolving`; what the steps
-share (the run's state, starting over, stopping) is :mod:`sdk._run`.
+the engine behind them. The conflict phase is :mod:`sdk._migration.resolving`; what the steps
+share (the run's state, starting over, stopping) is :mod:`sdk._migration.run`.
 """
 
 from __future__ import annotations
@@ -25,11 +25,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from . import contract as c
-from ._conflicts import ClockEstimate, ConflictPolicy, FlaggedItem
-from ._detect import LocalState, check_local, detect_local
-from ._errors import (
-    ConfigurationError,
+from .. import contract as c
+from .._conflicts.policy import ClockEstimate, FlaggedItem
+from .._errors import (
     ConflictError,
     MigrationBlockedError,
     MigrationError,
@@ -39,7 +37,7 @@ from ._errors import (
     SnapshotError,
     VerificationError,
 )
-from ._events import (
+from .._events import (
     Hooks,
     LocalDataDetected,
     MigrationCompleted,
@@ -47,20 +45,24 @@ from ._events import (
     Progress,
     ProgressPhase,
 )
-from ._failpoints import configure_from_env, failpoint
-from ._journal import (
+from .._failpoints import configure_from_env, failpoint
+from .._stopping import Stopped, stoppable_sleep
+from .._store.detect import LocalState, check_local, detect_local
+from .._store.local import LocalStore, MigratedSync
+from .._store.schema import connect_read_only
+from .._store.snapshot import Snapshot, open_snapshot, take_snapshot
+from .._sync.run import SyncResult
+from .._transport.http import Transport
+from .journal import (
     Journal,
     JournalRecord,
     Phase,
 )
-from ._resolving import resolve_conflicts
-from ._run import Restart, Run, Stopped, session_id_of, session_status, stoppable_sleep
-from ._snapshot import Snapshot, open_snapshot, take_snapshot
-from ._store import LocalStore, MigratedSync, connect_read_only
-from ._sync import SyncResult
-from ._transport import Transport
+from .options import MigrationOptions
+from .resolving import resolve_conflicts
+from .run import Restart, Run, session_id_of, session_status
 
-__all__ = ["MigrationOptions", "MigrationOutcome", "MigrationResult", "run_migration"]
+__all__ = ["MigrationOutcome", "MigrationResult", "run_migration"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,41 +77,6 @@ _MAX_RESOLVE_ROUNDS = 3
 #: How long one call waits for a server that processes batches asynchronously (its
 #: status says ``processing``) before it gives up; the next call resumes the wait.
 _PROCESSING_TIMEOUT = 600.0
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class MigrationOptions:
-    """How the migration runs. Every field has a safe default.
-
-    >>> MigrationOptions(batch_size=500).max_in_flight
-    2
-    >>> try:
-    ...     MigrationOptions(batch_size=0)
-    ... except ConfigurationError as exc:
-    ...     print(exc)
-    batch_size must be at least 1, got 0
-    """
-
-    #: Items per batch (the server's own limit caps it).
-    batch_size: int = 1000
-    #: Batches uploaded in parallel (the server's limit caps it).
-    max_in_flight: int = 2
-    #: gzip batch bodies when the server offers it.
-    compress: bool = False
-    #: Where snapshots go; default: the user cache directory of the app.
-    cache_dir: Path | None = None
-    #: How conflicts with the cloud's items are decided (default: the cloud's version).
-    conflicts: ConflictPolicy = dataclasses.field(default_factory=ConflictPolicy)
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigurationError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.max_in_flight < 1:
-            raise ConfigurationError(f"max_in_flight must be at least 1, got {self.max_in_flight}")
-        if not isinstance(self.conflicts, ConflictPolicy):
-            raise ConfigurationError(
-                f"conflicts must be a ConflictPolicy, got {type(self.conflicts).__name__}"
-            )
 
 
 class MigrationOutcome(str, enum.Enum):

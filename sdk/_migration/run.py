@@ -1,8 +1,9 @@
 """What one migration call carries through its steps, and the signals between them.
 
-The engine (:mod:`sdk._migrate`) and its conflict phase (:mod:`sdk._resolving`) share
-these: the run's state, the exceptions that start a migration over or stop it at a safe
-point, and the first question of every step, whether the server still has the session.
+The engine (:mod:`sdk._migration.engine`) and its conflict phase
+(:mod:`sdk._migration.resolving`) share these: the run's state, the exception that starts
+a migration over (stopping at a safe point is :mod:`sdk._stopping`'s), and the first
+question of every step, whether the server still has the session.
 """
 
 from __future__ import annotations
@@ -10,55 +11,22 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from . import contract as c
-from ._conflicts import ClockEstimate
-from ._errors import MigrationError, NotFoundError
-from ._events import Hooks
-from ._journal import Journal, JournalRecord
-from ._transport import Transport
+from .. import contract as c
+from .._conflicts.policy import ClockEstimate
+from .._errors import MigrationError, NotFoundError
+from .._events import Hooks
+from .._stopping import Stopped
+from .._transport.http import Transport
+from .journal import Journal, JournalRecord
+from .options import MigrationOptions
 
-if TYPE_CHECKING:
-    from ._migrate import MigrationOptions
-
-__all__ = ["Restart", "Run", "Stopped", "session_id_of", "session_status", "stoppable_sleep"]
+__all__ = ["Restart", "Run", "session_id_of", "session_status"]
 
 
 class Restart(Exception):
     """The server session is gone; start over with a fresh snapshot."""
-
-
-class Stopped(Exception):
-    """The caller's stop event was set: leave at this safe point (the journal is current).
-
-    Raised inside the engine (and by :func:`stoppable_sleep` during retry waits), turned
-    into a ``STOPPED`` result by :func:`run_migration`; never reaches the app.
-
-    >>> issubclass(Stopped, Exception)
-    True
-    """
-
-
-def stoppable_sleep(stop: threading.Event) -> Callable[[float], None]:
-    """A ``sleep`` for the transport's retry waits that ends early, with :class:`Stopped`,
-    as soon as ``stop`` is set.
-
-    >>> stop = threading.Event()
-    >>> stop.set()
-    >>> stoppable_sleep(stop)(30.0)
-    Traceback (most recent call last):
-    ...
-    sdk._run.Stopped: stopped during a retry wait
-    """
-
-    def sleep(seconds: float) -> None:
-        if stop.wait(seconds):
-            raise Stopped("stopped during a retry wait")
-
-    return sleep
 
 
 @dataclasses.dataclass

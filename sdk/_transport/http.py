@@ -2,8 +2,9 @@
 
 :class:`Transport` wraps an injected :class:`httpx.Client` whose ``base_url`` is the server's
 root. It adds the token and the wire contract's headers, retries what is worth retrying (see
-:mod:`sdk._retry`), parses answers into the contract's pydantic models, and translates every
-failure of the layer below into the SDK's error tree, chained, so no httpx exception leaks::
+:mod:`sdk._transport.retry`), parses answers into the contract's pydantic models, and
+translates every failure of the layer below into the SDK's error tree, chained, so no
+httpx exception leaks::
 
     >>> import httpx
     >>> def server(request: httpx.Request) -> httpx.Response:
@@ -40,8 +41,8 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from . import _fastjson as fastjson
-from ._errors import (
+from .. import _fastjson as fastjson
+from .._errors import (
     AuthError,
     ConfigurationError,
     ConflictError,
@@ -54,16 +55,8 @@ from ._errors import (
     ServerError,
     TransportError,
 )
-from ._failpoints import failpoint
-from ._retry import (
-    Retrier,
-    RetryDecision,
-    RetryPolicy,
-    RetryRun,
-    parse_http_date,
-    parse_retry_after,
-)
-from .contract import (
+from .._failpoints import failpoint
+from ..contract import (
     API_PREFIX,
     CHECKSUM_HEADER,
     USER_ID_PATTERN,
@@ -84,6 +77,14 @@ from .contract import (
     StartMigrationRequest,
     StartMigrationResponse,
     SyncStateResponse,
+)
+from .retry import (
+    Retrier,
+    RetryDecision,
+    RetryPolicy,
+    RetryRun,
+    parse_http_date,
+    parse_retry_after,
 )
 
 __all__ = ["Exchange", "TokenSource", "Transport"]

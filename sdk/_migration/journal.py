@@ -30,10 +30,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ._errors import JournalError
-from ._failpoints import failpoint
-from ._store import connect_read_only
-from .contract import canonical_json
+from .._errors import JournalError
+from .._failpoints import failpoint
+from .._store.schema import connect_read_only
+from ..contract import canonical_json
 
 __all__ = [
     "Journal",

@@ -1,0 +1,48 @@
+"""How a migration runs: the one options object the client, the engine and each step of
+a run share (a module of its own so that the run, :mod:`sdk._migration.run`, needs no
+import of the engine that drives it)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from .._conflicts.policy import ConflictPolicy
+from .._errors import ConfigurationError
+
+__all__ = ["MigrationOptions"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MigrationOptions:
+    """How the migration runs. Every field has a safe default.
+
+    >>> MigrationOptions(batch_size=500).max_in_flight
+    2
+    >>> try:
+    ...     MigrationOptions(batch_size=0)
+    ... except ConfigurationError as exc:
+    ...     print(exc)
+    batch_size must be at least 1, got 0
+    """
+
+    #: Items per batch (the server's own limit caps it).
+    batch_size: int = 1000
+    #: Batches uploaded in parallel (the server's limit caps it).
+    max_in_flight: int = 2
+    #: gzip batch bodies when the server offers it.
+    compress: bool = False
+    #: Where snapshots go; default: the user cache directory of the app.
+    cache_dir: Path | None = None
+    #: How conflicts with the cloud's items are decided (default: the cloud's version).
+    conflicts: ConflictPolicy = dataclasses.field(default_factory=ConflictPolicy)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigurationError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.max_in_flight < 1:
+            raise ConfigurationError(f"max_in_flight must be at least 1, got {self.max_in_flight}")
+        if not isinstance(self.conflicts, ConflictPolicy):
+            raise ConfigurationError(
+                f"conflicts must be a ConflictPolicy, got {type(self.conflicts).__name__}"
+            )
