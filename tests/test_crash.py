@@ -4,6 +4,7 @@ the same migration: same session, nothing lost, nothing duplicated."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -19,7 +20,8 @@ from sdk.contract import dataset_checksum_of
 CHILD = str(Path(__file__).with_name("migrate_child.py"))
 
 
-def run_child(live_server, user, store, cache, *pause: str) -> subprocess.Popen[str]:
+def run_child(live_server, user, store, cache, *pause: str, **env: str) -> subprocess.Popen[str]:
+    """The child migrating (``MIGRATE_CHILD_SYNC=1`` in ``env``: syncing) ``store``."""
     return subprocess.Popen(
         [
             sys.executable,
@@ -34,6 +36,7 @@ def run_child(live_server, user, store, cache, *pause: str) -> subprocess.Popen[
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        env={**os.environ, **env},
     )
 
 

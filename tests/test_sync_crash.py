@@ -4,9 +4,7 @@ the same command runs again, and until then the store counts it as pending."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -14,30 +12,10 @@ import httpx
 import pytest
 from sdk_fixtures import learning_items, make_store
 from test_crash import kill, read_until
+from test_crash import run_child as child
 
 from sdk import LocalStore, MigrationClient, MigrationOptions, detect_local
 from sdk.contract import Item
-
-CHILD = str(Path(__file__).with_name("migrate_child.py"))
-
-
-def child(live_server, user: str, store: Path, cache: Path, *pause: str, **env: str):
-    return subprocess.Popen(
-        [
-            sys.executable,
-            CHILD,
-            live_server.url,
-            user,
-            live_server.token(user),
-            str(store),
-            str(cache),
-            *pause,
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **env},
-    )
 
 
 def finish(proc: subprocess.Popen[str]) -> list[str]:
