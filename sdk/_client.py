@@ -173,6 +173,8 @@ class MigrationClient:
         the same store, :class:`sdk.OfflineError` when the server stays unreachable
         (call again later: it resumes), and the other :class:`sdk.MigrationError` types.
         """
+        if self._untouchable(creates=False):
+            return MigrationResult(outcome=MigrationOutcome.NOTHING_TO_MIGRATE)
         with MigrationLock(lock_path_for(self.store_path)):
             self._stop = stop
             try:
@@ -204,6 +206,7 @@ class MigrationClient:
             result = client.sync()
             print(result.pushed, result.pulled, result.pending_changes, result.verified)
         """
+        self._untouchable(creates=True)
         with MigrationLock(lock_path_for(self.store_path)):
             self._stop = stop
             try:
@@ -243,6 +246,22 @@ class MigrationClient:
         """
         with LocalStore(self.store_path, create=False) as store:
             return sync_status(store, self.transport, full=full)
+
+    def _untouchable(self, *, creates: bool) -> bool:
+        """Look before putting a lock or a journal beside the store: a path that holds
+        something not ours (another app's file, a folder, a damaged store) raises its
+        typed error and gets nothing written beside it; a missing store (with no journal
+        of a migration in progress) is True, "nothing to do", unless the call ``creates``
+        one (a sync on a new device)."""
+        local = inspect_store(self.store_path, count=False)
+        if local.state is LocalState.NO_STORE:
+            return not creates and not journal_path_for(self.store_path).exists()
+        try:
+            local.raise_for_state()
+        except MigrationError as exc:
+            self.hooks.emit(MigrationFailed(session_id=None, error=str(exc), retryable=False))
+            raise
+        return False
 
     def _migrate_locked(self, stop: threading.Event | None) -> MigrationResult:
         with self._journal() as journal:
@@ -300,6 +319,8 @@ class MigrationClient:
         """Cancel the migration in progress, if any: the server purges what it staged,
         the journal and snapshot are dropped, the store is untouched. Returns whether
         there was one to cancel."""
+        if self._untouchable(creates=False):
+            return False
         with MigrationLock(lock_path_for(self.store_path)), self._journal() as journal:
             record = journal.load()
             if record is None:

@@ -383,3 +383,33 @@ def test_a_bad_request_timeout_is_a_configuration_error(tmp_path, bad):
             store_path=tmp_path / "s.sqlite3",
             request_timeout=bad,
         )
+
+
+@pytest.mark.parametrize("kind", ["missing", "folder", "foreign"])
+def test_the_client_leaves_nothing_beside_a_path_that_holds_no_store_of_ours(
+    server, tmp_path, kind
+):
+    import sqlite3
+
+    path = tmp_path / "here" / "store.sqlite3"
+    path.parent.mkdir()
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "foreign":
+        with sqlite3.connect(path) as conn:
+            conn.execute("CREATE TABLE notes (body TEXT)")
+    before = sorted(p.name for p in path.parent.iterdir())
+
+    with client_for(server, path, "ivy", tmp_path) as client:
+        if kind == "missing":
+            assert client.migrate().outcome is MigrationOutcome.NOTHING_TO_MIGRATE
+            assert client.cancel() is False
+        else:
+            with pytest.raises(ForeignStoreError):
+                client.migrate()
+            with pytest.raises(ForeignStoreError):
+                client.sync()
+            with pytest.raises(ForeignStoreError):
+                client.cancel()
+
+    assert sorted(p.name for p in path.parent.iterdir()) == before  # no journal, no lock
