@@ -183,7 +183,7 @@ def repair(conn: sqlite3.Connection) -> int:
         "SELECT collection, key, data, updated_at, deleted FROM items WHERE digest IS NULL"
     ).fetchall():
         try:
-            text = _fastjson.canonical_text(data) if not deleted else "{}"
+            text = _fastjson.canonical_text(data)  # a tombstone may keep its data too
         except (TypeError, ValueError, RecursionError):
             text = data  # not JSON: the snapshot names it; the digest still counts it
         digest = row_digest(collection, key, text, updated_at, deleted)
