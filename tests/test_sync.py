@@ -212,3 +212,25 @@ def test_a_push_interrupted_before_or_after_the_answer_is_applied_once(server, t
     pushes = server.storage._rows("SELECT count(*) FROM sync_pushes WHERE user_id = 'alice'")
     assert pushes == [(1,)]
     assert cloud_of(server)[("c", "once")]["data"] == {"v": 1}
+
+
+def test_an_edit_of_a_migrated_item_made_around_the_sdk_is_pushed_without_a_conflict(
+    server, tmp_path
+):
+    import sqlite3
+
+    make_store(tmp_path / "store.sqlite3", learning_items(10))
+    with device(server, tmp_path, conflicts=ConflictPolicy(default="manual")) as client:
+        client.migrate()
+        with sqlite3.connect(tmp_path / "store.sqlite3") as raw:  # the app's own SQL
+            raw.execute(
+                "UPDATE items SET data = ?, updated_at = 9 WHERE key = 'item-000004'",
+                ['{"score": 99}'],
+            )
+            raw.execute("DELETE FROM items WHERE key = 'item-000005'")
+        assert detect_local(tmp_path / "store.sqlite3").pending_changes == 1  # the delete:
+        result = client.sync()  # becomes a tombstone when the sync settles it
+    assert (result.pushed, result.resolutions_by_kind, result.verified) == (2, {}, True)
+    cloud = cloud_of(server)
+    assert cloud[("flashcards", "item-000004")]["data"] == {"score": 99}
+    assert cloud[("lesson_progress", "item-000005")]["deleted"] is True

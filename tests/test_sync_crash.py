@@ -15,6 +15,7 @@ from test_crash import kill, read_until
 from test_crash import run_child as child
 
 from sdk import LocalStore, MigrationClient, MigrationOptions, detect_local
+from sdk._store import changes
 from sdk.contract import Item
 
 
@@ -107,8 +108,12 @@ def test_writes_made_while_a_killed_migration_runs_all_reach_the_cloud(
     # Until they are in the cloud, the store counts them as pending.
     cloud = cloud_of(live_server, user)
     with LocalStore(store) as s, s._reading("pending") as conn:
+        through = changes.settled(conn)  # what a migration marked as in the cloud
         pending = {
-            (c, k) for c, k in conn.execute("SELECT collection, key FROM items WHERE pending > 0")
+            (c, k)
+            for c, k in conn.execute(
+                "SELECT collection, key FROM items WHERE pending > ?", (through,)
+            )
         }
     for key, item in written.items():
         assert key in pending or cloud.get(key, {}).get("data") == item["data"], key

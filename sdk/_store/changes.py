@@ -48,6 +48,7 @@ __all__ = [
     "row_digest",
     "set_meta",
     "settle_migration",
+    "settled",
     "take_remote",
 ]
 
@@ -114,6 +115,14 @@ def create_tables(conn: sqlite3.Connection) -> None:
     set_meta(conn, change_counter=str(1 if rows else 0), local_checksum=multiset_hex(total))
 
 
+#: A row's base as it leaves the watermark (see :func:`settled`): a row still in it with
+#: no base of its own derives from the migration's seq.
+_SETTLED_BASE = (
+    "CASE WHEN {t}.base_seq IS NULL AND {t}.pending > 0 AND {t}.pending <= coalesce("
+    "(SELECT CAST(value AS INTEGER) FROM store_meta WHERE key = 'settled_through'), 0)"
+    " THEN (SELECT CAST(value AS INTEGER) FROM store_meta WHERE key = 'settled_seq')"
+    " ELSE {t}.base_seq END"
+)
 _BUMP = "UPDATE store_meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'change_counter'"
 _COUNTER = "(SELECT CAST(value AS INTEGER) FROM store_meta WHERE key = 'change_counter')"
 #: The triggers that record writes made around the SDK (its own writes always set the
@@ -132,13 +141,14 @@ _TRIGGERS = (
         INSERT INTO sync_repairs (collection, key, digest, base_seq, deleted_row)
         VALUES (OLD.collection, OLD.key, OLD.digest, NULL, 0);
         {_BUMP};
-        UPDATE items SET digest = NULL, pending = {_COUNTER}
+        UPDATE items SET digest = NULL, pending = {_COUNTER},
+            base_seq = {_SETTLED_BASE.format(t="items")}
         WHERE collection = NEW.collection AND key = NEW.key;
     END""",
-    """CREATE TRIGGER items_deleted_around AFTER DELETE ON items
+    f"""CREATE TRIGGER items_deleted_around AFTER DELETE ON items
     BEGIN
         INSERT INTO sync_repairs (collection, key, digest, base_seq, deleted_row)
-        VALUES (OLD.collection, OLD.key, OLD.digest, OLD.base_seq, 1);
+        VALUES (OLD.collection, OLD.key, OLD.digest, {_SETTLED_BASE.format(t="OLD")}, 1);
     END""",
 )
 
@@ -228,6 +238,19 @@ def set_meta(conn: sqlite3.Connection, **values: str | None) -> None:
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (key, value),
             )
+
+
+def settled(conn: sqlite3.Connection) -> int:
+    """The watermark a migration left: a row whose ``pending`` is at most this is in the
+    cloud (based on ``settled_seq`` when its own ``base_seq`` is NULL). A row is pending
+    when its ``pending`` is above it. 0 for a store never migrated.
+
+    >>> conn = sqlite3.connect(":memory:", isolation_level=None)
+    >>> create_tables(conn)
+    >>> settled(conn)
+    0
+    """
+    return int(meta(conn, "settled_through").get("settled_through", "0"))
 
 
 def next_counter(conn: sqlite3.Connection) -> int:
@@ -363,19 +386,20 @@ def take_remote(
         _add_checksum(conn, total % (1 << 256))
         return len(items)
     old = _existing(conn, [(r[0], r[1]) for r, _ in items])
+    through = settled(conn)
     delta = 0
     written = 0
     upserts = []
-    same: list[tuple[int, str, str]] = []
+    same: list[tuple[int, str, str, int]] = []
     for index, (row, seq) in enumerate(items):
         key = (row[0], row[1])
         previous = old.get(key)
         allowed = 0 if only_if_pending is None else only_if_pending.get(key, 0)
-        if previous is not None and previous[1] != 0 and previous[1] != allowed:
+        if previous is not None and previous[1] > through and previous[1] != allowed:
             continue  # an unpushed local edit: the push's conflict policy decides
         digest = row_digest(*row) if digests is None else digests[index]
-        if previous is not None and previous == (digest, 0):
-            same.append((seq, key[0], key[1]))  # held already: only its base moves
+        if previous is not None and previous[0] == digest and previous[1] <= through:
+            same.append((seq, key[0], key[1], through))  # held already: its base moves
             continue
         if previous is not None and previous[0] is not None:  # None: a damaged row
             delta -= int.from_bytes(previous[0], "big")
@@ -385,7 +409,9 @@ def take_remote(
         written += 1
     conn.executemany(_UPSERT_SYNCED, upserts)
     conn.executemany(
-        "UPDATE items SET base_seq = ? WHERE collection = ? AND key = ? AND pending = 0", same
+        "UPDATE items SET base_seq = ?, pending = 0 WHERE collection = ? AND key = ?"
+        " AND pending <= ?",
+        same,
     )
     _add_checksum(conn, delta % (1 << 256))
     return written
@@ -429,13 +455,15 @@ def settle_migration(
     user_id: str = "",
 ) -> None:
     """After a verified migration committed at ``seq``: rows unchanged since the snapshot
-    (pending at most the snapshot's ``counter``) are in the cloud now, based on ``seq``;
-    rows the app wrote since stay pending, based on ``seq`` when the snapshot held them
-    (the migrated version is what they replace) and on nothing when they are new."""
-    conn.execute(
-        "UPDATE items SET base_seq = ?, pending = 0 WHERE pending > 0 AND pending <= ?",
-        (seq, counter),
-    )
+    (pending at most the snapshot's ``counter``) are in the cloud now, based on ``seq``
+    (in O(1): the watermark); rows the app wrote since stay pending, based on ``seq`` when
+    the snapshot held them (the migrated version is what they replace) and on nothing
+    when they are new."""
+    # Rows unchanged since the snapshot are not rewritten one by one (a million rows
+    # would take seconds): the watermark says that every row pending at most ``counter``
+    # is in the cloud, based on ``seq`` (see :func:`settled`).
+    through = max(settled(conn), counter)
+    set_meta(conn, settled_through=str(through), settled_seq=str(seq))
     later = [
         (c, k)
         for c, k in conn.execute("SELECT collection, key FROM items WHERE pending > ?", (counter,))
@@ -472,7 +500,8 @@ _UPSERT_PENDING = (
     "INSERT INTO items (collection, key, data, updated_at, deleted, digest, pending)"
     " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (collection, key) DO UPDATE SET"
     " data = excluded.data, updated_at = excluded.updated_at, deleted = excluded.deleted,"
-    " digest = excluded.digest, pending = excluded.pending"
+    " digest = excluded.digest, pending = excluded.pending,"
+    f" base_seq = {_SETTLED_BASE.format(t='items')}"
 )
 _INSERT_TOMBSTONE = (
     "INSERT INTO items (collection, key, data, updated_at, deleted, digest, base_seq, pending)"

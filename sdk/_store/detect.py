@@ -263,7 +263,10 @@ def _inspect_ours(
                 tombstones += int(deleted)
             # Before the sync's schema step nothing was recorded: every row may be unsent.
             pending = (
-                conn.execute("SELECT count(*) FROM items WHERE pending > 0").fetchone()[0]
+                conn.execute(
+                    "SELECT count(*) FROM items WHERE pending > ?",
+                    (int(meta.get("settled_through", "0")),),
+                ).fetchone()[0]
                 if "0003_sync" in applied
                 else sum(counts.values())
             )

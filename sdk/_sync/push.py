@@ -40,7 +40,7 @@ def _resend_outbox(run: _Sync) -> None:
 
 _PENDING_ROWS = (
     "SELECT collection, key, data, updated_at, deleted, base_seq, pending FROM items"
-    " WHERE pending > 0 AND NOT EXISTS (SELECT 1 FROM sync_conflicts s WHERE"
+    " WHERE pending > ? AND NOT EXISTS (SELECT 1 FROM sync_conflicts s WHERE"
     " s.collection = items.collection AND s.key = items.key)"
     " ORDER BY pending LIMIT ?"
 )
@@ -49,7 +49,7 @@ _PENDING_ROWS = (
 def _push_batch(run: _Sync) -> bool:
     """Send one batch of pending changes; False when none was pending."""
     with run.store._reading("read pending changes") as conn:
-        rows = conn.execute(_PENDING_ROWS, (PUSH_BATCH,)).fetchall()
+        rows = conn.execute(_PENDING_ROWS, (changes.settled(conn), PUSH_BATCH)).fetchall()
     if not rows:
         with run.store._writing("check the pending index") as conn:
             (waiting,) = conn.execute("SELECT count(*) FROM sync_conflicts").fetchone()
@@ -57,7 +57,7 @@ def _push_batch(run: _Sync) -> bool:
                 # The index lost rows (damage quick_check cannot see): rebuild it.
                 logger.warning("the store's index of pending changes was damaged; rebuilt")
                 conn.execute("REINDEX items_pending")
-                rows = conn.execute(_PENDING_ROWS, (PUSH_BATCH,)).fetchall()
+                rows = conn.execute(_PENDING_ROWS, (changes.settled(conn), PUSH_BATCH)).fetchall()
     if not rows:
         return False
     push_id = uuid.uuid4().hex

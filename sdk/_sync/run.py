@@ -13,6 +13,7 @@ from typing import Any
 from .._conflicts.policy import ConflictPolicy
 from .._events import Hooks
 from .._stopping import Stopped
+from .._store import changes
 from .._store.local import LocalStore
 
 __all__ = ["PULL_PAGE", "PUSH_BATCH", "SyncResult"]
@@ -76,7 +77,10 @@ class _Sync:
 
 
 def _pending(conn: Any) -> int:
-    (n,) = conn.execute("SELECT count(*) FROM items WHERE pending > 0").fetchone()
+    """Rows the cloud does not hold yet: pending above the migration's watermark."""
+    (n,) = conn.execute(
+        "SELECT count(*) FROM items WHERE pending > ?", (changes.settled(conn),)
+    ).fetchone()
     return int(n)
 
 
