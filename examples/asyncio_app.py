@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -65,6 +66,16 @@ async def suspend_when(screen: Screen, items: int, task: asyncio.Task[object]) -
     task.cancel()  # what the app does when the OS suspends it
 
 
+def environment_or_exit() -> None:
+    """A one-line explanation instead of a KeyError when the server is not configured."""
+    needed = ("MIGRATION_SERVER", "MIGRATION_USER", "MIGRATION_TOKEN")
+    if missing := [name for name in needed if not os.environ.get(name)]:
+        sys.exit(
+            f"{Path(__file__).name} needs {', '.join(needed)} (missing: {', '.join(missing)}); "
+            'see the README\'s "Try it in one terminal"'
+        )
+
+
 async def main(folder: Path, items: int, suspend_at: int | None) -> None:
     with LocalStore(folder / "store.sqlite3") as store:
         store.put_many(
@@ -103,5 +114,6 @@ if __name__ == "__main__":
     parser.add_argument("--items", type=int, default=5000, help="items to write and migrate")
     parser.add_argument("--suspend-at", type=int, help="cancel once this many are uploaded")
     args = parser.parse_args()
+    environment_or_exit()
     args.folder.mkdir(parents=True, exist_ok=True)
     asyncio.run(main(args.folder, args.items, args.suspend_at))

@@ -110,7 +110,18 @@ def ask_learner(conflict: Conflict) -> dict[str, Any]:
     }
 
 
+def environment_or_exit() -> None:
+    """A one-line explanation instead of a KeyError when the server is not configured."""
+    needed = ("MIGRATION_SERVER", "MIGRATION_USER", "MIGRATION_TOKEN")
+    if missing := [name for name in needed if not os.environ.get(name)]:
+        sys.exit(
+            f"{Path(__file__).name} needs {', '.join(needed)} (missing: {', '.join(missing)}); "
+            'see the README\'s "Try it in one terminal"'
+        )
+
+
 def main() -> int:
+    environment_or_exit()
     folder = Path(tempfile.mkdtemp(prefix="conflicts-example-"))
     tablet = fill(folder / "tablet" / "store.sqlite3", TABLET, NOW - 2 * HOUR)
     phone = fill(folder / "phone" / "store.sqlite3", PHONE, NOW - HOUR)

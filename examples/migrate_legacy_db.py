@@ -95,11 +95,22 @@ def write_legacy_database(path: Path) -> None:
     db.close()
 
 
+def environment_or_exit() -> None:
+    """A one-line explanation instead of a KeyError when the server is not configured."""
+    needed = ("MIGRATION_SERVER", "MIGRATION_USER", "MIGRATION_TOKEN")
+    if missing := [name for name in needed if not os.environ.get(name)]:
+        sys.exit(
+            f"{Path(__file__).name} needs {', '.join(needed)} (missing: {', '.join(missing)}); "
+            'see the README\'s "Try it in one terminal"'
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--legacy", type=Path, help="the old app's database (default: a sample)")
     parser.add_argument("--folder", type=Path, help="where the SDK's store goes (default: temp)")
     args = parser.parse_args()
+    environment_or_exit()
 
     folder = args.folder or Path(tempfile.mkdtemp(prefix="legacy-example-"))
     folder.mkdir(parents=True, exist_ok=True)

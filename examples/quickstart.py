@@ -6,10 +6,15 @@ first example, word for word after this docstring).
 """
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 from sdk import LocalStore, MigrationClient, MigrationOptions
+
+NEEDED = ("MIGRATION_SERVER", "MIGRATION_USER", "MIGRATION_TOKEN")
+if missing := [name for name in NEEDED if not os.environ.get(name)]:
+    sys.exit(f"set {', '.join(missing)} first: the server, the user and their token")
 
 folder = Path(tempfile.mkdtemp())
 with LocalStore(folder / "store.sqlite3") as store:

@@ -334,6 +334,14 @@ def main(argv: list[str] | None = None) -> int:
         "--quit-when-settled", action="store_true", help="close once there is nothing to do"
     )
     args = parser.parse_args(argv)
+    given = {"MIGRATION_SERVER": args.server, "MIGRATION_TOKEN": args.token}
+    if missing := [name for name, value in given.items() if not value]:
+        # MIGRATION_USER may be empty: nobody signed in yet, the app offers "Register".
+        sys.exit(
+            f"startup_hook.py needs MIGRATION_SERVER and MIGRATION_TOKEN (or --server and "
+            f"--token), and MIGRATION_USER unless the user registers in the app (missing: "
+            f'{", ".join(missing)}); see the README\'s "Try it in one terminal"'
+        )
 
     transcript = Transcript(enabled=args.headless or args.echo)
     screen: Screen

@@ -1,11 +1,12 @@
 """The command line: ``python -m sdk COMMAND`` or ``offline-migrate COMMAND``.
 
 Commands: ``detect``, ``plan``, ``migrate``, ``status``, ``conflicts``, ``resolve``,
-``cancel`` and ``verify``. Every command takes the store (``--store PATH`` or
-``--app NAME``) and the server, user and token (``--server``, ``--user``, ``--token``,
-or the ``MIGRATION_SERVER``, ``MIGRATION_USER`` and ``MIGRATION_TOKEN`` environment
-variables); ``detect`` and ``status`` also work without them, on the device alone.
-``--json`` prints one JSON object instead of text::
+``cancel`` and ``verify``; ``sample`` makes a sample store to try them on. Every
+command takes the store (``--store PATH`` or ``--app NAME``) and the server, user and
+token (``--server``, ``--user``, ``--token``, or the ``MIGRATION_SERVER``,
+``MIGRATION_USER`` and ``MIGRATION_TOKEN`` environment variables); ``detect`` and
+``status`` also work without them, on the device alone. ``--json``
+prints one JSON object instead of text::
 
     offline-migrate detect  --store ~/.local/share/FlashCards/store.sqlite3
     offline-migrate plan    --app FlashCards --strategy newest_wins
@@ -381,6 +382,25 @@ def _parser() -> argparse.ArgumentParser:
         "--full",
         action="store_true",
         help="check with checksums recomputed from every item (slower; an audit)",
+    )
+    sample = command(
+        "sample", _sample, "create a sample store to try the other commands on (no server)"
+    )
+    sample.add_argument(
+        "--items", type=int, default=100, help="how many items (default: %(default)s)"
+    )
+    sample.add_argument(
+        "--conflicts",
+        action="store_true",
+        help="also write cloud versions of some items (--seed-file) that conflict with them",
+    )
+    sample.add_argument(
+        "--seed-file",
+        type=Path,
+        default=None,
+        metavar="FILE.jsonl",
+        help="with --conflicts: the file for `python -m backend_stub seed USER FILE.jsonl` "
+        "(default: cloud-items.jsonl beside the store)",
     )
     for sub in (plan, migrate, sync):
         sub.add_argument(
@@ -869,6 +889,64 @@ def _resolve(args: argparse.Namespace) -> Answer:
     if not remaining:
         lines.append("run `migrate` to apply the decisions and finish")
     return Answer(EXIT_DONE, {"decided": decided, "remaining": remaining}, lines)
+
+
+_SAMPLE_CONFLICTS = 2
+_SAMPLE_TIME = 1_700_000_000_000  # fixed, so two samples of the same size are the same
+_DAY = 86_400_000
+
+
+def _sample(args: argparse.Namespace) -> Answer:
+    """A learning app's store: lesson progress, flash cards, preferences and a deletion;
+    with ``--conflicts``, the cloud's newer versions of the first items, for ``seed``."""
+    path = _store_path(args)
+    if args.items < 1:
+        raise UsageError(f"--items must be 1 or more, got {args.items}")
+    if args.seed_file is not None and not args.conflicts:
+        raise UsageError("--seed-file goes with --conflicts")
+    seed = args.seed_file or path.parent / "cloud-items.jsonl"
+    written = [path, seed] if args.conflicts else [path]
+    for target in written:
+        if target.exists() or journal_path_for(target).exists():
+            message = f"{target} already exists; sample never overwrites: remove it or pick another"
+            return _failure(EXIT_FAILED, FileExistsError(message), message)
+        if not target.parent.is_dir():
+            message = f"no folder {target.parent} to put {target.name} in"
+            return _failure(EXIT_FAILED, FileNotFoundError(message), message)
+    collections = ("lesson_progress", "flashcards", "lesson_progress")
+    items = [
+        {
+            "collection": collections[i % 3],
+            "key": f"item-{i:04d}",
+            "data": {"score": i % 101, "streak": i % 7},
+            "updatedAt": _SAMPLE_TIME + i,
+        }
+        for i in range(args.items - 1)
+    ]
+    theme = {"value": "dark"}
+    items.append(
+        {"collection": "preferences", "key": "theme", "data": theme, "updatedAt": _SAMPLE_TIME}
+    )
+    with LocalStore(path) as store:
+        store.put_many(items)
+        store.delete("lesson_progress", "lesson-0", updated_at=_SAMPLE_TIME)  # migrates too
+    lines = [f"wrote a sample store: {path} ({len(items)} items and 1 deletion)"]
+    fields: dict[str, Any] = {"store": str(path), "items": len(items), "seedFile": None}
+    if args.conflicts:
+        theirs = [
+            dict(item, data={"score": 100, "from": "a tablet"}, updatedAt=_SAMPLE_TIME + _DAY)
+            | {"deleted": False}  # the seed command takes whole wire items
+            for item in items[:_SAMPLE_CONFLICTS]
+        ]
+        with seed.open("x", encoding="utf-8") as out:
+            out.writelines(json.dumps(item, sort_keys=True) + "\n" for item in theirs)
+        fields.update(seedFile=str(seed), conflicts=len(theirs))
+        lines.append(
+            f"wrote {len(theirs)} cloud versions of its items to {seed}: put them in the "
+            f"cloud with `python -m backend_stub seed USER {seed}`, and `migrate "
+            f"--strategy manual` meets {len(theirs)} conflicts"
+        )
+    return Answer(EXIT_DONE, fields, lines)
 
 
 def _cancel(args: argparse.Namespace) -> Answer:

@@ -610,3 +610,86 @@ def test_sync_on_a_new_device_downloads_the_users_data(env, tmp_path, capsys):
     assert code == EXIT_DONE and "32 received" in out
     with LocalStore(tablet) as mine, LocalStore(phone) as theirs:
         assert list(mine.iter_items()) == list(theirs.iter_items())
+
+
+def test_sample_makes_a_store_ready_to_migrate(capsys, tmp_path):
+    store = tmp_path / "store.sqlite3"
+
+    code, out, _ = run(capsys, "sample", "--store", str(store), "--items", "30")
+
+    assert code == EXIT_DONE
+    assert f"wrote a sample store: {store} (30 items and 1 deletion)" in out
+    local = detect_local(store)
+    assert local.state is LocalState.READY
+    assert local.item_count == 31 and local.tombstones == 1
+    assert set(local.counts) == {"lesson_progress", "flashcards", "preferences"}
+    assert not (tmp_path / "cloud-items.jsonl").exists()  # no conflicts asked for
+
+
+def test_sample_never_overwrites_a_store_or_a_seed_file(capsys, tmp_path):
+    store = make_store(tmp_path / "store.sqlite3", learning_items(3))
+    before = store.read_bytes()
+
+    code, out, err = run(capsys, "sample", "--store", str(store))
+
+    assert code == EXIT_FAILED and out == ""
+    assert (
+        err
+        == f"error: {store} already exists; sample never overwrites: remove it or pick another\n"
+    )
+    assert store.read_bytes() == before
+    seed = tmp_path / "mine.jsonl"
+    seed.write_text("keep me\n")
+    fresh = tmp_path / "fresh.sqlite3"
+    code, _, err = run(
+        capsys, "sample", "--store", str(fresh), "--conflicts", "--seed-file", str(seed)
+    )
+    assert code == EXIT_FAILED and "mine.jsonl already exists" in err
+    assert seed.read_text() == "keep me\n" and not fresh.exists()  # nothing half made
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(("--items", "0"), id="no items"),
+        pytest.param(("--seed-file", "x.jsonl"), id="seed file without conflicts"),
+    ],
+)
+def test_sample_refuses_options_that_make_no_sense(capsys, tmp_path, argv):
+    code, _, err = run(capsys, "sample", "--store", str(tmp_path / "s.sqlite3"), *argv)
+
+    assert code == EXIT_USAGE and "see `sample --help`" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sample_with_conflicts_meets_them_once_its_seed_file_is_in_the_cloud(
+    env, live_server, capsys, tmp_path
+):
+    store = tmp_path / "store.sqlite3"
+    code, out, _ = run(capsys, "sample", "--store", str(store), "--items", "20", "--conflicts")
+    assert code == EXIT_DONE
+    seed = tmp_path / "cloud-items.jsonl"
+    assert f"`python -m backend_stub seed USER {seed}`" in out
+    theirs = [json.loads(line) for line in seed.read_text().splitlines()]
+    assert len(theirs) == 2
+    with LocalStore(store, create=False) as local:
+        for item in theirs:
+            assert local.get(item["collection"], item["key"])["data"] != item["data"]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "backend_stub",
+            "seed",
+            env,
+            str(seed),
+            "--data-dir",
+            str(live_server.data_dir),
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+    code, out, _ = run(capsys, "migrate", "--store", str(store), "--strategy", "manual")
+
+    assert code == EXIT_PENDING and "2 conflict(s) wait for a decision" in out

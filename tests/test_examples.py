@@ -362,6 +362,35 @@ def test_the_asyncio_app_is_suspended_mid_upload_resumes_and_migrates_everything
     assert summary_of(live_server, user)["summary"]["totalItems"] == 2000
 
 
+#: Each example that needs the server, with the arguments it requires; demo.py starts its own.
+NEEDS_THE_SERVER = {
+    "quickstart.py": (),
+    "custom_conflicts.py": (),
+    "migrate_legacy_db.py": ("--folder", "{tmp}"),
+    "startup_hook.py": ("--store", "{tmp}/store.sqlite3", "--headless"),
+    "asyncio_app.py": ("--folder", "{tmp}"),
+}
+
+
+def test_every_example_but_the_demo_is_checked_without_its_environment():
+    assert {p.name for p in EXAMPLES.glob("*.py")} == {*NEEDS_THE_SERVER, "demo.py"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, id=n) for n in NEEDS_THE_SERVER])
+def test_an_example_without_the_servers_environment_says_what_to_set(name, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATION_")}
+    args = [arg.format(tmp=tmp_path) for arg in NEEDS_THE_SERVER[name]]
+
+    done = run_example(name, env, *args)
+
+    assert done.returncode != 0
+    assert done.stdout == ""
+    (line,) = done.stderr.splitlines()  # one line, no traceback
+    for variable in ("MIGRATION_SERVER", "MIGRATION_USER", "MIGRATION_TOKEN"):
+        assert variable in line
+    assert list(tmp_path.iterdir()) == []  # it stopped before doing anything
+
+
 def load_demo():  # type: ignore[no-untyped-def]
     spec = importlib.util.spec_from_file_location("demo", EXAMPLES / "demo.py")
     assert spec is not None and spec.loader is not None
