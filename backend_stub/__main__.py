@@ -32,6 +32,7 @@ import gc
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import Iterator, Sequence
@@ -114,13 +115,21 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     announce_token_mode(settings)
+    # uvicorn shuts down gracefully on Ctrl-C or SIGTERM, then raises the signal again
+    # for whoever runs it: here that is us, and a stop asked for is not an error. SIGTERM's
+    # default would end the process with status 143; ours makes it the same clean stop.
+    previous = signal.signal(signal.SIGTERM, _stop_asked)
     try:
         serve(settings, host=args.host, port=args.port)
     except KeyboardInterrupt:
-        # uvicorn shuts down gracefully on Ctrl-C, then raises the signal again for
-        # whoever runs it: here that is us, and a stop asked for is not an error.
         print("stopped", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _stop_asked(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _token(args: argparse.Namespace, settings: Settings) -> int:

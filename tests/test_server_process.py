@@ -89,10 +89,19 @@ def test_serve_prints_one_listening_line_and_answers_requests(tmp_path: Path) ->
     assert (tmp_path / "data").is_dir()
 
 
-def test_ctrl_c_stops_the_server_cleanly_without_a_traceback(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "stop",
+    [
+        pytest.param(signal.SIGINT, id="ctrl-c"),  # what Ctrl-C in the terminal sends
+        pytest.param(signal.SIGTERM, id="sigterm"),  # what kill, systemd or docker send
+    ],
+)
+def test_ctrl_c_or_sigterm_stops_the_server_cleanly_without_a_traceback(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
     with serving(tmp_path / "data", tmp_path / "log") as (process, base):
         assert httpx.get(f"{base}/api/migration/alice/detect", headers=_auth()).is_success
-        process.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
+        process.send_signal(stop)
         code = process.wait(timeout=30)
 
     errors = (tmp_path / "log").read_text()
