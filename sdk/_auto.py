@@ -35,7 +35,10 @@ from ._errors import (
     ConfigurationError,
     MigrationBlockedError,
     MigrationError,
+    ServerError,
     StoreBusyError,
+    StoreError,
+    VerificationError,
 )
 from ._events import Event, Progress, ProgressPhase
 from ._transport.retry import Retrier, RetryPolicy
@@ -137,12 +140,34 @@ _SETTLED = frozenset(
 )
 
 
+#: What each state tells the user, in plain words; a few states say more (see _told).
+_MESSAGES = {
+    AutoState.CHECKING: "Checking the data on this device",
+    AutoState.ANONYMOUS: "Your data is kept on this device; it moves to the cloud once you sign up",
+    AutoState.MIGRATING: "Moving your data to the cloud",
+    AutoState.RETRYING: "Your data is safe on this device; waiting for the network to sync it",
+    AutoState.WATCHING: "Another window of this app is moving your data to the cloud",
+    AutoState.AWAITING_USER: "Some items changed both here and in the cloud: choose which to keep",
+    AutoState.DONE: "Your data is now in the cloud",
+    AutoState.SYNCING: "Syncing your data with the cloud",
+    AutoState.SYNCED: "Your data is up to date in the cloud",
+    AutoState.NOTHING_TO_MIGRATE: "There is nothing on this device to move to the cloud",
+    AutoState.FAILED: "Your data could not be moved to the cloud; it stays safe on this device",
+    AutoState.STOPPED: "Paused; it continues the next time the app starts",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class AutoStatus:
-    """One state change, with a sentence for the user (``detail``); ``error`` is the last
-    failure (in ``RETRYING`` and ``FAILED``), ``retry_in`` the seconds until the next try.
+    """One state change: ``message`` is a short sentence for the user (a label's text: plain
+    words, never an exception's), ``detail`` the technical text (for a log, or support);
+    ``error`` is the last failure (in ``RETRYING`` and ``FAILED``), ``retry_in`` the
+    seconds until the next try.
 
-    >>> AutoStatus(AutoState.RETRYING, "offline", retry_in=4.0).retry_in
+    >>> status = AutoStatus(AutoState.RETRYING, "offline: [Errno 111]", retry_in=4.0)
+    >>> status.message
+    'Your data is safe on this device; waiting for the network to sync it'
+    >>> status.retry_in
     4.0
     """
 
@@ -150,6 +175,44 @@ class AutoStatus:
     detail: str
     error: MigrationError | None = None
     retry_in: float | None = None
+    #: The user's sentence; when not given, the state's own (told apart by the error's
+    #: kind: offline, signed out, a damaged store, ...).
+    message: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.message:
+            object.__setattr__(self, "message", _told(self.state, self.error))
+
+
+def _told(state: AutoState, error: MigrationError | None) -> str:
+    """The user's sentence for a state reached because of ``error``: what it means for
+    their data and what, if anything, they can do; never the error's own text."""
+    if state is AutoState.RETRYING:
+        if isinstance(error, AuthError):
+            return "Your data is safe on this device; waiting to sign you in again"
+        if isinstance(error, MigrationBlockedError):
+            return (
+                "Your data is safe on this device; waiting for another of your devices to "
+                "finish moving its data"
+            )
+        if isinstance(error, ServerError):
+            return "Your data is safe on this device; the cloud is busy, trying again soon"
+    if state is AutoState.FAILED:
+        if isinstance(error, StoreError):
+            return (
+                "The data on this device could not be read, so none of it was moved to the "
+                "cloud; contact support"
+            )
+        if isinstance(error, AuthError):
+            return "Your account could not be verified: sign in again; your data stays here"
+        if isinstance(error, ConfigurationError):
+            return "This app is not set up to reach the cloud; your data stays on this device"
+        if isinstance(error, VerificationError):
+            return (
+                "The cloud's copy did not match this device's, so this device kept its data "
+                "as it is; contact support"
+            )
+    return _MESSAGES[state]
 
 
 class AutoMigration:
@@ -621,9 +684,11 @@ class AutoMigration:
             return self._sync_interval
         if result.pending_changes:
             detail = f"{result.pending_changes} local change(s) wait for the next sync"
+            message = "Your latest changes will be synced shortly"
         else:
             detail = "this device and the cloud hold the same data"
-        self._set(AutoState.SYNCED, detail)
+            message = _MESSAGES[AutoState.SYNCED]
+        self._set(AutoState.SYNCED, detail, message=message)
         return self._sync_interval
 
     def _wait_for_work(self, written: threading.Event, seconds: float) -> None:
@@ -659,7 +724,12 @@ class AutoMigration:
         else:
             # COMPLETED here, or ALREADY_MIGRATED by another instance while this one waited.
             count = result.item_count
-            self._set(AutoState.DONE, f"{count} item{'s' * (count != 1)} migrated and verified")
+            items = f"{count} item{'s' * (count != 1)}"
+            self._set(
+                AutoState.DONE,
+                f"{items} migrated and verified",
+                message=f"Your data ({items}) is now in the cloud",
+            )
             self._notify(self._on_done, result)
 
     def _awaiting(self, client: MigrationClient, result: MigrationResult) -> None:
@@ -703,8 +773,9 @@ class AutoMigration:
         *,
         error: MigrationError | None = None,
         retry_in: float | None = None,
+        message: str = "",
     ) -> None:
-        status = AutoStatus(state, detail, error, retry_in)
+        status = AutoStatus(state, detail, error, retry_in, message)
         with self._cond:
             changed = status != self._status
             self._status = status

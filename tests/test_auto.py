@@ -12,6 +12,7 @@ import httpx
 import pytest
 from sdk_fixtures import learning_items, make_store
 
+import sdk
 from backend_stub import issue_token, seed_cloud_items
 from sdk import (
     AutoMigration,
@@ -229,7 +230,10 @@ def test_offline_at_start_it_retries_with_backoff_and_finishes_once_the_server_i
     rec.reached(lambda: rec.state_names().count("retrying") >= 3)
     retrying = [s for s in rec.states if s.state is AutoState.RETRYING]
     assert all(s.retry_in is not None and s.error is not None for s in retrying)
-    assert "will try again" in retrying[0].detail
+    assert "will try again" in retrying[0].detail and "unreachable" in retrying[0].detail
+    assert retrying[0].message == (
+        "Your data is safe on this device; waiting for the network to sync it"
+    )
     assert rec.failures == []  # offline is not a failure
     offline.clear()
 
@@ -443,6 +447,8 @@ def test_a_misconfiguration_or_unusable_store_is_reported_never_raised(
     assert [type(f) for f in failures] == [error]
     assert handle.status.error is failures[0]
     assert str(failures[0]) == handle.status.detail
+    assert str(failures[0]) not in handle.status.message
+    assert type(failures[0]).__name__ not in handle.status.message
 
 
 def test_a_callback_that_raises_does_not_break_the_migration(server, tmp_path, caplog):
@@ -552,3 +558,54 @@ def test_conflicts_needing_the_user_reach_the_app_and_survive_a_restart(server, 
         c2.key: {"score": 100},
         c3.key: {"score": 7},
     }
+
+
+#: Errors as the hook meets them, with the technical text a user must never be shown.
+ERRORS = [
+    None,
+    sdk.OfflineError("[Errno 111] Connection refused: ConnectError at 10.0.0.1:443"),
+    sdk.ServerError("HTTP 503 from /api/migration/u/start: upstream timeout", status=503),
+    sdk.AuthError("HTTP 401: token expired (exp=1700000000)", status=401),
+    sdk.MigrationBlockedError("session 4f2a is active on device tab-9", reason="active-session"),
+    sdk.CorruptStoreError("sqlite3.DatabaseError: database disk image is malformed"),
+    sdk.ConfigurationError("ssl.SSLCertVerificationError: certificate verify failed"),
+    sdk.VerificationError("checksum 9ab1 != 77cd for session 4f2a"),
+]
+
+
+@pytest.mark.parametrize("state", list(AutoState), ids=lambda s: s.value)
+def test_every_states_message_is_plain_words_without_the_errors_text(state):
+    error_names = {name for name in sdk.__all__ if name.endswith("Error")}
+    for error in ERRORS:
+        detail = str(error) if error else "technical detail"
+        status = AutoStatus(state, detail, error)
+
+        assert status.detail == detail  # the technical text stays, for a log or support
+        assert status.message and status.message[0].isupper()
+        assert detail not in status.message
+        for word in (*error_names, "Errno", "HTTP", "session", "sqlite", "ssl", "token"):
+            assert word not in status.message, (state, error, status.message)
+
+
+def test_the_message_tells_the_user_why_the_data_waits_and_what_to_do():
+    offline, server_busy, signed_out, other_device = (
+        AutoStatus(AutoState.RETRYING, str(e), e).message for e in ERRORS[1:5]
+    )
+    assert offline == "Your data is safe on this device; waiting for the network to sync it"
+    assert "busy" in server_busy and "sign you in" in signed_out
+    assert "another of your devices" in other_device
+    damaged = AutoStatus(AutoState.FAILED, str(ERRORS[5]), ERRORS[5]).message
+    assert "could not be read" in damaged and "contact support" in damaged
+
+
+def test_a_finished_migrations_status_says_so_in_plain_words(server, tmp_path):
+    store = make_store(tmp_path / "store.sqlite3", learning_items(10))
+    handle, rec = start_hook(server, store, "una", tmp_path, sync=False)
+
+    assert handle.wait(DEADLINE) is AutoState.DONE
+    assert handle.status.message == "Your data (12 items) is now in the cloud"
+    assert handle.status.detail == "12 items migrated and verified"
+    assert [s.message for s in rec.states][:2] == [
+        "Checking the data on this device",
+        "Moving your data to the cloud",
+    ]
