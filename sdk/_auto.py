@@ -87,7 +87,7 @@ class AutoState(str, enum.Enum):
 
     Settled states (:meth:`AutoMigration.wait` returns on them): ``ANONYMOUS``,
     ``AWAITING_USER``, ``DONE``, ``SYNCED``, ``NOTHING_TO_MIGRATE``, ``FAILED``,
-    ``STOPPED``.
+    ``STOPPED``, ``PAUSED``.
 
     >>> AutoState.RETRYING.value
     'retrying'
@@ -120,6 +120,8 @@ class AutoState(str, enum.Enum):
     FAILED = "failed"
     #: Stopped by the app at a safe point; the next start resumes.
     STOPPED = "stopped"
+    #: The app paused it (no network, or a metered one): no request until ``resume()``.
+    PAUSED = "paused"
 
     @property
     def settled(self) -> bool:
@@ -136,6 +138,7 @@ _SETTLED = frozenset(
         AutoState.NOTHING_TO_MIGRATE,
         AutoState.FAILED,
         AutoState.STOPPED,
+        AutoState.PAUSED,
     }
 )
 
@@ -154,6 +157,14 @@ _MESSAGES = {
     AutoState.NOTHING_TO_MIGRATE: "There is nothing on this device to move to the cloud",
     AutoState.FAILED: "Your data could not be moved to the cloud; it stays safe on this device",
     AutoState.STOPPED: "Paused; it continues the next time the app starts",
+    AutoState.PAUSED: "Your data is safe on this device; syncing is paused",
+}
+#: The user's sentence for the reasons :meth:`AutoMigration.set_network` pauses with.
+_NO_NETWORK = "the network is unavailable"
+_METERED = "the network is metered"
+_PAUSED_MESSAGES = {
+    _NO_NETWORK: "Your data is safe on this device; it syncs when the network is back",
+    _METERED: "Your data is safe on this device; it syncs once you are off a metered network",
 }
 
 
@@ -299,6 +310,10 @@ class AutoMigration:
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._wake = threading.Event()
+        #: Why the app paused the hook (``None``: it runs), and the event that makes a
+        #: migration or sync in flight leave at its next safe point (set by stop() too).
+        self._paused: str | None = None
+        self._halt = threading.Event()
         self._thread: threading.Thread | None = None
         self._status = AutoStatus(AutoState.CHECKING, "not started yet")
         self._progress: Progress | None = None
@@ -353,6 +368,48 @@ class AutoMigration:
         if not alive:
             self.start()
 
+    def pause(self, reason: str = "paused by the app") -> None:
+        """Send nothing until :meth:`resume`: a migration or sync in flight leaves at its
+        next safe point (the next start or resume continues it), and the status says
+        ``PAUSED`` with ``reason`` in its detail. Local writes wait on the device."""
+        with self._cond:
+            self._paused = reason
+            self._halt.set()
+            self._wake.set()
+
+    def resume(self) -> None:
+        """Undo :meth:`pause`: the hook goes on at once (a pending sync runs now)."""
+        with self._cond:
+            self._paused = None
+            if not self._stop.is_set():
+                self._halt.clear()
+            if self._status.state is AutoState.PAUSED:
+                # Not settled from now on, so wait() waits for what the thread does next.
+                self._status = AutoStatus(AutoState.MIGRATING, "continuing")
+            self._wake.set()
+
+    def set_network(self, *, available: bool, metered: bool = False) -> None:
+        """Tell the hook what the platform says of the network (Android's
+        ``ConnectivityManager``, iOS's ``NWPathMonitor``): it pauses while the network is
+        unavailable or metered, and resumes when it is back::
+
+            migration.set_network(available=True, metered=False)   # Wi-Fi again
+
+        To sync over a metered network too, pass ``metered=False`` always.
+        """
+        if not available:
+            self.pause(_NO_NETWORK)
+        elif metered:
+            self.pause(_METERED)
+        else:
+            self.resume()
+
+    @property
+    def paused(self) -> bool:
+        """Whether the app paused the hook (:meth:`pause`, :meth:`set_network`)."""
+        with self._cond:
+            return self._paused is not None
+
     @property
     def running(self) -> bool:
         """Whether the migration thread is alive."""
@@ -378,6 +435,8 @@ class AutoMigration:
         """Start a migration thread; call with ``self._cond`` held."""
         self._handled = self._requests
         self._stop.clear()
+        if self._paused is None:
+            self._halt.clear()
         self._wake.clear()
         self._status = AutoStatus(AutoState.CHECKING, "looking at the local store")
         self._thread = threading.Thread(target=self._work, name="sdk-auto-migrate", daemon=True)
@@ -397,6 +456,7 @@ class AutoMigration:
             thread = self._thread
             self._handled = self._requests  # a stop cancels the start() calls before it
             self._stop.set()
+            self._halt.set()
             self._wake.set()
         if thread is None:
             return True
@@ -567,13 +627,15 @@ class AutoMigration:
             if self._stop.is_set():
                 self._set(AutoState.STOPPED, "stopped; the migration resumes at the next start")
                 return False
+            if self._hold():
+                continue  # paused, then resumed or stopped: look again
             if not lock.try_acquire():
                 self._watch(client.store_path)
                 continue
             lock.release()  # only a probe: migrate() takes the lock itself
             self._set(AutoState.MIGRATING, "migrating the local data to the cloud")
             try:
-                result = client.migrate(stop=self._stop)
+                result = client.migrate(stop=self._halt)
             except MigrationBlockedError as exc:
                 if exc.reason == _LOCKED:
                     continue  # another instance took the lock since the probe
@@ -589,6 +651,8 @@ class AutoMigration:
                     raise
                 error = exc
             else:
+                if result.outcome is MigrationOutcome.STOPPED and not self._stop.is_set():
+                    continue  # paused at a safe point: wait for resume() above
                 if result.outcome is MigrationOutcome.AWAITING_RESOLUTION:
                     self._awaiting(client, result)
                     continue
@@ -625,12 +689,15 @@ class AutoMigration:
                     # Stopped between syncs: nothing was interrupted, the state stands
                     # (a sync cut short reports STOPPED below).
                     return
+                if self._hold():
+                    delay = 0.0  # resumed: sync at once (or leave, when stopped)
+                    continue
                 self._settle_burst(written)
                 written.clear()
                 self._sync_asked.clear()
                 self._set(AutoState.SYNCING, "bringing this device and the cloud in step")
                 try:
-                    result = client.sync(stop=self._stop)
+                    result = client.sync(stop=self._halt)
                 except MigrationBlockedError as exc:
                     if exc.reason != _LOCKED:
                         raise
@@ -645,6 +712,9 @@ class AutoMigration:
                         raise
                     error = exc
                 else:
+                    if result.stopped and not self._stop.is_set():
+                        delay = 0.0  # paused at a safe point: wait for resume() above
+                        continue
                     retries = Retrier(self._backoff).start()
                     delay = self._synced(client, result)
                     continue
@@ -757,6 +827,24 @@ class AutoMigration:
         if progress is not None and progress != self.progress:
             self._relay_progress(progress)
         self._pause(self._watch_interval)
+
+    def _hold(self) -> bool:
+        """Wait while the app has paused the hook; True when it waited (then the caller
+        looks at ``stop`` again before anything else)."""
+        held = False
+        while not self._stop.is_set():
+            with self._cond:
+                reason = self._paused
+            if reason is None:
+                break
+            held = True
+            self._set(
+                AutoState.PAUSED,
+                f"paused ({reason}); nothing is sent until resume()",
+                message=_PAUSED_MESSAGES.get(reason, ""),
+            )
+            self._pause(None)
+        return held
 
     def _pause(self, seconds: float | None) -> None:
         self._wake.wait(seconds)

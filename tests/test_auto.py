@@ -609,3 +609,97 @@ def test_a_finished_migrations_status_says_so_in_plain_words(server, tmp_path):
         "Checking the data on this device",
         "Moving your data to the cloud",
     ]
+
+
+def paused_statuses(rec: Recorder) -> list[AutoStatus]:
+    return [s for s in rec.states if s.state is AutoState.PAUSED]
+
+
+def test_a_paused_hook_sends_nothing_and_resume_starts_the_migration_at_once(server, tmp_path):
+    store = make_store(tmp_path / "store.sqlite3", learning_items(40))
+    requests = count_requests(server)
+    handle, rec = start_hook(server, store, None, tmp_path)
+    assert handle.wait(DEADLINE) is AutoState.ANONYMOUS
+    handle.set_network(available=False)
+
+    handle.user_registered("vera", lambda: server.token("vera"))
+
+    assert handle.wait(DEADLINE) is AutoState.PAUSED and handle.paused
+    assert handle.status.message == (
+        "Your data is safe on this device; it syncs when the network is back"
+    )
+    assert "network is unavailable" in handle.status.detail
+    handle.set_network(available=True, metered=True)  # the thread goes round and waits on
+    rec.reached(lambda: "metered" in rec.states[-1].detail)
+    assert requests == []
+    handle.set_network(available=True)
+
+    assert handle.wait(DEADLINE) is AutoState.DONE and not handle.paused
+    assert rec.done[0].item_count == 42 and requests
+
+
+def test_pausing_mid_migration_leaves_at_a_safe_point_and_resume_continues_it(server, tmp_path):
+    store = make_store(tmp_path / "store.sqlite3", learning_items(200))
+    requests = count_requests(server)
+    rec = Recorder()
+    callbacks = rec.callbacks()
+    handles: list[AutoMigration] = []
+
+    def on_progress(progress: Progress) -> None:
+        callbacks["on_progress"](progress)  # type: ignore[operator]
+        uploading = progress.phase is ProgressPhase.UPLOADING
+        if uploading and progress.items_done >= 50 and len(handles) == 1:
+            handles.append(handles[0])  # pause once: from the migration thread, mid-upload
+            handles[0].pause("the user asked to save data")
+
+    handle = auto_migrate(
+        http_client=server.client,
+        user_id=None,  # nothing runs until the user registers: the handle is known by then
+        token=None,
+        store_path=store,
+        options=MigrationOptions(batch_size=25, max_in_flight=1, cache_dir=tmp_path / "cache"),
+        retry=RetryPolicy.none(),
+        backoff=FAST,
+        **(callbacks | {"on_progress": on_progress}),
+    )
+    handles.append(handle)
+    assert handle.wait(DEADLINE) is AutoState.ANONYMOUS
+    handle.user_registered("walt", lambda: server.token("walt"))
+
+    assert handle.wait(DEADLINE) is AutoState.PAUSED
+    assert handle.status.message == "Your data is safe on this device; syncing is paused"
+    sent = len(requests)
+    handle.pause("still saving data")  # the thread goes round, and still sends nothing
+    rec.reached(lambda: "still saving" in rec.states[-1].detail)
+    assert len(requests) == sent
+    assert "stopped" not in rec.state_names()
+    handle.resume()
+
+    assert handle.wait(DEADLINE) is AutoState.DONE, rec.state_names()
+    uploads = [p.items_done for p in rec.progress if p.phase is ProgressPhase.UPLOADING]
+    assert uploads[-1] == 202 and rec.done[0].verified
+    overall = [p.overall for p in rec.progress]
+    assert overall == sorted(overall)  # one bar across the pause, never going back
+
+
+def test_after_the_migration_a_paused_hook_keeps_local_writes_until_resumed(server, tmp_path):
+    store = make_store(tmp_path / "store.sqlite3", learning_items(20))
+    handle, rec = start_hook(server, store, "xena", tmp_path, push_delay=0.01, sync_interval=3600)
+    assert handle.wait(DEADLINE) is AutoState.DONE  # then it waits for writes or the hour
+    requests = count_requests(server)
+
+    handle.set_network(available=True, metered=True)
+    rec.reached(lambda: rec.states[-1].state is AutoState.PAUSED)
+    with LocalStore(store) as app:
+        app.put("lesson_progress", "while-paused", {"score": 1})
+    handle.sync_now()
+    handle.pause("checking that nothing is sent")
+    rec.reached(lambda: "checking" in rec.states[-1].detail)
+    assert requests == []
+    assert not server.storage.cloud_items("xena", [("lesson_progress", "while-paused")])
+    handle.resume()
+
+    rec.reached(lambda: rec.state_names()[-1] == "synced" and len(paused_statuses(rec)) == 2)
+    handle.stop()
+    assert server.storage.cloud_items("xena", [("lesson_progress", "while-paused")])
+    assert handle.last_sync is not None and handle.last_sync.pushed == 1
