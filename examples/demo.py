@@ -205,6 +205,7 @@ class ProgressBar:
         line += f"{progress.items_done:>9,}/{progress.items_total:,} items"
         if progress.bytes_total:
             line += f"  {progress.bytes_done / 1e6:6.1f}/{progress.bytes_total / 1e6:.1f} MB"
+        line += f"  ({progress.overall:.0%} of all)"
         sys.stdout.write(line)
         sys.stdout.flush()
 

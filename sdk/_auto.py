@@ -35,7 +35,10 @@ from ._errors import (
     ConfigurationError,
     MigrationBlockedError,
     MigrationError,
+    ServerError,
     StoreBusyError,
+    StoreError,
+    VerificationError,
 )
 from ._events import Event, Progress, ProgressPhase
 from ._transport.retry import Retrier, RetryPolicy
@@ -84,7 +87,7 @@ class AutoState(str, enum.Enum):
 
     Settled states (:meth:`AutoMigration.wait` returns on them): ``ANONYMOUS``,
     ``AWAITING_USER``, ``DONE``, ``SYNCED``, ``NOTHING_TO_MIGRATE``, ``FAILED``,
-    ``STOPPED``.
+    ``STOPPED``, ``PAUSED``.
 
     >>> AutoState.RETRYING.value
     'retrying'
@@ -117,6 +120,8 @@ class AutoState(str, enum.Enum):
     FAILED = "failed"
     #: Stopped by the app at a safe point; the next start resumes.
     STOPPED = "stopped"
+    #: The app paused it (no network, or a metered one): no request until ``resume()``.
+    PAUSED = "paused"
 
     @property
     def settled(self) -> bool:
@@ -133,16 +138,47 @@ _SETTLED = frozenset(
         AutoState.NOTHING_TO_MIGRATE,
         AutoState.FAILED,
         AutoState.STOPPED,
+        AutoState.PAUSED,
     }
 )
 
 
+#: What each state tells the user, in plain words; a few states say more (see _told).
+_MESSAGES = {
+    AutoState.CHECKING: "Checking the data on this device",
+    AutoState.ANONYMOUS: "Your data is kept on this device; it moves to the cloud once you sign up",
+    AutoState.MIGRATING: "Moving your data to the cloud",
+    AutoState.RETRYING: "Your data is safe on this device; waiting for the network to sync it",
+    AutoState.WATCHING: "Another window of this app is moving your data to the cloud",
+    AutoState.AWAITING_USER: "Some items changed both here and in the cloud: choose which to keep",
+    AutoState.DONE: "Your data is now in the cloud",
+    AutoState.SYNCING: "Syncing your data with the cloud",
+    AutoState.SYNCED: "Your data is up to date in the cloud",
+    AutoState.NOTHING_TO_MIGRATE: "There is nothing on this device to move to the cloud",
+    AutoState.FAILED: "Your data could not be moved to the cloud; it stays safe on this device",
+    AutoState.STOPPED: "Paused; it continues the next time the app starts",
+    AutoState.PAUSED: "Your data is safe on this device; syncing is paused",
+}
+#: The user's sentence for the reasons :meth:`AutoMigration.set_network` pauses with.
+_NO_NETWORK = "the network is unavailable"
+_METERED = "the network is metered"
+_PAUSED_MESSAGES = {
+    _NO_NETWORK: "Your data is safe on this device; it syncs when the network is back",
+    _METERED: "Your data is safe on this device; it syncs once you are off a metered network",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class AutoStatus:
-    """One state change, with a sentence for the user (``detail``); ``error`` is the last
-    failure (in ``RETRYING`` and ``FAILED``), ``retry_in`` the seconds until the next try.
+    """One state change: ``message`` is a short sentence for the user (a label's text: plain
+    words, never an exception's), ``detail`` the technical text (for a log, or support);
+    ``error`` is the last failure (in ``RETRYING`` and ``FAILED``), ``retry_in`` the
+    seconds until the next try.
 
-    >>> AutoStatus(AutoState.RETRYING, "offline", retry_in=4.0).retry_in
+    >>> status = AutoStatus(AutoState.RETRYING, "offline: [Errno 111]", retry_in=4.0)
+    >>> status.message
+    'Your data is safe on this device; waiting for the network to sync it'
+    >>> status.retry_in
     4.0
     """
 
@@ -150,6 +186,44 @@ class AutoStatus:
     detail: str
     error: MigrationError | None = None
     retry_in: float | None = None
+    #: The user's sentence; when not given, the state's own (told apart by the error's
+    #: kind: offline, signed out, a damaged store, ...).
+    message: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.message:
+            object.__setattr__(self, "message", _told(self.state, self.error))
+
+
+def _told(state: AutoState, error: MigrationError | None) -> str:
+    """The user's sentence for a state reached because of ``error``: what it means for
+    their data and what, if anything, they can do; never the error's own text."""
+    if state is AutoState.RETRYING:
+        if isinstance(error, AuthError):
+            return "Your data is safe on this device; waiting to sign you in again"
+        if isinstance(error, MigrationBlockedError):
+            return (
+                "Your data is safe on this device; waiting for another of your devices to "
+                "finish moving its data"
+            )
+        if isinstance(error, ServerError):
+            return "Your data is safe on this device; the cloud is busy, trying again soon"
+    if state is AutoState.FAILED:
+        if isinstance(error, StoreError):
+            return (
+                "The data on this device could not be read, so none of it was moved to the "
+                "cloud; contact support"
+            )
+        if isinstance(error, AuthError):
+            return "Your account could not be verified: sign in again; your data stays here"
+        if isinstance(error, ConfigurationError):
+            return "This app is not set up to reach the cloud; your data stays on this device"
+        if isinstance(error, VerificationError):
+            return (
+                "The cloud's copy did not match this device's, so this device kept its data "
+                "as it is; contact support"
+            )
+    return _MESSAGES[state]
 
 
 class AutoMigration:
@@ -236,6 +310,10 @@ class AutoMigration:
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._wake = threading.Event()
+        #: Why the app paused the hook (``None``: it runs), and the event that makes a
+        #: migration or sync in flight leave at its next safe point (set by stop() too).
+        self._paused: str | None = None
+        self._halt = threading.Event()
         self._thread: threading.Thread | None = None
         self._status = AutoStatus(AutoState.CHECKING, "not started yet")
         self._progress: Progress | None = None
@@ -290,6 +368,48 @@ class AutoMigration:
         if not alive:
             self.start()
 
+    def pause(self, reason: str = "paused by the app") -> None:
+        """Send nothing until :meth:`resume`: a migration or sync in flight leaves at its
+        next safe point (the next start or resume continues it), and the status says
+        ``PAUSED`` with ``reason`` in its detail. Local writes wait on the device."""
+        with self._cond:
+            self._paused = reason
+            self._halt.set()
+            self._wake.set()
+
+    def resume(self) -> None:
+        """Undo :meth:`pause`: the hook goes on at once (a pending sync runs now)."""
+        with self._cond:
+            self._paused = None
+            if not self._stop.is_set():
+                self._halt.clear()
+            if self._status.state is AutoState.PAUSED:
+                # Not settled from now on, so wait() waits for what the thread does next.
+                self._status = AutoStatus(AutoState.MIGRATING, "continuing")
+            self._wake.set()
+
+    def set_network(self, *, available: bool, metered: bool = False) -> None:
+        """Tell the hook what the platform says of the network (Android's
+        ``ConnectivityManager``, iOS's ``NWPathMonitor``): it pauses while the network is
+        unavailable or metered, and resumes when it is back::
+
+            migration.set_network(available=True, metered=False)   # Wi-Fi again
+
+        To sync over a metered network too, pass ``metered=False`` always.
+        """
+        if not available:
+            self.pause(_NO_NETWORK)
+        elif metered:
+            self.pause(_METERED)
+        else:
+            self.resume()
+
+    @property
+    def paused(self) -> bool:
+        """Whether the app paused the hook (:meth:`pause`, :meth:`set_network`)."""
+        with self._cond:
+            return self._paused is not None
+
     @property
     def running(self) -> bool:
         """Whether the migration thread is alive."""
@@ -315,6 +435,8 @@ class AutoMigration:
         """Start a migration thread; call with ``self._cond`` held."""
         self._handled = self._requests
         self._stop.clear()
+        if self._paused is None:
+            self._halt.clear()
         self._wake.clear()
         self._status = AutoStatus(AutoState.CHECKING, "looking at the local store")
         self._thread = threading.Thread(target=self._work, name="sdk-auto-migrate", daemon=True)
@@ -334,6 +456,7 @@ class AutoMigration:
             thread = self._thread
             self._handled = self._requests  # a stop cancels the start() calls before it
             self._stop.set()
+            self._halt.set()
             self._wake.set()
         if thread is None:
             return True
@@ -504,13 +627,15 @@ class AutoMigration:
             if self._stop.is_set():
                 self._set(AutoState.STOPPED, "stopped; the migration resumes at the next start")
                 return False
+            if self._hold():
+                continue  # paused, then resumed or stopped: look again
             if not lock.try_acquire():
                 self._watch(client.store_path)
                 continue
             lock.release()  # only a probe: migrate() takes the lock itself
             self._set(AutoState.MIGRATING, "migrating the local data to the cloud")
             try:
-                result = client.migrate(stop=self._stop)
+                result = client.migrate(stop=self._halt)
             except MigrationBlockedError as exc:
                 if exc.reason == _LOCKED:
                     continue  # another instance took the lock since the probe
@@ -526,6 +651,8 @@ class AutoMigration:
                     raise
                 error = exc
             else:
+                if result.outcome is MigrationOutcome.STOPPED and not self._stop.is_set():
+                    continue  # paused at a safe point: wait for resume() above
                 if result.outcome is MigrationOutcome.AWAITING_RESOLUTION:
                     self._awaiting(client, result)
                     continue
@@ -562,12 +689,15 @@ class AutoMigration:
                     # Stopped between syncs: nothing was interrupted, the state stands
                     # (a sync cut short reports STOPPED below).
                     return
+                if self._hold():
+                    delay = 0.0  # resumed: sync at once (or leave, when stopped)
+                    continue
                 self._settle_burst(written)
                 written.clear()
                 self._sync_asked.clear()
                 self._set(AutoState.SYNCING, "bringing this device and the cloud in step")
                 try:
-                    result = client.sync(stop=self._stop)
+                    result = client.sync(stop=self._halt)
                 except MigrationBlockedError as exc:
                     if exc.reason != _LOCKED:
                         raise
@@ -582,6 +712,9 @@ class AutoMigration:
                         raise
                     error = exc
                 else:
+                    if result.stopped and not self._stop.is_set():
+                        delay = 0.0  # paused at a safe point: wait for resume() above
+                        continue
                     retries = Retrier(self._backoff).start()
                     delay = self._synced(client, result)
                     continue
@@ -621,9 +754,11 @@ class AutoMigration:
             return self._sync_interval
         if result.pending_changes:
             detail = f"{result.pending_changes} local change(s) wait for the next sync"
+            message = "Your latest changes will be synced shortly"
         else:
             detail = "this device and the cloud hold the same data"
-        self._set(AutoState.SYNCED, detail)
+            message = _MESSAGES[AutoState.SYNCED]
+        self._set(AutoState.SYNCED, detail, message=message)
         return self._sync_interval
 
     def _wait_for_work(self, written: threading.Event, seconds: float) -> None:
@@ -659,7 +794,12 @@ class AutoMigration:
         else:
             # COMPLETED here, or ALREADY_MIGRATED by another instance while this one waited.
             count = result.item_count
-            self._set(AutoState.DONE, f"{count} item{'s' * (count != 1)} migrated and verified")
+            items = f"{count} item{'s' * (count != 1)}"
+            self._set(
+                AutoState.DONE,
+                f"{items} migrated and verified",
+                message=f"Your data ({items}) is now in the cloud",
+            )
             self._notify(self._on_done, result)
 
     def _awaiting(self, client: MigrationClient, result: MigrationResult) -> None:
@@ -688,6 +828,24 @@ class AutoMigration:
             self._relay_progress(progress)
         self._pause(self._watch_interval)
 
+    def _hold(self) -> bool:
+        """Wait while the app has paused the hook; True when it waited (then the caller
+        looks at ``stop`` again before anything else)."""
+        held = False
+        while not self._stop.is_set():
+            with self._cond:
+                reason = self._paused
+            if reason is None:
+                break
+            held = True
+            self._set(
+                AutoState.PAUSED,
+                f"paused ({reason}); nothing is sent until resume()",
+                message=_PAUSED_MESSAGES.get(reason, ""),
+            )
+            self._pause(None)
+        return held
+
     def _pause(self, seconds: float | None) -> None:
         self._wake.wait(seconds)
         with self._cond:
@@ -703,8 +861,9 @@ class AutoMigration:
         *,
         error: MigrationError | None = None,
         retry_in: float | None = None,
+        message: str = "",
     ) -> None:
-        status = AutoStatus(state, detail, error, retry_in)
+        status = AutoStatus(state, detail, error, retry_in, message)
         with self._cond:
             changed = status != self._status
             self._status = status

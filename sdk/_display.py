@@ -24,9 +24,6 @@ from ._events import Progress, ProgressPhase
 
 __all__ = ["LineProgress", "ProgressDisplay", "counts", "describe_item", "open_progress"]
 
-#: The phases whose items are counted as they go; the others are steps.
-_COUNTED = frozenset({ProgressPhase.UPLOADING, ProgressPhase.RESOLVING})
-
 
 class ProgressDisplay:
     """Base of the displays: a callable fed with :class:`~sdk.Progress`, and a context
@@ -47,7 +44,8 @@ class ProgressDisplay:
 
 
 class LineProgress(ProgressDisplay):
-    """Plain lines: one when the phase changes, one per tenth of the phase's items.
+    """Plain lines: one when the phase changes, one per tenth of the phase's items; every
+    phase reports its end, so the last line of each reads ``N/N``.
 
     >>> import io
     >>> out = io.StringIO()
@@ -72,15 +70,13 @@ class LineProgress(ProgressDisplay):
             return
         self._phase, self._tenth = progress.phase, tenth
         stream = self._stream or sys.stderr
-        if progress.phase in _COUNTED:
+        if progress.items_total:
             line = (
                 f"{progress.phase.value}: {progress.items_done:,}/{progress.items_total:,} "
                 f"items ({progress.fraction:.0%})"
             )
         else:
-            line = progress.phase.value + (
-                f" ({progress.items_total:,} items)" if progress.items_total else ""
-            )
+            line = progress.phase.value
         stream.write(line + "\n")
         stream.flush()
 
@@ -105,21 +101,21 @@ class _RichBar(ProgressDisplay):
             MofNCompleteColumn(),
             TextColumn("items"),
             TaskProgressColumn(),
+            TextColumn("{task.fields[overall]:>4.0%} overall"),
             TimeRemainingColumn(),
             console=Console(stderr=True),
         )
-        self._task = self._bar.add_task("detecting", total=None)
+        self._task = self._bar.add_task("detecting", total=None, overall=0.0)
 
     def __call__(self, progress: Progress) -> None:
-        if progress.phase in _COUNTED or progress.phase is ProgressPhase.DONE:
-            self._bar.update(
-                self._task,
-                description=progress.phase.value,
-                completed=progress.items_done,
-                total=progress.items_total or None,
-            )
-        else:  # a step between counted phases: name it, keep the bar where it is
-            self._bar.update(self._task, description=progress.phase.value)
+        # Every phase reports its end, so the bar shows each phase reaching its total.
+        self._bar.update(
+            self._task,
+            description=progress.phase.value,
+            completed=progress.items_done,
+            total=progress.items_total or None,
+            overall=progress.overall,
+        )
 
     def __enter__(self) -> ProgressDisplay:
         self._bar.start()

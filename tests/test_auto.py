@@ -12,6 +12,7 @@ import httpx
 import pytest
 from sdk_fixtures import learning_items, make_store
 
+import sdk
 from backend_stub import issue_token, seed_cloud_items
 from sdk import (
     AutoMigration,
@@ -229,7 +230,10 @@ def test_offline_at_start_it_retries_with_backoff_and_finishes_once_the_server_i
     rec.reached(lambda: rec.state_names().count("retrying") >= 3)
     retrying = [s for s in rec.states if s.state is AutoState.RETRYING]
     assert all(s.retry_in is not None and s.error is not None for s in retrying)
-    assert "will try again" in retrying[0].detail
+    assert "will try again" in retrying[0].detail and "unreachable" in retrying[0].detail
+    assert retrying[0].message == (
+        "Your data is safe on this device; waiting for the network to sync it"
+    )
     assert rec.failures == []  # offline is not a failure
     offline.clear()
 
@@ -443,6 +447,8 @@ def test_a_misconfiguration_or_unusable_store_is_reported_never_raised(
     assert [type(f) for f in failures] == [error]
     assert handle.status.error is failures[0]
     assert str(failures[0]) == handle.status.detail
+    assert str(failures[0]) not in handle.status.message
+    assert type(failures[0]).__name__ not in handle.status.message
 
 
 def test_a_callback_that_raises_does_not_break_the_migration(server, tmp_path, caplog):
@@ -552,3 +558,148 @@ def test_conflicts_needing_the_user_reach_the_app_and_survive_a_restart(server, 
         c2.key: {"score": 100},
         c3.key: {"score": 7},
     }
+
+
+#: Errors as the hook meets them, with the technical text a user must never be shown.
+ERRORS = [
+    None,
+    sdk.OfflineError("[Errno 111] Connection refused: ConnectError at 10.0.0.1:443"),
+    sdk.ServerError("HTTP 503 from /api/migration/u/start: upstream timeout", status=503),
+    sdk.AuthError("HTTP 401: token expired (exp=1700000000)", status=401),
+    sdk.MigrationBlockedError("session 4f2a is active on device tab-9", reason="active-session"),
+    sdk.CorruptStoreError("sqlite3.DatabaseError: database disk image is malformed"),
+    sdk.ConfigurationError("ssl.SSLCertVerificationError: certificate verify failed"),
+    sdk.VerificationError("checksum 9ab1 != 77cd for session 4f2a"),
+]
+
+
+@pytest.mark.parametrize("state", list(AutoState), ids=lambda s: s.value)
+def test_every_states_message_is_plain_words_without_the_errors_text(state):
+    error_names = {name for name in sdk.__all__ if name.endswith("Error")}
+    for error in ERRORS:
+        detail = str(error) if error else "technical detail"
+        status = AutoStatus(state, detail, error)
+
+        assert status.detail == detail  # the technical text stays, for a log or support
+        assert status.message and status.message[0].isupper()
+        assert detail not in status.message
+        for word in (*error_names, "Errno", "HTTP", "session", "sqlite", "ssl", "token"):
+            assert word not in status.message, (state, error, status.message)
+
+
+def test_the_message_tells_the_user_why_the_data_waits_and_what_to_do():
+    offline, server_busy, signed_out, other_device = (
+        AutoStatus(AutoState.RETRYING, str(e), e).message for e in ERRORS[1:5]
+    )
+    assert offline == "Your data is safe on this device; waiting for the network to sync it"
+    assert "busy" in server_busy and "sign you in" in signed_out
+    assert "another of your devices" in other_device
+    damaged = AutoStatus(AutoState.FAILED, str(ERRORS[5]), ERRORS[5]).message
+    assert "could not be read" in damaged and "contact support" in damaged
+
+
+def test_a_finished_migrations_status_says_so_in_plain_words(server, tmp_path):
+    store = make_store(tmp_path / "store.sqlite3", learning_items(10))
+    handle, rec = start_hook(server, store, "una", tmp_path, sync=False)
+
+    assert handle.wait(DEADLINE) is AutoState.DONE
+    assert handle.status.message == "Your data (12 items) is now in the cloud"
+    assert handle.status.detail == "12 items migrated and verified"
+    assert [s.message for s in rec.states][:2] == [
+        "Checking the data on this device",
+        "Moving your data to the cloud",
+    ]
+
+
+def paused_statuses(rec: Recorder) -> list[AutoStatus]:
+    return [s for s in rec.states if s.state is AutoState.PAUSED]
+
+
+def test_a_paused_hook_sends_nothing_and_resume_starts_the_migration_at_once(server, tmp_path):
+    store = make_store(tmp_path / "store.sqlite3", learning_items(40))
+    requests = count_requests(server)
+    handle, rec = start_hook(server, store, None, tmp_path)
+    assert handle.wait(DEADLINE) is AutoState.ANONYMOUS
+    handle.set_network(available=False)
+
+    handle.user_registered("vera", lambda: server.token("vera"))
+
+    assert handle.wait(DEADLINE) is AutoState.PAUSED and handle.paused
+    assert handle.status.message == (
+        "Your data is safe on this device; it syncs when the network is back"
+    )
+    assert "network is unavailable" in handle.status.detail
+    handle.set_network(available=True, metered=True)  # the thread goes round and waits on
+    rec.reached(lambda: "metered" in rec.states[-1].detail)
+    assert requests == []
+    handle.set_network(available=True)
+
+    assert handle.wait(DEADLINE) is AutoState.DONE and not handle.paused
+    assert rec.done[0].item_count == 42 and requests
+
+
+def test_pausing_mid_migration_leaves_at_a_safe_point_and_resume_continues_it(server, tmp_path):
+    store = make_store(tmp_path / "store.sqlite3", learning_items(200))
+    requests = count_requests(server)
+    rec = Recorder()
+    callbacks = rec.callbacks()
+    handles: list[AutoMigration] = []
+
+    def on_progress(progress: Progress) -> None:
+        callbacks["on_progress"](progress)  # type: ignore[operator]
+        uploading = progress.phase is ProgressPhase.UPLOADING
+        if uploading and progress.items_done >= 50 and len(handles) == 1:
+            handles.append(handles[0])  # pause once: from the migration thread, mid-upload
+            handles[0].pause("the user asked to save data")
+
+    handle = auto_migrate(
+        http_client=server.client,
+        user_id=None,  # nothing runs until the user registers: the handle is known by then
+        token=None,
+        store_path=store,
+        options=MigrationOptions(batch_size=25, max_in_flight=1, cache_dir=tmp_path / "cache"),
+        retry=RetryPolicy.none(),
+        backoff=FAST,
+        **(callbacks | {"on_progress": on_progress}),
+    )
+    handles.append(handle)
+    assert handle.wait(DEADLINE) is AutoState.ANONYMOUS
+    handle.user_registered("walt", lambda: server.token("walt"))
+
+    assert handle.wait(DEADLINE) is AutoState.PAUSED
+    assert handle.status.message == "Your data is safe on this device; syncing is paused"
+    sent = len(requests)
+    handle.pause("still saving data")  # the thread goes round, and still sends nothing
+    rec.reached(lambda: "still saving" in rec.states[-1].detail)
+    assert len(requests) == sent
+    assert "stopped" not in rec.state_names()
+    handle.resume()
+
+    assert handle.wait(DEADLINE) is AutoState.DONE, rec.state_names()
+    uploads = [p.items_done for p in rec.progress if p.phase is ProgressPhase.UPLOADING]
+    assert uploads[-1] == 202 and rec.done[0].verified
+    overall = [p.overall for p in rec.progress]
+    assert overall == sorted(overall)  # one bar across the pause, never going back
+
+
+def test_after_the_migration_a_paused_hook_keeps_local_writes_until_resumed(server, tmp_path):
+    store = make_store(tmp_path / "store.sqlite3", learning_items(20))
+    handle, rec = start_hook(server, store, "xena", tmp_path, push_delay=0.01, sync_interval=3600)
+    assert handle.wait(DEADLINE) is AutoState.DONE  # then it waits for writes or the hour
+    requests = count_requests(server)
+
+    handle.set_network(available=True, metered=True)
+    rec.reached(lambda: rec.states[-1].state is AutoState.PAUSED)
+    with LocalStore(store) as app:
+        app.put("lesson_progress", "while-paused", {"score": 1})
+    handle.sync_now()
+    handle.pause("checking that nothing is sent")
+    rec.reached(lambda: "checking" in rec.states[-1].detail)
+    assert requests == []
+    assert not server.storage.cloud_items("xena", [("lesson_progress", "while-paused")])
+    handle.resume()
+
+    rec.reached(lambda: rec.state_names()[-1] == "synced" and len(paused_statuses(rec)) == 2)
+    handle.stop()
+    assert server.storage.cloud_items("xena", [("lesson_progress", "while-paused")])
+    assert handle.last_sync is not None and handle.last_sync.pushed == 1

@@ -94,8 +94,23 @@ def test_migrate_shows_progress_and_a_readable_summary_and_exits_0_once_verified
     done = [int(n) for n in re.findall(r"^uploading: (\d+)/502 items \(\d+%\)$", err, re.M)]
     assert done[0] == 0 and done[-1] == 502 and done == sorted(done)
     assert len(set(done)) >= 4  # it moved in steps, not only 0 and 100%
-    assert err.splitlines()[-1] == "done (502 items)"
+    assert err.splitlines()[-1] == "done: 502/502 items (100%)"
     assert detect_local(store).state is LocalState.MIGRATED
+
+
+def test_every_phase_the_cli_prints_ends_at_its_total(env, tmp_path, capsys):
+    store = make_store(tmp_path / "store.sqlite3", learning_items(300))
+
+    code, _, err = run(capsys, "migrate", "--store", str(store), "--progress", "lines")
+
+    assert code == EXIT_DONE
+    last: dict[str, tuple[int, int]] = {}
+    for phase, done, total in re.findall(r"^(\w+): ([\d,]+)/([\d,]+) items", err, re.M):
+        last[phase] = (int(done.replace(",", "")), int(total.replace(",", "")))
+    # No step is left on screen at 0/N, which reads as a stalled phase.
+    for phase in ("snapshotting", "starting", "uploading", "completing", "verifying", "done"):
+        assert last[phase] == (302, 302), (phase, err)
+    assert all(done == total for done, total in last.values()), err
 
 
 def test_every_command_walks_a_migration_with_conflicts_to_the_end(

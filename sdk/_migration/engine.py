@@ -243,6 +243,9 @@ def _prepare(run: Run) -> JournalRecord | MigrationResult:
         name=f"{prefix}-{migration_id}",
     )
     failpoint("snapshot.taken")
+    run.hooks.progress(
+        Progress(ProgressPhase.SNAPSHOTTING, snapshot.item_count, snapshot.item_count)
+    )
     with snapshot:
         record = JournalRecord.new(
             migration_id=migration_id,
@@ -331,6 +334,7 @@ def _start(run: Run, record: JournalRecord, snapshot: Snapshot, *, resumed: bool
             resumed=resumed,
         )
     )
+    run.hooks.progress(Progress(ProgressPhase.STARTING, record.item_count, record.item_count))
     return record
 
 
@@ -528,9 +532,11 @@ def _complete(run: Run, record: JournalRecord) -> JournalRecord:
             "sync_seq": answer.sync_seq,
             "sync_prior_seq": answer.sync_prior_seq or 0,
         }
-    return run.journal.advance(
+    record = run.journal.advance(
         Phase.COMPLETED, cloud_checksum=answer.cloud_checksum, completion=completion
     )
+    run.hooks.progress(Progress(ProgressPhase.COMPLETING, record.item_count, record.item_count))
+    return record
 
 
 def _verify(run: Run, record: JournalRecord, *, resumed: bool) -> MigrationResult:
@@ -563,7 +569,11 @@ def _verify(run: Run, record: JournalRecord, *, resumed: bool) -> MigrationResul
     flagged = _flagged(run.journal)
     Path(record.snapshot_path).unlink(missing_ok=True)
     run.journal.clear()
-    run.hooks.progress(Progress(ProgressPhase.DONE, record.item_count, record.item_count))
+    run.hooks.progress(Progress(ProgressPhase.VERIFYING, record.item_count, record.item_count))
+    if (record.completion or {}).get("sync_seq") is None:
+        # With a sync to follow (the store now keeps in step), the call is done when the
+        # sync is: its DONE ends the bar, and the overall fraction stays one call's.
+        run.hooks.progress(Progress(ProgressPhase.DONE, record.item_count, record.item_count))
     assert record.cloud_checksum is not None
     run.hooks.emit(
         MigrationCompleted(
