@@ -47,6 +47,7 @@ from .._events import (
 )
 from .._failpoints import configure_from_env, failpoint
 from .._stopping import Stopped, stoppable_sleep
+from .._store import changes
 from .._store.detect import LocalState, check_local, detect_local
 from .._store.local import LocalStore, MigratedSync
 from .._store.schema import connect_read_only
@@ -638,16 +639,9 @@ def _migrated_sync(record: JournalRecord, user_id: str) -> MigratedSync | None:
     def in_snapshot(keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
         conn = connect_read_only(path)
         try:
-            pairs = ",".join(["(?, ?)"] * len(keys))
-            rows = conn.execute(
-                f"WITH wanted(collection, key) AS (VALUES {pairs}) SELECT t.collection, t.key"
-                " FROM wanted CROSS JOIN items AS t"
-                " ON t.collection = wanted.collection AND t.key = wanted.key",
-                [part for key in keys for part in key],
-            ).fetchall()
+            return {(c_, k) for c_, k in changes.keyed_rows(conn, keys)}
         finally:
             conn.close()
-        return {(c_, k) for c_, k in rows}
 
     return MigratedSync(
         seq=int(completion["sync_seq"]),

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from sdk.contract import canonical_item_parts, multiset_add, multiset_checksum, multiset_hex
 
@@ -38,6 +39,7 @@ __all__ = [
     "acknowledge",
     "create_tables",
     "full_checksum",
+    "keyed_rows",
     "local_checksum",
     "meta",
     "next_counter",
@@ -274,18 +276,25 @@ def _existing(
     conn: sqlite3.Connection, keys: Sequence[tuple[str, str]]
 ) -> dict[tuple[str, str], tuple[bytes, int]]:
     """``(digest, pending)`` of the rows among ``keys``."""
-    found: dict[tuple[str, str], tuple[bytes, int]] = {}
+    return {(c, k): (d, p) for c, k, d, p in keyed_rows(conn, keys, "t.digest, t.pending")}
+
+
+def keyed_rows(
+    conn: sqlite3.Connection, keys: Sequence[tuple[str, str]], columns: str = ""
+) -> Iterator[tuple[Any, ...]]:
+    """``(collection, key, *columns)`` of the ``items`` rows among ``keys`` (``columns``
+    names them on the alias ``t``), looked up by the primary key from a VALUES list, a
+    chunk of keys at a time (an ``IN`` over pairs would scan the table per query)."""
+    select = "t.collection, t.key" + (f", {columns}" if columns else "")
     for start in range(0, len(keys), _CHUNK):
         chunk = keys[start : start + _CHUNK]
         pairs = ",".join(["(?, ?)"] * len(chunk))
-        rows = conn.execute(
-            f"WITH wanted(collection, key) AS (VALUES {pairs}) SELECT t.collection, t.key,"
-            " t.digest, t.pending FROM wanted CROSS JOIN items AS t"
+        yield from conn.execute(
+            f"WITH wanted(collection, key) AS (VALUES {pairs}) SELECT {select}"
+            " FROM wanted CROSS JOIN items AS t"
             " ON t.collection = wanted.collection AND t.key = wanted.key",
             [part for key in chunk for part in key],
         )
-        found.update(((c, k), (d, p)) for c, k, d, p in rows)
-    return found
 
 
 def _any_between(conn: sqlite3.Connection, low: tuple[str, str], high: tuple[str, str]) -> bool:

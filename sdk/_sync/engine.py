@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .._conflicts.policy import ConflictPolicy
-from .._errors import CorruptStoreError, MigrationBlockedError
+from .._errors import CorruptStoreError
 from .._events import Hooks
 from .._stopping import Stopped
 from .._store import changes
@@ -41,7 +41,7 @@ from .._store.local import LocalStore
 from .proof import _prove
 from .pull import _pull
 from .push import _apply_app_decisions, _push_batch, _resend_outbox
-from .run import SyncResult, _result, _Sync
+from .run import SyncResult, _result, _Sync, refuse_another_user
 
 __all__ = ["run_sync"]
 
@@ -109,10 +109,9 @@ def _claim(store: LocalStore, user_id: str) -> None:
             changes.set_meta(conn, sync_user=user_id)
         if owner is None or owner == user_id:
             changes.repair(conn)  # writes made around the SDK: pending, and counted
-    if owner is not None and owner != user_id:
-        raise MigrationBlockedError(
-            f"the store at {store.path} keeps the data of user {owner!r} in step with the "
-            f"cloud, not {user_id!r}'s: give each user a store of their own (a store_path or "
-            "app_name per user); nothing was sent",
-            reason="another-user",
-        )
+    refuse_another_user(
+        store,
+        owner,
+        user_id,
+        "give each user a store of their own (a store_path or app_name per user); nothing was sent",
+    )

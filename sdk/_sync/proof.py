@@ -10,12 +10,12 @@ import logging
 from typing import Any
 
 from .. import contract as c
-from .._errors import MigrationBlockedError, VerificationError
+from .._errors import VerificationError
 from .._events import Progress, ProgressPhase, SyncCompleted
 from .._store import changes
 from .._store.local import LocalStore, now_ms
 from .pull import _Page
-from .run import SyncResult, _pending, _result, _Sync
+from .run import SyncResult, _pending, _result, _Sync, refuse_another_user
 
 __all__ = ["SyncStatus", "sync_status"]
 
@@ -57,12 +57,7 @@ def sync_status(store: LocalStore, transport: Any | None, *, full: bool = False)
     if transport is not None:
         with store._reading("read the store's user") as conn:
             owner = changes.meta(conn, "sync_user").get("sync_user")
-        if owner is not None and owner != transport.user_id:
-            raise MigrationBlockedError(
-                f"the store at {store.path} keeps the data of user {owner!r}, not "
-                f"{transport.user_id!r}'s: verify it as {owner!r}",
-                reason="another-user",
-            )
+        refuse_another_user(store, owner, transport.user_id, f"verify it as {owner!r}")
     with store._writing("settle writes made around the SDK") as conn:
         changes.repair(conn)
     with store._reading("read the sync state") as conn:

@@ -11,6 +11,7 @@ from collections import Counter
 from typing import Any
 
 from .._conflicts.policy import ConflictPolicy
+from .._errors import MigrationBlockedError
 from .._events import Hooks
 from .._stopping import Stopped
 from .._store import changes
@@ -92,3 +93,15 @@ def _result(run: _Sync) -> SyncResult:
         round_trips=run.round_trips,
         duration_s=time.monotonic() - run.started,
     )
+
+
+def refuse_another_user(store: LocalStore, owner: str | None, user_id: str, advice: str) -> None:
+    """Raise when the store keeps another user's data in step (``owner``, recorded by the
+    first sync or the migration): a store is never synced into, or verified against,
+    another account. ``advice`` ends the message."""
+    if owner is not None and owner != user_id:
+        raise MigrationBlockedError(
+            f"the store at {store.path} keeps the data of user {owner!r} in step with the "
+            f"cloud, not {user_id!r}'s: {advice}",
+            reason="another-user",
+        )
