@@ -138,8 +138,8 @@ class MigrationApp:
 
     def on_progress(self, progress: Progress) -> None:
         uploading = progress.phase is ProgressPhase.UPLOADING
-        if uploading or progress.phase is ProgressPhase.DONE:
-            self.fraction = progress.fraction  # the bar follows the upload; steps keep it
+        # One bar over every phase: ``overall`` never goes back, ``fraction`` restarts per phase.
+        self.fraction = progress.overall
         self.screen.show_progress(
             self.fraction, f"{progress.phase.value} {progress.items_done}/{progress.items_total}"
         )
@@ -148,7 +148,7 @@ class MigrationApp:
             self.quit()  # as if the user closed the window mid-upload
 
     def on_state(self, status: AutoStatus) -> None:
-        self.screen.show_status(status.detail)
+        self.screen.show_status(status.message)  # a sentence for the user; .detail is for logs
         if status.state is AutoState.ANONYMOUS and self.args.register_as:
             self.screen.offer_register(self.register)
         if self.args.quit_when_settled and status.state in ENDED:

@@ -140,10 +140,10 @@ def check_conflicts_asked_and_migration_finished(done, live_server, user, store,
     assert bar == sorted(bar) and bar[-1] == 100 and len(bar) > 5  # a bar that moves
     statuses = shown(done, "status: ")
     assert statuses[:2] == [
-        "status: looking at the local store",
-        "status: migrating the local data to the cloud",
-    ]
-    assert "status: 2 item(s) changed both here and in the cloud: choose which to keep" in statuses
+        "status: Checking the data on this device",
+        "status: Moving your data to the cloud",
+    ]  # the user's sentences (AutoStatus.message), never the technical detail
+    assert "status: Some items changed both here and in the cloud: choose which to keep" in statuses
     assert "status: Your 302 items are safe in the cloud" in statuses
     assert detect_local(store).state is LocalState.MIGRATED
     with LocalStore(store, create=False) as s:  # "keep this device's": the local data won
@@ -174,7 +174,7 @@ def test_closing_the_desktop_app_mid_upload_stops_it_and_the_next_start_resumes(
     first = app(env, store, *flags, "--close-at", "0.05")
 
     assert first.returncode == 3, first.stderr
-    assert "status: stopped; the migration resumes at the next start" in first.stdout
+    assert "status: Paused; it continues the next time the app starts" in first.stdout
     assert shown(first, "status: closed")[-1] == "status: closed (stopped, stopped: True)"
     assert detect_local(store).state is LocalState.READY
 
@@ -198,8 +198,8 @@ def test_an_anonymous_user_who_registers_gets_their_data_migrated_at_once(
 
     assert done.returncode == 0, done.stderr
     assert shown(done, "status: ")[:3] == [
-        "status: looking at the local store",
-        "status: the local data waits for the user to register; it migrates then",
+        "status: Checking the data on this device",
+        "status: Your data is kept on this device; it moves to the cloud once you sign up",
         f"status: registered as {user}",
     ]
     assert "status: Your 32 items are safe in the cloud" in done.stdout
@@ -336,7 +336,7 @@ def test_a_second_instance_of_the_app_follows_the_first_instead_of_migrating(
             second.wait()
             second_lines.close()
 
-    following = "status: another instance of the app is migrating this data; following its progress"
+    following = "status: Another window of this app is moving your data to the cloud"
     assert following in second_seen
     assert watched.endswith(f" {frozen.phase.value} {frozen.items_done}/{frozen.items_total}")
     assert "status: Your 1002 items are safe in the cloud" in second_seen
