@@ -1,0 +1,142 @@
+"""The reference server as processes on the aws backend: the API and a worker, on AWS
+resources of their own in the session's moto server, for the tests that kill clients
+and servers on both backends (``tests/test_crash.py``, ``tests/test_chaos.py``).
+
+:func:`spawn_aws_server` gives a :class:`~chaos_harness.ServerProcess` like
+:func:`~chaos_harness.spawn_server`'s, plus its worker process; :class:`AwsServerView`
+answers the harness's read-only questions from the AWS resources instead of a SQLite
+file, so every invariant of :func:`~chaos_harness.check_world` is checked the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from aws_fixtures import AwsBackend
+from chaos_harness import Key, ServerProcess, SessionRow, spawn_server
+
+from backend_stub.items import seed_cloud_items
+from backend_stub.settings import AwsSettings
+from backend_stub.storage import iter_staged
+from backend_stub.storage.aws import AwsStorage
+from sdk.contract import Item
+
+
+def aws_env(settings: AwsSettings) -> dict[str, str]:
+    """The ``MIGRATION_*`` variables that make a server process use these resources."""
+    env = {"MIGRATION_BACKEND": "aws"}
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        if value is not None:
+            env[f"MIGRATION_AWS_{field.name.upper()}"] = str(value)
+    return env
+
+
+def spawn_aws_server(data_dir: Path, backend: AwsBackend) -> ServerProcess:
+    """``python -m backend_stub`` and ``python -m backend_stub worker`` on ``backend``'s
+    resources; logs in ``data_dir`` (``server.log``, ``worker.log``)."""
+    env = aws_env(backend.settings)
+    server = spawn_server(data_dir, env=env)
+    with (data_dir / "worker.log").open("a") as log:
+        server.worker = subprocess.Popen(
+            [sys.executable, "-m", "backend_stub", "worker", "--poll-wait", "1"],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env={**os.environ, **env},
+        )
+    server.aws = backend
+    return server
+
+
+def seed_aws(
+    backend: AwsBackend, user: str, items: Iterable[Mapping[str, Any]], device_id: str
+) -> None:
+    """Cloud items for ``user``, as if another device had uploaded them."""
+    storage = backend.open()
+    try:
+        seed_cloud_items(storage, user, items, device_id=device_id)
+    finally:
+        storage.close()
+
+
+class AwsServerView:
+    """:class:`~chaos_harness.ServerView`'s questions, answered from the AWS resources
+    through the backend's own storage (read-only; a fresh storage per question, as
+    another process would read)."""
+
+    def __init__(self, backend: AwsBackend) -> None:
+        self.backend = backend
+
+    def _read(self) -> AwsStorage:
+        return self.backend.open()
+
+    def sessions(self, user: str) -> list[SessionRow]:
+        storage = self._read()
+        try:
+            found = [storage.get_session(s.id) for s in _all_sessions(storage, user)]
+        finally:
+            storage.close()
+        rows = []
+        for session in found:
+            assert session is not None
+            rows.append(
+                SessionRow(
+                    session.id,
+                    session.status.value,
+                    session.expires_at,
+                    session.manifest.batch_count,
+                    session.manifest.item_count,
+                    session.result.cloud_checksum if session.result else None,
+                )
+            )
+        return rows
+
+    def received(self, session_id: str) -> list[int]:
+        storage = self._read()
+        try:
+            return sorted(storage.received_batches(session_id))
+        finally:
+            storage.close()
+
+    def staged_keys(self, session_id: str) -> list[Key]:
+        storage = self._read()
+        try:
+            pages = iter_staged(storage, session_id)
+            return sorted((s.collection, s.key) for page in pages for s in page)
+        finally:
+            storage.close()
+
+    def cloud(self, user: str) -> dict[Key, Item]:
+        storage = self._read()
+        found: dict[Key, Item] = {}
+        after = None
+        try:
+            while True:
+                page = storage.pull_page(user, after=after, until=None, limit=500)
+                for synced in page.items:
+                    found[(synced.item.collection, synced.item.key)] = synced.item.wire()
+                if len(page.items) < 500:
+                    return found
+                last = page.items[-1]
+                after = (last.seq, last.item.collection, last.item.key)
+        finally:
+            storage.close()
+
+    def events(self, user: str, type: str) -> int:
+        storage = self._read()
+        try:
+            return len(storage.events(user_id=user, type=type))
+        finally:
+            storage.close()
+
+
+def _all_sessions(storage: AwsStorage, user: str) -> list[Any]:
+    from backend_stub.storage.aws_rows import session_of
+
+    return [session_of(row) for row in storage._session_rows(user)]
