@@ -30,6 +30,7 @@ moto is a development dependency (the ``localaws`` extra); nothing else imports 
 from __future__ import annotations
 
 import argparse
+import bisect
 import copy
 import functools
 import importlib
@@ -63,18 +64,25 @@ def patches() -> list[Patch]:
 
 def _one_partition(original: Callable[..., Any]) -> Callable[..., Any]:
     """``Table.query`` reading only the queried partition when it reads the table itself
-    (not an index): moto keeps items as ``items[hash][range]`` already."""
-    parameters = inspect.signature(original).parameters
-    index_at = list(parameters).index("index_name")
+    (not an index): moto keeps items as ``items[hash][range]`` already. With a string
+    sort key, the partition comes sorted and starts after ``ExclusiveStartKey``, so that
+    reading a partition page by page costs its size once per page, not a sort."""
+    signature = inspect.signature(original)
 
     @functools.wraps(original)
     def query(self: Any, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
-        index_name = kwargs.get(
-            "index_name", args[index_at - 2] if len(args) > index_at - 2 else None
-        )
-        if index_name or hash_key is None or not self.range_key_attr:
+        call = signature.bind(self, hash_key, *args, **kwargs).arguments
+        if call.get("index_name") or hash_key is None or not self.range_key_attr:
             return original(self, hash_key, *args, **kwargs)
         partition = list(self.items.get(hash_key, {}).values())
+        if self.range_key_type == "S":
+            partition.sort(key=lambda item: item.range_key.value)
+            start = (call.get("exclusive_start_key") or {}).get(self.range_key_attr, {})
+            if "S" in start and call.get("scan_index_forward", True):
+                after = bisect.bisect_right(
+                    partition, start["S"], key=lambda item: item.range_key.value
+                )
+                partition = partition[after:]
         # An instance attribute shadows the method for this call only (requests on
         # DynamoDB are serialized, see ``serialized``).
         self.all_items = lambda: partition

@@ -29,7 +29,7 @@ from backend_stub.storage.aws import AwsStorage
 from backend_stub.storage.aws_resources import EVENT_SOURCE, AwsResources, provision
 from backend_stub.worker import Worker
 
-_CREDENTIALS = {
+CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_SESSION_TOKEN": "testing",
@@ -46,7 +46,7 @@ def moto_endpoint() -> Iterator[str]:
     level = werkzeug.level
     werkzeug.setLevel(logging.ERROR)  # one access-log line per request otherwise
     with pytest.MonkeyPatch.context() as patch:
-        for name, value in _CREDENTIALS.items():
+        for name, value in CREDENTIALS.items():
             patch.setenv(name, value)
         patch.delenv("AWS_PROFILE", raising=False)
         for target, name, value in localaws.patches():

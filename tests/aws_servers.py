@@ -10,22 +10,51 @@ file, so every invariant of :func:`~chaos_harness.check_world` is checked the sa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from aws_fixtures import AwsBackend
+from aws_fixtures import CREDENTIALS, AwsBackend, fresh_aws_backend
 from chaos_harness import Key, ServerProcess, SessionRow, spawn_server
 
+from backend_stub import localaws
 from backend_stub.items import seed_cloud_items
 from backend_stub.settings import AwsSettings
 from backend_stub.storage import iter_staged
 from backend_stub.storage.aws import AwsStorage
 from sdk.contract import Item
+
+
+@contextlib.contextmanager
+def local_aws_backend() -> Iterator[AwsBackend]:
+    """Outside pytest (``bench/chaos.py``): the README's local AWS in this process, and
+    fresh resources on it; dummy credentials in the environment while it runs."""
+    import boto3
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
+    saved = {name: os.environ.get(name) for name in CREDENTIALS}
+    os.environ.update(CREDENTIALS)
+    for target, name, value in localaws.patches():
+        setattr(target, name, value)
+    server = localaws.local_aws()
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        session = boto3.session.Session(region_name="us-east-1")
+        yield fresh_aws_backend(f"http://{host}:{port}", session)
+    finally:
+        server.stop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def aws_env(settings: AwsSettings) -> dict[str, str]:
