@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aws_fixtures import CREDENTIALS, AwsBackend, fresh_aws_backend
 from chaos_harness import Key, ServerProcess, SessionRow, spawn_server
 
@@ -29,6 +30,18 @@ from backend_stub.settings import AwsSettings
 from backend_stub.storage import iter_staged
 from backend_stub.storage.aws import AwsStorage
 from sdk.contract import Item
+
+
+@pytest.fixture(scope="session")
+def aws_live_server(
+    tmp_path_factory: pytest.TempPathFactory, moto_endpoint: str, boto_session: Any
+) -> Iterator[ServerProcess]:
+    """The API and a worker, in processes of their own, on AWS resources of their own
+    (the ``live_server`` of the aws backend; tests keep apart by their user ids)."""
+    backend = fresh_aws_backend(moto_endpoint, boto_session)
+    server = spawn_aws_server(tmp_path_factory.mktemp("aws-live-server"), backend)
+    yield server
+    server.stop()
 
 
 @contextlib.contextmanager

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aws_fixtures import fresh_aws_backend
-from aws_servers import spawn_aws_server
 from chaos_harness import ServerProcess, spawn_server
 from chaos_scenarios import AWS_CI_SCENARIOS, SCENARIOS, Env, run
 
@@ -23,16 +20,6 @@ from sdk import _failpoints
 @pytest.fixture(scope="module")
 def chaos_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     server = spawn_server(tmp_path_factory.mktemp("chaos-server"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def aws_chaos_server(
-    tmp_path_factory: pytest.TempPathFactory, moto_endpoint: str, boto_session: Any
-) -> Iterator[ServerProcess]:
-    backend = fresh_aws_backend(moto_endpoint, boto_session)
-    server = spawn_aws_server(tmp_path_factory.mktemp("chaos-aws-server"), backend)
     yield server
     server.stop()
 
@@ -58,7 +45,7 @@ CASES = [
 def test_the_invariants_hold_after_the_fault(
     name: str, seed: int, backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    fixture = "chaos_server" if backend == "sqlite" else "aws_chaos_server"
+    fixture = "chaos_server" if backend == "sqlite" else "aws_live_server"
     server = request.getfixturevalue(fixture) if SCENARIOS[name].live_server else None
 
     report = run(name, Env(tmp_path, server), seed)

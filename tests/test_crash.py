@@ -9,15 +9,10 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from aws_fixtures import fresh_aws_backend
-from aws_servers import spawn_aws_server
-from chaos_harness import ServerProcess
 from sdk_fixtures import learning_items, make_store
 
 from sdk import LocalState, LocalStore, detect_local
@@ -70,16 +65,6 @@ def api(live_server, user: str) -> httpx.Client:
         base_url=f"{live_server.url}/api/migration/{user}",
         headers={"Authorization": f"Bearer {live_server.token(user)}"},
     )
-
-
-@pytest.fixture(scope="module")
-def aws_live_server(
-    tmp_path_factory: pytest.TempPathFactory, moto_endpoint: str, boto_session: Any
-) -> Iterator[ServerProcess]:
-    backend = fresh_aws_backend(moto_endpoint, boto_session)
-    server = spawn_aws_server(tmp_path_factory.mktemp("crash-aws-server"), backend)
-    yield server
-    server.stop()
 
 
 PAUSES = {
