@@ -178,7 +178,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     configure_logging(json_lines=os.environ.get("MIGRATION_LOG_FORMAT", "json") != "text")
     storage = AwsStorage.open(settings.aws)
     try:
-        worker = Worker(storage, settings)
+        worker = Worker(storage, settings, wait_seconds=args.poll_wait)
         if args.once:
             print(f"handled {worker.drain(timeout=args.timeout)} message(s)")
             return 0
@@ -269,6 +269,15 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=300.0,
         help="with --once: give up after this many seconds (default: %(default)s)",
+    )
+    worker_cmd.add_argument(
+        "--poll-wait",
+        type=int,
+        choices=range(21),
+        default=20,
+        metavar="SECONDS",
+        help="how long a receive waits for a job, 0-20 (SQS long polling); a stop signal"
+        " lets the receive in progress end first (default: %(default)s)",
     )
     worker_cmd.set_defaults(handler=_worker)
 

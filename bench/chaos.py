@@ -7,6 +7,11 @@ runs the same code with more, and exits 1 if any invariant broke anywhere::
     .venv/bin/python bench/chaos.py                      # 5 seeds per scenario
     .venv/bin/python bench/chaos.py --seeds 20 --only net:
     .venv/bin/python bench/chaos.py --seeds 2 --mutants 300 --examples 50   # quicker
+    .venv/bin/python bench/chaos.py --backend aws --only crash: --only net:  # moto only
+
+The scenarios against a server process run on both backends (``--backend``): on aws,
+the API and a worker on moto's server (``python -m backend_stub.localaws``'s, in this
+process), rows prefixed ``aws``.
 
 Columns: runs (seeds) and calls (migrate() calls, or requests) per scenario; faults that
 struck; items lost; duplicates (extra completions, sessions, announcements); stuck
@@ -29,8 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from aws_servers import local_aws_backend, spawn_aws_server  # noqa: E402
 from chaos_fuzz import mutate, run_schemathesis  # noqa: E402
-from chaos_harness import Report, ServerView, key_of, spawn_server  # noqa: E402
+from chaos_harness import Report, ServerProcess, ServerView, key_of, spawn_server  # noqa: E402
 from chaos_scenarios import SCENARIOS, Env, in_process, run  # noqa: E402
 from schemathesis.generation import GenerationMode  # noqa: E402
 from sdk_fixtures import learning_items  # noqa: E402
@@ -72,14 +78,33 @@ class Row:
 
 def scenarios(args: argparse.Namespace, work: Path, rows: list[Row]) -> None:
     names = [n for n in SCENARIOS if any(n.startswith(p) for p in args.only)]
-    needs_server = any(SCENARIOS[n].live_server for n in names)
-    server = spawn_server(work / "shared-server") if needs_server else None
+    if args.backend in ("sqlite", "both"):
+        needs_server = any(SCENARIOS[n].live_server for n in names)
+        server = spawn_server(work / "shared-server") if needs_server else None
+        run_scenarios(args, work, rows, names, server)
+    live = [n for n in names if SCENARIOS[n].live_server]
+    if args.backend in ("aws", "both") and live:
+        # Every scenario against a server process, on the API and a worker on moto.
+        with local_aws_backend() as backend:
+            server = spawn_aws_server(work / "aws-server", backend)
+            run_scenarios(args, work, rows, live, server, prefix="aws ")
+
+
+def run_scenarios(
+    args: argparse.Namespace,
+    work: Path,
+    rows: list[Row],
+    names: list[str],
+    server: ServerProcess | None,
+    *,
+    prefix: str = "",
+) -> None:
     try:
         for name in names:
-            row = Row(name)
+            row = Row(prefix + name)
             rows.append(row)
             for seed in range(args.first_seed, args.first_seed + args.seeds):
-                root = work / "runs" / f"{name.replace(':', '-')}-{seed}"
+                root = work / "runs" / f"{prefix.strip()}{name.replace(':', '-')}-{seed}"
                 live = server if SCENARIOS[name].live_server else None
                 try:
                     report = run(name, Env(root, live), seed)
@@ -212,6 +237,13 @@ def main() -> int:
     )
     parser.add_argument("--mutants", type=int, default=200, help="byte-flipped stores per seed")
     parser.add_argument("--examples", type=int, default=100, help="schemathesis cases per op")
+    parser.add_argument(
+        "--backend",
+        choices=("sqlite", "aws", "both"),
+        default="both",
+        help="the server's backend for the scenarios against a server process; aws: the"
+        " API and a worker on moto's server (default: both)",
+    )
     args = parser.parse_args()
     # The SDK logs every retry as a warning: thousands here, by design. Errors still show.
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s %(message)s")

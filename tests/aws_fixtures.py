@@ -23,12 +23,13 @@ from typing import Any
 
 import pytest
 
+from backend_stub import localaws
 from backend_stub.settings import AwsSettings, Settings
 from backend_stub.storage.aws import AwsStorage
 from backend_stub.storage.aws_resources import EVENT_SOURCE, AwsResources, provision
 from backend_stub.worker import Worker
 
-_CREDENTIALS = {
+CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_SESSION_TOKEN": "testing",
@@ -37,84 +38,20 @@ _CREDENTIALS = {
 }
 
 
-def _serialized_moto() -> Any:
-    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
-    from moto.moto_server.werkzeug_app import (
-        DomainDispatcherApplication,
-        MotoRequestHandler,
-        create_backend_app,
-    )
-    from werkzeug.serving import make_server
-
-    class SerializedMotoServer(ThreadedMotoServer):
-        """moto's threaded server, one request at a time.
-
-        DynamoDB applies each conditional write atomically; moto's threaded server runs
-        requests concurrently without a lock, so two conditional writes of one item could
-        both pass their condition. Serializing requests gives tests DynamoDB's guarantee
-        (and forbids long polling, which would hold the lock: tests receive with no wait).
-        """
-
-        def _server_entry(self) -> None:
-            app = DomainDispatcherApplication(create_backend_app)
-            lock = threading.Lock()
-
-            def serialized(environ: Any, start_response: Any) -> Any:
-                with lock:
-                    return list(app(environ, start_response))
-
-            self._server = make_server(
-                self._ip_address, self._port, serialized, True, request_handler=MotoRequestHandler
-            )
-            self._server_ready_event.set()
-            self._server.serve_forever()
-
-    return SerializedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-
-
-def _one_backup_per_transaction(patch: pytest.MonkeyPatch) -> None:
-    """moto backs a table up before each transaction (to undo a cancelled one), but does
-    it once per item of the transaction: 100 deep copies of the whole table. Make the
-    copies after the first one reuse it (same backup, same behaviour, one copy)."""
-    import copy
-    import types
-
-    from moto.dynamodb import models
-
-    original = models.DynamoDBBackend.transact_write_items
-
-    def transact_write_items(self: Any, transact_items: Any) -> Any:
-        backups: dict[int, Any] = {}
-
-        def deepcopy(value: Any, memo: Any = None) -> Any:
-            if not isinstance(value, models.Table):
-                return copy.deepcopy(value, memo)
-            if id(value) not in backups:
-                backups[id(value)] = copy.deepcopy(value)
-            return backups[id(value)]
-
-        # Requests are serialized (see below), so swapping the module's copy is safe.
-        models.copy = types.SimpleNamespace(deepcopy=deepcopy, copy=copy.copy)  # type: ignore[assignment]
-        try:
-            return original(self, transact_items)
-        finally:
-            models.copy = copy  # type: ignore[assignment]
-
-    patch.setattr(models.DynamoDBBackend, "transact_write_items", transact_write_items)
-
-
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    """``http://127.0.0.1:PORT`` of a moto server started for this test session."""
+    """``http://127.0.0.1:PORT`` of a moto server started for this test session: the
+    README's local AWS (:mod:`backend_stub.localaws`), in a thread."""
     werkzeug = logging.getLogger("werkzeug")
     level = werkzeug.level
     werkzeug.setLevel(logging.ERROR)  # one access-log line per request otherwise
     with pytest.MonkeyPatch.context() as patch:
-        for name, value in _CREDENTIALS.items():
+        for name, value in CREDENTIALS.items():
             patch.setenv(name, value)
         patch.delenv("AWS_PROFILE", raising=False)
-        _one_backup_per_transaction(patch)
-        server = _serialized_moto()
+        for target, name, value in localaws.patches():
+            patch.setattr(target, name, value)
+        server = localaws.local_aws()
         server.start()
         host, port = server.get_host_and_port()
         try:
@@ -148,10 +85,9 @@ class AwsBackend:
         return AwsStorage(self.resources)
 
 
-@pytest.fixture
-def aws_backend(moto_endpoint: str, boto_session: Any) -> AwsBackend:
-    """A table, bucket, job queue (3 receives, then the dead-letter queue), bus and rule of
-    this test's own; failed jobs come back at once (no backoff)."""
+def fresh_aws_backend(moto_endpoint: str, boto_session: Any) -> AwsBackend:
+    """A table, bucket, job queue (3 receives, then the dead-letter queue), bus and rule
+    of the caller's own; failed jobs come back at once (no backoff)."""
     suffix = uuid.uuid4().hex[:10]
     settings = AwsSettings(
         endpoint_url=moto_endpoint,
@@ -167,6 +103,12 @@ def aws_backend(moto_endpoint: str, boto_session: Any) -> AwsBackend:
     backend = AwsBackend(settings, boto_session)
     provision(backend.resources)
     return backend
+
+
+@pytest.fixture
+def aws_backend(moto_endpoint: str, boto_session: Any) -> AwsBackend:
+    """This test's own AWS resources (:func:`fresh_aws_backend`)."""
+    return fresh_aws_backend(moto_endpoint, boto_session)
 
 
 @pytest.fixture
@@ -199,7 +141,7 @@ def backend(request: pytest.FixtureRequest) -> Backend:
 
 class WorkerThread:
     """``Worker.run`` in a thread, for as long as the ``with`` block lasts (no long
-    polling: the serialized moto server would wait with it)."""
+    polling: a stop waits for the receive in progress)."""
 
     def __init__(
         self, storage: AwsStorage, settings: Settings, *, clock: Callable[[], int] | None = None

@@ -15,7 +15,8 @@ with what they held before and fills a :class:`Report`:
 - no cross-user access: the bystander's cloud data is byte for byte the same;
 - no leaked snapshot/temp files, SDK threads or file handles.
 
-The server is inspected through its SQLite file, read-only, so the same checks serve an
+The server is inspected through its SQLite file (on the aws backend, through its storage:
+``tests/aws_servers.py``), read-only, so the same checks serve an
 in-process app and a server process.
 """
 
@@ -499,6 +500,35 @@ class ServerProcess:
     data_dir: Path
     process: subprocess.Popen[str]
     port: int
+    #: On the aws backend (``tests/aws_servers.py``): its resources and its worker.
+    aws: Any = None
+    worker: subprocess.Popen[bytes] | None = None
+
+    def view(self) -> Any:
+        """A :class:`ServerView` of this server's data (or its aws equivalent)."""
+        if self.aws is None:
+            return ServerView(self.data_dir)
+        from aws_servers import AwsServerView
+
+        return AwsServerView(self.aws)
+
+    def seed_world(self, world: World) -> None:
+        """:func:`seed_world`, on whichever backend this server runs."""
+        self.seed(world.user, world.cloud.values())
+        self.seed(world.bystander, world.bystander_cloud.values(), device_id="pc")
+
+    def seed(self, user: str, items: Iterable[Item], *, device_id: str = "tablet") -> None:
+        """Cloud items for ``user``, as if another device had uploaded them."""
+        if self.aws is not None:
+            from aws_servers import seed_aws
+
+            seed_aws(self.aws, user, items, device_id)
+            return
+        storage = SQLiteStorage.open(self.data_dir)
+        try:
+            seed_cloud_items(storage, user, items, device_id=device_id)
+        finally:
+            storage.close()
 
     @property
     def url(self) -> str:
@@ -518,16 +548,22 @@ class ServerProcess:
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no flush; what survives is what SQLite made durable."""
-        with contextlib.suppress(ProcessLookupError):
-            self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
+        for process in (self.process, self.worker):
+            if process is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGKILL)
+                process.wait(timeout=10)
         if self.process.stdout is not None:
             self.process.stdout.close()
 
     def stop(self) -> None:
-        self.process.terminate()
+        for process in (self.process, self.worker):
+            if process is not None:
+                process.terminate()
         try:
-            self.process.wait(timeout=10)
+            for process in (self.process, self.worker):
+                if process is not None:
+                    process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.kill()
         if self.process.stdout is not None:

@@ -74,7 +74,16 @@ from sdk._failpoints import ENV_VAR, MIGRATION_NAMES
 from sdk._transport.http import Transport
 from sdk.contract import Limits
 
-__all__ = ["SCENARIOS", "Entry", "Env", "InProcess", "in_process", "page_quota", "run"]
+__all__ = [
+    "AWS_CI_SCENARIOS",
+    "SCENARIOS",
+    "Entry",
+    "Env",
+    "InProcess",
+    "in_process",
+    "page_quota",
+    "run",
+]
 
 CHILD = str(Path(__file__).with_name("migrate_child.py"))
 
@@ -191,8 +200,8 @@ def _crash_world(
 ) -> tuple[World, ServerView, Observations]:
     assert env.server is not None
     world = make_world(env.root / "world", env.user(name, seed), items=items)
-    seed_world(world, env.server.data_dir)
-    return world, ServerView(env.server.data_dir), Observations()
+    env.server.seed_world(world)
+    return world, env.server.view(), Observations()
 
 
 def _recover(
@@ -293,6 +302,12 @@ def crash_twice(env: Env, seed: int) -> Report:
     return report
 
 
+#: The scenarios ``make test`` also runs on the aws backend (every ``live_server`` one
+#: can, and ``bench/chaos.py`` does): a kill mid-upload, one after ``complete`` answered,
+#: and a connection reset after requests reached the server.
+AWS_CI_SCENARIOS = ("crash:batch.answered", "crash:complete.after", "net:reset-after")
+
+
 # ------------------------------------------------------------------------------ in-process runs
 
 
@@ -387,8 +402,8 @@ def _network(fault: Fault) -> Scenario:
         report = Report(name, seed, runs=0)
         rng = random.Random(seed)
         world = make_world(env.root / "world", env.user(name, seed))
-        seed_world(world, env.server.data_dir)
-        view = ServerView(env.server.data_dir)
+        env.server.seed_world(world)
+        view = env.server.view()
         obs = Observations()
         where = rng.choice((*_ACK_POINTS, "any"))
         sometimes = where in ("upload", "any") and fault not in (Fault.BLACK_HOLE, Fault.REFUSED)

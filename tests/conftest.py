@@ -18,7 +18,7 @@ from backend_stub import Settings, create_app, issue_token
 from backend_stub.storage import Storage
 
 # moto in server mode, per-test AWS resources, and the sqlite/aws ``backend`` parameter.
-pytest_plugins = ["aws_fixtures"]
+pytest_plugins = ["aws_fixtures", "aws_servers"]
 
 
 @pytest.fixture(autouse=True)

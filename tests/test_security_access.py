@@ -2,7 +2,9 @@
 and no token but a valid one for the path's user opens any endpoint.
 
 ``test_server_refusals.py`` checks the status codes; this checks that the refused
-requests left every row of the database as it was.
+requests left every row of the database as it was. On both backends: ``ON_BOTH`` runs a
+test on the aws one too (DynamoDB and S3 on moto's server), where "every row" is every
+item of the table and every object of the bucket.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ import json
 import sqlite3
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 import jwt
 import pytest
+from _pytest.mark.structures import ParameterSet
+from aws_fixtures import backend_named
 from server_fixtures import Server, items_of, make_plan, running_server
 
 from backend_stub import seed_cloud_items
@@ -29,8 +33,12 @@ from sdk.contract import CHECKSUM_HEADER, PROBLEM_CONTENT_TYPE, batch_checksum
 TABLES = ("sessions", "batches", "staged_items", "conflicts", "cloud_items", "events")
 
 
-def everything(data_dir: Path) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table, read-only."""
+def everything(server: Server) -> dict[str, list[Any]]:
+    """Every row of every table, read-only (on aws: every item and every object)."""
+    if server.backend == "aws":
+        return everything_on_aws(server.storage.resources)  # type: ignore[attr-defined]
+    data_dir = server.settings.data_dir
+    assert data_dir is not None
     uri = f"{(data_dir / DATABASE_NAME).resolve().as_uri()}?mode=ro"
     conn = sqlite3.connect(uri, uri=True)
     try:
@@ -39,9 +47,42 @@ def everything(data_dir: Path) -> dict[str, list[tuple[Any, ...]]]:
         conn.close()
 
 
+def everything_on_aws(resources: Any) -> dict[str, list[Any]]:
+    pages = resources.dynamodb.get_paginator("scan").paginate(
+        TableName=resources.table, ConsistentRead=True
+    )
+    rows = [row for page in pages for row in page.get("Items", [])]
+    listed = resources.s3.list_objects_v2(Bucket=resources.bucket).get("Contents", [])
+    return {
+        "table": sorted(rows, key=repr),
+        "bucket": sorted((o["Key"], o["ETag"], o["Size"]) for o in listed),
+    }
+
+
+#: Runs a test on both backends (a ``server`` parameter, see :func:`server`).
+ON_BOTH = pytest.mark.parametrize("server", ["sqlite", "aws"], indirect=True)
+
+
+def on_both(names: str, params: Sequence[Any], *, aws: Collection[Any]) -> pytest.MarkDecorator:
+    """``parametrize(names, params)`` on SQLite; on the aws backend too for the params
+    whose id (or first value, without an id) is in ``aws``: a representative few, so
+    that ``make test`` stays quick (``server`` must be the test's first argument)."""
+    cases = []
+    for param in params:
+        if not isinstance(param, ParameterSet):
+            param = pytest.param(*(param if isinstance(param, tuple) else (param,)))
+        cases.append(pytest.param("sqlite", *param.values, id=param.id, marks=param.marks))
+        if (param.id if param.id is not None else param.values[0]) in aws:
+            shown = param.id if param.id is not None else "-".join(map(str, param.values))
+            cases.append(pytest.param("aws", *param.values, id=f"aws-{shown}", marks=param.marks))
+    return pytest.mark.parametrize(f"server,{names}", cases, indirect=["server"])
+
+
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    with running_server(tmp_path) as running:
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    """The app on SQLite, or on the backend a test's ``server`` parameter names."""
+    backend = backend_named(request, getattr(request, "param", "sqlite"))
+    with running_server(tmp_path, backend=backend) as running:
         yield running
 
 
@@ -114,10 +155,11 @@ def send(
     return server.client.request(method, server.url(path, user), content=body, headers=headers)
 
 
+@ON_BOTH
 def test_another_users_ids_are_not_found_anywhere_and_change_nothing(
     server: Server, alice: dict[str, str]
 ) -> None:
-    before = everything(server.settings.data_dir)  # type: ignore[arg-type]
+    before = everything(server)
 
     answers = [
         send(
@@ -134,7 +176,7 @@ def test_another_users_ids_are_not_found_anywhere_and_change_nothing(
     assert [a.status_code for a in answers] == [404] * len(answers), [a.text for a in answers]
     assert all(a.headers["content-type"] == PROBLEM_CONTENT_TYPE for a in answers)
     assert all(alice["session"] not in a.text or "no migration session" in a.text for a in answers)
-    assert everything(server.settings.data_dir) == before  # type: ignore[arg-type]
+    assert everything(server) == before
 
 
 def _b64(value: dict[str, Any]) -> str:
@@ -170,31 +212,33 @@ def forged(kind: str, secret: str) -> str | None:
     }[kind]
 
 
-@pytest.mark.parametrize(
-    "kind",
-    [
-        "missing",
-        "empty",
-        "basic-scheme",
-        "garbage",
-        "expired",
-        "tampered-subject",
-        "bobs-token-relabelled",
-        "alg-none",
-        "alg-None",
-        "alg-HS512-same-secret",
-        "another-secret",
-        "no-expiry",
-        "no-subject",
-        "not-yet-valid",
-        "signature-stripped",
-    ],
-)
+KINDS = [
+    "missing",
+    "empty",
+    "basic-scheme",
+    "garbage",
+    "expired",
+    "tampered-subject",
+    "bobs-token-relabelled",
+    "alg-none",
+    "alg-None",
+    "alg-HS512-same-secret",
+    "another-secret",
+    "no-expiry",
+    "no-subject",
+    "not-yet-valid",
+    "signature-stripped",
+]
+#: On the aws backend too: the server checks tokens before any storage; one of each kind.
+AWS_KINDS = ["missing", "expired", "bobs-token-relabelled", "alg-none"]
+
+
+@on_both("kind", KINDS, aws=AWS_KINDS)
 def test_no_forged_missing_or_expired_token_opens_any_endpoint(
     server: Server, alice: dict[str, str], kind: str
 ) -> None:
     authorization = forged(kind, server.settings.jwt_secret)
-    before = everything(server.settings.data_dir)  # type: ignore[arg-type]
+    before = everything(server)
     endpoints = [
         ("GET", "/detect?hasLocalData=true&itemCount=3", None),
         ("POST", "/start", b"{}"),
@@ -208,4 +252,4 @@ def test_no_forged_missing_or_expired_token_opens_any_endpoint(
     assert [a.status_code for a in answers] == [401] * len(answers), [a.text for a in answers]
     assert all(a.headers["www-authenticate"].startswith("Bearer") for a in answers)
     assert all(a.headers["content-type"] == PROBLEM_CONTENT_TYPE for a in answers)
-    assert everything(server.settings.data_dir) == before  # type: ignore[arg-type]
+    assert everything(server) == before

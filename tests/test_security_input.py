@@ -16,8 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
+from aws_fixtures import backend_named
 from server_fixtures import Server, items_of, make_plan, running_server
-from test_security_access import everything
+from test_security_access import ON_BOTH, everything, on_both
 
 from backend_stub import Settings, create_app, issue_token
 from backend_stub.storage.sqlite import SQLiteStorage
@@ -28,8 +29,11 @@ CHECKSUM = "0" * 64
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    with running_server(tmp_path, limits=LIMITS) as running:
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    """The app on SQLite, or on the backend a test's ``server`` parameter names
+    (:func:`~test_security_access.on_both`)."""
+    backend = backend_named(request, getattr(request, "param", "sqlite"))
+    with running_server(tmp_path, limits=LIMITS, backend=backend) as running:
         yield running
 
 
@@ -81,11 +85,15 @@ BAD_SESSION_IDS = [
 ]
 
 
-@pytest.mark.parametrize("bad", [pytest.param(b, id=b[:16]) for b in BAD_SESSION_IDS])
+@on_both(
+    "bad",
+    [pytest.param(b, id=b[:16]) for b in BAD_SESSION_IDS],
+    aws=("..%2F..%2Fdetect", "a%00b", "'%20OR%201=1--"),
+)
 def test_path_traversal_and_malformed_session_ids_are_refused_on_every_endpoint(
     server: Server, session: str, bad: str
 ) -> None:
-    before = everything(server.settings.data_dir)  # type: ignore[arg-type]
+    before = everything(server)
     body = json.dumps({"datasetChecksum": CHECKSUM}).encode()
     headers = server.auth(**{"Content-Type": "application/json", CHECKSUM_HEADER: CHECKSUM})
     for method, path in [
@@ -101,10 +109,14 @@ def test_path_traversal_and_malformed_session_ids_are_refused_on_every_endpoint(
     resolve = json.dumps({"sessionId": bad, "resolutions": []}).encode()
     refused(server, post(server, "/resolve-conflicts", resolve), 404, 422)
 
-    assert everything(server.settings.data_dir) == before  # type: ignore[arg-type]
+    assert everything(server) == before
 
 
-@pytest.mark.parametrize("user", ["..", "%2e%2e", "alice%2F..%2Fbob", "%FF", "alice%00", "ALICE"])
+@on_both(
+    "user",
+    ["..", "%2e%2e", "alice%2F..%2Fbob", "%FF", "alice%00", "ALICE"],
+    aws=("alice%2F..%2Fbob",),
+)
 def test_malformed_or_traversing_user_ids_never_reach_alices_data(
     server: Server, user: str
 ) -> None:
@@ -157,13 +169,13 @@ def test_malformed_or_traversing_user_ids_never_reach_alices_data(
 def test_fields_that_try_to_set_state_or_owner_are_unprocessable(
     server: Server, session: str, path: str, body: dict[str, Any]
 ) -> None:
-    before = everything(server.settings.data_dir)  # type: ignore[arg-type]
+    before = everything(server)
     content = json.dumps(body).replace("{sid}", session).encode()
 
     response = post(server, path.replace("{sid}", session), content)
 
     refused(server, response, 422)
-    assert everything(server.settings.data_dir) == before  # type: ignore[arg-type]
+    assert everything(server) == before
 
 
 @pytest.mark.parametrize("field", ["userId", "version", "deviceId", "sessionId"])
@@ -277,21 +289,25 @@ JSON_ENDPOINT_BODIES: list[Any] = [
 ]
 
 
-@pytest.mark.parametrize(("path", "body", "status"), JSON_ENDPOINT_BODIES)
+@on_both(
+    "path,body,status",
+    JSON_ENDPOINT_BODIES,
+    aws=("start-duplicate-member", "complete-invalid-utf8", "resolve-duplicate-nested-member"),
+)
 def test_hostile_json_bodies_are_refused_and_change_nothing(
     server: Server, session: str, path: str, body: bytes, status: int
 ) -> None:
-    before = everything(server.settings.data_dir)  # type: ignore[arg-type]
+    before = everything(server)
 
     response = post(
         server, path.replace("{sid}", session), body.replace(b"{sid}", session.encode())
     )
 
     refused(server, response, status)
-    assert everything(server.settings.data_dir) == before  # type: ignore[arg-type]
+    assert everything(server) == before
 
 
-@pytest.mark.parametrize(
+@on_both(
     "change",
     [
         pytest.param(lambda b: _dup(b, b"key"), id="repeated-item-member"),
@@ -301,6 +317,7 @@ def test_hostile_json_bodies_are_refused_and_change_nothing(
         pytest.param(lambda b: b.replace(b'"n":0', b'"n":' + b"9" * 5000), id="5000-digits"),
         pytest.param(lambda b: b.replace(b'"n":0', b'"n":1e999'), id="infinite"),
     ],
+    aws=("repeated-items", "5000-digits"),
 )
 def test_hostile_batch_bodies_are_refused_and_nothing_is_stored(
     server: Server, session: str, change: Any
@@ -457,12 +474,13 @@ def test_header_values_that_are_not_ascii_are_refused(server: Server, session: s
 # --------------------------------------------------------------------------- sequence numbers
 
 
-@pytest.mark.parametrize(
-    ("seq", "status"),
+@on_both(
+    "seq,status",
     # One spelling per batch: "+1", "01" or "1.0" are not batch 1.
     [(seq, 422) for seq in ["+1", "01", "1.0", "1e0", " 1", "1_0", "\u0661"]]
     # Too large for any plan: out of range.
     + [(seq, 409) for seq in [str(2**31), str(2**63), str(2**64), str(10**30)]],
+    aws=("01", str(2**63)),
 )
 def test_a_sequence_number_is_a_plain_number_within_the_plan(
     server: Server, session: str, seq: str, status: int
@@ -481,6 +499,7 @@ def test_a_sequence_number_is_a_plain_number_within_the_plan(
     assert server.status(session).json()["receivedBatches"] == []
 
 
+@ON_BOTH
 def test_a_gap_in_the_sequence_is_named_at_completion_and_a_replay_with_other_content_is_refused(
     server: Server,
 ) -> None:
