@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
     import httpx
 
-    from . import contract as c
     from ._client import Detection, MigrationClient, Token
     from ._conflicts.policy import Conflict
     from ._events import Event, Progress
@@ -41,6 +40,7 @@ if TYPE_CHECKING:
     from ._sync.proof import SyncStatus
     from ._sync.run import SyncResult
     from ._transport.retry import RetryPolicy
+    from ._wire import models as c
 
 __all__ = ["AsyncMigrationClient"]
 

@@ -1,0 +1,389 @@
+"""Read JSON into the light wire models (:mod:`sdk._wire.models`) and write them back, as
+pydantic reads and writes :mod:`sdk.contract`'s models, without pydantic.
+
+It enforces what pydantic enforces for these models, on what ``json.loads`` can produce:
+required fields, unknown fields refused, camelCase aliases (snake_case names accepted too),
+defaults, enums and literals, ``pattern``/``ge``/``le`` constraints, and pydantic's lax
+conversions (``"3"`` or ``3.0`` for an int, ``1`` or ``"yes"`` for a bool, ...).
+tests/test_wire.py proves it accepts and rejects exactly what pydantic does, with equal
+values::
+
+    >>> from sdk._wire.models import Limits
+    >>> parse(Limits, {"maxBatchItems": "100"}).max_batch_items
+    100
+    >>> try:
+    ...     parse(Limits, {"surprise": 1})
+    ... except WireError as exc:
+    ...     print(exc.errors())
+    [{'loc': ('surprise',), 'msg': 'Extra inputs are not permitted'}]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import re
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+__all__ = ["Ge", "Le", "Pattern", "WireError", "WireModel", "camel", "dump", "parse"]
+
+_M = TypeVar("_M", bound="WireModel")
+_Loc = tuple[str | int, ...]
+#: What a failed check returns (None is a valid value).
+_BAD: Any = object()
+
+
+class WireModel:
+    """Base of the light wire models: ``wire()`` gives the JSON-ready camelCase dict."""
+
+    __slots__ = ()
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON-ready dict with camelCase names, as pydantic's ``wire()`` gives it.
+
+        >>> from sdk._wire.models import Limits
+        >>> Limits().wire()["maxBatchItems"]
+        5000
+        """
+        return dump(self)  # type: ignore[no-any-return]
+
+
+@dataclasses.dataclass(frozen=True)
+class Pattern:
+    """The value must match ``regex`` (pydantic's ``pattern``)."""
+
+    regex: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Ge:
+    """The value must be ``>= bound``."""
+
+    bound: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Le:
+    """The value must be ``<= bound``."""
+
+    bound: int
+
+
+class WireError(ValueError):
+    """Input that breaks the wire contract; ``errors()`` lists where and why, as pydantic's
+    ``ValidationError`` does (``loc`` and ``msg``)."""
+
+    def __init__(self, title: str, errors: list[tuple[_Loc, str]]) -> None:
+        self.title = title
+        self._errors = errors
+        first = "; ".join(f"{'.'.join(map(str, loc)) or '<root>'}: {m}" for loc, m in errors)
+        super().__init__(f"{len(errors)} validation error for {title}: {first}")
+
+    def errors(self) -> list[dict[str, Any]]:
+        return [{"loc": loc, "msg": msg} for loc, msg in self._errors]
+
+
+def camel(name: str) -> str:
+    """pydantic's ``to_camel`` for the contract's snake_case names.
+
+    >>> camel("max_batch_items")
+    'maxBatchItems'
+    """
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def parse(model: type[_M], data: object) -> _M:
+    """``model.model_validate(data)``, for the JSON ``data``; raises :class:`WireError`.
+
+    >>> from sdk._wire.models import ResolveConflictsResponse
+    >>> parse(ResolveConflictsResponse, {"resolvedCount": 1, "remainingConflicts": 0})
+    ResolveConflictsResponse(resolved_count=1, remaining_conflicts=0)
+    """
+    errors: list[tuple[_Loc, str]] = []
+    value = _check(model, data, (), errors, strict=False)
+    if errors:
+        raise WireError(model.__name__, errors)
+    return value  # type: ignore[no-any-return]
+
+
+def dump(value: Any) -> Any:
+    """``model_dump(mode="json", by_alias=True)`` of a light model (or anything inside one).
+
+    >>> from sdk._wire.models import MigrationConfig
+    >>> dump(MigrationConfig())
+    {'conflictStrategy': 'server_wins', 'compression': 'identity'}
+    """
+    if isinstance(value, WireModel):
+        return {alias: dump(getattr(value, name)) for name, alias, *_ in _fields(type(value))}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, list):
+        return [dump(v) for v in value]
+    if isinstance(value, dict):
+        return {k: dump(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # pydantic's ser_json_inf_nan="null"
+    return value
+
+
+# --------------------------------------------------------------------------- the checks
+
+# (name, alias, type, required, default factory)
+_Field = tuple[str, str, Any, bool, Callable[[], Any] | None]
+_FIELDS: dict[type, list[_Field]] = {}
+
+
+def _fields(model: type) -> list[_Field]:
+    found = _FIELDS.get(model)
+    if found is None:
+        hints = typing.get_type_hints(model, include_extras=True)
+        found = []
+        for f in dataclasses.fields(model):
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            factory: Callable[[], Any] | None
+            if f.default_factory is not dataclasses.MISSING:
+                factory = f.default_factory
+            else:
+                factory = None if required else (lambda d=f.default: d)
+            found.append((f.name, camel(f.name), hints[f.name], required, factory))
+        _FIELDS[model] = found
+    return found
+
+
+def _check(tp: Any, value: Any, loc: _Loc, errors: list[tuple[_Loc, str]], *, strict: bool) -> Any:
+    """``value`` as type ``tp`` would validate it, or ``_BAD`` after adding to ``errors``."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        base, *marks = typing.get_args(tp)
+        value = _check(base, value, loc, errors, strict=strict)
+        return value if value is _BAD else _constrain(marks, value, loc, errors)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _check(inner, value, loc, errors, strict=strict)
+    if tp is Any:
+        return value
+    scalar = _SCALARS.get(tp)
+    if scalar is not None:
+        return _fail(errors, loc, scalar(value, strict))
+    if origin is typing.Literal:
+        return _choice(typing.get_args(tp), value, loc, errors)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        found = _choice(tuple(m.value for m in tp), value, loc, errors)
+        return found if found is _BAD else tp(found)
+    if origin is list:
+        if not isinstance(value, list):
+            return _fail(errors, loc, "Input should be a valid list")
+        (item,) = typing.get_args(tp)
+        items = [_check(item, v, (*loc, i), errors, strict=strict) for i, v in enumerate(value)]
+        return _BAD if _BAD in items else items
+    if origin is dict:
+        return _mapping(typing.get_args(tp), value, loc, errors, strict=strict)
+    if isinstance(tp, type) and issubclass(tp, WireModel):
+        return _record(tp, value, loc, errors)
+    return _typed_dict(tp, value, loc, errors)
+
+
+def _fail(errors: list[tuple[_Loc, str]], loc: _Loc, result: Any) -> Any:
+    if isinstance(result, _Problem):
+        errors.append((loc, result.msg))
+        return _BAD
+    return result
+
+
+def _record(model: type[WireModel], value: Any, loc: _Loc, errors: list[tuple[_Loc, str]]) -> Any:
+    if not isinstance(value, dict):
+        msg = f"Input should be a valid dictionary or instance of {model.__name__}"
+        return _fail(errors, loc, _Problem(msg))
+    known: set[str] = set()
+    kwargs: dict[str, Any] = {}
+    for name, alias, tp, required, factory in _fields(model):
+        # populate_by_name: the alias wins; the name serves when the alias is absent.
+        key = alias if alias in value else name
+        known.add(key)
+        if key in value:
+            kwargs[name] = _check(tp, value[key], (*loc, key), errors, strict=False)
+        elif required:
+            errors.append(((*loc, alias), "Field required"))
+        else:
+            assert factory is not None
+            kwargs[name] = factory()
+    for key in value:
+        if key not in known:
+            errors.append(((*loc, key), "Extra inputs are not permitted"))
+    if _BAD in kwargs.values() or len(kwargs) < len(_fields(model)):
+        return _BAD
+    return model(**kwargs)
+
+
+def _typed_dict(td: Any, value: Any, loc: _Loc, errors: list[tuple[_Loc, str]]) -> Any:
+    extra, strict = getattr(td, "__wire_config__", ("ignore", False))
+    if not isinstance(value, dict):
+        return _fail(errors, loc, _Problem("Input should be a valid dictionary"))
+    hints = typing.get_type_hints(td, include_extras=True)
+    out: dict[str, Any] = {}
+    for name, tp in hints.items():
+        if name in value:
+            out[name] = _check(tp, value[name], (*loc, name), errors, strict=strict)
+        else:
+            errors.append(((*loc, name), "Field required"))
+    if extra == "forbid":
+        for key in value:
+            if key not in hints:
+                errors.append(((*loc, key), "Extra inputs are not permitted"))
+    return _BAD if _BAD in out.values() or len(out) < len(hints) else out
+
+
+def _mapping(
+    args: tuple[Any, ...], value: Any, loc: _Loc, errors: list[tuple[_Loc, str]], *, strict: bool
+) -> Any:
+    if not isinstance(value, dict):
+        return _fail(errors, loc, _Problem("Input should be a valid dictionary"))
+    key_type, value_type = args
+    out: dict[Any, Any] = {}
+    bad = False
+    for k, v in value.items():
+        key = _check(key_type, k, (*loc, k, "[key]"), errors, strict=strict)
+        item = _check(value_type, v, (*loc, k), errors, strict=strict)
+        bad = bad or key is _BAD or item is _BAD
+        out[key] = item
+    return _BAD if bad else out
+
+
+def _choice(options: tuple[Any, ...], value: Any, loc: _Loc, errors: list[tuple[_Loc, str]]) -> Any:
+    # Only exact str values: the contract's enums and literals are all str, and a bool or
+    # an int never equals one of them.
+    if isinstance(value, str) and value in options:
+        return value
+    quoted = [repr(o) for o in options]
+    listed = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+    return _fail(errors, loc, _Problem(f"Input should be {listed}"))
+
+
+def _constrain(marks: list[Any], value: Any, loc: _Loc, errors: list[tuple[_Loc, str]]) -> Any:
+    if value is None:  # an optional field's constraints bind its value, not its absence
+        return value
+    for mark in marks:
+        if isinstance(mark, Pattern):
+            if not _regex(mark.regex).search(value):
+                return _fail(errors, loc, _Problem(f"String should match pattern '{mark.regex}'"))
+        elif isinstance(mark, Ge) and not value >= mark.bound:
+            return _fail(
+                errors, loc, _Problem(f"Input should be greater than or equal to {mark.bound}")
+            )
+        elif isinstance(mark, Le) and not value <= mark.bound:
+            return _fail(
+                errors, loc, _Problem(f"Input should be less than or equal to {mark.bound}")
+            )
+    return value
+
+
+_REGEXES: dict[str, re.Pattern[str]] = {}
+
+
+def _regex(pattern: str) -> re.Pattern[str]:
+    compiled = _REGEXES.get(pattern)
+    if compiled is None:
+        # pydantic matches with Rust's regex, whose `$` is the end of the text; Python's
+        # also matches before a final newline. `\Z` is Rust's `$`.
+        rust = (
+            pattern[:-1] + r"\Z"
+            if pattern.endswith("$") and not pattern.endswith("\\$")
+            else pattern
+        )
+        compiled = _REGEXES[pattern] = re.compile(rust)
+    return compiled
+
+
+# --------------------------------------------------------------------------- scalars
+#
+# pydantic's lax mode (pydantic-core's input_python.rs) for the values json.loads makes.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Problem:
+    msg: str
+
+
+# Rust's str::trim (Unicode White_Space): Python's isspace() also has \x1c-\x1f.
+_SPACE = (
+    "\t\n\x0b\x0c\r \x85\xa0\u1680"
+    "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000"
+)
+_INT_TEXT = re.compile(r"[+-]?[0-9]+(?:_[0-9]+)*(?:\.0+)?\Z")
+_FLOAT_TEXT = re.compile(r"[0-9A-Za-z_.+-]+\Z")
+_I64 = 2**63
+
+
+def _int(value: Any, strict: bool) -> Any:
+    if isinstance(value, int) and not (strict and isinstance(value, bool)):
+        return int(value)
+    if strict:
+        return _Problem("Input should be a valid integer")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return _Problem("Input should be a finite number")
+        if value != int(value):
+            return _Problem("Input should be a valid integer, got a number with a fractional part")
+        if not -_I64 <= value <= _I64:
+            return _Problem("Unable to parse input string as an integer, exceeded maximum size")
+        return min(int(value), _I64 - 1)  # Rust's saturating `as i64`
+    if isinstance(value, str):
+        text = value.strip(_SPACE)
+        if len(text) <= 4300 and _INT_TEXT.match(text):
+            return int(text.partition(".")[0])
+        return _Problem("Input should be a valid integer, unable to parse string as an integer")
+    return _Problem("Input should be a valid integer")
+
+
+def _float(value: Any, strict: bool) -> Any:
+    if isinstance(value, (int, float)) and not (strict and isinstance(value, bool)):
+        try:
+            return float(value)
+        except OverflowError:
+            return _Problem("Input should be a valid number")
+    if isinstance(value, str) and not strict:
+        text = value.strip(_SPACE)
+        if _FLOAT_TEXT.match(text):
+            try:
+                return float(text)
+            except ValueError:
+                pass
+        return _Problem("Input should be a valid number, unable to parse string as a number")
+    return _Problem("Input should be a valid number")
+
+
+def _str(value: Any, strict: bool) -> Any:
+    return value if isinstance(value, str) else _Problem("Input should be a valid string")
+
+
+_TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
+_FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
+
+
+def _bool(value: Any, strict: bool) -> Any:
+    if isinstance(value, bool):
+        return value
+    if not strict:
+        if isinstance(value, (int, float)) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str):
+            if value.lower() in _TRUE:
+                return True
+            if value.lower() in _FALSE:
+                return False
+            return _Problem("Input should be a valid boolean, unable to interpret input")
+        if isinstance(value, int):
+            return _Problem("Input should be a valid boolean, unable to interpret input")
+    return _Problem("Input should be a valid boolean")
+
+
+_SCALARS: dict[Any, Callable[[Any, bool], Any]] = {int: _int, float: _float, str: _str, bool: _bool}
