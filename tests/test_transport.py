@@ -19,7 +19,6 @@ import httpx
 import pytest
 
 from sdk import contract as c
-from sdk._wire import models as wire
 from sdk._errors import (
     AuthError,
     ConfigurationError,
@@ -35,6 +34,7 @@ from sdk._errors import (
 )
 from sdk._transport.http import Exchange, Transport
 from sdk._transport.retry import RetryPolicy
+from sdk._wire import models as wire
 
 BASE = "http://test"
 USER = "u1"
