@@ -133,8 +133,9 @@ def _typed_dict(td: type) -> str:
             typing.get_args(hint) if typing.get_origin(hint) is typing.Annotated else (hint,)
         )
         lines.append(f"    {name}: {_annotated(base, metadata, f'{td.__name__}.{name}')}")
-    # What pydantic makes of the TypedDict's own config, for the validator.
-    extra, strict = config.get("extra", "ignore"), bool(config.get("strict", False))
+    if not config:  # pydantic gives it the config of the model that holds it
+        return "\n".join(lines)
+    extra, strict = config.get("extra", "forbid"), bool(config.get("strict", False))
     mark = f"{td.__name__}.__wire_config__ = ({_literal(extra)}, {strict!r})"
     lines.append(f"\n\n{mark}  # type: ignore[attr-defined]")
     return "\n".join(lines)

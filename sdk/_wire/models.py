@@ -286,9 +286,6 @@ class SyncItem(TypedDict):
     seq: int
 
 
-SyncItem.__wire_config__ = ("ignore", False)  # type: ignore[attr-defined]
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PushChange(WireModel):
     """One local change: the item as the device now holds it, and the seq of the cloud

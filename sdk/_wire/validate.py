@@ -119,7 +119,12 @@ def dump(value: Any) -> Any:
     {'conflictStrategy': 'server_wins', 'compression': 'identity'}
     """
     if isinstance(value, WireModel):
-        return {alias: dump(getattr(value, name)) for name, alias, *_ in _fields(type(value))}
+        # A float field keeps inf and nan; inside an item's data (Any), pydantic writes null.
+        return {
+            alias: v if isinstance(v, float) else dump(v)
+            for name, alias, *_ in _fields(type(value))
+            for v in (getattr(value, name),)
+        }
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, list):
@@ -127,7 +132,7 @@ def dump(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: dump(v) for k, v in value.items()}
     if isinstance(value, float) and not math.isfinite(value):
-        return None  # pydantic's ser_json_inf_nan="null"
+        return None
     return value
 
 
@@ -180,7 +185,7 @@ def _check(tp: Any, value: Any, loc: _Loc, errors: list[tuple[_Loc, str]], *, st
         return found if found is _BAD else tp(found)
     if origin is list:
         if not isinstance(value, list):
-            return _fail(errors, loc, "Input should be a valid list")
+            return _fail(errors, loc, _Problem("Input should be a valid list"))
         (item,) = typing.get_args(tp)
         items = [_check(item, v, (*loc, i), errors, strict=strict) for i, v in enumerate(value)]
         return _BAD if _BAD in items else items
@@ -224,7 +229,8 @@ def _record(model: type[WireModel], value: Any, loc: _Loc, errors: list[tuple[_L
 
 
 def _typed_dict(td: Any, value: Any, loc: _Loc, errors: list[tuple[_Loc, str]]) -> Any:
-    extra, strict = getattr(td, "__wire_config__", ("ignore", False))
+    # Without a config of its own, a TypedDict takes the WireModel's that holds it.
+    extra, strict = getattr(td, "__wire_config__", ("forbid", False))
     if not isinstance(value, dict):
         return _fail(errors, loc, _Problem("Input should be a valid dictionary"))
     hints = typing.get_type_hints(td, include_extras=True)
@@ -333,9 +339,9 @@ def _int(value: Any, strict: bool) -> Any:
             return _Problem("Input should be a finite number")
         if value != int(value):
             return _Problem("Input should be a valid integer, got a number with a fractional part")
-        if not -_I64 <= value <= _I64:
+        if not -_I64 < value < _I64:  # pydantic-core reads a float into an i64
             return _Problem("Unable to parse input string as an integer, exceeded maximum size")
-        return min(int(value), _I64 - 1)  # Rust's saturating `as i64`
+        return int(value)
     if isinstance(value, str):
         text = value.strip(_SPACE)
         if len(text) <= 4300 and _INT_TEXT.match(text):
