@@ -2,7 +2,7 @@
 
 It wraps :class:`sdk.MigrationClient`: every blocking call runs in a worker thread, so the
 loop is never blocked by the SDK (not even by importing it: the sync client, httpx and
-pydantic are loaded in that thread on the first call). Callbacks run on the loop's thread.
+sqlite-utils are loaded in that thread on the first call). Callbacks run on the loop's thread.
 Cancelling a :meth:`~AsyncMigrationClient.migrate` task stops the migration at its next
 safe point, waits for the worker to leave, then raises :class:`asyncio.CancelledError`;
 the next call resumes where it stopped::
