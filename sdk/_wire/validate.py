@@ -141,6 +141,7 @@ def dump(value: Any) -> Any:
 # (name, alias, type, required, default factory)
 _Field = tuple[str, str, Any, bool, Callable[[], Any] | None]
 _FIELDS: dict[type, list[_Field]] = {}
+_HINTS: dict[Any, dict[str, Any]] = {}
 
 
 def _fields(model: type) -> list[_Field]:
@@ -160,40 +161,84 @@ def _fields(model: type) -> list[_Field]:
     return found
 
 
+def _plan(tp: Any) -> tuple[str, Any]:
+    """What checking a value of type ``tp`` takes, worked out once per type."""
+    plan = _PLANS.get(tp)
+    if plan is None:
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if origin is typing.Annotated:
+            plan = ("annotated", (args[0], list(args[1:])))
+        elif origin in (typing.Union, types.UnionType):
+            (inner,) = [a for a in args if a is not type(None)]  # only `X | None` here
+            plan = ("optional", inner)
+        elif tp is Any:
+            plan = ("any", None)
+        elif tp in _SCALARS:
+            plan = ("scalar", _SCALARS[tp])
+        elif origin is typing.Literal:
+            plan = ("choice", (frozenset(args), args, None))
+        elif isinstance(tp, type) and issubclass(tp, enum.Enum):
+            values = tuple(m.value for m in tp)
+            plan = ("choice", (frozenset(values), values, tp))
+        elif origin in (list, dict):
+            plan = (origin.__name__, args)
+        elif isinstance(tp, type) and issubclass(tp, WireModel):
+            plan = ("record", tp)
+        else:
+            plan = ("typed_dict", tp)
+        _PLANS[tp] = plan
+    return plan
+
+
+_PLANS: dict[Any, tuple[str, Any]] = {}
+
+
 def _check(tp: Any, value: Any, loc: _Loc, errors: list[tuple[_Loc, str]], *, strict: bool) -> Any:
     """``value`` as type ``tp`` would validate it, or ``_BAD`` after adding to ``errors``."""
-    origin = typing.get_origin(tp)
-    if origin is typing.Annotated:
-        base, *marks = typing.get_args(tp)
+    kind, arg = _plan(tp)
+    if kind == "scalar":
+        return _fail(errors, loc, arg(value, strict))
+    if kind == "choice":
+        options, ordered, enum_type = arg
+        # Only exact str values: the contract's enums and literals are all str.
+        if isinstance(value, str) and value in options:
+            return value if enum_type is None else enum_type(value)
+        quoted = [repr(o) for o in ordered]
+        listed = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+        return _fail(errors, loc, _Problem(f"Input should be {listed}"))
+    if kind == "optional":
+        return None if value is None else _check(arg, value, loc, errors, strict=strict)
+    if kind == "annotated":
+        base, marks = arg
         value = _check(base, value, loc, errors, strict=strict)
         return value if value is _BAD else _constrain(marks, value, loc, errors)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _check(inner, value, loc, errors, strict=strict)
-    if tp is Any:
+    if kind == "any":
         return value
-    scalar = _SCALARS.get(tp)
-    if scalar is not None:
-        return _fail(errors, loc, scalar(value, strict))
-    if origin is typing.Literal:
-        return _choice(typing.get_args(tp), value, loc, errors)
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        found = _choice(tuple(m.value for m in tp), value, loc, errors)
-        return found if found is _BAD else tp(found)
-    if origin is list:
+    if kind == "list":
         if not isinstance(value, list):
             return _fail(errors, loc, _Problem("Input should be a valid list"))
-        (item,) = typing.get_args(tp)
+        (item,) = arg
+        if _all_plain(item, value):
+            return list(value)
         items = [_check(item, v, (*loc, i), errors, strict=strict) for i, v in enumerate(value)]
         return _BAD if _BAD in items else items
-    if origin is dict:
-        return _mapping(typing.get_args(tp), value, loc, errors, strict=strict)
-    if isinstance(tp, type) and issubclass(tp, WireModel):
-        return _record(tp, value, loc, errors)
-    return _typed_dict(tp, value, loc, errors)
+    if kind == "dict":
+        return _mapping(arg, value, loc, errors, strict=strict)
+    if kind == "record":
+        return _record(arg, value, loc, errors)
+    return _typed_dict(arg, value, loc, errors)
+
+
+def _all_plain(item: Any, values: list[Any]) -> bool:
+    """Whether every value is already what ``item`` makes of it (a long list's fast path:
+    a plan page's outcomes, a session's received batches)."""
+    kind, arg = _plan(item)
+    if kind == "choice" and arg[2] is None:
+        options = arg[0]
+        return all(isinstance(v, str) and v in options for v in values)
+    if kind == "scalar" and arg is _int:
+        return all(type(v) is int for v in values)
+    return False
 
 
 def _fail(errors: list[tuple[_Loc, str]], loc: _Loc, result: Any) -> Any:
@@ -233,7 +278,9 @@ def _typed_dict(td: Any, value: Any, loc: _Loc, errors: list[tuple[_Loc, str]]) 
     extra, strict = getattr(td, "__wire_config__", ("forbid", False))
     if not isinstance(value, dict):
         return _fail(errors, loc, _Problem("Input should be a valid dictionary"))
-    hints = typing.get_type_hints(td, include_extras=True)
+    hints = _HINTS.get(td)
+    if hints is None:
+        hints = _HINTS[td] = typing.get_type_hints(td, include_extras=True)
     out: dict[str, Any] = {}
     for name, tp in hints.items():
         if name in value:
@@ -261,16 +308,6 @@ def _mapping(
         bad = bad or key is _BAD or item is _BAD
         out[key] = item
     return _BAD if bad else out
-
-
-def _choice(options: tuple[Any, ...], value: Any, loc: _Loc, errors: list[tuple[_Loc, str]]) -> Any:
-    # Only exact str values: the contract's enums and literals are all str, and a bool or
-    # an int never equals one of them.
-    if isinstance(value, str) and value in options:
-        return value
-    quoted = [repr(o) for o in options]
-    listed = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
-    return _fail(errors, loc, _Problem(f"Input should be {listed}"))
 
 
 def _constrain(marks: list[Any], value: Any, loc: _Loc, errors: list[tuple[_Loc, str]]) -> Any:
