@@ -29,6 +29,8 @@ import typing
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from .lax import SCALARS, Problem
+
 __all__ = ["Ge", "Le", "Pattern", "WireError", "WireModel", "camel", "dump", "parse"]
 
 _M = TypeVar("_M", bound="WireModel")
@@ -173,8 +175,8 @@ def _plan(tp: Any) -> tuple[str, Any]:
             plan = ("optional", inner)
         elif tp is Any:
             plan = ("any", None)
-        elif tp in _SCALARS:
-            plan = ("scalar", _SCALARS[tp])
+        elif tp in SCALARS:
+            plan = ("scalar", SCALARS[tp])
         elif origin is typing.Literal:
             plan = ("choice", (frozenset(args), args, None))
         elif isinstance(tp, type) and issubclass(tp, enum.Enum):
@@ -205,7 +207,7 @@ def _check(tp: Any, value: Any, loc: _Loc, errors: list[tuple[_Loc, str]], *, st
             return value if enum_type is None else enum_type(value)
         quoted = [repr(o) for o in ordered]
         listed = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
-        return _fail(errors, loc, _Problem(f"Input should be {listed}"))
+        return _fail(errors, loc, Problem(f"Input should be {listed}"))
     if kind == "optional":
         return None if value is None else _check(arg, value, loc, errors, strict=strict)
     if kind == "annotated":
@@ -216,7 +218,7 @@ def _check(tp: Any, value: Any, loc: _Loc, errors: list[tuple[_Loc, str]], *, st
         return value
     if kind == "list":
         if not isinstance(value, list):
-            return _fail(errors, loc, _Problem("Input should be a valid list"))
+            return _fail(errors, loc, Problem("Input should be a valid list"))
         (item,) = arg
         if _all_plain(item, value):
             return list(value)
@@ -236,13 +238,13 @@ def _all_plain(item: Any, values: list[Any]) -> bool:
     if kind == "choice" and arg[2] is None:
         options = arg[0]
         return all(isinstance(v, str) and v in options for v in values)
-    if kind == "scalar" and arg is _int:
+    if kind == "scalar" and arg is SCALARS[int]:
         return all(type(v) is int for v in values)
     return False
 
 
 def _fail(errors: list[tuple[_Loc, str]], loc: _Loc, result: Any) -> Any:
-    if isinstance(result, _Problem):
+    if isinstance(result, Problem):
         errors.append((loc, result.msg))
         return _BAD
     return result
@@ -251,7 +253,7 @@ def _fail(errors: list[tuple[_Loc, str]], loc: _Loc, result: Any) -> Any:
 def _record(model: type[WireModel], value: Any, loc: _Loc, errors: list[tuple[_Loc, str]]) -> Any:
     if not isinstance(value, dict):
         msg = f"Input should be a valid dictionary or instance of {model.__name__}"
-        return _fail(errors, loc, _Problem(msg))
+        return _fail(errors, loc, Problem(msg))
     known: set[str] = set()
     kwargs: dict[str, Any] = {}
     for name, alias, tp, required, factory in _fields(model):
@@ -277,7 +279,7 @@ def _typed_dict(td: Any, value: Any, loc: _Loc, errors: list[tuple[_Loc, str]]) 
     # Without a config of its own, a TypedDict takes the WireModel's that holds it.
     extra, strict = getattr(td, "__wire_config__", ("forbid", False))
     if not isinstance(value, dict):
-        return _fail(errors, loc, _Problem("Input should be a valid dictionary"))
+        return _fail(errors, loc, Problem("Input should be a valid dictionary"))
     hints = _HINTS.get(td)
     if hints is None:
         hints = _HINTS[td] = typing.get_type_hints(td, include_extras=True)
@@ -298,7 +300,7 @@ def _mapping(
     args: tuple[Any, ...], value: Any, loc: _Loc, errors: list[tuple[_Loc, str]], *, strict: bool
 ) -> Any:
     if not isinstance(value, dict):
-        return _fail(errors, loc, _Problem("Input should be a valid dictionary"))
+        return _fail(errors, loc, Problem("Input should be a valid dictionary"))
     key_type, value_type = args
     out: dict[Any, Any] = {}
     bad = False
@@ -316,14 +318,14 @@ def _constrain(marks: list[Any], value: Any, loc: _Loc, errors: list[tuple[_Loc,
     for mark in marks:
         if isinstance(mark, Pattern):
             if not _regex(mark.regex).search(value):
-                return _fail(errors, loc, _Problem(f"String should match pattern '{mark.regex}'"))
+                return _fail(errors, loc, Problem(f"String should match pattern '{mark.regex}'"))
         elif isinstance(mark, Ge) and not value >= mark.bound:
             return _fail(
-                errors, loc, _Problem(f"Input should be greater than or equal to {mark.bound}")
+                errors, loc, Problem(f"Input should be greater than or equal to {mark.bound}")
             )
         elif isinstance(mark, Le) and not value <= mark.bound:
             return _fail(
-                errors, loc, _Problem(f"Input should be less than or equal to {mark.bound}")
+                errors, loc, Problem(f"Input should be less than or equal to {mark.bound}")
             )
     return value
 
@@ -343,90 +345,3 @@ def _regex(pattern: str) -> re.Pattern[str]:
         )
         compiled = _REGEXES[pattern] = re.compile(rust)
     return compiled
-
-
-# --------------------------------------------------------------------------- scalars
-#
-# pydantic's lax mode (pydantic-core's input_python.rs) for the values json.loads makes.
-
-
-@dataclasses.dataclass(frozen=True)
-class _Problem:
-    msg: str
-
-
-# Rust's str::trim (Unicode White_Space): Python's isspace() also has \x1c-\x1f.
-_SPACE = (
-    "\t\n\x0b\x0c\r \x85\xa0\u1680"
-    "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
-    "\u2028\u2029\u202f\u205f\u3000"
-)
-_INT_TEXT = re.compile(r"[+-]?[0-9]+(?:_[0-9]+)*(?:\.0+)?\Z")
-_FLOAT_TEXT = re.compile(r"[0-9A-Za-z_.+-]+\Z")
-_I64 = 2**63
-
-
-def _int(value: Any, strict: bool) -> Any:
-    if isinstance(value, int) and not (strict and isinstance(value, bool)):
-        return int(value)
-    if strict:
-        return _Problem("Input should be a valid integer")
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return _Problem("Input should be a finite number")
-        if value != int(value):
-            return _Problem("Input should be a valid integer, got a number with a fractional part")
-        if not -_I64 < value < _I64:  # pydantic-core reads a float into an i64
-            return _Problem("Unable to parse input string as an integer, exceeded maximum size")
-        return int(value)
-    if isinstance(value, str):
-        text = value.strip(_SPACE)
-        if len(text) <= 4300 and _INT_TEXT.match(text):
-            return int(text.partition(".")[0])
-        return _Problem("Input should be a valid integer, unable to parse string as an integer")
-    return _Problem("Input should be a valid integer")
-
-
-def _float(value: Any, strict: bool) -> Any:
-    if isinstance(value, (int, float)) and not (strict and isinstance(value, bool)):
-        try:
-            return float(value)
-        except OverflowError:
-            return _Problem("Input should be a valid number")
-    if isinstance(value, str) and not strict:
-        text = value.strip(_SPACE)
-        if _FLOAT_TEXT.match(text):
-            try:
-                return float(text)
-            except ValueError:
-                pass
-        return _Problem("Input should be a valid number, unable to parse string as a number")
-    return _Problem("Input should be a valid number")
-
-
-def _str(value: Any, strict: bool) -> Any:
-    return value if isinstance(value, str) else _Problem("Input should be a valid string")
-
-
-_TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
-_FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
-
-
-def _bool(value: Any, strict: bool) -> Any:
-    if isinstance(value, bool):
-        return value
-    if not strict:
-        if isinstance(value, (int, float)) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str):
-            if value.lower() in _TRUE:
-                return True
-            if value.lower() in _FALSE:
-                return False
-            return _Problem("Input should be a valid boolean, unable to interpret input")
-        if isinstance(value, int):
-            return _Problem("Input should be a valid boolean, unable to interpret input")
-    return _Problem("Input should be a valid boolean")
-
-
-_SCALARS: dict[Any, Callable[[Any, bool], Any]] = {int: _int, float: _float, str: _str, bool: _bool}
