@@ -26,9 +26,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import typing_extensions
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, with_config
-from pydantic.alias_generators import to_camel
+try:
+    import typing_extensions
+    from pydantic import BaseModel, ConfigDict, Field, StringConstraints, with_config
+    from pydantic.alias_generators import to_camel
+except ImportError as exc:  # on a phone, say: pydantic-core has no Android or iOS wheel
+    raise ImportError(
+        "sdk.contract is the wire contract's pydantic definition, for the server and tests: "
+        "install offline-migrate[server] to use it. The SDK itself needs no pydantic: it "
+        "reads and writes the same models through sdk._wire"
+    ) from exc
 
 # The pure part lives apart so the SDK can use it without pydantic; re-exported here.
 from ._wire.canonical import (

@@ -102,9 +102,12 @@ def without_pydantic(tmp_path: Path, code: str, *argv: str) -> subprocess.Comple
     )
 
 
-def test_the_shim_does_make_pydantic_unimportable(tmp_path: Path) -> None:
+def test_the_shim_makes_pydantic_unimportable_and_sdk_contract_says_what_to_install(
+    tmp_path: Path,
+) -> None:
     done = without_pydantic(tmp_path, "import sdk.contract")
     assert done.returncode == 1 and "ModuleNotFoundError" in done.stderr
+    assert "install offline-migrate[server] to use it" in done.stderr
 
 
 def test_a_migration_with_conflicts_a_sync_and_a_verify_run_without_pydantic(
