@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DEMO_STAMP := $(VENV)/.installed-demo
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test lint bench chaos clean
+.PHONY: demo test lint wire bench chaos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ lint: $(TEST_STAMP)
 	$(BIN)/ruff check sdk backend_stub tests examples bench
 	$(BIN)/ruff format --check sdk backend_stub tests examples bench
 	$(BIN)/mypy
+
+# After changing a model in sdk/contract.py: regenerate the SDK's light form of it
+# (sdk/_wire/models.py); tests/test_wire.py fails until it is.
+wire: $(TEST_STAMP)
+	$(BIN)/python -m sdk._wire.generate
 
 bench: $(TEST_STAMP)
 	$(BIN)/python bench/throughput.py

@@ -6,12 +6,14 @@ with nothing lost and nothing duplicated.
     True
 
 The public surface is everything in ``__all__``; modules starting with ``_`` are
-private. ``sdk.contract`` (the wire models) is public too.
+private. ``sdk.contract`` (the wire models, defined with pydantic for the server) is public
+too; the SDK itself reads and writes them in their light form (``sdk._wire``), so it runs
+without pydantic.
 
 Importing ``sdk`` costs next to nothing: each public name is imported from its module on
 first use (PEP 562), so an app that only calls :func:`sdk.auto_migrate` at start-up does
-not pay for httpx, pydantic or sqlite-utils on its main thread (the hook's background
-thread loads them).
+not pay for httpx or sqlite-utils on its main thread (the hook's background thread loads
+them).
 """
 
 import importlib as _importlib

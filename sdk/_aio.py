@@ -2,7 +2,7 @@
 
 It wraps :class:`sdk.MigrationClient`: every blocking call runs in a worker thread, so the
 loop is never blocked by the SDK (not even by importing it: the sync client, httpx and
-pydantic are loaded in that thread on the first call). Callbacks run on the loop's thread.
+sqlite-utils are loaded in that thread on the first call). Callbacks run on the loop's thread.
 Cancelling a :meth:`~AsyncMigrationClient.migrate` task stops the migration at its next
 safe point, waits for the worker to leave, then raises :class:`asyncio.CancelledError`;
 the next call resumes where it stopped::
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
     import httpx
 
-    from . import contract as c
     from ._client import Detection, MigrationClient, Token
     from ._conflicts.policy import Conflict
     from ._events import Event, Progress
@@ -41,6 +40,7 @@ if TYPE_CHECKING:
     from ._sync.proof import SyncStatus
     from ._sync.run import SyncResult
     from ._transport.retry import RetryPolicy
+    from ._wire import models as c
 
 __all__ = ["AsyncMigrationClient"]
 

@@ -44,7 +44,7 @@ from ._events import Event, Progress, ProgressPhase
 from ._transport.retry import Retrier, RetryPolicy
 
 # Start-up cost: auto_migrate() runs on the app's main thread, so this module imports only
-# what is light (no httpx, pydantic, sqlite-utils). The worker thread imports the rest,
+# what is light (no httpx, sqlite-utils, wire models). The worker thread imports the rest,
 # in the functions that use it.
 if TYPE_CHECKING:
     from pathlib import Path

@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import platformdirs
 
-from . import contract as c
 from ._conflicts.policy import Conflict, resolved_item
 from ._errors import ConfigurationError, MigrationBlockedError, MigrationError, NotFoundError
 from ._events import Event, Hooks, MigrationFailed, Progress
@@ -33,6 +32,7 @@ from ._sync.push import decide_waiting, waiting_conflicts
 from ._sync.run import SyncResult
 from ._transport.http import Transport
 from ._transport.retry import RetryPolicy
+from ._wire import models as c
 
 __all__ = ["Detection", "MigrationClient", "migrate"]
 

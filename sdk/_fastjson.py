@@ -30,7 +30,7 @@ import json
 import re
 from typing import Any
 
-from .contract import Item, canonical_item_parts, canonical_json
+from ._wire.canonical import Item, canonical_item_parts, canonical_json
 
 __all__ = [
     "canonical",

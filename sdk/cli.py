@@ -74,7 +74,7 @@ from ._store.local import LocalStore, default_store_path
 from ._sync.proof import sync_status
 from ._sync.run import SyncResult
 from ._transport.retry import RetryPolicy
-from .contract import API_PREFIX
+from ._wire.canonical import API_PREFIX
 
 __all__ = ["EXIT_DONE", "EXIT_FAILED", "EXIT_NO_STORE", "EXIT_PENDING", "EXIT_USAGE", "main"]
 

@@ -93,7 +93,7 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
 def test_the_graph_reader_sees_a_cycle_when_there_is_one():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
-    assert "sdk.contract" in imported_modules("sdk._fastjson", deferred=False)
+    assert "sdk._wire.canonical" in imported_modules("sdk._fastjson", deferred=False)
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: Installed for tests and the server, never needed by the SDK on a device.
 OPTIONAL = (
+    "pydantic",
+    "pydantic_core",
     "orjson",
     "rich",
     "fastapi",

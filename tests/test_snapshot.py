@@ -21,8 +21,8 @@ from sdk._errors import (
 )
 from sdk._store.local import LocalStore
 from sdk._store.snapshot import PreparedBatch, Snapshot, open_snapshot, take_snapshot
+from sdk._wire.models import Manifest  # what the SDK builds
 from sdk.contract import (
-    Manifest,
     batch_body,
     batch_checksum,
     canonical_item,

@@ -51,7 +51,8 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from .._errors import ConfigurationError, MigrationError
 from .._store.local import check_item, item_label
-from ..contract import DataConflict, Item, canonical_json
+from .._wire.canonical import Item, canonical_json
+from .._wire.models import DataConflict
 
 if TYPE_CHECKING:
     from .._transport.http import Exchange
@@ -155,7 +156,7 @@ class Conflict:
     def from_wire(cls, conflict: DataConflict) -> Conflict:
         """The conflict as the server lists it.
 
-        >>> from sdk.contract import DataConflict, ItemVersion
+        >>> from sdk._wire.models import DataConflict, ItemVersion
         >>> v = ItemVersion(data={}, updated_at=1, deleted=False, version=2, device_id="d")
         >>> Conflict.from_wire(DataConflict(conflict_id="c", collection="a", key="k",
         ...                                 local=v, server=v)).server_device_id

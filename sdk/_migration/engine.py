@@ -25,7 +25,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from .. import contract as c
 from .._conflicts.policy import ClockEstimate, FlaggedItem
 from .._errors import (
     ConflictError,
@@ -54,6 +53,8 @@ from .._store.schema import connect_read_only
 from .._store.snapshot import Snapshot, open_snapshot, take_snapshot
 from .._sync.run import SyncResult
 from .._transport.http import Transport
+from .._wire import models as c
+from .._wire.canonical import ProblemCode, SessionStatus
 from .journal import (
     Journal,
     JournalRecord,
@@ -346,11 +347,11 @@ def _upload(run: Run, record: JournalRecord, snapshot: Snapshot) -> JournalRecor
     for _pass in range(_MAX_UPLOAD_PASSES):
         # The server's record of which batches it holds is the truth, on every restart.
         status = session_status(run, session_id)
-        if status.status is c.SessionStatus.COMPLETED:
+        if status.status is SessionStatus.COMPLETED:
             return run.journal.advance(Phase.UPLOADED)
         held = set(status.received_batches)
         missing = [seq for seq in sorted(sizes) if seq not in held]
-        if not missing and status.status is c.SessionStatus.PROCESSING:
+        if not missing and status.status is SessionStatus.PROCESSING:
             # Held, not processed yet: conflicts are known once they are. A batch the
             # server then fails to process is no longer held, and is sent again.
             status = _await_processing(run, session_id)
@@ -385,7 +386,7 @@ def _await_processing(run: Run, session_id: str) -> c.GetMigrationStatusResponse
     delay = 0.05
     while True:
         status = session_status(run, session_id)
-        if status.status is not c.SessionStatus.PROCESSING:
+        if status.status is not SessionStatus.PROCESSING:
             return status
         if time.monotonic() + delay > deadline:
             raise ServerError(
@@ -448,7 +449,7 @@ def _collect(
             try:
                 receipts.append(future.result())
             except ConflictError as exc:
-                if exc.code == c.ProblemCode.SESSION_EXPIRED.value:
+                if exc.code == ProblemCode.SESSION_EXPIRED.value:
                     raise Restart("the session expired during the upload") from exc
                 raise
     finally:
@@ -508,12 +509,12 @@ def _complete(run: Run, record: JournalRecord) -> JournalRecord:
             session_id, c.CompleteMigrationRequest(dataset_checksum=record.dataset_checksum)
         )
     except ConflictError as exc:
-        if exc.code == c.ProblemCode.CONFLICTS_UNRESOLVED.value:
+        if exc.code == ProblemCode.CONFLICTS_UNRESOLVED.value:
             # Another device changed an item in conflict meanwhile: decide again.
             return run.journal.advance(Phase.UPLOADED)
-        if exc.code == c.ProblemCode.BATCHES_MISSING.value:
+        if exc.code == ProblemCode.BATCHES_MISSING.value:
             return run.journal.advance(Phase.STARTED)
-        if exc.code in (c.ProblemCode.SESSION_EXPIRED.value, c.ProblemCode.INVALID_STATE.value):
+        if exc.code in (ProblemCode.SESSION_EXPIRED.value, ProblemCode.INVALID_STATE.value):
             raise Restart(f"the server cannot complete session {session_id}: {exc}") from exc
         raise
     except NotFoundError as exc:
@@ -585,7 +586,7 @@ def _verify(run: Run, record: JournalRecord, *, resumed: bool) -> MigrationResul
     counts: dict[str, Any] = (
         record.completion
         if has_counts and record.completion is not None
-        else (summary.model_dump() if summary else {"conflicts": run.conflicts_seen})
+        else (dataclasses.asdict(summary) if summary else {"conflicts": run.conflicts_seen})
     )
     return MigrationResult(
         outcome=MigrationOutcome.COMPLETED,

@@ -33,7 +33,7 @@ from typing import Any
 from .._errors import JournalError
 from .._failpoints import failpoint
 from .._store.schema import connect_read_only
-from ..contract import canonical_json
+from .._wire.canonical import canonical_json
 
 __all__ = [
     "Journal",

@@ -34,7 +34,8 @@ from .._store.detect import LocalState, check_local, detect_local
 from .._store.local import now_ms
 from .._store.schema import connect_read_only, store_error
 from .._transport.http import Transport
-from ..contract import Item, PlanEntry, PlanResponse, item_digest
+from .._wire.canonical import Item, item_digest
+from .._wire.models import PlanEntry, PlanResponse
 
 __all__ = ["CollectionPlan", "MigrationPlan", "make_plan"]
 

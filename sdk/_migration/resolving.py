@@ -10,13 +10,14 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .. import contract as c
 from .._conflicts.policy import ClockEstimate, Conflict, FlaggedItem, decide
 from .._errors import ConflictError, NotFoundError
 from .._events import DataConflictDetected, Progress, ProgressPhase
 from .._failpoints import failpoint
 from .._store.local import LocalStore, now_ms
 from .._store.snapshot import Snapshot
+from .._wire import models as c
+from .._wire.canonical import ProblemCode, canonical_json
 from .journal import JournalRecord, PendingRecord, Phase, ResolutionRecord, decision_key
 from .run import Restart, Run, session_id_of, session_status
 
@@ -139,7 +140,7 @@ def _post(run: Run, session_id: str, pending: list[ResolutionRecord]) -> None:
         except NotFoundError as exc:
             raise Restart(f"the server no longer knows session {session_id}") from exc
         except ConflictError as exc:
-            if exc.code == c.ProblemCode.SESSION_EXPIRED.value:
+            if exc.code == ProblemCode.SESSION_EXPIRED.value:
                 raise Restart(f"session {session_id} expired while resolving") from exc
             raise
         failpoint("resolve.after")
@@ -189,7 +190,7 @@ def _apply_locally(
             continue
         new = original if target is None else target
         for expected in (original, previous.get(key)):
-            if expected is not None and c.canonical_json(expected) != c.canonical_json(new):
+            if expected is not None and canonical_json(expected) != canonical_json(new):
                 pairs.append((expected, new))
     if not pairs:
         return

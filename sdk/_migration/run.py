@@ -13,12 +13,13 @@ import threading
 import time
 from pathlib import Path
 
-from .. import contract as c
 from .._conflicts.policy import ClockEstimate
 from .._errors import MigrationError, NotFoundError
 from .._events import Hooks
 from .._stopping import Stopped
 from .._transport.http import Transport
+from .._wire import models as c
+from .._wire.canonical import SessionStatus
 from .journal import Journal, JournalRecord
 from .options import MigrationOptions
 
@@ -56,9 +57,9 @@ def session_status(run: Run, session_id: str) -> c.GetMigrationStatusResponse:
         status = run.transport.status(session_id)
     except NotFoundError as exc:
         raise Restart(f"the server no longer knows session {session_id}") from exc
-    if status.status in (c.SessionStatus.CANCELLED, c.SessionStatus.EXPIRED):
+    if status.status in (SessionStatus.CANCELLED, SessionStatus.EXPIRED):
         raise Restart(f"session {session_id} is {status.status.value}")
-    if status.status is c.SessionStatus.FAILED:
+    if status.status is SessionStatus.FAILED:
         raise Restart(f"session {session_id} failed: {'; '.join(status.errors) or 'no detail'}")
     return status
 

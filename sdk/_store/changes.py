@@ -33,7 +33,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from sdk.contract import canonical_item_parts, multiset_add, multiset_checksum, multiset_hex
+from sdk._wire.canonical import canonical_item_parts, multiset_add, multiset_checksum, multiset_hex
 
 __all__ = [
     "acknowledge",

@@ -34,7 +34,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .._errors import ConfigurationError
-from ..contract import NAME_PATTERN, Item, dataset_checksum, item_digest
+from .._wire.canonical import NAME_PATTERN, Item, dataset_checksum, item_digest
 from .legacy_rows import LegacyTable, Plan, plan_table, read_items
 from .legacy_source import Source, open_source, source_error
 from .legacy_values import TIME_UNITS

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .._errors import ConfigurationError, InvalidItemError
-from ..contract import Item, item_digest
+from .._wire.canonical import Item, item_digest
 from .legacy_source import (
     Shape,
     Source,

@@ -52,7 +52,7 @@ from sdk._store.schema import (
     migration_state_from,
     store_error,
 )
-from sdk.contract import KEY_PATTERN, NAME_PATTERN, Item, canonical_json
+from sdk._wire.canonical import KEY_PATTERN, NAME_PATTERN, Item, canonical_json
 
 __all__ = [
     "LocalStore",

@@ -6,7 +6,7 @@ store gives the same batches, and the dataset checksum does not depend on the ba
 
     >>> import tempfile, pathlib
     >>> from sdk._store.local import LocalStore
-    >>> from sdk.contract import dataset_checksum_of
+    >>> from sdk._wire.canonical import dataset_checksum_of
     >>> tmp = pathlib.Path(tempfile.mkdtemp())
     >>> with LocalStore(tmp / "store.sqlite3") as store:
     ...     _ = store.put_many({"collection": "cards", "key": f"c{i}", "data": {"n": i}}
@@ -61,16 +61,16 @@ from sdk._store.schema import (
     connect_read_only,
     store_error,
 )
-from sdk.contract import (
+from sdk._wire.canonical import (
     KEY_PATTERN,
     NAME_PATTERN,
     Item,
-    Manifest,
     batch_body,
     batch_checksum,
     canonical_item_parts,
     item_digest,
 )
+from sdk._wire.models import Manifest
 
 __all__ = ["PreparedBatch", "Snapshot", "open_snapshot", "take_snapshot"]
 
@@ -374,7 +374,7 @@ class Snapshot:
 
         >>> import tempfile, pathlib
         >>> from sdk._store.local import LocalStore
-        >>> from sdk.contract import dataset_checksum_of
+        >>> from sdk._wire.canonical import dataset_checksum_of
         >>> tmp = pathlib.Path(tempfile.mkdtemp())
         >>> with LocalStore(tmp / "s.sqlite3") as store:
         ...     item = store.put("c", "k", {"v": 1}, updated_at=1)

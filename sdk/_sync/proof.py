@@ -9,11 +9,11 @@ import dataclasses
 import logging
 from typing import Any
 
-from .. import contract as c
 from .._errors import VerificationError
 from .._events import Progress, ProgressPhase, SyncCompleted
 from .._store import changes
 from .._store.local import LocalStore, now_ms
+from .._wire import canonical as c
 from .pull import _Page
 from .run import SyncResult, _pending, _result, _Sync, refuse_another_user
 

@@ -18,7 +18,7 @@ from .._events import Progress, ProgressPhase, RemoteChangesApplied
 from .._failpoints import failpoint
 from .._store import changes
 from .._store.local import check_item
-from ..contract import KEY_PATTERN, NAME_PATTERN
+from .._wire.canonical import KEY_PATTERN, NAME_PATTERN
 from .run import PULL_PAGE, _Sync
 
 __all__: list[str] = []  # the engine calls _pull; nothing here is for others

@@ -13,13 +13,14 @@ import logging
 import uuid
 from typing import Any
 
-from .. import contract as c
 from .._conflicts.policy import ClockEstimate, Conflict, Decision, decide, resolved_item
 from .._errors import ProtocolError
 from .._events import Progress, ProgressPhase
 from .._failpoints import failpoint
 from .._store import changes
 from .._store.local import LocalStore, check_item, now_ms
+from .._wire import models as c
+from .._wire.canonical import Item, canonical_json
 from .run import PUSH_BATCH, _pending, _Sync
 
 __all__ = ["decide_waiting", "waiting_conflicts"]
@@ -131,8 +132,8 @@ def _send(run: _Sync, push_id: str, body: bytes, sent: list[list[Any]]) -> None:
     run.hooks.progress(Progress(ProgressPhase.PUSHING, len(sent), len(sent)))
 
 
-def _local_items(run: _Sync, keys: list[tuple[str, str]]) -> dict[tuple[str, str], c.Item]:
-    found: dict[tuple[str, str], c.Item] = {}
+def _local_items(run: _Sync, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Item]:
+    found: dict[tuple[str, str], Item] = {}
     for collection, key in keys:
         item = run.store.get(collection, key)
         if item is not None:
@@ -147,7 +148,7 @@ def _row(collection: str, key: str, version: c.ItemVersion) -> changes.Row:
 
 def _decide(
     run: _Sync,
-    local: c.Item,
+    local: Item,
     server: changes.Row,
     result: c.PushResult,
     clock: ClockEstimate,
@@ -159,10 +160,10 @@ def _decide(
     return decision
 
 
-def _conflict(local: c.Item, server: changes.Row, result: c.PushResult) -> Conflict:
+def _conflict(local: Item, server: changes.Row, result: c.PushResult) -> Conflict:
     collection, key = local["collection"], local["key"]
     ident = hashlib.sha256(
-        c.canonical_json(["sync", collection, key, result.seq]).encode()
+        canonical_json(["sync", collection, key, result.seq]).encode()
     ).hexdigest()[:24]
     return Conflict(
         conflict_id=f"sync-{ident}",
@@ -175,8 +176,8 @@ def _conflict(local: c.Item, server: changes.Row, result: c.PushResult) -> Confl
     )
 
 
-def _item(row: changes.Row) -> c.Item:
-    return c.Item(
+def _item(row: changes.Row) -> Item:
+    return Item(
         collection=row[0],
         key=row[1],
         data=json.loads(row[2]),
@@ -189,7 +190,7 @@ def _apply_decision(
     run: _Sync,
     conn: Any,
     decision: Decision,
-    local: c.Item,
+    local: Item,
     server: changes.Row,
     result: c.PushResult,
     pending: int,
@@ -255,7 +256,7 @@ def decide_waiting(
             decision = resolved_item(conflict, choice, data)
             conn.execute(
                 "UPDATE sync_conflicts SET choice = ?, item = ? WHERE collection = ? AND key = ?",
-                (decision.choice, c.canonical_json(decision.item), collection, key),
+                (decision.choice, canonical_json(decision.item), collection, key),
             )
             return True
     return False
@@ -293,14 +294,14 @@ def _apply_app_decisions(run: _Sync) -> None:
             )
 
 
-def _row_of(item: c.Item) -> changes.Row:
+def _row_of(item: Item) -> changes.Row:
     text = check_item(
         item["collection"], item["key"], item["data"], item["updatedAt"], item["deleted"]
     )
     return (item["collection"], item["key"], text, item["updatedAt"], int(item["deleted"]))
 
 
-def _log(conn: Any, decision: Decision, local: c.Item, server: changes.Row, seq: int) -> None:
+def _log(conn: Any, decision: Decision, local: Item, server: changes.Row, seq: int) -> None:
     conn.execute(
         "INSERT INTO sync_decisions (decided_at, collection, key, choice, strategy, local,"
         " server, server_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -310,8 +311,8 @@ def _log(conn: Any, decision: Decision, local: c.Item, server: changes.Row, seq:
             local["key"],
             decision.choice,
             decision.kind,
-            c.canonical_json(local),
-            c.canonical_json(_item(server)),
+            canonical_json(local),
+            canonical_json(_item(server)),
             seq,
         ),
     )

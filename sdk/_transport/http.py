@@ -2,9 +2,9 @@
 
 :class:`Transport` wraps an injected :class:`httpx.Client` whose ``base_url`` is the server's
 root. It adds the token and the wire contract's headers, retries what is worth retrying (see
-:mod:`sdk._transport.retry`), parses answers into the contract's pydantic models, and
-translates every failure of the layer below into the SDK's error tree, chained, so no
-httpx exception leaks::
+:mod:`sdk._transport.retry`), parses answers into the contract's models (in their light
+form, :mod:`sdk._wire.models`, so no pydantic is needed), and translates every failure of
+the layer below into the SDK's error tree, chained, so no httpx exception leaks::
 
     >>> import httpx
     >>> def server(request: httpx.Request) -> httpx.Response:
@@ -39,7 +39,6 @@ from typing import Any, NoReturn, TypeAlias, TypeVar
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, ValidationError
 
 from .. import _fastjson as fastjson
 from .._errors import (
@@ -56,10 +55,8 @@ from .._errors import (
     TransportError,
 )
 from .._failpoints import failpoint
-from ..contract import (
-    API_PREFIX,
-    CHECKSUM_HEADER,
-    USER_ID_PATTERN,
+from .._wire.canonical import API_PREFIX, CHECKSUM_HEADER, USER_ID_PATTERN, ProblemCode
+from .._wire.models import (
     BatchReceipt,
     CompleteMigrationRequest,
     CompleteMigrationResponse,
@@ -70,7 +67,6 @@ from ..contract import (
     GetMigrationSummaryResponse,
     PlanEntry,
     PlanResponse,
-    ProblemCode,
     PushResponse,
     ResolveConflictsRequest,
     ResolveConflictsResponse,
@@ -78,6 +74,7 @@ from ..contract import (
     StartMigrationResponse,
     SyncStateResponse,
 )
+from .._wire.validate import WireError, WireModel, parse
 from .retry import (
     Retrier,
     RetryDecision,
@@ -94,7 +91,7 @@ logger = logging.getLogger(__name__)
 #: A bearer token, or a function returning a fresh one (asked before every attempt).
 TokenSource: TypeAlias = str | Callable[[], str]
 
-_Model = TypeVar("_Model", bound=BaseModel)
+_Model = TypeVar("_Model", bound=WireModel)
 
 # Failures where the request may never have reached the server, or its answer never came back:
 # the server may be down or the device offline, so waiting and trying again can help.
@@ -690,8 +687,8 @@ class Transport:
                 "that the URL points at the migration server"
             ) from exc
         try:
-            return model.model_validate(data)
-        except ValidationError as exc:
+            return parse(model, data)
+        except WireError as exc:
             raise ProtocolError(
                 f"{op}: the server's answer is not a valid {model.__name__}: "
                 f"{_summarize(exc)}; the server and the SDK disagree on the wire contract, "
@@ -1001,8 +998,8 @@ def _status_exception(response: httpx.Response) -> httpx.HTTPStatusError:
     )
 
 
-def _summarize(exc: ValidationError, limit: int = 3) -> str:
-    errors = exc.errors(include_url=False)
+def _summarize(exc: WireError, limit: int = 3) -> str:
+    errors = exc.errors()
     parts = [
         f"{'.'.join(str(p) for p in error['loc']) or '<root>'}: {error['msg']}"
         for error in errors[:limit]
