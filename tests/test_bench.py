@@ -11,15 +11,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _bench(script: str, *args: str) -> str:
-    return subprocess.run(
+def _bench(script: str, *args: str, verdict_exit: bool = False) -> str:
+    """The script's output; ``verdict_exit``: its exit code is its timing verdict (1 = a
+    target missed), which on a loaded machine says nothing about whether it works."""
+    done = subprocess.run(
         [sys.executable, f"bench/{script}", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
-        check=True,
-    ).stdout
+    )
+    assert done.returncode in ((0, 1) if verdict_exit else (0,)), done.stderr
+    return done.stdout
 
 
 def test_the_throughput_bench_runs_every_pipeline_and_prints_each_figure() -> None:
@@ -35,7 +38,7 @@ def test_the_throughput_bench_runs_every_pipeline_and_prints_each_figure() -> No
 
 def test_the_memory_and_startup_benches_run_and_print_their_verdicts() -> None:
     assert "growth" in _bench("memory.py", "--items", "2000", "--batch-size", "500")
-    out = _bench("startup.py", "--fresh", "3", "--runs", "3", "--items", "50")
+    out = _bench("startup.py", "--fresh", "3", "--runs", "3", "--items", "50", verdict_exit=True)
     assert "target: median < 5 ms" in out
     assert "target: import + call and process - bare <= 50 ms" in out
 
