@@ -16,6 +16,14 @@ batching::
     32
     >>> dataset_checksum([item_digest(item)]) == dataset_checksum_of([item])
     True
+
+Typed values in ``data`` are plain JSON on the wire, one-key objects the SDK's store
+writes and reads back (defined once in ``sdk._store.values``): ``{"$bytes": "<standard
+base64>"}`` for binary values (``b""`` is ``{"$bytes": ""}``), ``{"$attachment": {"sha256",
+"size", "mediaType"}}`` for an attachment and ``{"$large": {"sha256", "size", "type"}}`` for
+a value kept apart as a blob. Canonical encoding and digests are taken over that encoded
+JSON, like any other data, so both sides agree on them without knowing the types, and the
+checksum covers each blob through its hash.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ so what the store holds is byte for byte what the migration hashes and sends::
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
 import json
 import logging
 import os
@@ -27,12 +29,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any, BinaryIO
 
 import platformdirs
 from sqlite_utils import Database
 
 from sdk._errors import (
+    AttachmentMissingError,
     ConfigurationError,
     CorruptStoreError,
     InvalidItemError,
@@ -40,6 +43,7 @@ from sdk._errors import (
     StoreNotFoundError,
     UnsupportedDataVersionError,
 )
+from sdk._store import attachments as _attachments
 from sdk._store import changes as _changes
 from sdk._store.detect import LocalState, inspect_store
 from sdk._store.schema import (
@@ -51,6 +55,14 @@ from sdk._store.schema import (
     MigrationState,
     migration_state_from,
     store_error,
+)
+from sdk._store.values import (
+    Attachment,
+    LargeValue,
+    ReservedValueError,
+    decode_text,
+    encode_text,
+    large_value,
 )
 from sdk.contract import KEY_PATTERN, NAME_PATTERN, Item, canonical_json
 
@@ -68,6 +80,11 @@ _NAME_RE = re.compile(NAME_PATTERN)
 _KEY_RE = re.compile(KEY_PATTERN)
 _ITEM_FIELDS = frozenset({"collection", "key", "data", "updatedAt", "deleted"})
 _PAGE = 500  # rows read per lock hold while streaming
+#: Default of ``LocalStore(inline_limit=...)``: a ``bytes`` or ``str`` value larger than
+#: this (encoded) is kept apart from its item, like an attachment.
+INLINE_LIMIT = 256 * 1024
+#: The largest inline limit: far below a batch's bytes, so one item always fits one.
+MAX_INLINE_LIMIT = 1024 * 1024
 
 
 def default_store_path(app_name: str) -> Path:
@@ -190,7 +207,8 @@ def check_item(
     encode: Callable[[Any], str] = canonical_json,
 ) -> str:
     """Validate one item and return its data as canonical JSON text (``encode``: a faster
-    encoder that writes byte for byte what :func:`~sdk.contract.canonical_json` does)."""
+    encoder that writes byte for byte what :func:`~sdk.contract.canonical_json` does, or
+    the store's encoder of typed values, :func:`~sdk._store.values.encode_text`)."""
     if (
         type(collection) is str
         and type(key) is str
@@ -233,9 +251,11 @@ def check_item(
     if type(deleted) is not bool:
         raise InvalidItemError(f"item {where}: deleted must be True or False, got {deleted!r}")
     try:
-        text = canonical_json(data)
+        text = encode(data)
         text.encode("utf-8")
         key.encode("utf-8")
+    except ReservedValueError as exc:
+        raise InvalidItemError(f"item {where}: {exc}") from exc
     except UnicodeEncodeError as exc:
         raise InvalidItemError(
             f"item {where}: holds text that is not valid Unicode (a lone surrogate); "
@@ -244,17 +264,19 @@ def check_item(
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidItemError(
             f"item {where}: data cannot be encoded as JSON ({exc}); use only dicts with "
-            "text keys, lists, text, finite numbers, booleans and None"
+            "text keys, lists, text, bytes, attachments, finite numbers, booleans and None"
         ) from exc
     return text
 
 
-def _row_item(row: tuple[str, str, str, int, int]) -> Item:
+def _row_item(
+    row: tuple[str, str, str, int, int], resolve: Callable[[LargeValue], Any] | None
+) -> Item:
     collection, key, data, updated_at, deleted = row
     return {
         "collection": collection,
         "key": key,
-        "data": json.loads(data),
+        "data": json.loads(data) if resolve is None else decode_text(data, resolve),
         "updatedAt": updated_at,
         "deleted": bool(deleted),
     }
@@ -291,7 +313,15 @@ class LocalStore:
         create: bool = True,
         data_version: int = CURRENT_DATA_VERSION,
         busy_timeout: float = 5.0,
+        inline_limit: int = INLINE_LIMIT,
     ) -> None:
+        if type(inline_limit) is not int or not 64 <= inline_limit <= MAX_INLINE_LIMIT:
+            raise ConfigurationError(
+                f"inline_limit must be bytes from 64 to {MAX_INLINE_LIMIT}, got {inline_limit!r}"
+            )
+        self._inline_limit = inline_limit
+        #: Fetches content the store knows only by reference (set by a lazy sync).
+        self.fetch_attachment: Callable[[str], None] | None = None
         if data_version not in SUPPORTED_DATA_VERSIONS or type(data_version) is not int:
             raise ConfigurationError(
                 f"data_version must be one of {sorted(SUPPORTED_DATA_VERSIONS)}, "
@@ -333,6 +363,7 @@ class LocalStore:
         create: bool = True,
         data_version: int = CURRENT_DATA_VERSION,
         busy_timeout: float = 5.0,
+        inline_limit: int = INLINE_LIMIT,
     ) -> LocalStore:
         """Open the store at ``path``, or at :func:`default_store_path` for ``app_name``.
 
@@ -349,7 +380,13 @@ class LocalStore:
                     "LocalStore.open needs app_name (to use the platform's data folder) or path"
                 )
             path = default_store_path(app_name)
-        return cls(path, create=create, data_version=data_version, busy_timeout=busy_timeout)
+        return cls(
+            path,
+            create=create,
+            data_version=data_version,
+            busy_timeout=busy_timeout,
+            inline_limit=inline_limit,
+        )
 
     def _connect(self, *, create: bool, data_version: int, timeout: float) -> sqlite3.Connection:
         path = self._path
@@ -494,17 +531,11 @@ class LocalStore:
         >>> tmp.cleanup()
         """
         stamp = now_ms() if updated_at is None else updated_at
-        text = check_item(collection, key, data, stamp, False)
         with self._writing("store an item") as conn:
+            text = check_item(collection, key, data, stamp, False, encode=self._encoder(conn))
             _changes.record_writes(conn, [(collection, key, text, stamp, 0)])
         _written(self._path)
-        return {
-            "collection": collection,
-            "key": key,
-            "data": json.loads(text),
-            "updatedAt": stamp,
-            "deleted": False,
-        }
+        return _row_item((collection, key, text, stamp, 0), self._resolve)
 
     def put_many(self, items: Iterable[Mapping[str, Any]]) -> int:
         """Store wire items in one transaction: all of them, or none if one is invalid.
@@ -520,14 +551,14 @@ class LocalStore:
         """
         given = 0
 
-        def checked() -> Iterator[tuple[str, str, str, int, int]]:
+        def checked(encode: Callable[[Any], str]) -> Iterator[tuple[str, str, str, int, int]]:
             nonlocal given
             for item in items:
                 given += 1
-                yield _item_row(item)
+                yield _item_row(item, encode)
 
         with self._writing("store items") as conn:
-            _changes.record_writes(conn, checked())
+            _changes.record_writes(conn, checked(self._encoder(conn)))
         _written(self._path)
         return given
 
@@ -646,8 +677,11 @@ class LocalStore:
 
     # -- reads
 
-    def get(self, collection: str, key: str) -> Item | None:
+    def get(self, collection: str, key: str, *, wire: bool = False) -> Item | None:
         """The item as a wire item, ``None`` if absent; a tombstone has ``deleted`` True.
+
+        Typed values read back as what was put (``bytes``, :class:`Attachment`, a large
+        value itself); ``wire=True`` gives the data as the wire carries it instead.
 
         >>> import tempfile, pathlib
         >>> tmp = tempfile.TemporaryDirectory()
@@ -660,10 +694,11 @@ class LocalStore:
             row = conn.execute(
                 f"SELECT {_COLUMNS} FROM items WHERE collection = ? AND key = ?", (collection, key)
             ).fetchone()
-        return None if row is None else _row_item(row)
+        return None if row is None else _row_item(row, None if wire else self._resolve)
 
-    def iter_items(self, collection: str | None = None) -> Iterator[Item]:
-        """Stream items (tombstones included) in ``(collection, key)`` order.
+    def iter_items(self, collection: str | None = None, *, wire: bool = False) -> Iterator[Item]:
+        """Stream items (tombstones included) in ``(collection, key)`` order; ``wire`` as
+        in :meth:`get`.
 
         Read a page at a time, so memory stays small and other threads are not held up;
         items written meanwhile may or may not appear (use a snapshot for one point in time).
@@ -686,8 +721,9 @@ class LocalStore:
             params = after if collection is None else (collection, *after)
             with self._reading("read items") as conn:
                 rows = conn.execute(sql, params).fetchall()
+            resolve = None if wire else self._resolve
             for row in rows:
-                yield _row_item(row)
+                yield _row_item(row, resolve)
             if len(rows) < _PAGE:
                 return
             after = rows[-1][:2]
@@ -759,6 +795,142 @@ class LocalStore:
             meta = dict(conn.execute("SELECT key, value FROM store_meta").fetchall())
         return migration_state_from(meta)
 
+    # -- attachments
+
+    @property
+    def inline_limit(self) -> int:
+        """Bytes above which a ``bytes`` or ``str`` value is kept apart from its item."""
+        return self._inline_limit
+
+    def put_attachment(
+        self,
+        data: bytes | bytearray | memoryview | str | os.PathLike[str] | BinaryIO,
+        *,
+        media_type: str = "application/octet-stream",
+    ) -> Attachment:
+        """Keep content apart from the items (bytes, a file's path, or a binary file
+        open for reading) and return the :class:`Attachment` to put in an item's data.
+        A file is read a chunk at a time (a 200 MiB recording never sits in memory);
+        the same content is stored once, however often it is put.
+
+        >>> import tempfile, pathlib
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> with LocalStore(pathlib.Path(tmp.name) / "s.sqlite3") as store:
+        ...     photo = store.put_attachment(b"PNG...", media_type="image/png")
+        ...     _ = store.put("cards", "c1", {"front": "hola", "photo": photo})
+        ...     card = store.get("cards", "c1")["data"]
+        ...     card["photo"] == photo, store.read_attachment(card["photo"])
+        (True, b'PNG...')
+        >>> tmp.cleanup()
+        """
+        try:
+            Attachment("0" * 64, 0, media_type)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+        with contextlib.ExitStack() as stack:
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                source: IO[bytes] = io.BytesIO(data)
+            elif isinstance(data, (str, os.PathLike)):
+                try:
+                    source = stack.enter_context(open(data, "rb"))
+                except OSError as exc:
+                    raise ConfigurationError(
+                        f"cannot read the attachment {os.fspath(data)!r}: {exc}"
+                    ) from exc
+            elif callable(getattr(data, "read", None)):
+                source = data
+            else:
+                raise ConfigurationError(
+                    "put_attachment takes bytes, a file's path or a binary file open for "
+                    f"reading, got {type(data).__name__}"
+                )
+            with self._writing("store an attachment") as conn:
+                sha, size = _attachments.store_content(conn, source, media_type)
+        return Attachment(sha, size, media_type)
+
+    def open_attachment(self, attachment: Attachment | str) -> BinaryIO:
+        """A readable binary stream of an attachment's content (an :class:`Attachment`,
+        or its sha256), read a chunk at a time. Content known only by reference (a lazy
+        sync) is fetched first when the store can reach the cloud; otherwise
+        :class:`~sdk.AttachmentMissingError` says what to do.
+
+        >>> import tempfile, pathlib
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> with LocalStore(pathlib.Path(tmp.name) / "s.sqlite3") as store:
+        ...     note = store.put_attachment(b"hello", media_type="text/plain")
+        ...     with store.open_attachment(note) as stream:
+        ...         stream.read(2), stream.read()
+        (b'he', b'llo')
+        >>> tmp.cleanup()
+        """
+        sha = attachment.sha256 if isinstance(attachment, Attachment) else attachment
+        size = self._whole_size(sha)
+        raw = _attachments.ChunkReader(lambda index: self._chunk(sha, index), size)
+        return io.BufferedReader(raw, buffer_size=64 * 1024)
+
+    def read_attachment(self, attachment: Attachment | str) -> bytes:
+        """An attachment's whole content (see :meth:`open_attachment`).
+
+        >>> import tempfile, pathlib
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> with LocalStore(pathlib.Path(tmp.name) / "s.sqlite3") as store:
+        ...     store.read_attachment(store.put_attachment(b""))
+        b''
+        >>> tmp.cleanup()
+        """
+        with self.open_attachment(attachment) as stream:
+            return stream.read()
+
+    def _whole_size(self, sha: str) -> int:
+        with self._reading("open an attachment") as conn:
+            found = _attachments.held(conn, sha) if isinstance(sha, str) else None
+        if found is not None and found[1] < found[0] and self.fetch_attachment is not None:
+            self.fetch_attachment(sha)
+            with self._reading("open an attachment") as conn:
+                found = _attachments.held(conn, sha)
+        if found is None:
+            raise AttachmentMissingError(
+                f"the store {self._path} holds no attachment {sha!r}: pass an Attachment "
+                "the store returned (put_attachment) or read from an item",
+                path=str(self._path),
+                sha256=str(sha),
+            )
+        if found[1] < found[0]:
+            raise AttachmentMissingError(
+                f"attachment {sha} is in the cloud but not on this device yet: sync while "
+                "online (fetch_attachments='eager' fetches every one; 'lazy' fetches each "
+                "on first use)",
+                path=str(self._path),
+                sha256=sha,
+            )
+        return found[0]
+
+    def _chunk(self, sha: str, index: int) -> bytes:
+        with self._reading("read an attachment") as conn:
+            chunk = _attachments.read_chunk(conn, sha, index)
+        if chunk is None:
+            raise CorruptStoreError(
+                f"{self._path} lost chunk {index} of attachment {sha}; restore the store "
+                "from a backup, or put the attachment again",
+                path=str(self._path),
+            )
+        return chunk
+
+    def _encoder(self, conn: sqlite3.Connection) -> Callable[[Any], str]:
+        """The app's data as stored: typed values encoded, large values kept apart."""
+
+        def spill(value: bytes | str) -> LargeValue:
+            large = large_value(value)
+            content = value.encode("utf-8") if isinstance(value, str) else value
+            _attachments.store_content(conn, io.BytesIO(content), "application/octet-stream")
+            return large
+
+        return functools.partial(encode_text, spill=spill, limit=self._inline_limit)
+
+    def _resolve(self, large: LargeValue) -> bytes | str:
+        content = self.read_attachment(large.sha256)
+        return content.decode("utf-8") if large.text else content
+
     # -- lifetime
 
     def close(self) -> None:
@@ -787,7 +959,9 @@ class LocalStore:
 _COLUMNS = "collection, key, data, updated_at, deleted"
 
 
-def _item_row(item: Mapping[str, Any]) -> tuple[str, str, str, int, int]:
+def _item_row(
+    item: Mapping[str, Any], encode: Callable[[Any], str] = canonical_json
+) -> tuple[str, str, str, int, int]:
     """A wire item as a row; ``updatedAt`` defaults to now and ``deleted`` to False."""
     if not isinstance(item, Mapping):
         raise InvalidItemError(f"an item must be a dict, got {type(item).__name__}")
@@ -804,5 +978,5 @@ def _item_row(item: Mapping[str, Any]) -> tuple[str, str, str, int, int]:
     updated_at = item.get("updatedAt")
     updated_at = now_ms() if updated_at is None else updated_at
     deleted = item.get("deleted", False)
-    text = check_item(collection, key, item["data"], updated_at, deleted)
+    text = check_item(collection, key, item["data"], updated_at, deleted, encode=encode)
     return (collection, key, text, updated_at, int(deleted))

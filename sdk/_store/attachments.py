@@ -1,0 +1,234 @@
+"""Where the store keeps attachments and large values: content stored once per SHA-256,
+in chunk rows, and which items reference which content.
+
+- ``attachments``: one row per content (``sha256``, ``size``, ``media_type``), its chunks
+  under ``blob_id``, and ``stored``: how many of its bytes the store holds (``size`` once
+  whole; less while a download from the cloud is under way, nothing for content only
+  known by reference);
+- ``attachment_chunks``: the content in chunks of :data:`CHUNK_BYTES` (the protocol's
+  chunk size, so an upload sends rows as they are), each read and written whole, so a
+  200 MiB file never sits in memory;
+- ``item_blobs``: ``(collection, key, sha256)`` for every reference an item's data holds,
+  kept in the write's own transaction (see :func:`track`), so finding what the items
+  reference never reads their JSON.
+
+Every function runs inside the caller's transaction.
+
+    >>> import sqlite3, io
+    >>> conn = sqlite3.connect(":memory:", isolation_level=None)
+    >>> create_tables(conn)
+    >>> sha, size = store_content(conn, io.BytesIO(b"hola"), "text/plain")
+    >>> size, read_range(conn, sha, 1, 2)
+    (4, b'ol')
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import sqlite3
+from collections.abc import Callable, Iterable
+from typing import IO
+
+from sdk._store.values import references
+
+__all__ = [
+    "CHUNK_BYTES",
+    "ChunkReader",
+    "create_tables",
+    "held",
+    "read_chunk",
+    "read_range",
+    "store_content",
+    "track",
+]
+
+#: Bytes per chunk: the protocol's ``blobChunkBytes`` (S3's smallest multipart part).
+CHUNK_BYTES = 5 * 1024 * 1024
+
+_EMPTY_SHA = hashlib.sha256(b"").hexdigest()
+
+
+def create_tables(conn: sqlite3.Connection) -> None:
+    """The attachments' schema (the store's schema step 0004)."""
+    conn.execute(
+        "CREATE TABLE attachments (sha256 TEXT PRIMARY KEY, size INTEGER NOT NULL,"
+        " media_type TEXT NOT NULL, blob_id INTEGER UNIQUE,"
+        " stored INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID"
+    )
+    # A rowid table: rows of megabytes do not belong in a WITHOUT ROWID b-tree.
+    conn.execute(
+        "CREATE TABLE attachment_chunks (id INTEGER PRIMARY KEY, blob_id INTEGER NOT NULL,"
+        " idx INTEGER NOT NULL, data BLOB NOT NULL, UNIQUE (blob_id, idx))"
+    )
+    conn.execute(
+        "CREATE TABLE item_blobs (collection TEXT NOT NULL, key TEXT NOT NULL,"
+        " sha256 TEXT NOT NULL, PRIMARY KEY (collection, key, sha256)) WITHOUT ROWID"
+    )
+    conn.execute("CREATE INDEX item_blobs_sha256 ON item_blobs (sha256)")
+
+
+def _new_blob_id(conn: sqlite3.Connection) -> int:
+    (top,) = conn.execute("SELECT coalesce(max(blob_id), 0) FROM attachments").fetchone()
+    (chunks,) = conn.execute("SELECT coalesce(max(blob_id), 0) FROM attachment_chunks").fetchone()
+    return int(max(top, chunks)) + 1
+
+
+def store_content(conn: sqlite3.Connection, source: IO[bytes], media_type: str) -> tuple[str, int]:
+    """Store what ``source`` holds, a chunk at a time, and return its ``(sha256, size)``.
+
+    Content the store holds already is not stored twice: the chunks just written go
+    (the savepoint rolls back) and the row of the first copy stays."""
+    conn.execute("SAVEPOINT store_content")
+    try:
+        blob_id = _new_blob_id(conn)
+        digest = hashlib.sha256()
+        size = 0
+        index = 0
+        while chunk := _read_full(source, CHUNK_BYTES):
+            digest.update(chunk)
+            conn.execute(
+                "INSERT INTO attachment_chunks (blob_id, idx, data) VALUES (?, ?, ?)",
+                (blob_id, index, chunk),
+            )
+            size += len(chunk)
+            index += 1
+        sha = digest.hexdigest()
+        row = conn.execute(
+            "SELECT size, stored, blob_id FROM attachments WHERE sha256 = ?", (sha,)
+        ).fetchone()
+        if row is not None and row[1] == row[0]:
+            conn.execute("ROLLBACK TO store_content")
+        else:
+            if row is not None:  # known only by reference, or half downloaded: now whole
+                conn.execute("DELETE FROM attachment_chunks WHERE blob_id = ?", (row[2],))
+                conn.execute("DELETE FROM attachments WHERE sha256 = ?", (sha,))
+            conn.execute(
+                "INSERT INTO attachments (sha256, size, media_type, blob_id, stored)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (sha, size, media_type, blob_id, size),
+            )
+        conn.execute("RELEASE store_content")
+    except BaseException:
+        conn.execute("ROLLBACK TO store_content")
+        conn.execute("RELEASE store_content")
+        raise
+    return sha, size
+
+
+def _read_full(source: IO[bytes], size: int) -> bytes:
+    """Up to ``size`` bytes, fewer only at the end (a pipe or socket returns less)."""
+    parts = []
+    left = size
+    while left:
+        part = source.read(left)
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+def held(conn: sqlite3.Connection, sha256: str) -> tuple[int, int, str] | None:
+    """``(size, stored, media_type)`` of the content, ``None`` if the store never saw it."""
+    row = conn.execute(
+        "SELECT size, stored, media_type FROM attachments WHERE sha256 = ?", (sha256,)
+    ).fetchone()
+    return None if row is None else (int(row[0]), int(row[1]), str(row[2]))
+
+
+def read_chunk(conn: sqlite3.Connection, sha256: str, index: int) -> bytes | None:
+    """Chunk ``index`` of the content, ``None`` if the store does not hold it."""
+    row = conn.execute(
+        "SELECT c.data FROM attachments AS a JOIN attachment_chunks AS c"
+        " ON c.blob_id = a.blob_id AND c.idx = ? WHERE a.sha256 = ?",
+        (index, sha256),
+    ).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def read_range(conn: sqlite3.Connection, sha256: str, offset: int, length: int) -> bytes:
+    """``length`` bytes from ``offset`` (fewer at the end of what the store holds)."""
+    parts = []
+    while length > 0:
+        index, start = divmod(offset, CHUNK_BYTES)
+        chunk = read_chunk(conn, sha256, index)
+        if chunk is None or start >= len(chunk):
+            break
+        part = chunk[start : start + length]
+        parts.append(part)
+        offset += len(part)
+        length -= len(part)
+    return b"".join(parts)
+
+
+def track(conn: sqlite3.Connection, rows: Iterable[tuple[str, str, str]]) -> None:
+    """Record which content the written ``(collection, key, data)`` rows reference, in
+    place of what they referenced before. Costs one lookup in an empty table per call
+    while no item of the store references anything."""
+    written = []
+    refs = []
+    sizes: dict[str, int] = {}
+    for collection, key, data in rows:
+        written.append((collection, key))
+        for sha, size in references(data):
+            refs.append((collection, key, sha))
+            sizes[sha] = size
+    try:
+        any_held = conn.execute("SELECT 1 FROM item_blobs LIMIT 1").fetchone() is not None
+    except sqlite3.OperationalError:
+        return  # a bare connection (the sync's doctests): no attachments' schema
+    if any_held:
+        conn.executemany("DELETE FROM item_blobs WHERE collection = ? AND key = ?", written)
+    if refs:
+        conn.executemany("INSERT OR IGNORE INTO item_blobs VALUES (?, ?, ?)", refs)
+        # Content known only by reference (pulled from the cloud, not fetched yet).
+        conn.executemany(
+            "INSERT OR IGNORE INTO attachments (sha256, size, media_type, blob_id, stored)"
+            " VALUES (?, ?, 'application/octet-stream', NULL, 0)",
+            sizes.items(),
+        )
+
+
+class ChunkReader(io.RawIOBase):
+    """A readable, seekable binary stream over content kept in chunks: one chunk in
+    memory at a time, read through ``read_chunk(index)`` (the store's lock is held per
+    chunk, not for the stream's life)."""
+
+    def __init__(self, read_chunk: Callable[[int], bytes], size: int) -> None:
+        super().__init__()
+        self._read_chunk = read_chunk
+        self._size = size
+        self._pos = 0
+        self._index = -1
+        self._chunk = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if self.closed:
+            raise ValueError("I/O operation on closed attachment")
+        if self._pos >= self._size:
+            return 0
+        index, start = divmod(self._pos, CHUNK_BYTES)
+        if index != self._index:
+            self._chunk = self._read_chunk(index)
+            self._index = index
+        part = self._chunk[start : start + len(buffer)]
+        buffer[: len(part)] = part
+        self._pos += len(part)
+        return len(part)
