@@ -41,12 +41,20 @@ from pydantic.alias_generators import to_camel
 
 __all__ = [
     "API_PREFIX",
+    "BLOB_SIZE_HEADER",
     "CHECKSUM_HEADER",
+    "EMPTY_SHA256",
     "KEY_PATTERN",
     "NAME_PATTERN",
     "PROBLEM_CONTENT_TYPE",
+    "SHA256_PATTERN",
     "USER_ID_PATTERN",
     "BatchReceipt",
+    "BlobChunkReceipt",
+    "BlobCompleteRequest",
+    "BlobQueryRequest",
+    "BlobQueryResponse",
+    "BlobState",
     "CompleteMigrationRequest",
     "CompleteMigrationResponse",
     "ConflictSide",
@@ -84,6 +92,8 @@ __all__ = [
     "SyncStateResponse",
     "batch_body",
     "batch_checksum",
+    "blob_chunk_count",
+    "blob_chunk_size",
     "canonical_item",
     "canonical_item_parts",
     "canonical_json",
@@ -381,6 +391,10 @@ class Limits(WireModel):
     session_ttl_seconds: int = 24 * 3600
     max_resolutions_per_request: int = 1000
     conflicts_page_size: int = 500
+    #: Attachments travel in chunks of this size (the last one is the rest); 5 MiB is
+    #: S3's smallest multipart part, so one chunk is one part.
+    blob_chunk_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
+    max_blob_bytes: int = Field(default=1024 * 1024 * 1024, ge=0)
 
 
 class DetectMigrationResponse(WireModel):
@@ -848,3 +862,103 @@ class SyncStateResponse(WireModel):
     #: With ``since`` (a cursor) and ``deviceId``: how many items a pull from that cursor
     #: would bring to that device.
     changes_since: int | None = None
+
+
+# --------------------------------------------------------------------------- blobs
+#
+# Attachments and large values travel apart from the batches, content-addressed per
+# user: ``/blobs/query`` says what the server holds (and which chunks of an upload in
+# progress), ``PUT /blobs/{sha256}/chunks/{index}`` sends one chunk (raw bytes),
+# ``POST /blobs/{sha256}/complete`` verifies the whole and keeps it, ``GET /blobs/{sha256}``
+# reads it back (ranges allowed).
+
+#: The hex SHA-256 that names a blob: 64 lower-case hex characters.
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+#: Header of a chunk upload: the size in bytes of the whole blob the chunk belongs to.
+BLOB_SIZE_HEADER = "X-Blob-Size"
+#: The name of the empty blob (it has no chunks; ``complete`` alone stores it).
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+Sha256 = Annotated[str, StringConstraints(pattern=SHA256_PATTERN)]
+
+
+def blob_chunk_count(size: int, chunk: int) -> int:
+    """How many chunks a blob of ``size`` bytes travels in (``chunk`` bytes each, the
+    last one the rest; an empty blob has none).
+
+    >>> [blob_chunk_count(size, 4) for size in (0, 1, 4, 5)]
+    [0, 1, 1, 2]
+    """
+    if size < 0 or chunk < 1:
+        raise ValueError(f"a blob size is >= 0 and a chunk size >= 1, got {size} and {chunk}")
+    return -(-size // chunk)
+
+
+def blob_chunk_size(size: int, chunk: int, index: int) -> int:
+    """The size in bytes of chunk ``index`` of a blob of ``size`` bytes.
+
+    >>> [blob_chunk_size(10, 4, i) for i in range(3)]
+    [4, 4, 2]
+    """
+    count = blob_chunk_count(size, chunk)
+    if not 0 <= index < count:
+        raise ValueError(f"a blob of {size} bytes has chunks 0..{count - 1}, not {index}")
+    return chunk if index < count - 1 else size - chunk * (count - 1)
+
+
+class BlobQueryRequest(WireModel):
+    """``POST /blobs/query``: which of these blobs (hex SHA-256 names) does the server hold?
+
+    >>> BlobQueryRequest(blobs=[EMPTY_SHA256]).wire()["blobs"][0][:8]
+    'e3b0c442'
+    """
+
+    blobs: list[Sha256] = Field(min_length=1, max_length=1000)
+
+
+class BlobState(WireModel):
+    """What the server has of one blob of this user. ``held``: complete and verified
+    (``size`` is its size). Otherwise ``received_chunks`` lists the chunks of an upload in
+    progress (``size`` the size it announced), so a client sends only the others.
+
+    >>> BlobState(sha256=EMPTY_SHA256, held=False).wire()["receivedChunks"]
+    []
+    """
+
+    sha256: Sha256
+    held: bool
+    size: int | None = None
+    received_chunks: list[int] = Field(default_factory=list)
+
+
+class BlobQueryResponse(WireModel):
+    """Answer to ``/blobs/query``: one state per asked blob, in the request's order.
+
+    >>> BlobQueryResponse(blobs=[]).blobs
+    []
+    """
+
+    blobs: list[BlobState]
+
+
+class BlobChunkReceipt(WireModel):
+    """Answer to a chunk upload: every chunk the server now holds (all of them when the
+    blob is held already). Replaying a chunk answers the same receipt.
+
+    >>> BlobChunkReceipt(sha256=EMPTY_SHA256, index=0, received_chunks=[0]).wire()["index"]
+    0
+    """
+
+    sha256: Sha256
+    index: int
+    received_chunks: list[int]
+
+
+class BlobCompleteRequest(WireModel):
+    """``POST /blobs/{sha256}/complete``: the whole blob's size in bytes.
+
+    >>> BlobCompleteRequest(size=0).size
+    0
+    """
+
+    size: int = Field(ge=0, le=2**63 - 1)
