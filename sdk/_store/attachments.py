@@ -35,10 +35,12 @@ from sdk._store.values import references
 __all__ = [
     "CHUNK_BYTES",
     "ChunkReader",
+    "append",
     "create_tables",
     "held",
     "read_chunk",
     "read_range",
+    "seal",
     "store_content",
     "track",
 ]
@@ -160,6 +162,60 @@ def read_range(conn: sqlite3.Connection, sha256: str, offset: int, length: int) 
         offset += len(part)
         length -= len(part)
     return b"".join(parts)
+
+
+def append(conn: sqlite3.Connection, sha256: str, offset: int, data: bytes, size: int) -> int:
+    """Add downloaded ``data`` at ``offset`` to content the store holds in part (``data``
+    never crosses a chunk's end); returns how many bytes it holds now. Only
+    :func:`seal` makes it whole."""
+    row = conn.execute(
+        "SELECT stored, blob_id FROM attachments WHERE sha256 = ?", (sha256,)
+    ).fetchone()
+    if row is None or row[0] != offset:
+        return 0 if row is None else int(row[0])  # another download got ahead: go on from it
+    blob_id = row[1]
+    if blob_id is None:
+        blob_id = _new_blob_id(conn)
+        conn.execute("UPDATE attachments SET blob_id = ? WHERE sha256 = ?", (blob_id, sha256))
+    index, start = divmod(offset, CHUNK_BYTES)
+    if not data:
+        pass
+    elif start == 0:
+        conn.execute(
+            "INSERT OR REPLACE INTO attachment_chunks (blob_id, idx, data) VALUES (?, ?, ?)",
+            (blob_id, index, data),
+        )
+    else:
+        conn.execute(
+            "UPDATE attachment_chunks SET data = data || ? WHERE blob_id = ? AND idx = ?",
+            (data, blob_id, index),
+        )
+    held = min(offset + len(data), size)
+    # Whole only with the seal, which the caller runs in this same transaction.
+    conn.execute("UPDATE attachments SET stored = ? WHERE sha256 = ?", (held, sha256))
+    return held
+
+
+def seal(conn: sqlite3.Connection, sha256: str) -> bool:
+    """Check downloaded content against its hash: whole and kept if it matches, else
+    discarded (to be downloaded anew). Returns whether it matched."""
+    row = conn.execute(
+        "SELECT size, blob_id FROM attachments WHERE sha256 = ?", (sha256,)
+    ).fetchone()
+    size, blob_id = int(row[0]), row[1]
+    digest = hashlib.sha256()
+    total = 0
+    for (data,) in conn.execute(
+        "SELECT data FROM attachment_chunks WHERE blob_id = ? ORDER BY idx", (blob_id,)
+    ):
+        digest.update(data)
+        total += len(data)
+    if total == size and digest.hexdigest() == sha256:
+        conn.execute("UPDATE attachments SET stored = size WHERE sha256 = ?", (sha256,))
+        return True
+    conn.execute("DELETE FROM attachment_chunks WHERE blob_id = ?", (blob_id,))
+    conn.execute("UPDATE attachments SET stored = 0 WHERE sha256 = ?", (sha256,))
+    return False
 
 
 def track(conn: sqlite3.Connection, rows: Iterable[tuple[str, str, str]]) -> None:

@@ -1,0 +1,206 @@
+"""Attachments travel apart from the items: before a migration's ``complete`` and before
+a sync's push, every blob the items reference is uploaded and completed, so the cloud
+never holds an item whose blob it lacks; a pull fetches what the pulled items reference.
+
+An upload asks the server first (``/blobs/query``): a blob it holds costs nothing more,
+and of one in progress (a kill at any byte, another device) only the chunks it lacks are
+sent. Chunks are read from the store one at a time, so memory stays bounded whatever the
+size. A download asks for one chunk-sized ``Range`` at a time and writes it into the
+store in its own transaction, so a download cut off resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import contract as c
+from .._errors import (
+    AttachmentMissingError,
+    CorruptStoreError,
+    ProtocolError,
+)
+from .._events import Progress, ProgressPhase
+from .._failpoints import failpoint
+from .._store import attachments as stored
+from .._store.local import LocalStore
+from .._store.schema import connect_read_only
+from .._transport import blobs
+from .._transport.http import Transport
+
+__all__ = [
+    "BlobUpload",
+    "fetch",
+    "fetch_referenced",
+    "lacking_in_cloud",
+    "upload_referenced",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Only the blobs of rows a push will send (pending above the migration's watermark).
+_PENDING_REFS = (
+    "SELECT DISTINCT b.sha256 FROM item_blobs AS b JOIN items AS i"
+    " ON i.collection = b.collection AND i.key = b.key WHERE i.pending > coalesce("
+    "(SELECT CAST(value AS INTEGER) FROM store_meta WHERE key = 'settled_through'), 0)"
+)
+_ALL_REFS = "SELECT DISTINCT sha256 FROM item_blobs"
+
+
+@dataclass(frozen=True)
+class BlobUpload:
+    """What an upload did: blobs referenced, blobs the server lacked (whole or in part),
+    chunks and bytes sent."""
+
+    referenced: int = 0
+    uploaded: int = 0
+    chunks_sent: int = 0
+    bytes_sent: int = 0
+
+
+def upload_referenced(
+    transport: Transport,
+    db_path: Path,
+    *,
+    pending_only: bool = False,
+    chunk_bytes: int = stored.CHUNK_BYTES,
+    progress: Callable[[Progress], None] | None = None,
+    phase: ProgressPhase = ProgressPhase.COMPLETING,
+) -> BlobUpload:
+    """Upload and complete every blob the items of the store (or snapshot) at ``db_path``
+    reference (``pending_only``: those of the changes a push will send)."""
+    conn = connect_read_only(db_path)
+    try:
+        if not _has_attachments(conn):
+            return BlobUpload()
+        shas = [sha for (sha,) in conn.execute(_PENDING_REFS if pending_only else _ALL_REFS)]
+        if not shas:
+            return BlobUpload()
+        states = blobs.query(transport, shas)
+        missing = [s for s in states if not s.held]
+        sizes = {sha: _whole_size(conn, db_path, sha) for sha in (s.sha256 for s in missing)}
+        total = sum(sizes.values())
+        done = chunks = sent = 0
+        for count, state in enumerate(missing):
+            size = sizes[state.sha256]
+            have = set(state.received_chunks)
+            for index in range(c.blob_chunk_count(size, chunk_bytes)):
+                if index in have:
+                    continue
+                data = _read(conn, db_path, state.sha256, index, chunk_bytes, size)
+                blobs.put_chunk(transport, state.sha256, index, data, size)
+                chunks += 1
+                sent += len(data)
+                done += len(data)
+                if progress is not None:
+                    progress(Progress(phase, count, len(missing), done, total))
+            failpoint("blob.chunks.sent")
+            blobs.complete(transport, state.sha256, size)
+            logger.info("blob %s: %d bytes held by the cloud", state.sha256[:12], size)
+        if progress is not None:
+            progress(Progress(phase, len(missing), len(missing), total, total))
+        return BlobUpload(len(shas), len(missing), chunks, sent)
+    finally:
+        conn.close()
+
+
+def lacking_in_cloud(transport: Transport, db_path: Path) -> list[str]:
+    """The blobs the items at ``db_path`` reference that the cloud does not hold (what
+    ``verify`` counts: "verified" needs none)."""
+    conn = connect_read_only(db_path)
+    try:
+        if not _has_attachments(conn):
+            return []
+        shas = [sha for (sha,) in conn.execute(_ALL_REFS)]
+    finally:
+        conn.close()
+    return [s.sha256 for s in blobs.query(transport, shas) if not s.held] if shas else []
+
+
+def fetch(transport: Transport, store: LocalStore, sha256: str) -> None:
+    """Download blob ``sha256`` into the store, resuming after what it holds already."""
+    with store._reading("fetch an attachment") as conn:
+        found = stored.held(conn, sha256)
+    if found is None:
+        raise AttachmentMissingError(
+            f"no item of {store.path} references attachment {sha256}",
+            path=str(store.path),
+            sha256=sha256,
+        )
+    size, have, _media = found
+    sealed = have >= size
+    while not sealed:
+        length = min(stored.CHUNK_BYTES - have % stored.CHUNK_BYTES, size - have)
+        data = blobs.download(transport, sha256, have, length) if length else b""
+        if length and not data:
+            raise ProtocolError(f"blob download: the server sent nothing of {sha256}")
+        # The last part and the check of the whole content commit together: a reader
+        # never sees content whole that was not verified.
+        with store._writing("store a downloaded attachment") as conn:
+            have = stored.append(conn, sha256, have, data, size)
+            if have >= size:
+                sealed = stored.seal(conn, sha256)
+                if not sealed:
+                    have = 0
+        if have >= size and not sealed:
+            raise CorruptStoreError(
+                f"attachment {sha256} as downloaded does not match its hash; it was "
+                "discarded: sync again to fetch it anew",
+                path=str(store.path),
+            )
+        failpoint("blob.chunk.fetched")
+
+
+def fetch_referenced(transport: Transport, store: LocalStore) -> int:
+    """Fetch every blob the store's items reference but the store lacks; returns how many."""
+    with store._reading("list attachments to fetch") as conn:
+        wanted = [
+            sha
+            for (sha,) in conn.execute(
+                "SELECT DISTINCT a.sha256 FROM attachments AS a JOIN item_blobs AS b"
+                " ON b.sha256 = a.sha256 WHERE a.stored < a.size"
+            )
+        ]
+    for sha in wanted:
+        fetch(transport, store, sha)
+    return len(wanted)
+
+
+def _has_attachments(conn: sqlite3.Connection) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'item_blobs'"
+        ).fetchone()
+        is not None
+    )
+
+
+def _whole_size(conn: sqlite3.Connection, db_path: Path, sha: str) -> int:
+    found = stored.held(conn, sha)
+    if found is None or found[1] < found[0]:
+        raise AttachmentMissingError(
+            f"an item of {db_path} references attachment {sha}, which this device does not "
+            "hold whole; put it again (put_attachment), or sync to fetch it first",
+            path=str(db_path),
+            sha256=sha,
+        )
+    return found[0]
+
+
+def _read(
+    conn: sqlite3.Connection, db_path: Path, sha: str, index: int, chunk_bytes: int, size: int
+) -> bytes:
+    if chunk_bytes == stored.CHUNK_BYTES:
+        data = stored.read_chunk(conn, sha, index) or b""
+    else:
+        data = stored.read_range(conn, sha, index * chunk_bytes, chunk_bytes)
+    if len(data) != c.blob_chunk_size(size, chunk_bytes, index):
+        raise CorruptStoreError(
+            f"{db_path} lost part of attachment {sha} (chunk {index}); restore the store "
+            "from a backup, or put the attachment again",
+            path=str(db_path),
+        )
+    return data
