@@ -76,6 +76,7 @@ SYNC_NAMES = (
 #: The attachments' failpoints (met before a migration's ``complete``, a sync's push,
 #: and in a pull that fetches attachments).
 BLOB_NAMES = (
+    "blob.chunk.sending",  # part of a chunk of an attachment is on the wire, not the rest
     "blob.chunk.sent",  # a chunk of an attachment was sent and answered
     "blob.chunks.sent",  # every chunk of one attachment is sent; `complete` not sent yet
     "blob.chunk.fetched",  # a part of an attachment was downloaded and stored

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from sqlite_utils import Database
 
 from sdk import Attachment, AttachmentMissingError, InvalidItemError, LocalStore
-from sdk._store.attachments import CHUNK_BYTES
+from sdk._store.attachments import CHUNK_BYTES, PIECE_BYTES
 from sdk._store.detect import LocalState, detect_local
 from sdk._store.schema import MIGRATIONS, SCHEMA_STEPS, STORE_APPLICATION_ID, STORE_FORMAT
 from sdk._store.values import decode_text, encode_text
@@ -137,7 +137,7 @@ def test_an_attachment_reads_back_whole_from_bytes_a_path_or_a_file(store, tmp_p
     expected = Attachment(hashlib.sha256(content).hexdigest(), size, "audio/ogg")
     assert kept == [expected] * 4
     assert store.read_attachment(expected) == content
-    assert chunk_rows(store) == -(-size // CHUNK_BYTES)  # stored once
+    assert chunk_rows(store) == -(-size // PIECE_BYTES)  # stored once
     with store.open_attachment(expected.sha256) as stream:
         stream.seek(max(size - 3, 0))
         assert stream.read() == content[-3:]

@@ -5,9 +5,11 @@ in chunk rows, and which items reference which content.
   under ``blob_id``, and ``stored``: how many of its bytes the store holds (``size`` once
   whole; less while a download from the cloud is under way, nothing for content only
   known by reference);
-- ``attachment_chunks``: the content in chunks of :data:`CHUNK_BYTES` (the protocol's
-  chunk size, so an upload sends rows as they are), each read and written whole, so a
-  200 MiB file never sits in memory;
+- ``attachment_chunks``: the content in pieces of :data:`PIECE_BYTES` (1 MiB; a
+  protocol chunk of 5 MiB is five of them), each read and written whole, so a 200 MiB
+  file never sits in memory, and no buffer larger than a piece is ever allocated
+  (a row of 5 MiB would make SQLite allocate 5 MiB to read it, and a process that
+  allocates and frees such buffers in turn grows by tens of MiB);
 - ``item_blobs``: ``(collection, key, sha256)`` for every reference an item's data holds,
   kept in the write's own transaction (see :func:`track`), so finding what the items
   reference never reads their JSON.
@@ -27,18 +29,20 @@ from __future__ import annotations
 import hashlib
 import io
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO
 
 from sdk._store.values import references
 
 __all__ = [
     "CHUNK_BYTES",
+    "PIECE_BYTES",
     "ChunkReader",
     "append",
     "create_tables",
     "held",
-    "read_chunk",
+    "read_piece",
+    "read_pieces",
     "read_range",
     "seal",
     "store_content",
@@ -47,6 +51,8 @@ __all__ = [
 
 #: Bytes per chunk: the protocol's ``blobChunkBytes`` (S3's smallest multipart part).
 CHUNK_BYTES = 5 * 1024 * 1024
+#: Bytes per row of ``attachment_chunks`` (a chunk of the protocol is 5 of them).
+PIECE_BYTES = 1024 * 1024
 
 _EMPTY_SHA = hashlib.sha256(b"").hexdigest()
 
@@ -87,7 +93,7 @@ def store_content(conn: sqlite3.Connection, source: IO[bytes], media_type: str) 
         digest = hashlib.sha256()
         size = 0
         index = 0
-        while chunk := _read_full(source, CHUNK_BYTES):
+        while chunk := _read_full(source, PIECE_BYTES):
             digest.update(chunk)
             conn.execute(
                 "INSERT INTO attachment_chunks (blob_id, idx, data) VALUES (?, ?, ?)",
@@ -139,8 +145,8 @@ def held(conn: sqlite3.Connection, sha256: str) -> tuple[int, int, str] | None:
     return None if row is None else (int(row[0]), int(row[1]), str(row[2]))
 
 
-def read_chunk(conn: sqlite3.Connection, sha256: str, index: int) -> bytes | None:
-    """Chunk ``index`` of the content, ``None`` if the store does not hold it."""
+def read_piece(conn: sqlite3.Connection, sha256: str, index: int) -> bytes | None:
+    """Piece ``index`` of the content, ``None`` if the store does not hold it."""
     row = conn.execute(
         "SELECT c.data FROM attachments AS a JOIN attachment_chunks AS c"
         " ON c.blob_id = a.blob_id AND c.idx = ? WHERE a.sha256 = ?",
@@ -151,22 +157,25 @@ def read_chunk(conn: sqlite3.Connection, sha256: str, index: int) -> bytes | Non
 
 def read_range(conn: sqlite3.Connection, sha256: str, offset: int, length: int) -> bytes:
     """``length`` bytes from ``offset`` (fewer at the end of what the store holds)."""
-    parts = []
+    return b"".join(read_pieces(conn, sha256, offset, length))
+
+
+def read_pieces(conn: sqlite3.Connection, sha256: str, offset: int, length: int) -> Iterator[bytes]:
+    """:func:`read_range` a piece at a time (at most :data:`PIECE_BYTES` each)."""
     while length > 0:
-        index, start = divmod(offset, CHUNK_BYTES)
-        chunk = read_chunk(conn, sha256, index)
-        if chunk is None or start >= len(chunk):
-            break
-        part = chunk[start : start + length]
-        parts.append(part)
+        index, start = divmod(offset, PIECE_BYTES)
+        piece = read_piece(conn, sha256, index)
+        if piece is None or start >= len(piece):
+            return
+        part = piece[start : start + length] if start or length < len(piece) else piece
+        yield part
         offset += len(part)
         length -= len(part)
-    return b"".join(parts)
 
 
 def append(conn: sqlite3.Connection, sha256: str, offset: int, data: bytes, size: int) -> int:
     """Add downloaded ``data`` at ``offset`` to content the store holds in part (``data``
-    never crosses a chunk's end); returns how many bytes it holds now. Only
+    never crosses a piece's end); returns how many bytes it holds now. Only
     :func:`seal` makes it whole."""
     row = conn.execute(
         "SELECT stored, blob_id FROM attachments WHERE sha256 = ?", (sha256,)
@@ -177,7 +186,7 @@ def append(conn: sqlite3.Connection, sha256: str, offset: int, data: bytes, size
     if blob_id is None:
         blob_id = _new_blob_id(conn)
         conn.execute("UPDATE attachments SET blob_id = ? WHERE sha256 = ?", (blob_id, sha256))
-    index, start = divmod(offset, CHUNK_BYTES)
+    index, start = divmod(offset, PIECE_BYTES)
     if not data:
         pass
     elif start == 0:
@@ -248,12 +257,12 @@ def track(conn: sqlite3.Connection, rows: Iterable[tuple[str, str, str]]) -> Non
 
 class ChunkReader(io.RawIOBase):
     """A readable, seekable binary stream over content kept in chunks: one chunk in
-    memory at a time, read through ``read_chunk(index)`` (the store's lock is held per
-    chunk, not for the stream's life)."""
+    memory at a time, read through ``read_piece(index)`` (the store's lock is held per
+    piece, not for the stream's life)."""
 
-    def __init__(self, read_chunk: Callable[[int], bytes], size: int) -> None:
+    def __init__(self, read_piece: Callable[[int], bytes], size: int) -> None:
         super().__init__()
-        self._read_chunk = read_chunk
+        self._read_piece = read_piece
         self._size = size
         self._pos = 0
         self._index = -1
@@ -280,9 +289,9 @@ class ChunkReader(io.RawIOBase):
             raise ValueError("I/O operation on closed attachment")
         if self._pos >= self._size:
             return 0
-        index, start = divmod(self._pos, CHUNK_BYTES)
+        index, start = divmod(self._pos, PIECE_BYTES)
         if index != self._index:
-            self._chunk = self._read_chunk(index)
+            self._chunk = self._read_piece(index)
             self._index = index
         part = self._chunk[start : start + len(buffer)]
         buffer[: len(part)] = part

@@ -907,7 +907,7 @@ class LocalStore:
 
     def _chunk(self, sha: str, index: int) -> bytes:
         with self._reading("read an attachment") as conn:
-            chunk = _attachments.read_chunk(conn, sha, index)
+            chunk = _attachments.read_piece(conn, sha, index)
         if chunk is None:
             raise CorruptStoreError(
                 f"{self._path} lost chunk {index} of attachment {sha}; restore the store "

@@ -11,6 +11,7 @@ store in its own transaction, so a download cut off resumes where it stopped.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 from collections.abc import Callable
@@ -90,11 +91,18 @@ def upload_referenced(
             for index in range(c.blob_chunk_count(size, chunk_bytes)):
                 if index in have:
                     continue
-                data = _read(conn, db_path, state.sha256, index, chunk_bytes, size)
-                blobs.put_chunk(transport, state.sha256, index, data, size)
+                length = _check_chunk(conn, db_path, state.sha256, index, chunk_bytes, size)
+                offset = index * chunk_bytes
+                blobs.put_chunk(
+                    transport,
+                    state.sha256,
+                    index,
+                    functools.partial(stored.read_pieces, conn, state.sha256, offset, length),
+                    size,
+                )
                 chunks += 1
-                sent += len(data)
-                done += len(data)
+                sent += length
+                done += length
                 if progress is not None:
                     progress(Progress(phase, count, len(missing), done, total))
             failpoint("blob.chunks.sent")
@@ -133,7 +141,7 @@ def fetch(transport: Transport, store: LocalStore, sha256: str) -> None:
     size, have, _media = found
     sealed = have >= size
     while not sealed:
-        length = min(stored.CHUNK_BYTES - have % stored.CHUNK_BYTES, size - have)
+        length = min(stored.PIECE_BYTES - have % stored.PIECE_BYTES, size - have)
         data = blobs.download(transport, sha256, have, length) if length else b""
         if length and not data:
             raise ProtocolError(f"blob download: the server sent nothing of {sha256}")
@@ -190,17 +198,24 @@ def _whole_size(conn: sqlite3.Connection, db_path: Path, sha: str) -> int:
     return found[0]
 
 
-def _read(
+def _check_chunk(
     conn: sqlite3.Connection, db_path: Path, sha: str, index: int, chunk_bytes: int, size: int
-) -> bytes:
-    if chunk_bytes == stored.CHUNK_BYTES:
-        data = stored.read_chunk(conn, sha, index) or b""
-    else:
-        data = stored.read_range(conn, sha, index * chunk_bytes, chunk_bytes)
-    if len(data) != c.blob_chunk_size(size, chunk_bytes, index):
+) -> int:
+    """The length of chunk ``index``, once sure the store holds all of it (SQLite reads
+    a blob's length without its content)."""
+    length = c.blob_chunk_size(size, chunk_bytes, index)
+    first = index * chunk_bytes // stored.PIECE_BYTES
+    last = (index * chunk_bytes + length - 1) // stored.PIECE_BYTES
+    (held,) = conn.execute(
+        "SELECT coalesce(sum(length(c.data)), 0) FROM attachments AS a JOIN attachment_chunks"
+        " AS c ON c.blob_id = a.blob_id WHERE a.sha256 = ? AND c.idx BETWEEN ? AND ?",
+        (sha, first, last),
+    ).fetchone()
+    wanted = min(size, (last + 1) * stored.PIECE_BYTES) - first * stored.PIECE_BYTES
+    if held != wanted:
         raise CorruptStoreError(
             f"{db_path} lost part of attachment {sha} (chunk {index}); restore the store "
             "from a backup, or put the attachment again",
             path=str(db_path),
         )
-    return data
+    return length

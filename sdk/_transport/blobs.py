@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from .._errors import ProtocolError
 from .._failpoints import failpoint
@@ -61,18 +61,30 @@ def query(transport: Transport, shas: Sequence[str]) -> list[BlobState]:
 
 
 def put_chunk(
-    transport: Transport, sha256: str, index: int, data: bytes, size: int
+    transport: Transport,
+    sha256: str,
+    index: int,
+    parts: Callable[[], Iterable[bytes]],
+    size: int,
 ) -> BlobChunkReceipt:
-    """Send chunk ``index`` of blob ``sha256`` (whose whole size is ``size``)."""
+    """Send chunk ``index`` of blob ``sha256`` (whose whole size is ``size``), read by
+    ``parts()`` a part at a time, twice: once for its checksum, once on the wire (and
+    again on each retry), so the chunk is never whole in memory."""
+    digest = hashlib.sha256()
+    length = 0
+    for part in parts():
+        digest.update(part)
+        length += len(part)
     receipt = transport._call(
         "blob chunk upload",
         "PUT",
         f"/blobs/{sha256}/chunks/{index}",
         BlobChunkReceipt,
-        content=data,
+        content=_Body(parts),
         headers={
             "Content-Type": "application/octet-stream",
-            CHECKSUM_HEADER: hashlib.sha256(data).hexdigest(),
+            "Content-Length": str(length),
+            CHECKSUM_HEADER: digest.hexdigest(),
             BLOB_SIZE_HEADER: str(size),
         },
     )
@@ -83,6 +95,21 @@ def put_chunk(
             "again (the upload resumes with the chunks the server lacks)"
         )
     return receipt
+
+
+class _Body:
+    """A chunk's bytes, sent a part at a time and read anew on each retry; the
+    ``blob.chunk.sending`` failpoint lies between two parts, so a crash test can kill
+    the process with half a chunk on the wire."""
+
+    def __init__(self, parts: Callable[[], Iterable[bytes]]) -> None:
+        self._parts = parts
+
+    def __iter__(self) -> Iterator[bytes]:
+        for number, part in enumerate(self._parts()):
+            if number:
+                failpoint("blob.chunk.sending")
+            yield part
 
 
 def complete(transport: Transport, sha256: str, size: int) -> BlobState:

@@ -32,7 +32,7 @@ import random
 import re
 import ssl
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NoReturn, TypeAlias, TypeVar
@@ -676,7 +676,7 @@ class Transport:
         *,
         params: Mapping[str, str | int] | None = None,
         json: Any = None,
-        content: bytes | None = None,
+        content: bytes | Iterable[bytes] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> _Model:
         response = self._request(
@@ -706,7 +706,7 @@ class Transport:
         *,
         params: Mapping[str, str | int] | None = None,
         json: Any = None,
-        content: bytes | None = None,
+        content: bytes | Iterable[bytes] | None = None,
         headers: Mapping[str, str] | None = None,
         idempotent: bool = True,
     ) -> httpx.Response:
