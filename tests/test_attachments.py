@@ -254,3 +254,10 @@ def test_item_data_that_is_itself_a_typed_form_on_the_wire_stays_a_dict(store):
 
         take_remote(conn, [(("c", "k", canonical_json(form), 1, 0), 1)])
     assert store.get("c", "k")["data"] == form
+
+
+def test_data_too_large_even_with_large_values_apart_is_refused_with_what_to_do(store):
+    many = {f"k{i}": "x" * 1000 for i in range(8 * 1024)}  # 8 MiB of small values
+    with pytest.raises(InvalidItemError, match="split it into several items"):
+        store.put("c", "k", many)
+    assert store.get("c", "k") is None

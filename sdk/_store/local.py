@@ -85,6 +85,9 @@ _PAGE = 500  # rows read per lock hold while streaming
 INLINE_LIMIT = 256 * 1024
 #: The largest inline limit: far below a batch's bytes, so one item always fits one.
 MAX_INLINE_LIMIT = 1024 * 1024
+#: The most JSON an item's data may be once its large values are kept apart (many small
+#: values): below a batch's default bytes (8 MiB), so every item fits a batch.
+MAX_ITEM_CHARS = 7 * 1024 * 1024
 
 
 def default_store_path(app_name: str) -> Path:
@@ -925,7 +928,9 @@ class LocalStore:
             _attachments.store_content(conn, io.BytesIO(content), "application/octet-stream")
             return large
 
-        return functools.partial(encode_text, spill=spill, limit=self._inline_limit)
+        return functools.partial(
+            encode_text, spill=spill, limit=self._inline_limit, most=MAX_ITEM_CHARS
+        )
 
     def _resolve(self, large: LargeValue) -> bytes | str:
         content = self.read_attachment(large.sha256)

@@ -65,7 +65,8 @@ _MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9!#$&
 
 
 class ReservedValueError(ValueError):
-    """An app dict whose only key is ``$bytes``, ``$attachment`` or ``$large``."""
+    """An app dict whose only key is ``$bytes``, ``$attachment`` or ``$large``; or
+    data too large for an item even with its large values kept apart."""
 
 
 @dataclass(frozen=True)
@@ -144,13 +145,18 @@ def _default(value: Any) -> Any:
 
 
 def encode_text(
-    data: Any, *, spill: Callable[[bytes | str], LargeValue] | None = None, limit: int = 0
+    data: Any,
+    *,
+    spill: Callable[[bytes | str], LargeValue] | None = None,
+    limit: int = 0,
+    most: int = 0,
 ) -> str:
     """``data`` as canonical JSON text in the encoded form (see the module's docstring).
 
     With ``spill``, every ``bytes`` or ``str`` value whose encoded size exceeds ``limit``
     bytes is handed to it and replaced by the :class:`LargeValue` it returns. Raises
-    :class:`ReservedValueError` for an app dict that is exactly a typed value's form,
+    :class:`ReservedValueError` for an app dict that is exactly a typed value's form, or
+    (``most``) for encoded data still longer than ``most`` characters;
     ``TypeError``/``ValueError`` for what JSON cannot hold.
 
     >>> encode_text({"k": [bytearray(b"a")]})
@@ -166,6 +172,11 @@ def encode_text(
     if spill is not None and len(text) > limit // 4 and len(text.encode("utf-8")) > limit:
         # A value's encoded size is at most the text's, so a short text needs no walk.
         text = _dumps(_spilled(data, spill, limit))
+    if most and len(text) > most:
+        raise ReservedValueError(
+            f"its data is {len(text):,} characters of JSON even with its large values kept "
+            f"apart, more than an item may hold ({most:,}); split it into several items"
+        )
     return text
 
 
