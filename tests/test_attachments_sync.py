@@ -179,3 +179,29 @@ def test_an_empty_attachment_is_completed_without_chunks(server, tmp_path, reque
         assert client.migrate().verified
     assert empty.sha256 == EMPTY_SHA256 and requests[("PUT", "chunk")] == 0
     assert held_by_cloud(server, "alice", [EMPTY_SHA256]) == [True]
+
+
+def test_a_download_cut_off_resumes_by_range_where_it_stopped(server, tmp_path, requests):
+    lesson = content(3 * 1024 * 1024 + 100, b"lesson")  # 4 ranges of at most 1 MiB
+    with LocalStore(tmp_path / "a" / "store.sqlite3") as store:
+        store.put("lessons", "l1", {"pdf": store.put_attachment(lesson)})
+    with device(server, tmp_path / "a") as client:
+        assert client.migrate().verified
+
+    _failpoints.enable("blob.chunk.fetched", "raise", at=2)
+    try:
+        with device(server, tmp_path / "b") as client, pytest.raises(_failpoints.FailpointError):
+            client.sync()
+    finally:
+        _failpoints.reset()
+    assert requests[("GET", "blobs")] == 2
+    with LocalStore(tmp_path / "b" / "store.sqlite3") as store:
+        with pytest.raises(AttachmentMissingError):  # half of it: not whole, not readable
+            store.read_attachment(store.get("lessons", "l1")["data"]["pdf"])
+
+    with device(server, tmp_path / "b") as client:
+        assert client.sync().verified
+
+    assert requests[("GET", "blobs")] == 4  # the two ranges it lacked, not all four again
+    with LocalStore(tmp_path / "b" / "store.sqlite3") as store:
+        assert store.read_attachment(store.get("lessons", "l1")["data"]["pdf"]) == lesson

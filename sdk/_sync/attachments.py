@@ -21,6 +21,7 @@ from pathlib import Path
 from .. import contract as c
 from .._errors import (
     AttachmentMissingError,
+    ConflictError,
     CorruptStoreError,
     ProtocolError,
 )
@@ -84,35 +85,64 @@ def upload_referenced(
         missing = [s for s in states if not s.held]
         sizes = {sha: _whole_size(conn, db_path, sha) for sha in (s.sha256 for s in missing)}
         total = sum(sizes.values())
-        done = chunks = sent = 0
+        sent = _Sent()
         for count, state in enumerate(missing):
             size = sizes[state.sha256]
-            have = set(state.received_chunks)
-            for index in range(c.blob_chunk_count(size, chunk_bytes)):
-                if index in have:
-                    continue
-                length = _check_chunk(conn, db_path, state.sha256, index, chunk_bytes, size)
-                offset = index * chunk_bytes
-                blobs.put_chunk(
-                    transport,
-                    state.sha256,
-                    index,
-                    functools.partial(stored.read_pieces, conn, state.sha256, offset, length),
-                    size,
-                )
-                chunks += 1
-                sent += length
-                done += length
+
+            def report(count: int = count) -> None:
                 if progress is not None:
-                    progress(Progress(phase, count, len(missing), done, total))
-            failpoint("blob.chunks.sent")
-            blobs.complete(transport, state.sha256, size)
-            logger.info("blob %s: %d bytes held by the cloud", state.sha256[:12], size)
+                    progress(Progress(phase, count, len(missing), sent.bytes, total))
+
+            _upload_one(transport, conn, db_path, state, size, chunk_bytes, sent, report)
         if progress is not None:
             progress(Progress(phase, len(missing), len(missing), total, total))
-        return BlobUpload(len(shas), len(missing), chunks, sent)
+        return BlobUpload(len(shas), len(missing), sent.chunks, sent.bytes)
     finally:
         conn.close()
+
+
+@dataclass
+class _Sent:
+    chunks: int = 0
+    bytes: int = 0
+
+
+def _upload_one(
+    transport: Transport,
+    conn: sqlite3.Connection,
+    db_path: Path,
+    state: c.BlobState,
+    size: int,
+    chunk_bytes: int,
+    sent: _Sent,
+    report: Callable[[], None],
+) -> None:
+    """Send the chunks of one blob the server lacks, then complete it; once more if the
+    server lost chunks meanwhile (an upload it expired answers ``complete`` with 409)."""
+    sha = state.sha256
+    # Chunks of an upload announcing another size are not this content's: send them all.
+    have = set(state.received_chunks) if state.size in (None, size) else set()
+    for attempt in range(2):
+        for index in range(c.blob_chunk_count(size, chunk_bytes)):
+            if index in have:
+                continue
+            length = _check_chunk(conn, db_path, sha, index, chunk_bytes, size)
+            parts = functools.partial(stored.read_pieces, conn, sha, index * chunk_bytes, length)
+            blobs.put_chunk(transport, sha, index, parts, size)
+            sent.chunks += 1
+            sent.bytes += length
+            report()
+        failpoint("blob.chunks.sent")
+        try:
+            blobs.complete(transport, sha, size)
+        except ConflictError:
+            if attempt:
+                raise
+            (state,) = blobs.query(transport, [sha])
+            have = set(state.received_chunks)
+            continue
+        logger.info("blob %s: %d bytes held by the cloud", sha[:12], size)
+        return
 
 
 def lacking_in_cloud(transport: Transport, db_path: Path) -> list[str]:
