@@ -195,9 +195,11 @@ def test_a_download_cut_off_resumes_by_range_where_it_stopped(server, tmp_path, 
     finally:
         _failpoints.reset()
     assert requests[("GET", "blobs")] == 2
-    with LocalStore(tmp_path / "b" / "store.sqlite3") as store:
-        with pytest.raises(AttachmentMissingError):  # half of it: not whole, not readable
-            store.read_attachment(store.get("lessons", "l1")["data"]["pdf"])
+    with (
+        LocalStore(tmp_path / "b" / "store.sqlite3") as store,
+        pytest.raises(AttachmentMissingError),  # half of it: not whole, not readable
+    ):
+        store.read_attachment(store.get("lessons", "l1")["data"]["pdf"])
 
     with device(server, tmp_path / "b") as client:
         assert client.sync().verified
