@@ -5,6 +5,7 @@ by a pull eagerly or on first use, proven by ``verify``."""
 from __future__ import annotations
 
 import hashlib
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -207,3 +208,24 @@ def test_a_download_cut_off_resumes_by_range_where_it_stopped(server, tmp_path, 
     assert requests[("GET", "blobs")] == 4  # the two ranges it lacked, not all four again
     with LocalStore(tmp_path / "b" / "store.sqlite3") as store:
         assert store.read_attachment(store.get("lessons", "l1")["data"]["pdf"]) == lesson
+
+
+def test_chunks_the_server_lost_before_complete_are_sent_again(server, tmp_path, requests):
+    film = content(2 * CHUNK_BYTES, b"expired")
+    sha = hashlib.sha256(film).hexdigest()
+    with LocalStore(tmp_path / "a" / "store.sqlite3") as store:
+        store.put("films", "f1", {"film": store.put_attachment(film)})
+
+    def server_loses_the_upload() -> None:  # as an expired upload would be
+        (folder,) = (p for p in Path(server.settings.data_dir).rglob(sha) if p.is_dir())
+        shutil.rmtree(folder)
+
+    _failpoints.enable("blob.chunks.sent", server_loses_the_upload)
+    try:
+        with device(server, tmp_path / "a") as client:
+            assert client.migrate().verified
+    finally:
+        _failpoints.reset()
+
+    assert requests[("PUT", "chunk")] == 4  # both chunks, then both again
+    assert cloud_blob(server, "alice", sha) == film
