@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import sqlite3
 from collections import Counter
 from pathlib import Path
 
@@ -229,3 +230,28 @@ def test_chunks_the_server_lost_before_complete_are_sent_again(server, tmp_path,
 
     assert requests[("PUT", "chunk")] == 4  # both chunks, then both again
     assert cloud_blob(server, "alice", sha) == film
+
+
+def test_a_snapshot_copied_without_the_attachment_tables_still_uploads_from_the_store(
+    server, tmp_path
+):
+    from sdk._sync.attachments import upload_referenced
+    from sdk._transport.http import Transport
+
+    photo = content(CHUNK_BYTES + 3, b"slim")
+    store_path = tmp_path / "store.sqlite3"
+    with LocalStore(store_path) as store:
+        store.put("cards", "c1", {"photo": store.put_attachment(photo), "n": 1})
+        store.put("cards", "c2", {"n": 2})
+    slim = tmp_path / "slim.sqlite3"  # only the items, as a leaner snapshot might copy
+    conn = sqlite3.connect(slim)
+    conn.execute("ATTACH ? AS store", (str(store_path),))
+    conn.execute("CREATE TABLE items AS SELECT * FROM store.items")
+    conn.commit()
+    conn.close()
+
+    with Transport(server.client, user_id="alice", token=server.token("alice")) as transport:
+        done = upload_referenced(transport, slim, content_from=store_path)
+
+    assert (done.referenced, done.uploaded, done.chunks_sent) == (1, 1, 2)
+    assert cloud_blob(server, "alice", hashlib.sha256(photo).hexdigest()) == photo

@@ -503,7 +503,12 @@ def _flagged(journal: Journal) -> list[FlaggedItem]:
 def _complete(run: Run, record: JournalRecord) -> JournalRecord:
     session_id = session_id_of(record)
     run.hooks.progress(Progress(ProgressPhase.COMPLETING, 0, record.item_count))
-    upload_referenced(run.transport, Path(record.snapshot_path), progress=run.hooks.progress)
+    upload_referenced(
+        run.transport,
+        Path(record.snapshot_path),
+        progress=run.hooks.progress,
+        content_from=run.store_path,
+    )
     failpoint("complete.before")
     try:
         answer = run.transport.complete(

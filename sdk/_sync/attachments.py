@@ -30,6 +30,7 @@ from .._failpoints import failpoint
 from .._store import attachments as stored
 from .._store.local import LocalStore
 from .._store.schema import connect_read_only
+from .._store.values import references
 from .._transport import blobs
 from .._transport.http import Transport
 
@@ -71,19 +72,24 @@ def upload_referenced(
     chunk_bytes: int = stored.CHUNK_BYTES,
     progress: Callable[[Progress], None] | None = None,
     phase: ProgressPhase = ProgressPhase.COMPLETING,
+    content_from: Path | None = None,
 ) -> BlobUpload:
     """Upload and complete every blob the items of the store (or snapshot) at ``db_path``
-    reference (``pending_only``: those of the changes a push will send)."""
+    reference (``pending_only``: those of the changes a push will send). A snapshot
+    copied without the attachments' tables is read for its references, and the content
+    is read from the store at ``content_from`` (content is named by its hash: a store
+    never holds other bytes under it)."""
     conn = connect_read_only(db_path)
+    source = conn
     try:
-        if not _has_attachments(conn):
-            return BlobUpload()
-        shas = [sha for (sha,) in conn.execute(_PENDING_REFS if pending_only else _ALL_REFS)]
+        shas = _referenced(conn, pending_only=pending_only)
         if not shas:
             return BlobUpload()
+        if content_from is not None and not _has_table(conn, "attachment_chunks"):
+            source, db_path = connect_read_only(content_from), content_from
         states = blobs.query(transport, shas)
         missing = [s for s in states if not s.held]
-        sizes = {sha: _whole_size(conn, db_path, sha) for sha in (s.sha256 for s in missing)}
+        sizes = {sha: _whole_size(source, db_path, sha) for sha in (s.sha256 for s in missing)}
         total = sum(sizes.values())
         sent = _Sent()
         for count, state in enumerate(missing):
@@ -93,11 +99,13 @@ def upload_referenced(
                 if progress is not None:
                     progress(Progress(phase, count, len(missing), sent.bytes, total))
 
-            _upload_one(transport, conn, db_path, state, size, chunk_bytes, sent, report)
+            _upload_one(transport, source, db_path, state, size, chunk_bytes, sent, report)
         if progress is not None:
             progress(Progress(phase, len(missing), len(missing), total, total))
         return BlobUpload(len(shas), len(missing), sent.chunks, sent.bytes)
     finally:
+        if source is not conn:
+            source.close()
         conn.close()
 
 
@@ -150,9 +158,7 @@ def lacking_in_cloud(transport: Transport, db_path: Path) -> list[str]:
     ``verify`` counts: "verified" needs none)."""
     conn = connect_read_only(db_path)
     try:
-        if not _has_attachments(conn):
-            return []
-        shas = [sha for (sha,) in conn.execute(_ALL_REFS)]
+        shas = _referenced(conn, pending_only=False)
     finally:
         conn.close()
     return [s.sha256 for s in blobs.query(transport, shas) if not s.held] if shas else []
@@ -207,13 +213,24 @@ def fetch_referenced(transport: Transport, store: LocalStore) -> int:
     return len(wanted)
 
 
-def _has_attachments(conn: sqlite3.Connection) -> bool:
-    return (
-        conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'item_blobs'"
-        ).fetchone()
-        is not None
-    )
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+    return found.fetchone() is not None
+
+
+def _referenced(conn: sqlite3.Connection, *, pending_only: bool) -> list[str]:
+    """The blobs the items reference: from ``item_blobs``, or (a copy without it) from
+    the items' JSON, reading only the rows that hold a reference."""
+    if _has_table(conn, "item_blobs"):
+        return [sha for (sha,) in conn.execute(_PENDING_REFS if pending_only else _ALL_REFS)]
+    if not _has_table(conn, "items"):
+        return []
+    found: set[str] = set()
+    for (data,) in conn.execute(
+        "SELECT data FROM items WHERE instr(data, '\"$attachment\":') OR instr(data, '\"$large\":')"
+    ):
+        found.update(sha for sha, _ in references(data))
+    return sorted(found)
 
 
 def _whole_size(conn: sqlite3.Connection, db_path: Path, sha: str) -> int:
