@@ -229,21 +229,22 @@ def seal(conn: sqlite3.Connection, sha256: str) -> bool:
 
 def track(conn: sqlite3.Connection, rows: Iterable[tuple[str, str, str]]) -> None:
     """Record which content the written ``(collection, key, data)`` rows reference, in
-    place of what they referenced before. Costs one lookup in an empty table per call
-    while no item of the store references anything."""
-    written = []
-    refs = []
-    sizes: dict[str, int] = {}
-    for collection, key, data in rows:
-        written.append((collection, key))
-        for sha, size in references(data):
-            refs.append((collection, key, sha))
-            sizes[sha] = size
+    place of what they referenced before. While no item of the store references
+    anything, this costs one lookup in an empty table and a substring test per row."""
     try:
         any_held = conn.execute("SELECT 1 FROM item_blobs LIMIT 1").fetchone() is not None
     except sqlite3.OperationalError:
         return  # a bare connection (the sync's doctests): no attachments' schema
-    if any_held:
+    written = []
+    refs = []
+    sizes: dict[str, int] = {}
+    for collection, key, data in rows:
+        if any_held:
+            written.append((collection, key))
+        for sha, size in references(data):
+            refs.append((collection, key, sha))
+            sizes[sha] = size
+    if written:
         conn.executemany("DELETE FROM item_blobs WHERE collection = ? AND key = ?", written)
     if refs:
         conn.executemany("INSERT OR IGNORE INTO item_blobs VALUES (?, ?, ?)", refs)

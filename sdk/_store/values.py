@@ -61,6 +61,7 @@ LARGE_TAG = "$large"
 #: The keys of the one-key objects that stand for typed values.
 RESERVED = frozenset({BYTES_TAG, REF_TAG, LARGE_TAG})
 _MARKS = tuple(f'"{tag}":' for tag in (BYTES_TAG, REF_TAG, LARGE_TAG))
+_REF_MARK, _LARGE_MARK = _MARKS[1:]
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9!#$&^_.+-]{1,127}.*")
 
@@ -168,7 +169,7 @@ def encode_text(
     sdk._store.values.ReservedValueError: the dict at data['v'] has the single key '$bytes', ...
     """
     text = _dumps(data)
-    if any(mark in text for mark in _MARKS):
+    if '"$' in text and any(mark in text for mark in _MARKS):
         _refuse_reserved(data, "data")  # only then: the common case costs one substring test
     if spill is not None and len(text) > limit // 4 and len(text.encode("utf-8")) > limit:
         # A value's encoded size is at most the text's, so a short text needs no walk.
@@ -272,7 +273,7 @@ def decode_text(text: str, resolve: Callable[[LargeValue], Any] | None = None) -
     >>> decode_text('{"a":1}'), decode_text('{"$bytes":"AA=="}')
     ({'a': 1}, {'$bytes': 'AA=='})
     """
-    if not any(mark in text for mark in _MARKS):
+    if '"$' not in text or not any(mark in text for mark in _MARKS):
         return json.loads(text)
     if resolve is None:
         return _loads(text, decode_value)
@@ -310,7 +311,7 @@ def references(text: str) -> set[tuple[str, int]]:
     >>> references(encode_text({"x": [ref], "y": b"z"})) == {("a" * 64, 2)}
     True
     """
-    if f'"{REF_TAG}":' not in text and f'"{LARGE_TAG}":' not in text:
+    if '"$' not in text or (_REF_MARK not in text and _LARGE_MARK not in text):
         return set()
     found: set[tuple[str, int]] = set()
 
