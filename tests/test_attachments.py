@@ -261,3 +261,13 @@ def test_data_too_large_even_with_large_values_apart_is_refused_with_what_to_do(
     with pytest.raises(InvalidItemError, match="split it into several items"):
         store.put("c", "k", many)
     assert store.get("c", "k") is None
+
+
+def test_an_attachment_the_store_does_not_know_is_refused_at_put(store):
+    made_up = Attachment("c" * 64, 10, "image/png")
+    with pytest.raises(InvalidItemError, match="put the content with put_attachment"):
+        store.put("c", "k", {"photo": made_up})
+    real = store.put_attachment(b"0123456789")
+    with pytest.raises(InvalidItemError, match="does not know"):  # another size: not it
+        store.put("c", "k", {"photo": Attachment(real.sha256, 11)})
+    assert store.get("c", "k") is None

@@ -255,3 +255,25 @@ def test_a_snapshot_copied_without_the_attachment_tables_still_uploads_from_the_
 
     assert (done.referenced, done.uploaded, done.chunks_sent) == (1, 1, 2)
     assert cloud_blob(server, "alice", hashlib.sha256(photo).hexdigest()) == photo
+
+
+def test_an_attachment_put_after_the_migration_is_uploaded_before_the_push(
+    server, tmp_path, requests
+):
+    with LocalStore(tmp_path / "a" / "store.sqlite3") as store:
+        store.put("cards", "c1", {"front": "hola"})
+    with device(server, tmp_path / "a") as client:
+        assert client.migrate().verified
+        assert requests[("PUT", "chunk")] == 0
+        drawing = content(CHUNK_BYTES + 9, b"drawing")
+        with LocalStore(client.store_path) as store:
+            store.put("cards", "c1", {"front": "hola", "drawing": store.put_attachment(drawing)})
+        before = client.verify()
+        assert not before.verified and before.attachments_missing == 1
+
+        assert client.sync().verified
+        after = client.verify()
+
+    assert after.verified and after.attachments_missing == 0
+    assert requests[("PUT", "chunk")] == 2
+    assert cloud_blob(server, "alice", hashlib.sha256(drawing).hexdigest()) == drawing

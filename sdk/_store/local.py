@@ -15,7 +15,6 @@ so what the store holds is byte for byte what the migration hashes and sends::
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import json
 import logging
@@ -63,6 +62,7 @@ from sdk._store.values import (
     decode_text,
     encode_text,
     large_value,
+    references,
 )
 from sdk.contract import KEY_PATTERN, NAME_PATTERN, Item, canonical_json
 
@@ -928,9 +928,19 @@ class LocalStore:
             _attachments.store_content(conn, io.BytesIO(content), "application/octet-stream")
             return large
 
-        return functools.partial(
-            encode_text, spill=spill, limit=self._inline_limit, most=MAX_ITEM_CHARS
-        )
+        def encode(data: Any) -> str:
+            text = encode_text(data, spill=spill, limit=self._inline_limit, most=MAX_ITEM_CHARS)
+            for sha, size in references(text):
+                found = _attachments.held(conn, sha)
+                if found is None or found[0] != size:
+                    raise ReservedValueError(
+                        f"it references attachment {sha} of {size} bytes, which this store "
+                        "does not know; put the content with put_attachment and use the "
+                        "Attachment it returns"
+                    )
+            return text
+
+        return encode
 
     def _resolve(self, large: LargeValue) -> bytes | str:
         content = self.read_attachment(large.sha256)
