@@ -15,7 +15,6 @@ so what the store holds is byte for byte what the migration hashes and sends::
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import os
@@ -28,13 +27,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, BinaryIO
+from typing import Any
 
 import platformdirs
 from sqlite_utils import Database
 
 from sdk._errors import (
-    AttachmentMissingError,
     ConfigurationError,
     CorruptStoreError,
     InvalidItemError,
@@ -42,9 +40,9 @@ from sdk._errors import (
     StoreNotFoundError,
     UnsupportedDataVersionError,
 )
-from sdk._store import attachments as _attachments
 from sdk._store import changes as _changes
 from sdk._store.detect import LocalState, inspect_store
+from sdk._store.local_attachments import INLINE_LIMIT, MAX_INLINE_LIMIT, AttachmentMethods
 from sdk._store.schema import (
     CURRENT_DATA_VERSION,
     MIGRATIONS,
@@ -55,15 +53,7 @@ from sdk._store.schema import (
     migration_state_from,
     store_error,
 )
-from sdk._store.values import (
-    Attachment,
-    LargeValue,
-    ReservedValueError,
-    decode_text,
-    encode_text,
-    large_value,
-    references,
-)
+from sdk._store.values import LargeValue, ReservedValueError, decode_text
 from sdk.contract import KEY_PATTERN, NAME_PATTERN, Item, canonical_json
 
 __all__ = [
@@ -80,14 +70,6 @@ _NAME_RE = re.compile(NAME_PATTERN)
 _KEY_RE = re.compile(KEY_PATTERN)
 _ITEM_FIELDS = frozenset({"collection", "key", "data", "updatedAt", "deleted"})
 _PAGE = 500  # rows read per lock hold while streaming
-#: Default of ``LocalStore(inline_limit=...)``: a ``bytes`` or ``str`` value larger than
-#: this (encoded) is kept apart from its item, like an attachment.
-INLINE_LIMIT = 256 * 1024
-#: The largest inline limit: far below a batch's bytes, so one item always fits one.
-MAX_INLINE_LIMIT = 1024 * 1024
-#: The most JSON an item's data may be once its large values are kept apart (many small
-#: values): below a batch's default bytes (8 MiB), so every item fits a batch.
-MAX_ITEM_CHARS = 7 * 1024 * 1024
 
 
 def default_store_path(app_name: str) -> Path:
@@ -288,7 +270,7 @@ def _row_item(
 # ----------------------------------------------------------------------------- store
 
 
-class LocalStore:
+class LocalStore(AttachmentMethods):
     """The offline-first store the app writes to; safe to share between threads.
 
     Other processes open the same file with their own ``LocalStore``; SQLite's locking
@@ -797,154 +779,6 @@ class LocalStore:
         with self._reading("read the migration state") as conn:
             meta = dict(conn.execute("SELECT key, value FROM store_meta").fetchall())
         return migration_state_from(meta)
-
-    # -- attachments
-
-    @property
-    def inline_limit(self) -> int:
-        """Bytes above which a ``bytes`` or ``str`` value is kept apart from its item."""
-        return self._inline_limit
-
-    def put_attachment(
-        self,
-        data: bytes | bytearray | memoryview | str | os.PathLike[str] | BinaryIO,
-        *,
-        media_type: str = "application/octet-stream",
-    ) -> Attachment:
-        """Keep content apart from the items (bytes, a file's path, or a binary file
-        open for reading) and return the :class:`Attachment` to put in an item's data.
-        A file is read a chunk at a time (a 200 MiB recording never sits in memory);
-        the same content is stored once, however often it is put.
-
-        >>> import tempfile, pathlib
-        >>> tmp = tempfile.TemporaryDirectory()
-        >>> with LocalStore(pathlib.Path(tmp.name) / "s.sqlite3") as store:
-        ...     photo = store.put_attachment(b"PNG...", media_type="image/png")
-        ...     _ = store.put("cards", "c1", {"front": "hola", "photo": photo})
-        ...     card = store.get("cards", "c1")["data"]
-        ...     card["photo"] == photo, store.read_attachment(card["photo"])
-        (True, b'PNG...')
-        >>> tmp.cleanup()
-        """
-        try:
-            Attachment("0" * 64, 0, media_type)
-        except ValueError as exc:
-            raise ConfigurationError(str(exc)) from None
-        with contextlib.ExitStack() as stack:
-            if isinstance(data, (bytes, bytearray, memoryview)):
-                source: IO[bytes] = io.BytesIO(data)
-            elif isinstance(data, (str, os.PathLike)):
-                try:
-                    source = stack.enter_context(open(data, "rb"))
-                except OSError as exc:
-                    raise ConfigurationError(
-                        f"cannot read the attachment {os.fspath(data)!r}: {exc}"
-                    ) from exc
-            elif callable(getattr(data, "read", None)):
-                source = data
-            else:
-                raise ConfigurationError(
-                    "put_attachment takes bytes, a file's path or a binary file open for "
-                    f"reading, got {type(data).__name__}"
-                )
-            with self._writing("store an attachment") as conn:
-                sha, size = _attachments.store_content(conn, source, media_type)
-        return Attachment(sha, size, media_type)
-
-    def open_attachment(self, attachment: Attachment | str) -> BinaryIO:
-        """A readable binary stream of an attachment's content (an :class:`Attachment`,
-        or its sha256), read a chunk at a time. Content known only by reference (a lazy
-        sync) is fetched first when the store can reach the cloud; otherwise
-        :class:`~sdk.AttachmentMissingError` says what to do.
-
-        >>> import tempfile, pathlib
-        >>> tmp = tempfile.TemporaryDirectory()
-        >>> with LocalStore(pathlib.Path(tmp.name) / "s.sqlite3") as store:
-        ...     note = store.put_attachment(b"hello", media_type="text/plain")
-        ...     with store.open_attachment(note) as stream:
-        ...         stream.read(2), stream.read()
-        (b'he', b'llo')
-        >>> tmp.cleanup()
-        """
-        sha = attachment.sha256 if isinstance(attachment, Attachment) else attachment
-        size = self._whole_size(sha)
-        raw = _attachments.ChunkReader(lambda index: self._chunk(sha, index), size)
-        return io.BufferedReader(raw, buffer_size=64 * 1024)
-
-    def read_attachment(self, attachment: Attachment | str) -> bytes:
-        """An attachment's whole content (see :meth:`open_attachment`).
-
-        >>> import tempfile, pathlib
-        >>> tmp = tempfile.TemporaryDirectory()
-        >>> with LocalStore(pathlib.Path(tmp.name) / "s.sqlite3") as store:
-        ...     store.read_attachment(store.put_attachment(b""))
-        b''
-        >>> tmp.cleanup()
-        """
-        with self.open_attachment(attachment) as stream:
-            return stream.read()
-
-    def _whole_size(self, sha: str) -> int:
-        with self._reading("open an attachment") as conn:
-            found = _attachments.held(conn, sha) if isinstance(sha, str) else None
-        if found is not None and found[1] < found[0] and self.fetch_attachment is not None:
-            self.fetch_attachment(sha)
-            with self._reading("open an attachment") as conn:
-                found = _attachments.held(conn, sha)
-        if found is None:
-            raise AttachmentMissingError(
-                f"the store {self._path} holds no attachment {sha!r}: pass an Attachment "
-                "the store returned (put_attachment) or read from an item",
-                path=str(self._path),
-                sha256=str(sha),
-            )
-        if found[1] < found[0]:
-            raise AttachmentMissingError(
-                f"attachment {sha} is in the cloud but not on this device yet: sync while "
-                "online (fetch_attachments='eager' fetches every one; 'lazy' fetches each "
-                "on first use)",
-                path=str(self._path),
-                sha256=sha,
-            )
-        return found[0]
-
-    def _chunk(self, sha: str, index: int) -> bytes:
-        with self._reading("read an attachment") as conn:
-            chunk = _attachments.read_piece(conn, sha, index)
-        if chunk is None:
-            raise CorruptStoreError(
-                f"{self._path} lost chunk {index} of attachment {sha}; restore the store "
-                "from a backup, or put the attachment again",
-                path=str(self._path),
-            )
-        return chunk
-
-    def _encoder(self, conn: sqlite3.Connection) -> Callable[[Any], str]:
-        """The app's data as stored: typed values encoded, large values kept apart."""
-
-        def spill(value: bytes | str) -> LargeValue:
-            large = large_value(value)
-            content = value.encode("utf-8") if isinstance(value, str) else value
-            _attachments.store_content(conn, io.BytesIO(content), "application/octet-stream")
-            return large
-
-        def encode(data: Any) -> str:
-            text = encode_text(data, spill=spill, limit=self._inline_limit, most=MAX_ITEM_CHARS)
-            for sha, size in references(text):
-                found = _attachments.held(conn, sha)
-                if found is None or found[0] != size:
-                    raise ReservedValueError(
-                        f"it references attachment {sha} of {size} bytes, which this store "
-                        "does not know; put the content with put_attachment and use the "
-                        "Attachment it returns"
-                    )
-            return text
-
-        return encode
-
-    def _resolve(self, large: LargeValue) -> bytes | str:
-        content = self.read_attachment(large.sha256)
-        return content.decode("utf-8") if large.text else content
 
     # -- lifetime
 
