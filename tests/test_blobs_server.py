@@ -333,15 +333,19 @@ def test_a_query_answers_in_request_order_and_is_bounded(server: Server) -> None
     blobs = calls(server)
     assert blobs.complete(EMPTY_SHA256, 0).status_code == 200
     other = "ab" * 32
+    partial = Content(3 * CHUNK, CHUNK)
+    blobs.send(partial, [2])
 
-    answer = blobs.query(other, EMPTY_SHA256)
+    answer = blobs.query(other, EMPTY_SHA256, partial.sha256, other)
     too_many = blobs.query(*["cd" * 32] * 1001)
     none = blobs.query()
     malformed = blobs.query("../etc/passwd")
 
-    assert [(b["sha256"], b["held"]) for b in answer.json()["blobs"]] == [
-        (other, False),
-        (EMPTY_SHA256, True),
+    assert answer.json()["blobs"] == [
+        {"sha256": other, "held": False, "size": None, "receivedChunks": []},
+        {"sha256": EMPTY_SHA256, "held": True, "size": 0, "receivedChunks": []},
+        {"sha256": partial.sha256, "held": False, "size": 3 * CHUNK, "receivedChunks": [2]},
+        {"sha256": other, "held": False, "size": None, "receivedChunks": []},
     ]
     problem(too_many, 422)
     problem(none, 422)

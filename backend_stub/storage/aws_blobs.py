@@ -23,10 +23,12 @@ offline::
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from backend_stub.failpoints import failpoint
+from backend_stub.storage.aws_resources import TTL_ATTRIBUTE
 from backend_stub.storage.aws_rows import Row, get_n, get_s, key, n, opt_n, s
 from backend_stub.storage.aws_table import Table, error_code, sha256_b64
 from backend_stub.storage.blobs import (
@@ -42,6 +44,7 @@ from sdk.contract import BlobState
 __all__ = ["S3Blobs"]
 
 _GONE = ("NoSuchUpload", "NoSuchKey", "404")
+_UPLOAD_ROW_SECONDS = 7 * 24 * 3600
 
 
 def _pk(user_id: str) -> str:
@@ -71,11 +74,27 @@ class S3Blobs:
 
     # ------------------------------------------------------------------ reads
 
+    def states(self, user_id: str, shas: Sequence[str]) -> list[BlobState]:
+        # The records of all of them in a few batch reads; S3 is asked only about the
+        # uploads in progress.
+        wanted = {(_pk(user_id), f"{kind}#{sha}") for sha in shas for kind in ("HELD", "UPLOAD")}
+        rows = {
+            get_s(row, "sk"): row
+            for row in self.table.batch_get([key(pk, sk) for pk, sk in sorted(wanted)])
+        }
+        return [
+            self._state(user_id, sha, rows.get(f"HELD#{sha}"), rows.get(f"UPLOAD#{sha}"))
+            for sha in shas
+        ]
+
     def state(self, user_id: str, sha256: str) -> BlobState:
         held = self.table.get(_pk(user_id), f"HELD#{sha256}")
+        upload = None if held else self.table.get(_pk(user_id), f"UPLOAD#{sha256}")
+        return self._state(user_id, sha256, held, upload)
+
+    def _state(self, user_id: str, sha256: str, held: Row | None, upload: Row | None) -> BlobState:
         if held is not None:
             return BlobState(sha256=sha256, held=True, size=get_n(held, "size"))
-        upload = self.table.get(_pk(user_id), f"UPLOAD#{sha256}")
         if upload is None:
             return BlobState(sha256=sha256, held=False)
         parts = self._parts(user_id, sha256, upload)
@@ -176,6 +195,8 @@ class S3Blobs:
             **key(_pk(user_id), f"UPLOAD#{sha256}"),
             "uploadId": s(started["UploadId"]),
             "size": n(size),
+            # The bucket aborts uploads left for a day; their rows go some days later.
+            TTL_ATTRIBUTE: n(int(time.time()) + _UPLOAD_ROW_SECONDS),
         }
         try:
             self.table.put(row, condition="attribute_not_exists(#pk)")

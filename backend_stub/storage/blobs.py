@@ -21,7 +21,7 @@ Backends: :mod:`backend_stub.storage.sqlite_blobs` (files in the data folder) an
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import BinaryIO, Protocol
 
 from backend_stub.storage.records import StorageError
@@ -82,6 +82,10 @@ class BlobStore(Protocol):
 
     def state(self, user_id: str, sha256: str) -> BlobState:
         """Held (and its size), or the chunks of an upload in progress."""
+        ...
+
+    def states(self, user_id: str, shas: Sequence[str]) -> list[BlobState]:
+        """:meth:`state` of each of ``shas``, in order (backends answer them together)."""
         ...
 
     def put_chunk(self, user_id: str, sha256: str, size: int, index: int, data: bytes) -> None:

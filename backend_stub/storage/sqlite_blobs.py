@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -69,18 +70,27 @@ class FileBlobs:
     True
     """
 
-    def __init__(self, root: Path, rows: Rows, write: Write, *, owned: bool = False) -> None:
-        self.root = root
+    def __init__(self, root: Path | None, rows: Rows, write: Write) -> None:
+        self._root = root
         self._rows = rows
         self._write = write
-        # An in-memory server keeps its blobs in a temp folder of its own: gone at close.
-        self._owned = owned
         # Two completes of one blob would race on its chunks: one at a time per blob.
         self._locks = [threading.Lock() for _ in range(64)]
+        self._made = threading.Lock()
+        self._temporary: Path | None = None
+
+    @property
+    def root(self) -> Path:
+        """The folder of the blobs. Without one (an in-memory server), a temporary folder
+        of its own, made when first needed and removed by :meth:`close`."""
+        with self._made:
+            if self._root is None:
+                self._root = self._temporary = Path(tempfile.mkdtemp(prefix="migration-blobs-"))
+            return self._root
 
     def close(self) -> None:
-        if self._owned:
-            shutil.rmtree(self.root, ignore_errors=True)
+        if self._temporary is not None:
+            shutil.rmtree(self._temporary, ignore_errors=True)
 
     # ------------------------------------------------------------------ paths
 
@@ -109,6 +119,9 @@ class FileBlobs:
             return None
         chunks = sorted(int(p.name) for p in _listing(sizes[-1]) if p.name.isdigit())
         return int(sizes[-1].name), chunks
+
+    def states(self, user_id: str, shas: Sequence[str]) -> list[BlobState]:
+        return [self.state(user_id, sha) for sha in shas]
 
     def state(self, user_id: str, sha256: str) -> BlobState:
         size = self._held_size(user_id, sha256)
@@ -155,7 +168,11 @@ class FileBlobs:
         for stale in _listing_all(target.parent, f".{sha256}."):
             stale.unlink(missing_ok=True)  # an assembly a killed server left half-written
         digest = hashlib.sha256()
-        found = _place(target, _chunk_pieces(folder, count), digest=digest, check=sha256)
+        try:
+            found = _place(target, _chunk_pieces(folder, count), digest=digest, check=sha256)
+        except FileNotFoundError:
+            # A chunk for another size started the upload over meanwhile.
+            raise ChunksMissing(count, count) from None
         if found != sha256:
             shutil.rmtree(self._upload_dir(user_id, sha256), ignore_errors=True)
             raise BlobMismatch(sha256, found)
