@@ -8,6 +8,7 @@ wants 5 MiB, the default ``blobChunkBytes``), so the chunks can stay small.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,6 +109,26 @@ def test_a_replayed_chunk_answers_the_same_receipt_and_a_held_blob_takes_nothing
     assert again.json()["receivedChunks"] == [0, 1, 2]
     assert completed_again.json()["held"] is True
     assert blobs.get(content.sha256).content == content.whole()
+
+
+def test_a_gzip_encoded_chunk_is_checked_and_kept_inflated(server: Server) -> None:
+    data = b"a" * CHUNK + b"b" * 10  # compressible, as gzip is meant for
+    sha = hashlib.sha256(data).hexdigest()
+    blobs = calls(server)
+
+    answer = blobs.put_chunk(
+        sha,
+        0,
+        gzip.compress(data[:CHUNK]),
+        len(data),
+        checksum=hashlib.sha256(data[:CHUNK]).hexdigest(),
+        headers={"Content-Encoding": "gzip"},
+    )
+    blobs.put_chunk(sha, 1, data[CHUNK:], len(data))
+
+    assert answer.status_code == 200, answer.text
+    assert blobs.complete(sha, len(data)).json()["held"] is True
+    assert blobs.get(sha).content == data
 
 
 def test_a_chunk_that_does_not_match_its_checksum_is_refused_and_not_kept(

@@ -33,7 +33,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from backend_stub.failpoints import failpoint
 from backend_stub.storage.blobs import (
@@ -133,9 +133,11 @@ class FileBlobs:
         return BlobState(sha256=sha256, held=False, size=upload[0], received_chunks=upload[1])
 
     def read(self, user_id: str, sha256: str, start: int, stop: int) -> Iterator[bytes]:
-        with self._held_path(user_id, sha256).open("rb") as handle:
-            handle.seek(start)
-            yield from file_pieces(handle, stop - start)
+        # Opened now, not when the answer starts streaming: a missing file fails the
+        # request before its status is sent.
+        handle = self._held_path(user_id, sha256).open("rb")
+        handle.seek(start)
+        return _closing(handle, file_pieces(handle, stop - start))
 
     # ------------------------------------------------------------------ writes
 
@@ -182,6 +184,11 @@ class FileBlobs:
             [user_id, sha256, size],
         )
         return size
+
+
+def _closing(handle: BinaryIO, pieces: Iterator[bytes]) -> Iterator[bytes]:
+    with handle:
+        yield from pieces
 
 
 def _chunk_pieces(folder: Path, count: int) -> Iterator[bytes]:
