@@ -222,8 +222,15 @@ class S3Blobs:
                 **self.table.resources.sse_args(),
             )
         else:
-            self._finish_upload(user_id, sha256, size, count)
-            found = self._object_sha256(user_id, sha256)
+            try:
+                self._finish_upload(user_id, sha256, size, count)
+                found = self._object_sha256(user_id, sha256, count)
+            except ChunksMissing:
+                # Another complete of the same blob may have just finished (and removed
+                # the upload): then it is held, and that is the answer.
+                if self.table.get(_pk(user_id), f"HELD#{sha256}") is not None:
+                    return self.state(user_id, sha256)
+                raise
             if found != sha256:
                 self.s3.delete_object(Bucket=self.bucket, Key=self.object_name(user_id, sha256))
                 self._delete_row(user_id, f"UPLOAD#{sha256}")
@@ -278,9 +285,14 @@ class S3Blobs:
                 return sorted(parts, key=lambda p: int(p["PartNumber"]))
             marker = int(page["NextPartNumberMarker"])
 
-    def _object_sha256(self, user_id: str, sha256: str) -> str:
+    def _object_sha256(self, user_id: str, sha256: str, count: int) -> str:
         """The SHA-256 of the stored object, streamed in reads of :data:`READ_BYTES`."""
-        answer = self.s3.get_object(Bucket=self.bucket, Key=self.object_name(user_id, sha256))
+        try:
+            answer = self.s3.get_object(Bucket=self.bucket, Key=self.object_name(user_id, sha256))
+        except Exception as exc:
+            if error_code(exc) in _GONE:  # a racing complete found it damaged, deleted it
+                raise ChunksMissing(count, count) from exc
+            raise
         digest = hashlib.sha256()
         for piece in _pieces(answer["Body"]):
             digest.update(piece)
