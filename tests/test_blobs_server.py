@@ -379,3 +379,31 @@ def test_detect_advertises_the_blob_limits_and_capability(server: Server) -> Non
     assert detect["limits"]["blobChunkBytes"] == CHUNK
     assert detect["limits"]["maxBlobBytes"] == LIMITS.max_blob_bytes
     assert "blobs" in detect["capabilities"]
+
+
+def test_on_aws_a_blob_is_one_encrypted_object_and_nothing_is_left_behind(
+    server: Server, backend: Backend
+) -> None:
+    if backend.name != "aws":
+        pytest.skip("the S3 layout of the aws backend")
+    from backend_stub.storage.aws import AwsStorage
+
+    assert isinstance(server.storage, AwsStorage)
+    s3, bucket = server.storage.resources.s3, server.storage.resources.bucket
+    content = Content(3 * CHUNK + 1, CHUNK, seed=21)
+    damaged = hashlib.sha256(b"not this").hexdigest()
+    blobs = calls(server)
+    blobs.send(content)
+    blobs.send(content, sha=damaged)
+    blobs.complete(content.sha256, content.size)
+    blobs.complete(damaged, content.size)
+
+    objects = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    (name,) = [key for key in objects if key.startswith("attachments/")]
+    head = s3.head_object(Bucket=bucket, Key=name)
+    uploads = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+
+    assert name.endswith("/" + content.sha256) and "alice" not in name
+    assert head["ServerSideEncryption"] == "AES256"
+    assert head["ContentLength"] == content.size
+    assert uploads == []  # completed, or discarded with the damaged content
