@@ -152,7 +152,7 @@ class S3Blobs:
 
     # ------------------------------------------------------------------ writes
 
-    def put_chunk(self, user_id: str, sha256: str, size: int, index: int, data: bytes) -> None:
+    def put_chunk(self, user_id: str, sha256: str, size: int, index: int, data: bytes) -> list[int]:
         checksum = sha256_b64(hashlib.sha256(data).hexdigest())
         for _attempt in range(3):
             upload = self._upload(user_id, sha256, size)
@@ -173,7 +173,8 @@ class S3Blobs:
                 self._forget(user_id, sha256, upload)
                 continue
             failpoint("blob.chunk.stored")
-            return
+            # None: a complete racing this chunk finished the upload just now.
+            return self._parts(user_id, sha256, upload) or []
         raise VersionConflict(f"the upload of blob {sha256[:8]}... kept changing: retry")
 
     def _upload(self, user_id: str, sha256: str, size: int) -> Row:

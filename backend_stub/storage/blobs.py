@@ -88,9 +88,10 @@ class BlobStore(Protocol):
         """:meth:`state` of each of ``shas``, in order (backends answer them together)."""
         ...
 
-    def put_chunk(self, user_id: str, sha256: str, size: int, index: int, data: bytes) -> None:
+    def put_chunk(self, user_id: str, sha256: str, size: int, index: int, data: bytes) -> list[int]:
         """Keep chunk ``index`` (already checked against its SHA-256) of a blob of ``size``
-        bytes. A chunk for another size than the upload in progress starts it over."""
+        bytes; the chunks received now. A chunk for another size than the upload in
+        progress starts it over."""
         ...
 
     def complete(self, user_id: str, sha256: str, size: int, count: int) -> BlobState:

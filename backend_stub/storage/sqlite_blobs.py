@@ -13,6 +13,7 @@ last, so a crash at any point leaves either a held blob or an upload to complete
     >>> storage = SQLiteStorage.in_memory()
     >>> sha = hashlib.sha256(b"hello").hexdigest()
     >>> storage.blobs.put_chunk("alice", sha, 5, 0, b"hello")
+    [0]
     >>> storage.blobs.state("alice", sha).received_chunks
     [0]
     >>> storage.blobs.complete("alice", sha, 5, 1).held
@@ -141,7 +142,7 @@ class FileBlobs:
 
     # ------------------------------------------------------------------ writes
 
-    def put_chunk(self, user_id: str, sha256: str, size: int, index: int, data: bytes) -> None:
+    def put_chunk(self, user_id: str, sha256: str, size: int, index: int, data: bytes) -> list[int]:
         folder = self._upload_dir(user_id, sha256)
         for other in _listing(folder):
             if other.name != str(size):
@@ -150,6 +151,7 @@ class FileBlobs:
                 shutil.rmtree(other, ignore_errors=True)
         _place(folder / str(size) / str(index), [data])
         failpoint("blob.chunk.stored")
+        return sorted(int(p.name) for p in _listing(folder / str(size)) if p.name.isdigit())
 
     def complete(self, user_id: str, sha256: str, size: int, count: int) -> BlobState:
         with self._lock(user_id, sha256):
