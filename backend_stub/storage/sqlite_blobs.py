@@ -8,7 +8,6 @@ leaves whole files or none. A blob counts as held only once its row is in the
 ``blobs`` table, which is written after its file is in place; the chunks are removed
 last, so a crash at any point leaves either a held blob or an upload to complete again::
 
-    >>> import tempfile
     >>> from backend_stub.storage.sqlite import SQLiteStorage
     >>> storage = SQLiteStorage.in_memory()
     >>> sha = hashlib.sha256(b"hello").hexdigest()
