@@ -1,7 +1,7 @@
 """Attachments sent by several requests at once, on both backends: two devices uploading
 the same content side by side, completes racing each other, and an upload started over
 by a chunk that announces another size. Whatever the interleaving, the blob ends held
-once, with exact content.
+once, with exact content. Last, the settings an aws server refuses because S3 would.
 """
 
 from __future__ import annotations
@@ -99,3 +99,16 @@ def test_a_chunk_announcing_another_size_starts_the_upload_over(server: Server) 
     assert stale.json()["size"] == content.size  # held: the stored size, whatever was asked
     assert blobs.get(content.sha256).content == content.whole()
     assert hashlib.sha256(blobs.get(content.sha256).content).hexdigest() == content.sha256
+
+
+def test_an_aws_server_refuses_chunks_smaller_than_s3s_smallest_part() -> None:
+    from backend_stub.settings import S3_MIN_PART_BYTES, AwsSettings, Settings
+
+    small = Limits(blob_chunk_bytes=S3_MIN_PART_BYTES - 1)
+
+    with pytest.raises(ValueError, match="blobChunkBytes must be at least 5242880"):
+        Settings(backend="aws", limits=small)
+    # The SQLite backend, and an emulator told to accept small parts, take any size.
+    assert Settings(limits=small).limits == small
+    moto = AwsSettings(endpoint_url="http://127.0.0.1:1")
+    assert Settings(backend="aws", aws=moto, limits=small).limits == small
