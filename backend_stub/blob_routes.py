@@ -104,9 +104,10 @@ async def put_chunk(
         request, limit=expected, advice=f"chunk {index} of this blob is {expected} bytes long"
     )
     blobs.check_chunk(data, expected=expected, index=int(index), checksum=checksum.lower())
-    await run_in_threadpool(storage.blobs.put_chunk, user_id, sha256, int(size), int(index), data)
-    state = await run_in_threadpool(storage.blobs.state, user_id, sha256)
-    return BlobChunkReceipt(sha256=sha256, index=int(index), received_chunks=state.received_chunks)
+    received = await run_in_threadpool(
+        storage.blobs.put_chunk, user_id, sha256, int(size), int(index), data
+    )
+    return BlobChunkReceipt(sha256=sha256, index=int(index), received_chunks=received)
 
 
 @blob_router.post("/{sha256}/complete")

@@ -128,7 +128,7 @@ def query_blobs(storage: Storage, user_id: str, body: BlobQueryRequest) -> BlobQ
     False
     >>> storage.close()
     """
-    return BlobQueryResponse(blobs=[storage.blobs.state(user_id, sha) for sha in body.blobs])
+    return BlobQueryResponse(blobs=storage.blobs.states(user_id, body.blobs))
 
 
 def complete_blob(

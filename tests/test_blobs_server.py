@@ -8,6 +8,7 @@ wants 5 MiB, the default ``blobChunkBytes``), so the chunks can stay small.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,6 +109,26 @@ def test_a_replayed_chunk_answers_the_same_receipt_and_a_held_blob_takes_nothing
     assert again.json()["receivedChunks"] == [0, 1, 2]
     assert completed_again.json()["held"] is True
     assert blobs.get(content.sha256).content == content.whole()
+
+
+def test_a_gzip_encoded_chunk_is_checked_and_kept_inflated(server: Server) -> None:
+    data = b"a" * CHUNK + b"b" * 10  # compressible, as gzip is meant for
+    sha = hashlib.sha256(data).hexdigest()
+    blobs = calls(server)
+
+    answer = blobs.put_chunk(
+        sha,
+        0,
+        gzip.compress(data[:CHUNK]),
+        len(data),
+        checksum=hashlib.sha256(data[:CHUNK]).hexdigest(),
+        headers={"Content-Encoding": "gzip"},
+    )
+    blobs.put_chunk(sha, 1, data[CHUNK:], len(data))
+
+    assert answer.status_code == 200, answer.text
+    assert blobs.complete(sha, len(data)).json()["held"] is True
+    assert blobs.get(sha).content == data
 
 
 def test_a_chunk_that_does_not_match_its_checksum_is_refused_and_not_kept(
@@ -333,15 +354,19 @@ def test_a_query_answers_in_request_order_and_is_bounded(server: Server) -> None
     blobs = calls(server)
     assert blobs.complete(EMPTY_SHA256, 0).status_code == 200
     other = "ab" * 32
+    partial = Content(3 * CHUNK, CHUNK)
+    blobs.send(partial, [2])
 
-    answer = blobs.query(other, EMPTY_SHA256)
+    answer = blobs.query(other, EMPTY_SHA256, partial.sha256, other)
     too_many = blobs.query(*["cd" * 32] * 1001)
     none = blobs.query()
     malformed = blobs.query("../etc/passwd")
 
-    assert [(b["sha256"], b["held"]) for b in answer.json()["blobs"]] == [
-        (other, False),
-        (EMPTY_SHA256, True),
+    assert answer.json()["blobs"] == [
+        {"sha256": other, "held": False, "size": None, "receivedChunks": []},
+        {"sha256": EMPTY_SHA256, "held": True, "size": 0, "receivedChunks": []},
+        {"sha256": partial.sha256, "held": False, "size": 3 * CHUNK, "receivedChunks": [2]},
+        {"sha256": other, "held": False, "size": None, "receivedChunks": []},
     ]
     problem(too_many, 422)
     problem(none, 422)
@@ -354,3 +379,31 @@ def test_detect_advertises_the_blob_limits_and_capability(server: Server) -> Non
     assert detect["limits"]["blobChunkBytes"] == CHUNK
     assert detect["limits"]["maxBlobBytes"] == LIMITS.max_blob_bytes
     assert "blobs" in detect["capabilities"]
+
+
+def test_on_aws_a_blob_is_one_encrypted_object_and_nothing_is_left_behind(
+    server: Server, backend: Backend
+) -> None:
+    if backend.name != "aws":
+        pytest.skip("the S3 layout of the aws backend")
+    from backend_stub.storage.aws import AwsStorage
+
+    assert isinstance(server.storage, AwsStorage)
+    s3, bucket = server.storage.resources.s3, server.storage.resources.bucket
+    content = Content(3 * CHUNK + 1, CHUNK, seed=21)
+    damaged = hashlib.sha256(b"not this").hexdigest()
+    blobs = calls(server)
+    blobs.send(content)
+    blobs.send(content, sha=damaged)
+    blobs.complete(content.sha256, content.size)
+    blobs.complete(damaged, content.size)
+
+    objects = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    (name,) = [key for key in objects if key.startswith("attachments/")]
+    head = s3.head_object(Bucket=bucket, Key=name)
+    uploads = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+
+    assert name.endswith("/" + content.sha256) and "alice" not in name
+    assert head["ServerSideEncryption"] == "AES256"
+    assert head["ContentLength"] == content.size
+    assert uploads == []  # completed, or discarded with the damaged content

@@ -23,10 +23,12 @@ offline::
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from backend_stub.failpoints import failpoint
+from backend_stub.storage.aws_resources import TTL_ATTRIBUTE
 from backend_stub.storage.aws_rows import Row, get_n, get_s, key, n, opt_n, s
 from backend_stub.storage.aws_table import Table, error_code, sha256_b64
 from backend_stub.storage.blobs import (
@@ -42,6 +44,7 @@ from sdk.contract import BlobState
 __all__ = ["S3Blobs"]
 
 _GONE = ("NoSuchUpload", "NoSuchKey", "404")
+_UPLOAD_ROW_SECONDS = 7 * 24 * 3600
 
 
 def _pk(user_id: str) -> str:
@@ -71,11 +74,27 @@ class S3Blobs:
 
     # ------------------------------------------------------------------ reads
 
+    def states(self, user_id: str, shas: Sequence[str]) -> list[BlobState]:
+        # The records of all of them in a few batch reads; S3 is asked only about the
+        # uploads in progress.
+        wanted = {(_pk(user_id), f"{kind}#{sha}") for sha in shas for kind in ("HELD", "UPLOAD")}
+        rows = {
+            get_s(row, "sk"): row
+            for row in self.table.batch_get([key(pk, sk) for pk, sk in sorted(wanted)])
+        }
+        return [
+            self._state(user_id, sha, rows.get(f"HELD#{sha}"), rows.get(f"UPLOAD#{sha}"))
+            for sha in shas
+        ]
+
     def state(self, user_id: str, sha256: str) -> BlobState:
         held = self.table.get(_pk(user_id), f"HELD#{sha256}")
+        upload = None if held else self.table.get(_pk(user_id), f"UPLOAD#{sha256}")
+        return self._state(user_id, sha256, held, upload)
+
+    def _state(self, user_id: str, sha256: str, held: Row | None, upload: Row | None) -> BlobState:
         if held is not None:
             return BlobState(sha256=sha256, held=True, size=get_n(held, "size"))
-        upload = self.table.get(_pk(user_id), f"UPLOAD#{sha256}")
         if upload is None:
             return BlobState(sha256=sha256, held=False)
         parts = self._parts(user_id, sha256, upload)
@@ -133,7 +152,7 @@ class S3Blobs:
 
     # ------------------------------------------------------------------ writes
 
-    def put_chunk(self, user_id: str, sha256: str, size: int, index: int, data: bytes) -> None:
+    def put_chunk(self, user_id: str, sha256: str, size: int, index: int, data: bytes) -> list[int]:
         checksum = sha256_b64(hashlib.sha256(data).hexdigest())
         for _attempt in range(3):
             upload = self._upload(user_id, sha256, size)
@@ -154,7 +173,8 @@ class S3Blobs:
                 self._forget(user_id, sha256, upload)
                 continue
             failpoint("blob.chunk.stored")
-            return
+            # None: a complete racing this chunk finished the upload just now.
+            return self._parts(user_id, sha256, upload) or []
         raise VersionConflict(f"the upload of blob {sha256[:8]}... kept changing: retry")
 
     def _upload(self, user_id: str, sha256: str, size: int) -> Row:
@@ -176,6 +196,8 @@ class S3Blobs:
             **key(_pk(user_id), f"UPLOAD#{sha256}"),
             "uploadId": s(started["UploadId"]),
             "size": n(size),
+            # The bucket aborts uploads left for a day; their rows go some days later.
+            TTL_ATTRIBUTE: n(int(time.time()) + _UPLOAD_ROW_SECONDS),
         }
         try:
             self.table.put(row, condition="attribute_not_exists(#pk)")
@@ -201,8 +223,15 @@ class S3Blobs:
                 **self.table.resources.sse_args(),
             )
         else:
-            self._finish_upload(user_id, sha256, size, count)
-            found = self._object_sha256(user_id, sha256)
+            try:
+                self._finish_upload(user_id, sha256, size, count)
+                found = self._object_sha256(user_id, sha256, count)
+            except ChunksMissing:
+                # Another complete of the same blob may have just finished (and removed
+                # the upload): then it is held, and that is the answer.
+                if self.table.get(_pk(user_id), f"HELD#{sha256}") is not None:
+                    return self.state(user_id, sha256)
+                raise
             if found != sha256:
                 self.s3.delete_object(Bucket=self.bucket, Key=self.object_name(user_id, sha256))
                 self._delete_row(user_id, f"UPLOAD#{sha256}")
@@ -257,9 +286,14 @@ class S3Blobs:
                 return sorted(parts, key=lambda p: int(p["PartNumber"]))
             marker = int(page["NextPartNumberMarker"])
 
-    def _object_sha256(self, user_id: str, sha256: str) -> str:
+    def _object_sha256(self, user_id: str, sha256: str, count: int) -> str:
         """The SHA-256 of the stored object, streamed in reads of :data:`READ_BYTES`."""
-        answer = self.s3.get_object(Bucket=self.bucket, Key=self.object_name(user_id, sha256))
+        try:
+            answer = self.s3.get_object(Bucket=self.bucket, Key=self.object_name(user_id, sha256))
+        except Exception as exc:
+            if error_code(exc) in _GONE:  # a racing complete found it damaged, deleted it
+                raise ChunksMissing(count, count) from exc
+            raise
         digest = hashlib.sha256()
         for piece in _pieces(answer["Body"]):
             digest.update(piece)

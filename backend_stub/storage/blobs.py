@@ -21,7 +21,7 @@ Backends: :mod:`backend_stub.storage.sqlite_blobs` (files in the data folder) an
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import BinaryIO, Protocol
 
 from backend_stub.storage.records import StorageError
@@ -84,9 +84,14 @@ class BlobStore(Protocol):
         """Held (and its size), or the chunks of an upload in progress."""
         ...
 
-    def put_chunk(self, user_id: str, sha256: str, size: int, index: int, data: bytes) -> None:
+    def states(self, user_id: str, shas: Sequence[str]) -> list[BlobState]:
+        """:meth:`state` of each of ``shas``, in order (backends answer them together)."""
+        ...
+
+    def put_chunk(self, user_id: str, sha256: str, size: int, index: int, data: bytes) -> list[int]:
         """Keep chunk ``index`` (already checked against its SHA-256) of a blob of ``size``
-        bytes. A chunk for another size than the upload in progress starts it over."""
+        bytes; the chunks received now. A chunk for another size than the upload in
+        progress starts it over."""
         ...
 
     def complete(self, user_id: str, sha256: str, size: int, count: int) -> BlobState:

@@ -20,7 +20,6 @@ import dataclasses
 import hashlib
 import json
 import sqlite3
-import tempfile
 import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -279,10 +278,8 @@ class SQLiteStorage:
         # migration steps nest inside as savepoints.
         with self.atomic():
             migrations.apply(self._db)
-        owned = blob_root is None
-        root = blob_root or Path(tempfile.mkdtemp(prefix="migration-blobs-"))
         #: Attachments: files under ``<data>/blobs`` (a temp folder for an in-memory one).
-        self.blobs: BlobStore = FileBlobs(root, self._rows, self._write, owned=owned)
+        self.blobs: BlobStore = FileBlobs(blob_root, self._rows, self._write)
 
     @classmethod
     def open(cls, data_dir: Path, *, busy_timeout: float = 10.0) -> SQLiteStorage:

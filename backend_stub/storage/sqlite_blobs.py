@@ -8,11 +8,11 @@ leaves whole files or none. A blob counts as held only once its row is in the
 ``blobs`` table, which is written after its file is in place; the chunks are removed
 last, so a crash at any point leaves either a held blob or an upload to complete again::
 
-    >>> import tempfile
     >>> from backend_stub.storage.sqlite import SQLiteStorage
     >>> storage = SQLiteStorage.in_memory()
     >>> sha = hashlib.sha256(b"hello").hexdigest()
     >>> storage.blobs.put_chunk("alice", sha, 5, 0, b"hello")
+    [0]
     >>> storage.blobs.state("alice", sha).received_chunks
     [0]
     >>> storage.blobs.complete("alice", sha, 5, 1).held
@@ -28,11 +28,12 @@ import contextlib
 import hashlib
 import os
 import shutil
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from backend_stub.failpoints import failpoint
 from backend_stub.storage.blobs import (
@@ -69,18 +70,27 @@ class FileBlobs:
     True
     """
 
-    def __init__(self, root: Path, rows: Rows, write: Write, *, owned: bool = False) -> None:
-        self.root = root
+    def __init__(self, root: Path | None, rows: Rows, write: Write) -> None:
+        self._root = root
         self._rows = rows
         self._write = write
-        # An in-memory server keeps its blobs in a temp folder of its own: gone at close.
-        self._owned = owned
         # Two completes of one blob would race on its chunks: one at a time per blob.
         self._locks = [threading.Lock() for _ in range(64)]
+        self._made = threading.Lock()
+        self._temporary: Path | None = None
+
+    @property
+    def root(self) -> Path:
+        """The folder of the blobs. Without one (an in-memory server), a temporary folder
+        of its own, made when first needed and removed by :meth:`close`."""
+        with self._made:
+            if self._root is None:
+                self._root = self._temporary = Path(tempfile.mkdtemp(prefix="migration-blobs-"))
+            return self._root
 
     def close(self) -> None:
-        if self._owned:
-            shutil.rmtree(self.root, ignore_errors=True)
+        if self._temporary is not None:
+            shutil.rmtree(self._temporary, ignore_errors=True)
 
     # ------------------------------------------------------------------ paths
 
@@ -110,6 +120,9 @@ class FileBlobs:
         chunks = sorted(int(p.name) for p in _listing(sizes[-1]) if p.name.isdigit())
         return int(sizes[-1].name), chunks
 
+    def states(self, user_id: str, shas: Sequence[str]) -> list[BlobState]:
+        return [self.state(user_id, sha) for sha in shas]
+
     def state(self, user_id: str, sha256: str) -> BlobState:
         size = self._held_size(user_id, sha256)
         if size is not None:
@@ -120,13 +133,15 @@ class FileBlobs:
         return BlobState(sha256=sha256, held=False, size=upload[0], received_chunks=upload[1])
 
     def read(self, user_id: str, sha256: str, start: int, stop: int) -> Iterator[bytes]:
-        with self._held_path(user_id, sha256).open("rb") as handle:
-            handle.seek(start)
-            yield from file_pieces(handle, stop - start)
+        # Opened now, not when the answer starts streaming: a missing file fails the
+        # request before its status is sent.
+        handle = self._held_path(user_id, sha256).open("rb")
+        handle.seek(start)
+        return _closing(handle, file_pieces(handle, stop - start))
 
     # ------------------------------------------------------------------ writes
 
-    def put_chunk(self, user_id: str, sha256: str, size: int, index: int, data: bytes) -> None:
+    def put_chunk(self, user_id: str, sha256: str, size: int, index: int, data: bytes) -> list[int]:
         folder = self._upload_dir(user_id, sha256)
         for other in _listing(folder):
             if other.name != str(size):
@@ -135,6 +150,7 @@ class FileBlobs:
                 shutil.rmtree(other, ignore_errors=True)
         _place(folder / str(size) / str(index), [data])
         failpoint("blob.chunk.stored")
+        return sorted(int(p.name) for p in _listing(folder / str(size)) if p.name.isdigit())
 
     def complete(self, user_id: str, sha256: str, size: int, count: int) -> BlobState:
         with self._lock(user_id, sha256):
@@ -155,7 +171,11 @@ class FileBlobs:
         for stale in _listing_all(target.parent, f".{sha256}."):
             stale.unlink(missing_ok=True)  # an assembly a killed server left half-written
         digest = hashlib.sha256()
-        found = _place(target, _chunk_pieces(folder, count), digest=digest, check=sha256)
+        try:
+            found = _place(target, _chunk_pieces(folder, count), digest=digest, check=sha256)
+        except FileNotFoundError:
+            # A chunk for another size started the upload over meanwhile.
+            raise ChunksMissing(count, count) from None
         if found != sha256:
             shutil.rmtree(self._upload_dir(user_id, sha256), ignore_errors=True)
             raise BlobMismatch(sha256, found)
@@ -165,6 +185,11 @@ class FileBlobs:
             [user_id, sha256, size],
         )
         return size
+
+
+def _closing(handle: BinaryIO, pieces: Iterator[bytes]) -> Iterator[bytes]:
+    with handle:
+        yield from pieces
 
 
 def _chunk_pieces(folder: Path, count: int) -> Iterator[bytes]:
