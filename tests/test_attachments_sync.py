@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -277,3 +278,31 @@ def test_an_attachment_put_after_the_migration_is_uploaded_before_the_push(
     assert after.verified and after.attachments_missing == 0
     assert requests[("PUT", "chunk")] == 2
     assert cloud_blob(server, "alice", hashlib.sha256(drawing).hexdigest()) == drawing
+
+
+def test_the_upload_uses_the_chunk_size_the_server_advertises(tmp_path):
+    from server_fixtures import TestClient
+
+    from backend_stub import Settings, create_app
+    from sdk.contract import Limits
+
+    settings = Settings(data_dir=tmp_path / "server", limits=Limits(blob_chunk_bytes=1_500_000))
+    with TestClient(create_app(settings), base_url="http://testserver") as http:
+        server = SimpleNamespace(client=http, token=server_token)
+        seen: Counter[str] = Counter()
+        http.event_hooks["request"].append(
+            lambda request: seen.update(["chunk"] if "/chunks/" in request.url.path else [])
+        )
+        film = content(4_000_000, b"odd chunks")
+        with LocalStore(tmp_path / "a" / "store.sqlite3") as store:
+            store.put("films", "f1", {"film": store.put_attachment(film)})
+        with device(server, tmp_path / "a") as client:
+            assert client.migrate().verified
+        assert seen["chunk"] == 3  # 1.5 MB, 1.5 MB and the rest
+        assert cloud_blob(server, "alice", hashlib.sha256(film).hexdigest()) == film
+
+
+def server_token(user: str) -> str:
+    from backend_stub import Settings, issue_token
+
+    return issue_token(user, Settings().jwt_secret)

@@ -69,13 +69,15 @@ def upload_referenced(
     db_path: Path,
     *,
     pending_only: bool = False,
-    chunk_bytes: int = stored.CHUNK_BYTES,
+    chunk_bytes: int | None = None,
     progress: Callable[[Progress], None] | None = None,
     phase: ProgressPhase = ProgressPhase.COMPLETING,
     content_from: Path | None = None,
 ) -> BlobUpload:
     """Upload and complete every blob the items of the store (or snapshot) at ``db_path``
-    reference (``pending_only``: those of the changes a push will send). A snapshot
+    reference (``pending_only``: those of the changes a push will send), in chunks of
+    ``chunk_bytes`` (default: what the server advertised at its last ``detect``, else
+    the protocol's 5 MiB). A snapshot
     copied without the attachments' tables is read for its references, and the content
     is read from the store at ``content_from`` (content is named by its hash: a store
     never holds other bytes under it)."""
@@ -90,6 +92,9 @@ def upload_referenced(
         states = blobs.query(transport, shas)
         missing = [s for s in states if not s.held]
         sizes = {sha: _whole_size(source, db_path, sha) for sha in (s.sha256 for s in missing)}
+        if chunk_bytes is None:
+            limits = getattr(transport, "limits", None)
+            chunk_bytes = limits.blob_chunk_bytes if limits is not None else stored.CHUNK_BYTES
         total = sum(sizes.values())
         sent = _Sent()
         for count, state in enumerate(missing):

@@ -68,6 +68,7 @@ from ..contract import (
     DetectMigrationResponse,
     GetMigrationStatusResponse,
     GetMigrationSummaryResponse,
+    Limits,
     PlanEntry,
     PlanResponse,
     ProblemCode,
@@ -308,6 +309,8 @@ class Transport:
         self.base_path = f"{API_PREFIX}/{quote(user_id, safe='')}"
         #: The last round trip that got an answer (any status); ``None`` before the first.
         self.last_exchange: Exchange | None = None
+        #: The limits the server advertised at the last ``detect`` (``None`` before one).
+        self.limits: Limits | None = None
 
     @classmethod
     def from_url(
@@ -407,7 +410,9 @@ class Transport:
         if device_id is not None:
             params["deviceId"] = device_id
         try:
-            return self._call("detect", "GET", "/detect", DetectMigrationResponse, params=params)
+            answer = self._call("detect", "GET", "/detect", DetectMigrationResponse, params=params)
+            self.limits = answer.limits
+            return answer
         except NotFoundError as exc:
             # detect names no resource that could be missing: a 404 means the URL is not the
             # migration server's (a wrong host, path prefix or port), whatever the body says.
