@@ -306,3 +306,20 @@ def server_token(user: str) -> str:
     from backend_stub import Settings, issue_token
 
     return issue_token(user, Settings().jwt_secret)
+
+
+def test_a_pulled_reference_the_cloud_cannot_serve_does_not_stop_the_sync(server, tmp_path):
+    from backend_stub import seed_cloud_items
+
+    ghost = Attachment("d" * 64, 5, "image/png")
+    item = {"collection": "cards", "key": "c1", "data": {"photo": ghost.to_json()}}
+    seed_cloud_items(server.storage, "alice", [item | {"updatedAt": 9, "deleted": False}])
+
+    with device(server, tmp_path / "b") as client:
+        assert client.sync().verified  # the items are in step; the blob is not fetchable
+        status = client.verify()
+        with LocalStore(client.store_path) as store:
+            assert store.get("cards", "c1")["data"]["photo"] == ghost
+            with pytest.raises(AttachmentMissingError, match="sync while online"):
+                store.read_attachment(ghost)
+    assert not status.verified and status.attachments_missing == 1

@@ -23,6 +23,7 @@ from .._errors import (
     AttachmentMissingError,
     ConflictError,
     CorruptStoreError,
+    NotFoundError,
     ProtocolError,
 )
 from .._events import Progress, ProgressPhase
@@ -204,7 +205,9 @@ def fetch(transport: Transport, store: LocalStore, sha256: str) -> None:
 
 
 def fetch_referenced(transport: Transport, store: LocalStore) -> int:
-    """Fetch every blob the store's items reference but the store lacks; returns how many."""
+    """Fetch every blob the store's items reference but the store lacks; returns how many
+    it fetched. One the cloud does not hold (an item sent by an SDK that did not upload
+    it) is left to be fetched on use, so it cannot stop every later sync."""
     with store._reading("list attachments to fetch") as conn:
         wanted = [
             sha
@@ -213,9 +216,15 @@ def fetch_referenced(transport: Transport, store: LocalStore) -> int:
                 " ON b.sha256 = a.sha256 WHERE a.stored < a.size"
             )
         ]
+    fetched = 0
     for sha in wanted:
-        fetch(transport, store, sha)
-    return len(wanted)
+        try:
+            fetch(transport, store, sha)
+        except NotFoundError:
+            logger.warning("attachment %s is referenced but not in the cloud; skipped", sha)
+            continue
+        fetched += 1
+    return fetched
 
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
