@@ -323,3 +323,27 @@ def test_a_pulled_reference_the_cloud_cannot_serve_does_not_stop_the_sync(server
             with pytest.raises(AttachmentMissingError, match="sync while online"):
                 store.read_attachment(ghost)
     assert not status.verified and status.attachments_missing == 1
+
+
+def test_the_upload_reports_its_progress_in_bytes(server, tmp_path):
+    from sdk import Progress, ProgressPhase
+
+    film = content(2 * CHUNK_BYTES + 1, b"progress")
+    with LocalStore(tmp_path / "a" / "store.sqlite3") as store:
+        store.put("films", "f1", {"film": store.put_attachment(film)})
+    seen: list[Progress] = []
+    with MigrationClient(
+        http_client=server.client,
+        user_id="alice",
+        token=server.token("alice"),
+        store_path=tmp_path / "a" / "store.sqlite3",
+        options=MigrationOptions(cache_dir=tmp_path / "a" / "cache"),
+        on_progress=seen.append,
+    ) as client:
+        assert client.migrate().verified
+
+    sending = [(p.bytes_done, p.bytes_total) for p in seen if p.bytes_total == len(film)]
+    assert [done for done, _ in sending] == [CHUNK_BYTES, 2 * CHUNK_BYTES, len(film), len(film)]
+    assert all(p.phase is ProgressPhase.COMPLETING for p in seen if p.bytes_total == len(film))
+    overall = [p.overall for p in seen]
+    assert overall == sorted(overall)  # never backwards
