@@ -347,3 +347,27 @@ def test_the_upload_reports_its_progress_in_bytes(server, tmp_path):
     assert all(p.phase is ProgressPhase.COMPLETING for p in seen if p.bytes_total == len(film))
     overall = [p.overall for p in seen]
     assert overall == sorted(overall)  # never backwards
+
+
+def test_a_legacy_table_with_a_seven_mib_blob_migrates_and_its_blob_reads_back(
+    server, tmp_path
+):
+    from sdk import LegacyTable, import_legacy
+
+    recording = content(7 * 1024 * 1024, b"legacy")
+    legacy = tmp_path / "old.db"
+    conn = sqlite3.connect(legacy)
+    conn.execute("CREATE TABLE recordings (id INTEGER PRIMARY KEY, audio BLOB, empty BLOB)")
+    conn.execute("INSERT INTO recordings VALUES (1, ?, ?)", (recording, b""))
+    conn.commit()
+    conn.close()
+    store_path = tmp_path / "a" / "store.sqlite3"
+    assert import_legacy(legacy, store_path, [LegacyTable(table="recordings")]).written == 1
+
+    with device(server, tmp_path / "a") as client:
+        assert client.migrate().verified
+    with device(server, tmp_path / "b") as client:
+        assert client.sync().verified
+    with LocalStore(tmp_path / "b" / "store.sqlite3") as store:
+        data = store.get("recordings", "1")["data"]
+    assert data == {"id": 1, "audio": recording, "empty": b""}
