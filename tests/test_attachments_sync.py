@@ -349,9 +349,7 @@ def test_the_upload_reports_its_progress_in_bytes(server, tmp_path):
     assert overall == sorted(overall)  # never backwards
 
 
-def test_a_legacy_table_with_a_seven_mib_blob_migrates_and_its_blob_reads_back(
-    server, tmp_path
-):
+def test_a_legacy_table_with_a_seven_mib_blob_migrates_and_its_blob_reads_back(server, tmp_path):
     from sdk import LegacyTable, import_legacy
 
     recording = content(7 * 1024 * 1024, b"legacy")
