@@ -46,6 +46,7 @@ wire: $(TEST_STAMP)
 bench: $(TEST_STAMP)
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/sync.py
+	$(BIN)/python bench/attachments.py
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/startup.py
 

@@ -4,7 +4,7 @@ Every refusal leaves as ``application/problem+json``, including FastAPI's own re
 validation errors, unknown routes and wrong methods::
 
     >>> app = create_app(Settings())
-    >>> sorted(app.openapi()["paths"])[0]
+    >>> next(iter(app.openapi()["paths"]))
     '/api/migration/{userId}/detect'
     >>> app.state.storage.close()
 """
@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from backend_stub.batches import put_batch
+from backend_stub.blob_routes import blob_router
 from backend_stub.identity import token_verifier
 from backend_stub.problems import ApiError, code_for_status, problem_response
 from backend_stub.routes import BatchIntake, router
@@ -96,6 +97,7 @@ def create_app(
     app.state.batch_intake = _batch_intake(settings)
     app.include_router(router)
     app.include_router(sync_router)
+    app.include_router(blob_router)
     _install_problem_handlers(app)
     return app
 

@@ -47,11 +47,11 @@ _CHECKSUM = re.compile(r"[0-9a-fA-F]{64}")
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 
 
-def _too_large(limit: int) -> ApiError:
+def _too_large(limit: int, advice: str = "send smaller batches") -> ApiError:
     return ApiError(
         413,
         ProblemCode.PAYLOAD_TOO_LARGE,
-        f"the body is larger than {limit} bytes: send smaller batches",
+        f"the body is larger than {limit} bytes: {advice}",
         extra={"limit": limit},
     )
 
@@ -126,8 +126,9 @@ def _require_json(request: Request) -> None:
         )
 
 
-async def read_body(request: Request, *, limit: int) -> bytes:
-    """The request body, inflated if gzip, never buffering more than ``limit`` bytes.
+async def read_body(request: Request, *, limit: int, advice: str = "send smaller batches") -> bytes:
+    """The request body, inflated if gzip, never buffering more than ``limit`` bytes
+    (``advice``: what the 413 tells the client to do).
 
     Raises :class:`~backend_stub.problems.ApiError` 413 (too large), 415 (an encoding
     other than gzip or identity) or 400 (a broken gzip stream).
@@ -147,7 +148,7 @@ async def read_body(request: Request, *, limit: int) -> bytes:
         if not declared.strip().isdigit():
             raise ApiError(400, ProblemCode.INVALID_REQUEST, "malformed Content-Length")
         if int(declared) > limit:
-            raise _too_large(limit)
+            raise _too_large(limit, advice)
     inflater = Inflater(limit) if _encoding(request) == "gzip" else None
     received = 0
     body = bytearray()
@@ -155,7 +156,7 @@ async def read_body(request: Request, *, limit: int) -> bytes:
         async for chunk in request.stream():
             received += len(chunk)
             if received > limit:
-                raise _too_large(limit)
+                raise _too_large(limit, advice)
             if inflater is not None:
                 inflater.feed(chunk)
             else:

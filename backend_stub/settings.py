@@ -51,6 +51,7 @@ from sdk.contract import Limits
 __all__ = [
     "DEFAULT_DATA_DIR",
     "DEV_JWT_SECRET",
+    "S3_MIN_PART_BYTES",
     "AwsSettings",
     "ConnectionTimeouts",
     "IdentitySettings",
@@ -68,6 +69,10 @@ DEFAULT_DATA_DIR = Path("migration-data")
 _MIN_SECRET_BYTES = 32
 
 Backend = Literal["sqlite", "aws"]
+
+
+#: S3's smallest multipart part (all but the last): an attachment's chunk on AWS.
+S3_MIN_PART_BYTES = 5 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -328,6 +333,9 @@ class ConnectionTimeouts:
 class Settings:
     """How a server instance behaves. ``data_dir=None`` keeps everything in memory.
 
+    On AWS (without an ``endpoint_url``), ``limits.blob_chunk_bytes`` must be at least
+    :data:`S3_MIN_PART_BYTES`.
+
     The session TTL is ``limits.session_ttl_seconds`` (it is reported to clients with
     the other limits).
 
@@ -361,6 +369,17 @@ class Settings:
             raise ValueError("at least one supported data version is needed")
         if self.limits.session_ttl_seconds <= 0:
             raise ValueError("the session TTL must be positive")
+        if (
+            self.backend == "aws"
+            and self.aws.endpoint_url is None
+            and self.limits.blob_chunk_bytes < S3_MIN_PART_BYTES
+        ):
+            # Every chunk is one multipart part, and S3 refuses to complete an upload
+            # with a smaller part than this (moto and LocalStack can be told otherwise).
+            raise ValueError(
+                f"on AWS, blobChunkBytes must be at least {S3_MIN_PART_BYTES} (5 MiB, S3's"
+                f" smallest multipart part), not {self.limits.blob_chunk_bytes}"
+            )
 
     @property
     def session_ttl_ms(self) -> int:

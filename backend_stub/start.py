@@ -48,6 +48,7 @@ CAPABILITIES = (
     "merged-resolution",
     "plan",
     "sync",
+    "blobs",
 )
 
 #: A start request for an empty store (documentation examples use it).

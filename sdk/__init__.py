@@ -30,6 +30,8 @@ _logging.getLogger(__name__).addHandler(_logging.NullHandler())
 #: imported on first access, then cached in this module's namespace.
 _EXPORTS: dict[str, str] = {
     "AsyncMigrationClient": "._aio",
+    "Attachment": "._store.values",
+    "AttachmentMissingError": "._errors",
     "AuthError": "._errors",
     "AutoMigration": "._auto",
     "AutoState": "._auto",
@@ -107,6 +109,7 @@ if _typing.TYPE_CHECKING:  # what type checkers and IDEs see (tests keep it equa
     from ._conflicts.policy import Conflict as Conflict
     from ._conflicts.policy import ConflictPolicy as ConflictPolicy
     from ._conflicts.policy import FlaggedItem as FlaggedItem
+    from ._errors import AttachmentMissingError as AttachmentMissingError
     from ._errors import AuthError as AuthError
     from ._errors import ConfigurationError as ConfigurationError
     from ._errors import ConflictError as ConflictError
@@ -155,6 +158,7 @@ if _typing.TYPE_CHECKING:  # what type checkers and IDEs see (tests keep it equa
     from ._store.legacy_rows import LegacyTable as LegacyTable
     from ._store.local import LocalStore as LocalStore
     from ._store.local import default_store_path as default_store_path
+    from ._store.values import Attachment as Attachment
     from ._sync.proof import SyncStatus as SyncStatus
     from ._sync.run import SyncResult as SyncResult
     from ._transport.retry import RetryPolicy as RetryPolicy

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from ._migration.engine import MigrationResult
     from ._migration.options import MigrationOptions
     from ._migration.plan import MigrationPlan
+    from ._store.values import Attachment
     from ._sync.proof import SyncStatus
     from ._sync.run import SyncResult
     from ._transport.retry import RetryPolicy
@@ -137,6 +138,10 @@ class AsyncMigrationClient:
     async def cancel(self) -> bool:
         """:meth:`sdk.MigrationClient.cancel` (cancel the migration itself), awaitable."""
         return await self._call(lambda sync: sync.cancel())
+
+    async def fetch_attachment(self, attachment: Attachment | str) -> None:
+        """:meth:`sdk.MigrationClient.fetch_attachment`, awaitable."""
+        await self._call(lambda sync: sync.fetch_attachment(attachment))
 
     async def pending_conflicts(self) -> list[Conflict]:
         """:meth:`sdk.MigrationClient.pending_conflicts`, awaitable."""

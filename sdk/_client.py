@@ -15,7 +15,14 @@ import httpx
 import platformdirs
 
 from ._conflicts.policy import Conflict, resolved_item
-from ._errors import ConfigurationError, MigrationBlockedError, MigrationError, NotFoundError
+from ._errors import (
+    AttachmentMissingError,
+    ConfigurationError,
+    MigrationBlockedError,
+    MigrationError,
+    NotFoundError,
+    OfflineError,
+)
 from ._events import Event, Hooks, MigrationFailed, Progress
 from ._migration.engine import MigrationOutcome, MigrationResult, run_migration
 from ._migration.journal import Journal, journal_path_for
@@ -26,6 +33,8 @@ from ._stopping import stoppable_sleep
 from ._store.detect import LocalDetection, LocalState, detect_local, inspect_store
 from ._store.local import LocalStore, default_store_path
 from ._store.schema import connect_read_only
+from ._store.values import Attachment
+from ._sync.attachments import fetch
 from ._sync.engine import run_sync
 from ._sync.proof import SyncStatus, sync_status
 from ._sync.push import decide_waiting, waiting_conflicts
@@ -295,6 +304,7 @@ class MigrationClient:
                 hooks=self.hooks,
                 stop=stop,
                 full=full,
+                fetch_attachments=self.options.fetch_attachments,
             )
         except NotFoundError as exc:
             raise MigrationBlockedError(
@@ -302,6 +312,27 @@ class MigrationClient:
                 "one whose detect lists the 'sync' capability",
                 reason="no-sync",
             ) from exc
+
+    def fetch_attachment(self, attachment: Attachment | str) -> None:
+        """Download an attachment the store knows only by reference (a sync with
+        ``fetch_attachments="lazy"``) into the store, resuming a download cut off before.
+        Give it to a store to fetch on first use: ``store.fetch_attachment =
+        client.fetch_attachment``; offline, :class:`~sdk.AttachmentMissingError` says so::
+
+            store.fetch_attachment = client.fetch_attachment
+            photo = store.read_attachment(card["photo"])  # downloaded if not here yet
+        """
+        sha = attachment.sha256 if isinstance(attachment, Attachment) else attachment
+        with LocalStore(self.store_path, create=False) as store:
+            try:
+                fetch(self.transport, store, sha)
+            except OfflineError as exc:
+                raise AttachmentMissingError(
+                    f"attachment {sha} is not on this device yet and the server cannot be "
+                    f"reached ({exc}); try again once online",
+                    path=str(self.store_path),
+                    sha256=sha,
+                ) from exc
 
     def status(self) -> c.GetMigrationStatusResponse:
         """The server's status of this device's migration (or the user's latest)."""

@@ -12,7 +12,8 @@ The tree::
     │   ├── ForeignStoreError       a SQLite file, but not ours
     │   ├── CorruptStoreError       not a database, or damaged
     │   ├── UnsupportedDataVersionError
-    │   └── StoreBusyError          locked by another writer for too long
+    │   ├── StoreBusyError          locked by another writer for too long
+    │   └── AttachmentMissingError  the store does not hold an attachment's content
     ├── SnapshotError               the snapshot could not be taken or validated
     ├── JournalError                the migration journal cannot be read or written
     ├── LegacyDatabaseError         the app's own (pre-SDK) database cannot be read
@@ -40,6 +41,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AttachmentMissingError",
     "AuthError",
     "ConfigurationError",
     "ConflictError",
@@ -158,6 +160,19 @@ class StoreBusyError(StoreError):
     """
 
     retryable = True
+
+
+class AttachmentMissingError(StoreError):
+    """The store does not hold an attachment's content: never stored on this device, or
+    known only by reference (synced lazily, not fetched yet). ``sha256`` names it.
+
+    >>> AttachmentMissingError("not here", sha256="0" * 64).sha256[:4]
+    '0000'
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, sha256: str = "") -> None:
+        super().__init__(message, path=path)
+        self.sha256 = sha256
 
 
 class SnapshotError(MigrationError):

@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 __all__ = [
+    "BLOB_NAMES",
     "ENV_VAR",
     "MIGRATION_NAMES",
     "NAMES",
@@ -72,8 +73,16 @@ SYNC_NAMES = (
     "sync.pull.answered",  # a page of changes arrived; not written into the store yet
     "sync.pull.applied",  # a page and its cursor are written; the next page not asked yet
 )
+#: The attachments' failpoints (met before a migration's ``complete``, a sync's push,
+#: and in a pull that fetches attachments).
+BLOB_NAMES = (
+    "blob.chunk.sending",  # part of a chunk of an attachment is on the wire, not the rest
+    "blob.chunk.sent",  # a chunk of an attachment was sent and answered
+    "blob.chunks.sent",  # every chunk of one attachment is sent; `complete` not sent yet
+    "blob.chunk.fetched",  # a part of an attachment was downloaded and stored
+)
 #: Every failpoint the SDK has.
-NAMES = MIGRATION_NAMES + SYNC_NAMES
+NAMES = MIGRATION_NAMES + SYNC_NAMES + BLOB_NAMES
 
 Action = Callable[[], None]
 

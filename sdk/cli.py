@@ -985,6 +985,8 @@ def _verify_sync(
         waiting.append(f"{status.changes_to_pull:,} cloud change(s) not received yet")
     if status.pending_conflicts:
         waiting.append(f"{status.pending_conflicts:,} conflict(s) wait for a decision")
+    if status.attachments_missing:
+        waiting.append(f"{status.attachments_missing:,} attachment(s) not in the cloud yet")
     if waiting:
         return Answer(EXIT_PENDING, fields, [f"not in step: {'; '.join(waiting)}: run `sync`"])
     raise VerificationError(

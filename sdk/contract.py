@@ -20,6 +20,14 @@ batching::
     32
     >>> dataset_checksum([item_digest(item)]) == dataset_checksum_of([item])
     True
+
+Typed values in ``data`` are plain JSON on the wire, one-key objects the SDK's store
+writes and reads back (defined once in ``sdk._store.values``): ``{"$bytes": "<standard
+base64>"}`` for binary values (``b""`` is ``{"$bytes": ""}``), ``{"$attachment": {"sha256",
+"size", "mediaType"}}`` for an attachment and ``{"$large": {"sha256", "size", "type"}}`` for
+a value kept apart as a blob. Canonical encoding and digests are taken over that encoded
+JSON, like any other data, so both sides agree on them without knowing the types, and the
+checksum covers each blob through its hash.
 """
 
 from __future__ import annotations
@@ -40,10 +48,13 @@ except ImportError as exc:  # on a phone, say: pydantic-core has no Android or i
 # The pure part lives apart so the SDK can use it without pydantic; re-exported here.
 from ._wire.canonical import (
     API_PREFIX,
+    BLOB_SIZE_HEADER,
     CHECKSUM_HEADER,
+    EMPTY_SHA256,
     KEY_PATTERN,
     NAME_PATTERN,
     PROBLEM_CONTENT_TYPE,
+    SHA256_PATTERN,
     USER_ID_PATTERN,
     ConflictSide,
     Item,
@@ -53,6 +64,8 @@ from ._wire.canonical import (
     SessionStatus,
     batch_body,
     batch_checksum,
+    blob_chunk_count,
+    blob_chunk_size,
     canonical_item,
     canonical_item_parts,
     canonical_json,
@@ -66,12 +79,20 @@ from ._wire.canonical import (
 
 __all__ = [
     "API_PREFIX",
+    "BLOB_SIZE_HEADER",
     "CHECKSUM_HEADER",
+    "EMPTY_SHA256",
     "KEY_PATTERN",
     "NAME_PATTERN",
     "PROBLEM_CONTENT_TYPE",
+    "SHA256_PATTERN",
     "USER_ID_PATTERN",
     "BatchReceipt",
+    "BlobChunkReceipt",
+    "BlobCompleteRequest",
+    "BlobQueryRequest",
+    "BlobQueryResponse",
+    "BlobState",
     "CompleteMigrationRequest",
     "CompleteMigrationResponse",
     "ConflictSide",
@@ -109,6 +130,8 @@ __all__ = [
     "SyncStateResponse",
     "batch_body",
     "batch_checksum",
+    "blob_chunk_count",
+    "blob_chunk_size",
     "canonical_item",
     "canonical_item_parts",
     "canonical_json",
@@ -173,6 +196,10 @@ class Limits(WireModel):
     session_ttl_seconds: int = 24 * 3600
     max_resolutions_per_request: int = 1000
     conflicts_page_size: int = 500
+    #: Attachments travel in chunks of this size (the last one is the rest); 5 MiB is
+    #: S3's smallest multipart part, so one chunk is one part.
+    blob_chunk_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
+    max_blob_bytes: int = Field(default=1024 * 1024 * 1024, ge=0)
 
 
 class DetectMigrationResponse(WireModel):
@@ -627,3 +654,72 @@ class SyncStateResponse(WireModel):
     #: With ``since`` (a cursor) and ``deviceId``: how many items a pull from that cursor
     #: would bring to that device.
     changes_since: int | None = None
+
+
+# --------------------------------------------------------------------------- blobs
+#
+# Attachments and large values travel apart from the batches, content-addressed per
+# user: ``/blobs/query`` says what the server holds (and which chunks of an upload in
+# progress), ``PUT /blobs/{sha256}/chunks/{index}`` sends one chunk (raw bytes),
+# ``POST /blobs/{sha256}/complete`` verifies the whole and keeps it, ``GET /blobs/{sha256}``
+# reads it back (ranges allowed).
+
+Sha256 = Annotated[str, StringConstraints(pattern=SHA256_PATTERN)]
+
+
+class BlobQueryRequest(WireModel):
+    """``POST /blobs/query``: which of these blobs (hex SHA-256 names) does the server hold?
+
+    >>> BlobQueryRequest(blobs=[EMPTY_SHA256]).wire()["blobs"][0][:8]
+    'e3b0c442'
+    """
+
+    blobs: list[Sha256] = Field(min_length=1, max_length=1000)
+
+
+class BlobState(WireModel):
+    """What the server has of one blob of this user. ``held``: complete and verified
+    (``size`` is its size). Otherwise ``received_chunks`` lists the chunks of an upload in
+    progress (``size`` the size it announced), so a client sends only the others.
+
+    >>> BlobState(sha256=EMPTY_SHA256, held=False).wire()["receivedChunks"]
+    []
+    """
+
+    sha256: Sha256
+    held: bool
+    size: int | None = None
+    received_chunks: list[int] = Field(default_factory=list)
+
+
+class BlobQueryResponse(WireModel):
+    """Answer to ``/blobs/query``: one state per asked blob, in the request's order.
+
+    >>> BlobQueryResponse(blobs=[]).blobs
+    []
+    """
+
+    blobs: list[BlobState]
+
+
+class BlobChunkReceipt(WireModel):
+    """Answer to a chunk upload: every chunk the server now holds (all of them when the
+    blob is held already). Replaying a chunk answers the same receipt.
+
+    >>> BlobChunkReceipt(sha256=EMPTY_SHA256, index=0, received_chunks=[0]).wire()["index"]
+    0
+    """
+
+    sha256: Sha256
+    index: int
+    received_chunks: list[int]
+
+
+class BlobCompleteRequest(WireModel):
+    """``POST /blobs/{sha256}/complete``: the whole blob's size in bytes.
+
+    >>> BlobCompleteRequest(size=0).size
+    0
+    """
+
+    size: int = Field(ge=0, le=2**63 - 1)

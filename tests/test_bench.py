@@ -51,3 +51,11 @@ def test_the_sync_bench_runs_both_measures_and_prints_its_ratios() -> None:
     assert "(target <= 1.5)" in out and "(target <= 3)" in out
     assert re.search(r"bootstrap of 600 items: [\d,]+ items/s", out)
     assert "(target >= 0.8)" in out
+
+
+def test_the_attachments_bench_uploads_both_ways_and_prints_its_ratio() -> None:
+    out = _bench("attachments.py", "--mib", "6", "--repeat", "1")
+
+    rates = re.findall(r"([\d.]+) MiB/s", out)
+    assert len(rates) == 2 and all(float(rate) > 0 for rate in rates)
+    assert re.search(r"SDK / bare: [\d.]+ x \(target >= 0.8\)", out)

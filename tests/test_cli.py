@@ -708,3 +708,18 @@ def test_a_sample_with_conflicts_meets_them_once_its_seed_file_is_in_the_cloud(
     code, out, _ = run(capsys, "migrate", "--store", str(store), "--strategy", "manual")
 
     assert code == EXIT_PENDING and "2 conflict(s) wait for a decision" in out
+
+
+def test_verify_names_attachments_the_cloud_lacks_until_a_sync_sends_them(env, tmp_path, capsys):
+    store = make_store(tmp_path / "store.sqlite3", learning_items(10))
+    assert run(capsys, "migrate", "--store", str(store))[0] == EXIT_DONE
+    with LocalStore(store) as app:
+        app.put("lesson_progress", "with-audio", {"audio": app.put_attachment(b"ogg" * 100)})
+
+    code, out, _ = run(capsys, "verify", "--store", str(store))
+    assert code == EXIT_PENDING
+    assert "1 local change(s) not sent yet; 1 attachment(s) not in the cloud yet" in out
+
+    assert run(capsys, "sync", "--store", str(store))[0] == EXIT_DONE
+    answer = run_json(capsys, "verify", "--store", str(store))
+    assert answer["verified"] is True and answer["status"]["attachmentsMissing"] == 0

@@ -212,6 +212,17 @@ def test_the_bucket_is_encrypted_private_tls_only_and_expires_session_copies(
     assert rules["session-working-copies"]["Prefix"] == "sessions/"
     assert rules["session-working-copies"]["ExpirationInDays"] == {"Ref": "RetentionDays"}
     assert rules["incomplete-uploads"]["AbortIncompleteMultipartUpload"]
+    assert "Prefix" not in rules["incomplete-uploads"]  # attachments' uploads too
+
+
+def test_the_functions_may_resume_multipart_uploads_of_attachments(
+    template: dict[str, Any],
+) -> None:
+    (policy,) = resources_of(template, "AWS::IAM::ManagedPolicy").values()
+    (objects,) = [s for s in policy["PolicyDocument"]["Statement"] if s["Sid"] == "Objects"]
+
+    # PutObject covers creating, uploading and completing parts; these two are apart.
+    assert {"s3:ListMultipartUploadParts", "s3:AbortMultipartUpload"} <= set(objects["Action"])
 
 
 def test_alarms_watch_the_dead_letters_the_oldest_job_and_each_functions_errors_and_throttles(

@@ -99,7 +99,7 @@ def test_each_table_becomes_a_collection_and_each_row_an_item(legacy, tmp_path):
     assert cards["es:adiós"]["updatedAt"] == T0 * 1000 + 5  # already milliseconds
     (log,) = items_of(store, "log").values()
     assert log["key"] == "1"  # no primary key: the rowid
-    assert log["data"]["picture"] == base64.b64encode(b"\x00\xff").decode()
+    assert log["data"]["picture"] == b"\x00\xff"  # a BLOB stays bytes
 
 
 def test_a_transform_shapes_the_data_or_leaves_a_row_out(legacy, tmp_path):
@@ -701,3 +701,26 @@ def test_importing_an_unchanged_file_again_writes_nothing_and_changes_nothing(ro
         assert (first.written, first.verified) == (len(rows), True)
         assert (again.written, again.unchanged, again.verified) == (0, len(rows), True)
         assert items_of(store, "t") == before
+
+
+def test_blob_columns_come_back_as_bytes_and_travel_typed(tmp_path):
+    big = bytes(range(256)) * 4096 * 7  # 7 MiB: kept apart from its item
+    legacy = legacy_db(
+        tmp_path / "old.db",
+        "CREATE TABLE media (id INTEGER PRIMARY KEY, body BLOB, note TEXT)",
+        {"media": [(1, b"\x00\xff", "a"), (2, b"", "empty"), (3, None, "null"), (4, big, "big")]},
+    )
+    store = tmp_path / "store.sqlite3"
+
+    first = import_legacy(legacy, store, [LegacyTable(table="media")])
+    again = import_legacy(legacy, store, [LegacyTable(table="media")])
+
+    media = items_of(store, "media")
+    assert [media[k]["data"]["body"] for k in "1234"] == [b"\x00\xff", b"", None, big]
+    with LocalStore(store) as s:
+        wire = {i["key"]: i["data"]["body"] for i in s.iter_items("media", wire=True)}
+    assert wire["1"] == {"$bytes": base64.b64encode(b"\x00\xff").decode()}
+    assert wire["2"] == {"$bytes": ""}
+    assert set(wire["4"]) == {"$large"} and wire["4"]["$large"]["size"] == len(big)
+    assert (first.written, again.written, again.unchanged) == (4, 0, 4)
+    assert again.checks["media"].source_checksum == again.checks["media"].store_checksum

@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol
 
+from backend_stub.storage.blobs import BlobStore
 from backend_stub.storage.records import (
     Backlog,
     Batch,
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Backlog",
     "Batch",
+    "BlobStore",
     "CloudItem",
     "Conflict",
     "DuplicateBatch",
@@ -90,6 +92,8 @@ class Storage(Protocol):
 
     #: Whether the backend keeps the sync's order and checksum (the ``sync`` methods).
     supports_sync: bool
+    #: Attachments, content-addressed per user (:mod:`backend_stub.storage.blobs`).
+    blobs: BlobStore
 
     def atomic(self) -> AbstractContextManager[None]:
         """Group the writes inside into one transaction; a nested block can fail alone."""

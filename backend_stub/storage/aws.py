@@ -52,6 +52,7 @@ from collections.abc import Iterator, Sequence
 from backend_stub.events import Event
 from backend_stub.settings import AwsSettings
 from backend_stub.storage import aws_sync, iter_staged, tally_staged_pages
+from backend_stub.storage.aws_blobs import S3Blobs
 from backend_stub.storage.aws_cloud import PROFILE, CloudItems
 from backend_stub.storage.aws_commit import commit, publish, store_snapshot
 from backend_stub.storage.aws_ledger import (
@@ -98,6 +99,7 @@ from backend_stub.storage.aws_rows import (
 )
 from backend_stub.storage.aws_table import DamagedObject, Table
 from backend_stub.storage.aws_unit import Claim, Op, SessionWrite, Unit, put_op, update_op
+from backend_stub.storage.blobs import BlobStore
 from backend_stub.storage.records import (
     Backlog,
     Batch,
@@ -144,6 +146,8 @@ class AwsStorage:
         self._retention_s = self.settings.retention_days * 24 * 3600
         self.cloud = CloudItems(self.table, retention_s=self._retention_s)
         self.ledger = Ledger(self.table, self.settings, retention_s=self._retention_s)
+        #: Attachments: S3 multipart uploads, held records in the table.
+        self.blobs: BlobStore = S3Blobs(self.table)
         self._local = threading.local()
         self._owners: dict[str, str] = {}
 

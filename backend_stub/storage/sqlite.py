@@ -48,6 +48,8 @@ from backend_stub.storage import (
     SyncHead,
     VersionConflict,
 )
+from backend_stub.storage.blobs import BlobStore
+from backend_stub.storage.sqlite_blobs import BLOBS_SCHEMA, FileBlobs
 from sdk.contract import (
     CompleteMigrationResponse,
     ItemVersion,
@@ -60,10 +62,12 @@ from sdk.contract import (
     multiset_hex,
 )
 
-__all__ = ["DATABASE_NAME", "SQLiteStorage"]
+__all__ = ["BLOBS_FOLDER", "DATABASE_NAME", "SQLiteStorage"]
 
 #: File name of the database inside the data folder.
 DATABASE_NAME = "migration-server.sqlite"
+#: The folder of attachments inside the data folder.
+BLOBS_FOLDER = "blobs"
 
 # Large IN lists are split so a batch never passes SQLite's bound-parameter limit.
 _KEYS_PER_QUERY = 400
@@ -141,6 +145,12 @@ def m003_sync(db: Database) -> None:
         db.execute(
             "INSERT INTO sync_heads VALUES (?, 1, ?, ?)", [user_id, multiset_hex(total), count]
         )
+
+
+@migrations()
+def m004_blobs(db: Database) -> None:
+    # Attachments: the blobs each user holds (their files are in the data folder).
+    db.execute(BLOBS_SCHEMA)
 
 
 _INITIAL_SCHEMA = """
@@ -256,7 +266,7 @@ class SQLiteStorage:
 
     supports_sync = True
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, *, blob_root: Path | None = None) -> None:
         self._conn = conn
         self._db = Database(conn)
         self._lock = threading.RLock()
@@ -268,6 +278,8 @@ class SQLiteStorage:
         # migration steps nest inside as savepoints.
         with self.atomic():
             migrations.apply(self._db)
+        #: Attachments: files under ``<data>/blobs`` (a temp folder for an in-memory one).
+        self.blobs: BlobStore = FileBlobs(blob_root, self._rows, self._write)
 
     @classmethod
     def open(cls, data_dir: Path, *, busy_timeout: float = 10.0) -> SQLiteStorage:
@@ -288,7 +300,7 @@ class SQLiteStorage:
         # uploads). The WAL file is cut back to 96 MB after a checkpoint.
         conn.execute("PRAGMA wal_autocheckpoint=20000")
         conn.execute(f"PRAGMA journal_size_limit={96 * 1024 * 1024}")
-        return cls(conn)
+        return cls(conn, blob_root=data_dir / BLOBS_FOLDER)
 
     @classmethod
     def in_memory(cls) -> SQLiteStorage:
@@ -311,6 +323,7 @@ class SQLiteStorage:
         """Close the connection."""
         with self._lock:
             self._conn.close()
+        self.blobs.close()
 
     @contextlib.contextmanager
     def atomic(self) -> Iterator[None]:

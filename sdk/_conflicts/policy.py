@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from .._errors import ConfigurationError, MigrationError
 from .._store.local import check_item, item_label
+from .._store.values import wire_text
 from .._wire.canonical import Item, canonical_json
 from .._wire.models import DataConflict
 
@@ -589,7 +590,14 @@ def _merged(conflict: Conflict, data: Mapping[str, Any], kind: str) -> Decision:
         deleted=False,
     )
     try:
-        text = check_item(item["collection"], item["key"], item["data"], item["updatedAt"], False)
+        text = check_item(
+            item["collection"],
+            item["key"],
+            item["data"],
+            item["updatedAt"],
+            False,
+            encode=wire_text,  # a merge may hold bytes, or a side's data in wire form
+        )
     except MigrationError as exc:
         raise ConfigurationError(f"the merged value is not a valid item: {exc}") from exc
     item["data"] = json.loads(text)  # canonical, and a copy of what the caller passed

@@ -51,6 +51,7 @@ from .._store.detect import LocalState, check_local, detect_local
 from .._store.local import LocalStore, MigratedSync
 from .._store.schema import connect_read_only
 from .._store.snapshot import Snapshot, open_snapshot, take_snapshot
+from .._sync.attachments import upload_referenced
 from .._sync.run import SyncResult
 from .._transport.http import Transport
 from .._wire import models as c
@@ -503,6 +504,12 @@ def _flagged(journal: Journal) -> list[FlaggedItem]:
 def _complete(run: Run, record: JournalRecord) -> JournalRecord:
     session_id = session_id_of(record)
     run.hooks.progress(Progress(ProgressPhase.COMPLETING, 0, record.item_count))
+    upload_referenced(
+        run.transport,
+        Path(record.snapshot_path),
+        progress=run.hooks.progress,
+        content_from=run.store_path,
+    )
     failpoint("complete.before")
     try:
         answer = run.transport.complete(

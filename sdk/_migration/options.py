@@ -36,12 +36,20 @@ class MigrationOptions:
     cache_dir: Path | None = None
     #: How conflicts with the cloud's items are decided (default: the cloud's version).
     conflicts: ConflictPolicy = dataclasses.field(default_factory=ConflictPolicy)
+    #: When a sync fetches the attachments pulled items reference: ``"eager"`` (every
+    #: one, during the sync) or ``"lazy"`` (each on first use, through
+    #: :meth:`sdk.MigrationClient.open_attachment`).
+    fetch_attachments: str = "eager"
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigurationError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.max_in_flight < 1:
             raise ConfigurationError(f"max_in_flight must be at least 1, got {self.max_in_flight}")
+        if self.fetch_attachments not in ("eager", "lazy"):
+            raise ConfigurationError(
+                f"fetch_attachments must be 'eager' or 'lazy', got {self.fetch_attachments!r}"
+            )
         if not isinstance(self.conflicts, ConflictPolicy):
             raise ConfigurationError(
                 f"conflicts must be a ConflictPolicy, got {type(self.conflicts).__name__}"

@@ -33,6 +33,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from sdk._store import attachments as _attachments
 from sdk._wire.canonical import canonical_item_parts, multiset_add, multiset_checksum, multiset_hex
 
 __all__ = [
@@ -190,6 +191,7 @@ def repair(conn: sqlite3.Connection) -> int:
             tomb_digest = row_digest(*tomb)
             delta = multiset_add(delta, tomb_digest)
             conn.execute(_INSERT_TOMBSTONE, (*tomb, tomb_digest, base, next_counter(conn)))
+            _attachments.track(conn, [tomb[:3]])
         settled += 1
     for collection, key, data, updated_at, deleted in conn.execute(
         "SELECT collection, key, data, updated_at, deleted FROM items WHERE digest IS NULL"
@@ -204,6 +206,7 @@ def repair(conn: sqlite3.Connection) -> int:
             "UPDATE items SET data = ?, digest = ? WHERE collection = ? AND key = ?",
             (text, digest, collection, key),
         )
+        _attachments.track(conn, [(collection, key, text)])
         settled += 1
     _add_checksum(conn, delta)
     return settled
@@ -335,6 +338,7 @@ def record_writes(conn: sqlite3.Connection, rows: Iterable[Row]) -> int:
         if upserts:
             counter = counter or next_counter(conn)
             conn.executemany(_UPSERT_PENDING, ((*u, counter) for u in upserts))
+            _attachments.track(conn, ((u[0], u[1], u[2]) for u in upserts))
             changed += len(upserts)
         batch.clear()
 
@@ -362,6 +366,7 @@ def replace_rows(conn: sqlite3.Connection, pairs: Iterable[tuple[Row, Row]]) -> 
             (new[2], new[3], new[4], digest, *expected),
         )
         if cursor.rowcount:
+            _attachments.track(conn, [new[:3]])
             replaced += 1
             delta = multiset_add(delta, digest)
             delta = multiset_add(delta, row_digest(*expected), sign=-1)
@@ -391,6 +396,7 @@ def take_remote(
         conn.executemany(
             _INSERT_SYNCED, [(*r, d, q) for (r, q), d in zip(items, digests, strict=False)]
         )
+        _attachments.track(conn, (r[:3] for r, _ in items))
         total = sum(int.from_bytes(d, "big") for d in digests)
         _add_checksum(conn, total % (1 << 256))
         return len(items)
@@ -417,6 +423,7 @@ def take_remote(
         upserts.append((*row, digest, seq))
         written += 1
     conn.executemany(_UPSERT_SYNCED, upserts)
+    _attachments.track(conn, (u[:3] for u in upserts))
     conn.executemany(
         "UPDATE items SET base_seq = ?, pending = 0 WHERE collection = ? AND key = ?"
         " AND pending <= ?",

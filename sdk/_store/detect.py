@@ -248,7 +248,7 @@ def _inspect_ours(
             "release that upgrades it, or contact support",
         )
     if "0003_sync" in applied:
-        damage = _schema_damage(conn, tables)
+        damage = _schema_damage(conn, tables, attachments="0004_attachments" in applied)
         if damage:
             return _corrupt(path, size, damage)
     counts: dict[str, int] = {}
@@ -337,11 +337,18 @@ _COLUMNS = {
     "sync_repairs": ("id", "collection", "key", "digest", "base_seq", "deleted_row"),
     "sync_outbox": ("push_id", "body", "sent"),
 }
+#: The tables of the attachments' schema step (0004), a store of the step before lacks.
+_ATTACHMENT_COLUMNS = {
+    "attachments": ("sha256", "size", "media_type", "blob_id", "stored"),
+    "attachment_chunks": ("id", "blob_id", "idx", "data"),
+    "item_blobs": ("collection", "key", "sha256"),
+}
 _TRIGGERS = ("items_deleted_around", "items_inserted_around", "items_updated_around")
 
 
-def _schema_damage(conn: sqlite3.Connection, tables: set[str]) -> str | None:
-    for table, columns in _COLUMNS.items():
+def _schema_damage(conn: sqlite3.Connection, tables: set[str], *, attachments: bool) -> str | None:
+    expected = {**_COLUMNS, **(_ATTACHMENT_COLUMNS if attachments else {})}
+    for table, columns in expected.items():
         if table not in tables:
             return f"its {table} table is missing"
         found = tuple(row[1] for row in conn.execute(f"PRAGMA table_info({table})"))

@@ -199,7 +199,7 @@ def _copy(source: Source, plans: list[Plan], store: LocalStore, stamp: int) -> L
 
 def _check(plan: Plan, store: LocalStore) -> LegacyCheck:
     held = []
-    for item in store.iter_items(plan.table.target):
+    for item in store.iter_items(plan.table.target, wire=True):
         if item["key"] in plan.expected:
             held.append(item_digest(item))
     expected = plan.expected

@@ -8,15 +8,15 @@ to do; the store is then left as it was (the import writes in one transaction).
 
 from __future__ import annotations
 
-import base64
 import dataclasses
+import hashlib
 import math
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .._errors import ConfigurationError, InvalidItemError
-from .._wire.canonical import Item, item_digest
+from .._wire.canonical import Item, canonical_item_parts, item_digest
 from .legacy_source import (
     Shape,
     Source,
@@ -28,6 +28,7 @@ from .legacy_source import (
 )
 from .legacy_values import TimeError, TimeUnit, column_mixes_types, encode_key, to_ms
 from .local import LocalStore
+from .values import ReservedValueError, encode_text, large_value
 
 __all__ = ["LegacyTable", "Plan", "plan_table", "read_items"]
 
@@ -65,7 +66,8 @@ class LegacyTable:
     - ``transform``: a function from the whole row (a dict) to the item's data, or
       ``None`` to leave the row out; it replaces ``columns``.
 
-    Blobs become base64 text (use ``transform`` to do otherwise).
+    Blobs become ``bytes`` (``{"$bytes": ...}`` on the wire), and one larger than the
+    store's inline limit is kept apart from its item, as the store keeps any large value.
 
     >>> LegacyTable(table="tbl_cards", collection="flashcards", key="front").collection
     'flashcards'
@@ -192,7 +194,7 @@ def read_items(
         if data is None:
             plan.skipped += 1
             continue
-        held = store.get(target, key)
+        held = store.get(target, key, wire=True)
         time = updated_at if updated_at is not None else held["updatedAt"] if held else stamp
         item: Item = {
             "collection": target,
@@ -201,11 +203,12 @@ def read_items(
             "updatedAt": time,
             "deleted": deleted,
         }
-        digest = _digest(plan, item, label)
+        text = _encoded(plan, item, label, store.inline_limit)
+        digest = _digest(item, text)
         unchanged = held is not None and item_digest(held) == digest
         if not unchanged and updated_at is None and time != stamp:
             item["updatedAt"] = stamp  # changed, without a time of its own: the import's
-            digest = item_digest(item)
+            digest = _digest(item, text)
         if key in plan.expected:
             raise _duplicate(source, plan, key, key_values)
         plan.expected[key] = digest
@@ -281,7 +284,7 @@ def _deleted(plan: Plan, values: Sequence[Any], row: dict[str, Any], label: str)
 def _data(plan: Plan, row: dict[str, Any], label: str) -> dict[str, Any] | None:
     transform = plan.table.transform
     if transform is None:
-        return {c: _json_value(row[c]) for c in plan.table.columns or plan.names}
+        return {c: row[c] for c in plan.table.columns or plan.names}
     try:
         data = transform(dict(row))
     except Exception as exc:
@@ -297,9 +300,22 @@ def _data(plan: Plan, row: dict[str, Any], label: str) -> dict[str, Any] | None:
     return data
 
 
-def _digest(plan: Plan, item: Item, label: str) -> bytes:
+def _digest(item: Item, text: str) -> bytes:
+    """The item's digest as the store will hold it (``text``: its encoded data)."""
+    return hashlib.sha256(
+        canonical_item_parts(
+            item["collection"], item["key"], text, item["updatedAt"], item["deleted"]
+        )
+    ).digest()
+
+
+def _encoded(plan: Plan, item: Item, label: str, limit: int) -> str:
+    """The item's data as the store will encode it (``limit``: its inline limit), large
+    values hashed but not stored yet."""
     try:
-        return item_digest(item)
+        return encode_text(item["data"], spill=large_value, limit=limit)
+    except ReservedValueError as exc:
+        raise InvalidItemError(f"{plan.where}: {label} {exc}; or give a transform") from exc
     except (TypeError, ValueError, RecursionError) as exc:
         bad = [c for c, v in item["data"].items() if isinstance(v, float) and not math.isfinite(v)]
         column = f", column {bad[0]!r}" if bad and plan.table.transform is None else ""
@@ -340,9 +356,3 @@ def _typed(values: list[Any]) -> list[tuple[str, str]]:
 
 def _label(values: Sequence[Any]) -> str:
     return repr(values[0]) if len(values) == 1 else repr(tuple(values))
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode("ascii")
-    return value

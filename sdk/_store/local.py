@@ -42,6 +42,7 @@ from sdk._errors import (
 )
 from sdk._store import changes as _changes
 from sdk._store.detect import LocalState, inspect_store
+from sdk._store.local_attachments import INLINE_LIMIT, MAX_INLINE_LIMIT, AttachmentMethods
 from sdk._store.schema import (
     CURRENT_DATA_VERSION,
     MIGRATIONS,
@@ -52,6 +53,7 @@ from sdk._store.schema import (
     migration_state_from,
     store_error,
 )
+from sdk._store.values import LargeValue, ReservedValueError, decode_text
 from sdk._wire.canonical import KEY_PATTERN, NAME_PATTERN, Item, canonical_json
 
 __all__ = [
@@ -190,7 +192,8 @@ def check_item(
     encode: Callable[[Any], str] = canonical_json,
 ) -> str:
     """Validate one item and return its data as canonical JSON text (``encode``: a faster
-    encoder that writes byte for byte what :func:`~sdk.contract.canonical_json` does)."""
+    encoder that writes byte for byte what :func:`~sdk.contract.canonical_json` does, or
+    the store's encoder of typed values, :func:`~sdk._store.values.encode_text`)."""
     if (
         type(collection) is str
         and type(key) is str
@@ -233,9 +236,11 @@ def check_item(
     if type(deleted) is not bool:
         raise InvalidItemError(f"item {where}: deleted must be True or False, got {deleted!r}")
     try:
-        text = canonical_json(data)
+        text = encode(data)
         text.encode("utf-8")
         key.encode("utf-8")
+    except ReservedValueError as exc:
+        raise InvalidItemError(f"item {where}: {exc}") from exc
     except UnicodeEncodeError as exc:
         raise InvalidItemError(
             f"item {where}: holds text that is not valid Unicode (a lone surrogate); "
@@ -244,17 +249,19 @@ def check_item(
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidItemError(
             f"item {where}: data cannot be encoded as JSON ({exc}); use only dicts with "
-            "text keys, lists, text, finite numbers, booleans and None"
+            "text keys, lists, text, bytes, attachments, finite numbers, booleans and None"
         ) from exc
     return text
 
 
-def _row_item(row: tuple[str, str, str, int, int]) -> Item:
+def _row_item(
+    row: tuple[str, str, str, int, int], resolve: Callable[[LargeValue], Any] | None
+) -> Item:
     collection, key, data, updated_at, deleted = row
     return {
         "collection": collection,
         "key": key,
-        "data": json.loads(data),
+        "data": json.loads(data) if resolve is None else decode_text(data, resolve),
         "updatedAt": updated_at,
         "deleted": bool(deleted),
     }
@@ -263,7 +270,7 @@ def _row_item(row: tuple[str, str, str, int, int]) -> Item:
 # ----------------------------------------------------------------------------- store
 
 
-class LocalStore:
+class LocalStore(AttachmentMethods):
     """The offline-first store the app writes to; safe to share between threads.
 
     Other processes open the same file with their own ``LocalStore``; SQLite's locking
@@ -291,7 +298,15 @@ class LocalStore:
         create: bool = True,
         data_version: int = CURRENT_DATA_VERSION,
         busy_timeout: float = 5.0,
+        inline_limit: int = INLINE_LIMIT,
     ) -> None:
+        if type(inline_limit) is not int or not 64 <= inline_limit <= MAX_INLINE_LIMIT:
+            raise ConfigurationError(
+                f"inline_limit must be bytes from 64 to {MAX_INLINE_LIMIT}, got {inline_limit!r}"
+            )
+        self._inline_limit = inline_limit
+        #: Fetches content the store knows only by reference (set by a lazy sync).
+        self.fetch_attachment: Callable[[str], None] | None = None
         if data_version not in SUPPORTED_DATA_VERSIONS or type(data_version) is not int:
             raise ConfigurationError(
                 f"data_version must be one of {sorted(SUPPORTED_DATA_VERSIONS)}, "
@@ -333,6 +348,7 @@ class LocalStore:
         create: bool = True,
         data_version: int = CURRENT_DATA_VERSION,
         busy_timeout: float = 5.0,
+        inline_limit: int = INLINE_LIMIT,
     ) -> LocalStore:
         """Open the store at ``path``, or at :func:`default_store_path` for ``app_name``.
 
@@ -349,7 +365,13 @@ class LocalStore:
                     "LocalStore.open needs app_name (to use the platform's data folder) or path"
                 )
             path = default_store_path(app_name)
-        return cls(path, create=create, data_version=data_version, busy_timeout=busy_timeout)
+        return cls(
+            path,
+            create=create,
+            data_version=data_version,
+            busy_timeout=busy_timeout,
+            inline_limit=inline_limit,
+        )
 
     def _connect(self, *, create: bool, data_version: int, timeout: float) -> sqlite3.Connection:
         path = self._path
@@ -494,17 +516,11 @@ class LocalStore:
         >>> tmp.cleanup()
         """
         stamp = now_ms() if updated_at is None else updated_at
-        text = check_item(collection, key, data, stamp, False)
         with self._writing("store an item") as conn:
+            text = check_item(collection, key, data, stamp, False, encode=self._encoder(conn))
             _changes.record_writes(conn, [(collection, key, text, stamp, 0)])
         _written(self._path)
-        return {
-            "collection": collection,
-            "key": key,
-            "data": json.loads(text),
-            "updatedAt": stamp,
-            "deleted": False,
-        }
+        return _row_item((collection, key, text, stamp, 0), self._resolve)
 
     def put_many(self, items: Iterable[Mapping[str, Any]]) -> int:
         """Store wire items in one transaction: all of them, or none if one is invalid.
@@ -520,14 +536,14 @@ class LocalStore:
         """
         given = 0
 
-        def checked() -> Iterator[tuple[str, str, str, int, int]]:
+        def checked(encode: Callable[[Any], str]) -> Iterator[tuple[str, str, str, int, int]]:
             nonlocal given
             for item in items:
                 given += 1
-                yield _item_row(item)
+                yield _item_row(item, encode)
 
         with self._writing("store items") as conn:
-            _changes.record_writes(conn, checked())
+            _changes.record_writes(conn, checked(self._encoder(conn)))
         _written(self._path)
         return given
 
@@ -646,8 +662,11 @@ class LocalStore:
 
     # -- reads
 
-    def get(self, collection: str, key: str) -> Item | None:
+    def get(self, collection: str, key: str, *, wire: bool = False) -> Item | None:
         """The item as a wire item, ``None`` if absent; a tombstone has ``deleted`` True.
+
+        Typed values read back as what was put (``bytes``, :class:`Attachment`, a large
+        value itself); ``wire=True`` gives the data as the wire carries it instead.
 
         >>> import tempfile, pathlib
         >>> tmp = tempfile.TemporaryDirectory()
@@ -660,10 +679,11 @@ class LocalStore:
             row = conn.execute(
                 f"SELECT {_COLUMNS} FROM items WHERE collection = ? AND key = ?", (collection, key)
             ).fetchone()
-        return None if row is None else _row_item(row)
+        return None if row is None else _row_item(row, None if wire else self._resolve)
 
-    def iter_items(self, collection: str | None = None) -> Iterator[Item]:
-        """Stream items (tombstones included) in ``(collection, key)`` order.
+    def iter_items(self, collection: str | None = None, *, wire: bool = False) -> Iterator[Item]:
+        """Stream items (tombstones included) in ``(collection, key)`` order; ``wire`` as
+        in :meth:`get`.
 
         Read a page at a time, so memory stays small and other threads are not held up;
         items written meanwhile may or may not appear (use a snapshot for one point in time).
@@ -686,8 +706,9 @@ class LocalStore:
             params = after if collection is None else (collection, *after)
             with self._reading("read items") as conn:
                 rows = conn.execute(sql, params).fetchall()
+            resolve = None if wire else self._resolve
             for row in rows:
-                yield _row_item(row)
+                yield _row_item(row, resolve)
             if len(rows) < _PAGE:
                 return
             after = rows[-1][:2]
@@ -787,7 +808,9 @@ class LocalStore:
 _COLUMNS = "collection, key, data, updated_at, deleted"
 
 
-def _item_row(item: Mapping[str, Any]) -> tuple[str, str, str, int, int]:
+def _item_row(
+    item: Mapping[str, Any], encode: Callable[[Any], str] = canonical_json
+) -> tuple[str, str, str, int, int]:
     """A wire item as a row; ``updatedAt`` defaults to now and ``deleted`` to False."""
     if not isinstance(item, Mapping):
         raise InvalidItemError(f"an item must be a dict, got {type(item).__name__}")
@@ -804,5 +827,5 @@ def _item_row(item: Mapping[str, Any]) -> tuple[str, str, str, int, int]:
     updated_at = item.get("updatedAt")
     updated_at = now_ms() if updated_at is None else updated_at
     deleted = item.get("deleted", False)
-    text = check_item(collection, key, item["data"], updated_at, deleted)
+    text = check_item(collection, key, item["data"], updated_at, deleted, encode=encode)
     return (collection, key, text, updated_at, int(deleted))

@@ -4,7 +4,7 @@ read as ours. Detection (:mod:`sdk._store.detect`) judges a file by these withou
 opening it as a store; :class:`~sdk._store.local.LocalStore` creates and checks them.
 
     >>> SCHEMA_STEPS[-1], STORE_APPLICATION_ID == 0x4F4D5331
-    ('0003_sync', True)
+    ('0004_attachments', True)
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from sqlite_utils import Database, Migrations
 
 from sdk._errors import CorruptStoreError, StoreBusyError, StoreError
+from sdk._store import attachments as _attachments
 from sdk._store import changes as _changes
 
 __all__ = [
@@ -73,9 +74,14 @@ def _add_sync(db: Database) -> None:
     _changes.create_tables(db.conn)
 
 
+@MIGRATIONS(name="0004_attachments")
+def _add_attachments(db: Database) -> None:
+    _attachments.create_tables(db.conn)
+
+
 #: Every schema step this SDK knows, oldest first. A store that recorded a step not in
 #: this list was written by a newer SDK.
-SCHEMA_STEPS = ("0001_store_meta", "0002_items", "0003_sync")
+SCHEMA_STEPS = ("0001_store_meta", "0002_items", "0003_sync", "0004_attachments")
 
 
 @dataclass(frozen=True)

@@ -34,10 +34,11 @@ from typing import Any
 
 from .._conflicts.policy import ConflictPolicy
 from .._errors import CorruptStoreError
-from .._events import Hooks
+from .._events import Hooks, ProgressPhase
 from .._stopping import Stopped
 from .._store import changes
 from .._store.local import LocalStore
+from .attachments import fetch_referenced, upload_referenced
 from .proof import _prove
 from .pull import _pull
 from .push import _apply_app_decisions, _push_batch, _resend_outbox
@@ -60,11 +61,15 @@ def run_sync(
     hooks: Hooks,
     stop: threading.Event | None = None,
     full: bool = False,
+    fetch_attachments: str = "eager",
 ) -> SyncResult:
     """Push, pull and prove, once. Creates the store when there is none (a new device
-    then bootstraps the user's data). The caller holds the store's migration lock."""
+    then bootstraps the user's data). The caller holds the store's migration lock.
+    Attachments go up before the push that references them; those the pulled items
+    reference come down during the sync (``"eager"``) or on first use (``"lazy"``)."""
+    eager = fetch_attachments == "eager"
     try:
-        return _sync_once(store_path, transport, policy, hooks, stop, full)
+        return _sync_once(store_path, transport, policy, hooks, stop, full, eager)
     except CorruptStoreError:
         # Rows that a snapshot or a sync reads whole can still sit behind a damaged index
         # (quick_check does not compare indexes with their tables): indexes are derived,
@@ -72,7 +77,7 @@ def run_sync(
         logger.warning("rebuilding the indexes of %s: one was damaged", store_path)
         with LocalStore(store_path) as store, store._writing("rebuild the indexes") as conn:
             conn.execute("REINDEX")
-        return _sync_once(store_path, transport, policy, hooks, stop, full)
+        return _sync_once(store_path, transport, policy, hooks, stop, full, eager)
 
 
 def _sync_once(
@@ -82,11 +87,19 @@ def _sync_once(
     hooks: Hooks,
     stop: threading.Event | None,
     full: bool,
+    eager: bool,
 ) -> SyncResult:
     with LocalStore(store_path) as store:
         run = _Sync(store, transport, policy, hooks, stop)
         _claim(store, transport.user_id)
         try:
+            upload_referenced(
+                transport,
+                store_path,
+                pending_only=True,
+                progress=hooks.progress,
+                phase=ProgressPhase.PUSHING,
+            )
             _resend_outbox(run)
             _apply_app_decisions(run)
             for _round in range(_MAX_PUSH_ROUNDS):
@@ -94,6 +107,8 @@ def _sync_once(
                 if not _push_batch(run):
                     break
             page = _pull(run)
+            if eager:
+                fetch_referenced(transport, store)
             return _prove(run, page, full=full)
         except Stopped:
             logger.info("sync stopped at a safe point; the next sync resumes")

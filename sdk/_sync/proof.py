@@ -14,6 +14,7 @@ from .._events import Progress, ProgressPhase, SyncCompleted
 from .._store import changes
 from .._store.local import LocalStore, now_ms
 from .._wire import canonical as c
+from .attachments import lacking_in_cloud
 from .pull import _Page
 from .run import SyncResult, _pending, _result, _Sync, refuse_another_user
 
@@ -49,6 +50,8 @@ class SyncStatus:
     last_sync_at: int | None = None
     verified: bool = False
     full: bool = False
+    #: Attachments the items reference that the cloud lacks (``None`` offline).
+    attachments_missing: int | None = None
 
 
 def sync_status(store: LocalStore, transport: Any | None, *, full: bool = False) -> SyncStatus:
@@ -85,14 +88,17 @@ def sync_status(store: LocalStore, transport: Any | None, *, full: bool = False)
     cloud = transport.sync_state(
         full=full, since=state.get("sync_cursor", "0"), device_id=store.device_id
     )
+    lacking = lacking_in_cloud(transport, store.path)
     return dataclasses.replace(
         base,
         changes_to_pull=cloud.changes_since,
         cloud_checksum=cloud.checksum,
         cloud_item_count=cloud.item_count,
         cloud_seq=cloud.seq,
+        attachments_missing=len(lacking),
         verified=pending == 0
         and waiting == 0
+        and not lacking
         and not cloud.changes_since
         and cloud.checksum == base.local_checksum,
     )

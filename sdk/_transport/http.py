@@ -32,7 +32,7 @@ import random
 import re
 import ssl
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NoReturn, TypeAlias, TypeVar
@@ -65,6 +65,7 @@ from .._wire.models import (
     DetectMigrationResponse,
     GetMigrationStatusResponse,
     GetMigrationSummaryResponse,
+    Limits,
     PlanEntry,
     PlanResponse,
     PushResponse,
@@ -305,6 +306,8 @@ class Transport:
         self.base_path = f"{API_PREFIX}/{quote(user_id, safe='')}"
         #: The last round trip that got an answer (any status); ``None`` before the first.
         self.last_exchange: Exchange | None = None
+        #: The limits the server advertised at the last ``detect`` (``None`` before one).
+        self.limits: Limits | None = None
 
     @classmethod
     def from_url(
@@ -404,7 +407,9 @@ class Transport:
         if device_id is not None:
             params["deviceId"] = device_id
         try:
-            return self._call("detect", "GET", "/detect", DetectMigrationResponse, params=params)
+            answer = self._call("detect", "GET", "/detect", DetectMigrationResponse, params=params)
+            self.limits = answer.limits
+            return answer
         except NotFoundError as exc:
             # detect names no resource that could be missing: a 404 means the URL is not the
             # migration server's (a wrong host, path prefix or port), whatever the body says.
@@ -673,7 +678,7 @@ class Transport:
         *,
         params: Mapping[str, str | int] | None = None,
         json: Any = None,
-        content: bytes | None = None,
+        content: bytes | Iterable[bytes] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> _Model:
         response = self._request(
@@ -703,7 +708,7 @@ class Transport:
         *,
         params: Mapping[str, str | int] | None = None,
         json: Any = None,
-        content: bytes | None = None,
+        content: bytes | Iterable[bytes] | None = None,
         headers: Mapping[str, str] | None = None,
         idempotent: bool = True,
     ) -> httpx.Response:

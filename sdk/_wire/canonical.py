@@ -26,10 +26,13 @@ from typing import Any, Literal, TypedDict
 
 __all__ = [
     "API_PREFIX",
+    "BLOB_SIZE_HEADER",
     "CHECKSUM_HEADER",
+    "EMPTY_SHA256",
     "KEY_PATTERN",
     "NAME_PATTERN",
     "PROBLEM_CONTENT_TYPE",
+    "SHA256_PATTERN",
     "USER_ID_PATTERN",
     "ConflictSide",
     "Item",
@@ -39,6 +42,8 @@ __all__ = [
     "SessionStatus",
     "batch_body",
     "batch_checksum",
+    "blob_chunk_count",
+    "blob_chunk_size",
     "canonical_item",
     "canonical_item_parts",
     "canonical_json",
@@ -294,3 +299,37 @@ PlanOutcome = Literal["new", "unchanged", "conflict"]
 #: ``unchanged`` (the cloud holds equal data already: never a conflict) or ``conflict``
 #: (the cloud's version moved past the change's base: decide, then push the outcome).
 PushOutcome = Literal["applied", "unchanged", "conflict"]
+
+
+# --------------------------------------------------------------------------- blobs
+
+#: The hex SHA-256 that names a blob: 64 lower-case hex characters.
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+#: Header of a chunk upload: the size in bytes of the whole blob the chunk belongs to.
+BLOB_SIZE_HEADER = "X-Blob-Size"
+#: The name of the empty blob (it has no chunks; ``complete`` alone stores it).
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+def blob_chunk_count(size: int, chunk: int) -> int:
+    """How many chunks a blob of ``size`` bytes travels in (``chunk`` bytes each, the
+    last one the rest; an empty blob has none).
+
+    >>> [blob_chunk_count(size, 4) for size in (0, 1, 4, 5)]
+    [0, 1, 1, 2]
+    """
+    if size < 0 or chunk < 1:
+        raise ValueError(f"a blob size is >= 0 and a chunk size >= 1, got {size} and {chunk}")
+    return -(-size // chunk)
+
+
+def blob_chunk_size(size: int, chunk: int, index: int) -> int:
+    """The size in bytes of chunk ``index`` of a blob of ``size`` bytes.
+
+    >>> [blob_chunk_size(10, 4, i) for i in range(3)]
+    [4, 4, 2]
+    """
+    count = blob_chunk_count(size, chunk)
+    if not 0 <= index < count:
+        raise ValueError(f"a blob of {size} bytes has chunks 0..{count - 1}, not {index}")
+    return chunk if index < count - 1 else size - chunk * (count - 1)

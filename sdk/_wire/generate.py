@@ -34,13 +34,18 @@ SKIPPED = {
     # extra="allow": the SDK reads problem+json bodies as plain dicts (sdk/_transport/http.py).
     "Problem": "problem+json bodies stay plain dicts in the SDK",
 }
-_CONSTRAINTS = ("pattern", "ge", "le")
+#: A constraint the validator enforces, and the mark the light models write for it.
+_CONSTRAINTS = {
+    "pattern": "Pattern",
+    "ge": "Ge",
+    "le": "Le",
+    "min_length": "MinLen",
+    "max_length": "MaxLen",
+}
 _UNSUPPORTED = (
     "gt",
     "lt",
     "multiple_of",
-    "min_length",
-    "max_length",
     "strip_whitespace",
     "to_upper",
     "to_lower",
@@ -64,8 +69,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, TypedDict
 
-from .canonical import KEY_PATTERN, NAME_PATTERN, PlanOutcome, PushOutcome, SessionStatus
-from .validate import Ge, Le, Pattern, WireModel
+from .canonical import (
+    KEY_PATTERN,
+    NAME_PATTERN,
+    SHA256_PATTERN,
+    PlanOutcome,
+    PushOutcome,
+    SessionStatus,
+)
+from .validate import Ge, Le, MaxLen, MinLen, Pattern, WireModel
 
 '''
 
@@ -149,10 +161,12 @@ def _annotated(tp: Any, metadata: list[Any], where: str) -> str:
                 raise SystemExit(f"{where}: constraint {attr} is not supported by the validator")
         if getattr(meta, "strict", None):
             raise SystemExit(f"{where}: a strict field is not supported by the validator")
-        for attr in _CONSTRAINTS:
+        for attr, mark in _CONSTRAINTS.items():
             value = getattr(meta, attr, None)
+            if value is not None and attr.endswith("_length") and typing.get_origin(tp) is not list:
+                raise SystemExit(f"{where}: constraint {attr} is supported on lists only")
             if value is not None:
-                marks.append(f"{attr.capitalize()}({_literal(value)})")
+                marks.append(f"{mark}({_literal(value)})")
     text = _type(tp, where)
     return f"Annotated[{text}, {', '.join(marks)}]" if marks else text
 
@@ -165,6 +179,8 @@ def _type(tp: Any, where: str) -> str:
     if tp is Any:
         return "Any"
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Annotated:  # a constrained type inside a list or a dict
+        return _annotated(args[0], list(args[1:]), where)
     if origin in (typing.Union, types.UnionType):
         return " | ".join(_type(a, where) for a in args)
     if origin is typing.Literal:

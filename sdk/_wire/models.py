@@ -9,8 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, TypedDict
 
-from .canonical import KEY_PATTERN, NAME_PATTERN, PlanOutcome, PushOutcome, SessionStatus
-from .validate import Ge, Le, Pattern, WireModel
+from .canonical import (
+    KEY_PATTERN,
+    NAME_PATTERN,
+    SHA256_PATTERN,
+    PlanOutcome,
+    PushOutcome,
+    SessionStatus,
+)
+from .validate import Ge, Le, MaxLen, MinLen, Pattern, WireModel
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -24,6 +31,8 @@ class Limits(WireModel):
     session_ttl_seconds: int = 86400
     max_resolutions_per_request: int = 1000
     conflicts_page_size: int = 500
+    blob_chunk_bytes: Annotated[int, Ge(1)] = 5242880
+    max_blob_bytes: Annotated[int, Ge(0)] = 1073741824
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,7 +61,7 @@ class Manifest(WireModel):
     collections: dict[str, int]
     batch_size: Annotated[int, Ge(1)]
     batch_count: Annotated[int, Ge(0)]
-    dataset_checksum: Annotated[str, Pattern("^[0-9a-f]{64}$")]
+    dataset_checksum: Annotated[str, Pattern(SHA256_PATTERN)]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -186,7 +195,7 @@ class PlanEntry(TypedDict):
 
     collection: Annotated[str, Pattern(NAME_PATTERN)]
     key: Annotated[str, Pattern(KEY_PATTERN)]
-    digest: Annotated[str, Pattern("^[0-9a-f]{64}$")]
+    digest: Annotated[str, Pattern(SHA256_PATTERN)]
 
 
 PlanEntry.__wire_config__ = ("forbid", True)  # type: ignore[attr-defined]
@@ -226,7 +235,7 @@ class PlanResponse(WireModel):
 class CompleteMigrationRequest(WireModel):
     """``POST /sessions/{id}/complete``: confirm with the dataset checksum."""
 
-    dataset_checksum: Annotated[str, Pattern("^[0-9a-f]{64}$")]
+    dataset_checksum: Annotated[str, Pattern(SHA256_PATTERN)]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -359,8 +368,56 @@ class SyncStateResponse(WireModel):
     changes_since: int | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlobQueryRequest(WireModel):
+    """``POST /blobs/query``: which of these blobs (hex SHA-256 names) does the server hold?"""
+
+    blobs: Annotated[list[Annotated[str, Pattern(SHA256_PATTERN)]], MinLen(1), MaxLen(1000)]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlobState(WireModel):
+    """What the server has of one blob of this user. ``held``: complete and verified
+    (``size`` is its size). Otherwise ``received_chunks`` lists the chunks of an upload in
+    progress (``size`` the size it announced), so a client sends only the others."""
+
+    sha256: Annotated[str, Pattern(SHA256_PATTERN)]
+    held: bool
+    size: int | None = None
+    received_chunks: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlobQueryResponse(WireModel):
+    """Answer to ``/blobs/query``: one state per asked blob, in the request's order."""
+
+    blobs: list[BlobState]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlobChunkReceipt(WireModel):
+    """Answer to a chunk upload: every chunk the server now holds (all of them when the
+    blob is held already). Replaying a chunk answers the same receipt."""
+
+    sha256: Annotated[str, Pattern(SHA256_PATTERN)]
+    index: int
+    received_chunks: list[int]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlobCompleteRequest(WireModel):
+    """``POST /blobs/{sha256}/complete``: the whole blob's size in bytes."""
+
+    size: Annotated[int, Ge(0), Le(9223372036854775807)]
+
+
 __all__ = [
     "BatchReceipt",
+    "BlobChunkReceipt",
+    "BlobCompleteRequest",
+    "BlobQueryRequest",
+    "BlobQueryResponse",
+    "BlobState",
     "CompleteMigrationRequest",
     "CompleteMigrationResponse",
     "DataConflict",

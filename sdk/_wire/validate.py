@@ -75,6 +75,24 @@ class Le:
     bound: int
 
 
+@dataclasses.dataclass(frozen=True)
+class MinLen:
+    """A list must hold at least ``bound`` items."""
+
+    bound: int
+
+
+@dataclasses.dataclass(frozen=True)
+class MaxLen:
+    """A list must hold at most ``bound`` items."""
+
+    bound: int
+
+
+def _items(bound: int) -> str:
+    return f"{bound} item" if bound == 1 else f"{bound} items"
+
+
 class WireError(ValueError):
     """Input that breaks the wire contract; ``errors()`` lists where and why, as pydantic's
     ``ValidationError`` does (``loc`` and ``msg``)."""
@@ -212,6 +230,10 @@ def _check(tp: Any, value: Any, loc: _Loc, errors: list[tuple[_Loc, str]], *, st
         return None if value is None else _check(arg, value, loc, errors, strict=strict)
     if kind == "annotated":
         base, marks = arg
+        for mark in marks:  # pydantic stops a list that runs too long before its items
+            if isinstance(mark, MaxLen) and isinstance(value, list) and len(value) > mark.bound:
+                too_long = f"List should have at most {_items(mark.bound)} after validation"
+                return _fail(errors, loc, Problem(f"{too_long}, not {len(value)}"))
         value = _check(base, value, loc, errors, strict=strict)
         return value if value is _BAD else _constrain(marks, value, loc, errors)
     if kind == "any":
@@ -323,6 +345,9 @@ def _constrain(marks: list[Any], value: Any, loc: _Loc, errors: list[tuple[_Loc,
             return _fail(
                 errors, loc, Problem(f"Input should be greater than or equal to {mark.bound}")
             )
+        elif isinstance(mark, MinLen) and len(value) < mark.bound:
+            too_short = f"List should have at least {_items(mark.bound)} after validation"
+            return _fail(errors, loc, Problem(f"{too_short}, not {len(value)}"))
         elif isinstance(mark, Le) and not value <= mark.bound:
             return _fail(
                 errors, loc, Problem(f"Input should be less than or equal to {mark.bound}")

@@ -1,0 +1,114 @@
+"""Attachments sent by several requests at once, on both backends: two devices uploading
+the same content side by side, completes racing each other, and an upload started over
+by a chunk that announces another size. Whatever the interleaving, the blob ends held
+once, with exact content. Last, the settings an aws server refuses because S3 would.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aws_fixtures import Backend
+from blob_fixtures import BlobCalls, Content
+from server_fixtures import Server, running_server
+
+from sdk.contract import Limits
+
+CHUNK = 1024
+
+
+@pytest.fixture
+def server(tmp_path: Path, backend: Backend, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+    if backend.name == "aws":
+        import moto.s3.models
+
+        monkeypatch.setattr(moto.s3.models, "S3_UPLOAD_PART_MIN_SIZE", 1)
+    with running_server(tmp_path, backend=backend, limits=Limits(blob_chunk_bytes=CHUNK)) as s:
+        yield s
+
+
+def test_two_devices_uploading_the_same_content_at_once_end_with_one_held_blob(
+    server: Server,
+) -> None:
+    content = Content(6 * CHUNK + 1, CHUNK, seed=11)
+    blobs = BlobCalls(server.client, server.auth(), "alice")
+
+    def device(order: list[int]) -> list[int]:
+        statuses = []
+        for index in order:
+            answer = blobs.put_chunk(content.sha256, index, content.piece(index), content.size)
+            statuses.append(answer.status_code)
+        completed = blobs.complete(content.sha256, content.size)
+        statuses.append(completed.status_code)
+        return statuses
+
+    forward = list(range(content.count))
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(device, [forward, forward[::-1]]))
+
+    # Each device sent every chunk before completing, so both completes find them all.
+    assert results == [[200] * (content.count + 1)] * 2
+    assert blobs.state(content.sha256) == {
+        "sha256": content.sha256,
+        "held": True,
+        "size": content.size,
+        "receivedChunks": [],
+    }
+    assert blobs.get(content.sha256).content == content.whole()
+
+
+def test_completes_racing_each_other_all_answer_held(server: Server) -> None:
+    content = Content(4 * CHUNK, CHUNK, seed=12)
+    blobs = BlobCalls(server.client, server.auth(), "alice")
+    blobs.send(content)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: blobs.complete(content.sha256, content.size), range(4)))
+
+    assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+    assert all(a.json()["held"] for a in answers)
+    assert blobs.get(content.sha256).content == content.whole()
+
+
+def test_a_chunk_announcing_another_size_starts_the_upload_over(server: Server) -> None:
+    content = Content(3 * CHUNK, CHUNK, seed=13)
+    blobs = BlobCalls(server.client, server.auth(), "alice")
+    # A confused client announced one byte less, with its own last chunk.
+    wrong_size = content.size - 1
+    wrong_last = content.piece(2)[:-1]
+    assert blobs.put_chunk(content.sha256, 2, wrong_last, wrong_size).status_code == 200
+    assert blobs.state(content.sha256)["size"] == wrong_size
+
+    blobs.send(content, [0])
+    restarted = blobs.state(content.sha256)
+    blobs.send(content, [1, 2])
+    completed = blobs.complete(content.sha256, content.size)
+    stale = blobs.complete(content.sha256, wrong_size)
+
+    assert restarted == {
+        "sha256": content.sha256,
+        "held": False,
+        "size": content.size,
+        "receivedChunks": [0],
+    }
+    assert completed.json()["held"] is True
+    assert stale.json()["size"] == content.size  # held: the stored size, whatever was asked
+    assert blobs.get(content.sha256).content == content.whole()
+    assert hashlib.sha256(blobs.get(content.sha256).content).hexdigest() == content.sha256
+
+
+def test_an_aws_server_refuses_chunks_smaller_than_s3s_smallest_part() -> None:
+    from backend_stub.settings import S3_MIN_PART_BYTES, AwsSettings, Settings
+
+    small = Limits(blob_chunk_bytes=S3_MIN_PART_BYTES - 1)
+
+    with pytest.raises(ValueError, match="blobChunkBytes must be at least 5242880"):
+        Settings(backend="aws", limits=small)
+    # The SQLite backend, and an emulator told to accept small parts, take any size.
+    assert Settings(limits=small).limits == small
+    moto = AwsSettings(endpoint_url="http://127.0.0.1:1")
+    assert Settings(backend="aws", aws=moto, limits=small).limits == small
