@@ -24,7 +24,8 @@ cancelled transaction from a log of the items it touches instead of table copies
 lets a table query look at its own partition only. The test suite's moto fixture runs
 the same server (``tests/aws_fixtures.py``).
 
-moto is a development dependency (the ``localaws`` extra); nothing else imports this.
+moto is a development dependency (the ``localaws`` dependency group, part of ``test``);
+nothing else imports this.
 """
 
 from __future__ import annotations
@@ -53,7 +54,11 @@ _swap = threading.Lock()
 
 
 def patches() -> list[Patch]:
-    """moto's transactions, undone from a log of the items they touch (see the module)."""
+    """moto's transactions, undone from a log of the items they touch (see the module).
+
+    >>> [name for _, name, _ in patches()]
+    ['transact_write_items', 'query']
+    """
     models = _dynamodb_models()
     backend, table = models.DynamoDBBackend, models.Table
     return [
@@ -156,7 +161,14 @@ def _service(environ: dict[str, Any]) -> str:
 
 
 def serialized(app: Callable[..., Any]) -> Callable[..., Any]:
-    """The WSGI ``app`` answering one request at a time, except SQS's (see the module)."""
+    """The WSGI ``app`` answering one request at a time, except SQS's (see the module).
+
+    >>> def hello(environ, start_response):
+    ...     start_response("200 OK", [])
+    ...     return iter([b"hi"])
+    >>> serialized(hello)({}, lambda *args: None)
+    [b'hi']
+    """
     lock = threading.Lock()
 
     def one_at_a_time(environ: dict[str, Any], start_response: Any) -> Any:
@@ -193,15 +205,23 @@ def local_aws(host: str = "127.0.0.1", port: int = 0) -> Any:
     """moto's threaded server on ``host:port``, serialized (``.start()``, ``.stop()``,
     ``.get_host_and_port()``); apply :func:`patches` first.
 
-        server = local_aws(port=0)
-        server.start()
-        host, port = server.get_host_and_port()
+    >>> server = local_aws(port=0)
+    >>> server.start()
+    >>> server.get_host_and_port()[0]
+    '127.0.0.1'
+    >>> server.stop()
     """
     return _server_class()(ip_address=host, port=port, verbose=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Serve until SIGINT or SIGTERM; print ``listening on http://HOST:PORT`` once ready."""
+    """Serve until SIGINT or SIGTERM; print ``listening on http://HOST:PORT`` once ready.
+    Its arguments are the command line's (``--help`` lists them); a bad one exits 2:
+
+    >>> main(["--port", "not-a-number"])
+    Traceback (most recent call last):
+    SystemExit: 2
+    """
     parser = argparse.ArgumentParser(prog="python -m backend_stub.localaws")
     parser.add_argument("-H", "--host", default="127.0.0.1")
     parser.add_argument("-p", "--port", type=int, default=5000, help="0: any free port")
