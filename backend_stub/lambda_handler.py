@@ -12,6 +12,9 @@ variables; the role's credentials from Lambda):
     as ``batchItemFailures`` and come back after their backoff.
 ``backend_stub.lambda_handler.events``
     the target of an EventBridge rule on ``UserRegistered``.
+``backend_stub.lambda_handler.publish_outbox``
+    invoked by an EventBridge schedule: publishes the outbox's stranded events (and
+    queues again a commit whose jobs stopped), so no long-lived worker is needed.
 
 Nothing is built at import time: the app, the storage and the worker are made by the
 first invocation of a container and reused by the next ones. Logs are JSON lines with
@@ -34,7 +37,9 @@ from backend_stub.monitoring import configure_logging
 from backend_stub.settings import Settings
 from backend_stub.worker import Outcome, Worker
 
-__all__ = ["api", "events", "sqs_failures", "worker"]
+__all__ = ["api", "events", "publish_outbox", "sqs_failures", "worker"]
+
+_OUTBOX_PAGE = 100
 
 
 def api(event: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -73,6 +78,23 @@ def events(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """
     outcome = _worker().handle(json.dumps(event), 1)
     return {"handled": outcome.done}
+
+
+def publish_outbox(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """A scheduled sweep: publish the outbox's pending events, a page at a time, while
+    the invocation has time left (``context.get_remaining_time_in_millis``).
+
+    >>> publish_outbox.__name__
+    'publish_outbox'
+    """
+    storage = _worker().storage
+    published = 0
+    while True:
+        count = storage.publish_outbox(limit=_OUTBOX_PAGE)
+        published += count
+        remaining = getattr(context, "get_remaining_time_in_millis", None)
+        if count < _OUTBOX_PAGE or (remaining is not None and remaining() < 10_000):
+            return {"published": published}
 
 
 def sqs_failures(outcomes: Iterable[tuple[str, Outcome]]) -> dict[str, Any]:

@@ -49,9 +49,9 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 
-from backend_stub.events import Event
+from backend_stub.events import Event, EventType
 from backend_stub.settings import AwsSettings
-from backend_stub.storage import aws_sync, iter_staged, tally_staged_pages
+from backend_stub.storage import aws_slices, aws_sync, iter_staged, tally_staged_pages
 from backend_stub.storage.aws_cloud import PROFILE, CloudItems
 from backend_stub.storage.aws_commit import commit, publish, store_snapshot
 from backend_stub.storage.aws_ledger import (
@@ -713,6 +713,11 @@ class AwsStorage:
         """
         self.cloud.settle(user_id, self._snapshot)
 
+    def commit_progress(self, session: Session) -> tuple[float, str] | None:
+        """How far a session's sliced commit is (``GET /status``); a commit whose jobs
+        stopped (a lost message, the dead-letter queue) is queued again."""
+        return aws_slices.progress(self, session)
+
     def _snapshot(self, session_id: str) -> None:
         store_snapshot(self, session_id)
 
@@ -764,11 +769,23 @@ class AwsStorage:
             Limit=limit,
         )
         pending: list[tuple[Event, tuple[str, str]]] = []
+        rolling: dict[str, bool] = {}
         for found in answer.get("Items", []):
             row = self.table.get(get_s(found, "pk"), get_s(found, "sk"))
-            if row is not None and "obx" in row:
-                pending.append((event_of(row), (get_s(row, "pk"), get_s(row, "sk"))))
+            if row is None or "obx" not in row:
+                continue
+            event = event_of(row)
+            if rolling.setdefault(event.user_id, self._rolling(event.user_id)):
+                # Its commit's roll-forward still runs (and its job publishes): a sweep
+                # now would publish the same row twice. A stalled one is queued again.
+                if event.type is EventType.MIGRATION_COMPLETED and event.session_id:
+                    aws_slices.nudge(self, event.user_id, event.session_id)
+                continue
+            pending.append((event, (get_s(row, "pk"), get_s(row, "sk"))))
         return publish(self, pending)
+
+    def _rolling(self, user_id: str) -> bool:
+        return aws_sync.read_profile(self.table, user_id).rolling is not None
 
     # ------------------------------------------------------------------ internals
 

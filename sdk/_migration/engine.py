@@ -54,6 +54,7 @@ from .._store.schema import connect_read_only
 from .._store.snapshot import Snapshot, open_snapshot, take_snapshot
 from .._sync.run import SyncResult
 from .._transport.http import Transport
+from .committing import await_commit
 from .journal import (
     Journal,
     JournalRecord,
@@ -503,10 +504,10 @@ def _complete(run: Run, record: JournalRecord) -> JournalRecord:
     session_id = session_id_of(record)
     run.hooks.progress(Progress(ProgressPhase.COMPLETING, 0, record.item_count))
     failpoint("complete.before")
+    request = c.CompleteMigrationRequest(dataset_checksum=record.dataset_checksum)
     try:
-        answer = run.transport.complete(
-            session_id, c.CompleteMigrationRequest(dataset_checksum=record.dataset_checksum)
-        )
+        answer = run.transport.complete(session_id, request)
+        answer = await_commit(run, session_id, answer, request, record.item_count)
     except ConflictError as exc:
         if exc.code == c.ProblemCode.CONFLICTS_UNRESOLVED.value:
             # Another device changed an item in conflict meanwhile: decide again.
