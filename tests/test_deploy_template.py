@@ -200,9 +200,7 @@ def test_a_schedule_runs_the_outbox_publisher(template: dict[str, Any]) -> None:
     (schedule,) = [r for r in rules.values() if "ScheduleExpression" in r]
 
     assert schedule["ScheduleExpression"].startswith("rate(")
-    assert [t["Arn"] for t in schedule["Targets"]] == [
-        {"Fn::GetAtt": ["PublisherFunction", "Arn"]}
-    ]
+    assert [t["Arn"] for t in schedule["Targets"]] == [{"Fn::GetAtt": ["PublisherFunction", "Arn"]}]
     assert any(
         p["FunctionName"] == {"Ref": "PublisherFunction"}
         and p["SourceArn"] == {"Fn::GetAtt": ["PublisherSchedule", "Arn"]}
