@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from backend_stub.completion import _ChecksumFailed, _fail, _refresh, _target
 from backend_stub.events import Event, EventType
+from backend_stub.monitoring import metric
 from backend_stub.settings import Settings
 from backend_stub.storage import CloudItem, Session, StagedItem, iter_conflicts
 from backend_stub.storage.aws import AwsStorage
@@ -54,7 +55,11 @@ Step = Callable[[AwsStorage, Settings, Session, CommitRecord, int, int], CommitR
 
 def fresh(storage: AwsStorage, session: Session, previous: CommitRecord | None) -> CommitRecord:
     """A new try at the commit, from the user's head now; an earlier try's set-aside
-    rows are swept first."""
+    rows are swept first.
+
+    >>> fresh(storage, session, None).step  # doctest: +SKIP
+    'aside'
+    """
     stale = None
     if previous is not None and previous.step != "done":
         # A record still sweeping has no rows of its own yet, only its stale ones.
@@ -183,7 +188,11 @@ def _snapshot(
 
 
 def flip(storage: AwsStorage, session: Session, record: CommitRecord, now: int) -> bool:
-    """The commit point: the pointer, the session's result and its event, at once."""
+    """The commit point: the pointer, the session's result and its event, at once.
+
+    >>> flip(storage, session, record, now)  # doctest: +SKIP
+    True
+    """
     manifest = session.manifest
     dataset, count = parts_digest(storage, session.id, record.tx, "staged")
     if count != manifest.item_count or dataset != manifest.dataset_checksum:
@@ -235,7 +244,14 @@ def flip(storage: AwsStorage, session: Session, record: CommitRecord, now: int) 
             return False  # another slice flipped
         # Another writer committed since the items were read: start over from fresh reads.
         return save_record(storage, session.id, _restart(storage, session, record), record.part)
-    logger.info("session %s completed: %d items, %d written", session.id, count, record.applied)
+    metric(
+        logger,
+        "MigrationCommitted",
+        {"ItemsWritten": record.applied, "Slices": record.part},
+        f"session {session.id} committed {record.applied} cloud item(s) of {count}",
+        sessionId=session.id,
+        userId=session.user_id,
+    )
     return True
 
 

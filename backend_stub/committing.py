@@ -39,6 +39,7 @@ from backend_stub.storage.aws_slices import (
     COMMIT_JOB,
     commit_message,
     load_record,
+    replace_record,
     save_record,
 )
 from sdk.contract import (
@@ -106,7 +107,7 @@ def request_commit(
             session = aws.update_session(
                 touch(session, settings, now, status=SessionStatus.COMMITTING)
             )
-        save_record(aws, session.id, fresh(aws, session, previous), None)
+        replace_record(aws, session.id, fresh(aws, session, previous))
         _enqueue(aws, user_id, session_id)
         logger.info("session %s: commit decided and queued", session.id)
         return committing(session)
@@ -140,6 +141,9 @@ def commit_slice(
 
     A slice that lost to another one (a duplicate job) changes nothing and returns
     ``False``: the job that won goes on.
+
+    >>> commit_slice(storage, settings, "alice", session_id, now=0)  # doctest: +SKIP
+    True
     """
     session = load_session(storage, user_id, session_id)
     record = load_record(storage, session_id)

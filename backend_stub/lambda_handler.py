@@ -13,8 +13,9 @@ variables; the role's credentials from Lambda):
 ``backend_stub.lambda_handler.events``
     the target of an EventBridge rule on ``UserRegistered``.
 ``backend_stub.lambda_handler.publish_outbox``
-    invoked by an EventBridge schedule: publishes the outbox's stranded events (and
-    queues again a commit whose jobs stopped), so no long-lived worker is needed.
+    invoked by an EventBridge schedule: publishes the outbox's stranded events, queues
+    again a commit whose jobs stopped, finishes or deletes the set-aside rows of units
+    that died: no long-lived worker is needed.
 
 Nothing is built at import time: the app, the storage and the worker are made by the
 first invocation of a container and reused by the next ones. Logs are JSON lines with
@@ -87,6 +88,8 @@ def publish_outbox(event: dict[str, Any], context: Any) -> dict[str, Any]:
     >>> publish_outbox.__name__
     'publish_outbox'
     """
+    from backend_stub.storage.aws_sweep import sweep_aside
+
     storage = _worker().storage
     published = 0
     while True:
@@ -94,7 +97,8 @@ def publish_outbox(event: dict[str, Any], context: Any) -> dict[str, Any]:
         published += count
         remaining = getattr(context, "get_remaining_time_in_millis", None)
         if count < _OUTBOX_PAGE or (remaining is not None and remaining() < 10_000):
-            return {"published": published}
+            # Then the set-aside rows of units that died (see aws_sweep).
+            return {"published": published, "swept": sweep_aside(storage)}
 
 
 def sqs_failures(outcomes: Iterable[tuple[str, Outcome]]) -> dict[str, Any]:

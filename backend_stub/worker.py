@@ -53,6 +53,7 @@ from backend_stub.storage import Storage
 from backend_stub.storage.aws import AwsStorage
 from backend_stub.storage.aws_ledger import FAILED, PENDING, BatchBusy, HeldBatch
 from backend_stub.storage.aws_slices import COMMIT_JOB, commit_message
+from backend_stub.storage.aws_sweep import sweep_aside
 from sdk.contract import BatchReceipt, ProblemCode
 
 __all__ = ["JOB_TYPE", "Outcome", "Worker", "accept_batch", "job_message"]
@@ -424,6 +425,7 @@ class Worker:
                 swept = time.monotonic()
                 try:
                     self.storage.publish_outbox()
+                    sweep_aside(self.storage)
                 except Exception:
-                    logger.exception("publishing the outbox failed; trying again later")
+                    logger.exception("sweeping the outbox failed; trying again later")
         logger.info("worker %s stopped", self.run_id)

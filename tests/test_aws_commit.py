@@ -11,15 +11,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aws_fixtures import AwsBackend, tap_events
-from server_fixtures import T0, Clock, Plan, Server, TestClient, items_of, make_plan
+from aws_fixtures import AwsBackend, Backend, tap_events
+from server_fixtures import (
+    T0,
+    Clock,
+    Plan,
+    Server,
+    TestClient,
+    items_of,
+    make_plan,
+    running_server,
+)
 
 from backend_stub import Settings, commit_steps, committing, create_app, seed_cloud_items
 from backend_stub.events import Event, EventType
+from backend_stub.items import cloud_item
 from backend_stub.storage.aws import AwsStorage
 from backend_stub.storage.aws_cloud import CloudItems
 from backend_stub.storage.aws_slices import load_record, save_record
+from backend_stub.storage.aws_sweep import sweep_aside
 from backend_stub.worker import Worker
+from sdk.contract import dataset_checksum_of
 
 SLICE = 40
 DEVICE = "phone-1"  # the device server_fixtures.Server.start migrates from
@@ -361,6 +373,93 @@ def test_the_scheduled_publisher_drains_the_outbox(
 
     answer = lambda_handler.publish_outbox({"source": "aws.events"}, None)
 
-    assert answer == {"published": 3}
+    assert answer == {"published": 3, "swept": 0}
     assert sorted(e["detail"]["userId"] for e in tap.collect(3)) == ["u0", "u1", "u2"]
     assert storage.publish_outbox() == 0
+
+
+# --------------------------------------------------------------------------- orphans
+
+
+def test_rows_set_aside_by_a_unit_that_died_before_its_flip_are_swept(
+    aws_storage: AwsStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = [cloud_item(i, version=1, device_id="phone") for i in items_of(30)]
+    # The process dies inside the unit: nothing cleans up after it.
+    monkeypatch.setattr(AwsStorage, "_drop_unflipped", lambda self, unit: None)
+    with pytest.raises(RuntimeError), aws_storage.atomic():
+        aws_storage.put_cloud_items("alice", items, T0)
+        raise RuntimeError("the process died before the flip")
+    monkeypatch.undo()
+    assert rows_under(aws_storage, "TX#") == 30
+
+    assert sweep_aside(aws_storage) == 0  # within the grace period: maybe still running
+    assert sweep_aside(aws_storage, grace_s=0) == 1
+
+    assert rows_under(aws_storage, "TX#") == 0
+    assert aws_storage.cloud_items("alice", [(i.collection, i.key) for i in items]) == {}
+    assert not list(aws_storage.table.query("USER#alice", prefix="ASIDE#"))
+
+
+def test_a_failed_unit_takes_its_set_aside_rows_with_it(aws_storage: AwsStorage) -> None:
+    items = [cloud_item(i, version=1, device_id="phone") for i in items_of(30)]
+    with pytest.raises(RuntimeError), aws_storage.atomic():
+        aws_storage.put_cloud_items("alice", items, T0)
+        raise RuntimeError("refused after writing")
+
+    assert rows_under(aws_storage, "TX#") == 0
+    assert not list(aws_storage.table.query("USER#alice", prefix="ASIDE#"))
+
+
+def test_a_write_stopped_after_its_flip_survives_every_ttl_and_the_sweep_finishes_it(
+    aws_storage: AwsStorage, aws_backend: AwsBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = items_of(30)
+
+    def die(*args: Any, **kwargs: Any) -> int:
+        raise RuntimeError("the process died rolling forward")
+
+    monkeypatch.setattr(CloudItems, "roll_forward", die)
+    seed_cloud_items(aws_storage, "alice", items, device_id="tablet", now=T0)
+    monkeypatch.undo()
+    assert "rolling" in (aws_storage.table.get("USER#alice", "PROFILE") or {})
+
+    expire_every_ttl(aws_storage, days=aws_storage.settings.retention_days + 2)
+    keys = [(i["collection"], i["key"]) for i in items]
+    reader = aws_backend.open()
+    assert len(reader.cloud_items("alice", keys)) == 30
+    assert sweep_aside(aws_storage, grace_s=0) == 1
+
+    assert "rolling" not in (aws_storage.table.get("USER#alice", "PROFILE") or {})
+    assert rows_under(aws_storage, "TX#") == 0
+    assert {k: i.version for k, i in reader.cloud_items("alice", keys).items()} == {
+        k: 1 for k in keys
+    }
+
+
+# --------------------------------------------------------------------------- checksums
+
+
+def test_the_cloud_checksum_is_read_from_the_committed_cloud_not_from_staged_items(
+    tmp_path: Path, backend: Backend
+) -> None:
+    with running_server(tmp_path, backend=backend) as server:
+        local = items_of(6)
+        # The cloud holds another version of one item; the device lets it stand.
+        seed_cloud_items(
+            server.storage, "alice", [{**local[2], "data": {"from": "tablet"}}], now=T0
+        )
+        plan = make_plan(local, batch_size=3)
+        session_id = server.started(plan)
+        server.upload_all(session_id, plan)
+        (conflict,) = server.conflicts(session_id).json()["conflicts"]
+        server.resolve(session_id, [{"conflictId": conflict["conflictId"], "choice": "server"}])
+
+        done = server.complete(session_id, plan.checksum).json()
+
+        keys = sorted((i["collection"], i["key"]) for i in local)
+        cloud = server.storage.cloud_items("alice", keys)
+        assert done["status"] == "completed"
+        assert done["cloudChecksum"] == dataset_checksum_of([cloud[k].wire() for k in keys])
+        assert done["cloudChecksum"] != plan.checksum  # the staged items would say this
+        assert server.summary(session_id).json()["summary"]["verified"] is True

@@ -51,7 +51,7 @@ from collections.abc import Iterator, Sequence
 
 from backend_stub.events import Event, EventType
 from backend_stub.settings import AwsSettings
-from backend_stub.storage import aws_slices, aws_sync, iter_staged, tally_staged_pages
+from backend_stub.storage import aws_slices, aws_sweep, aws_sync, iter_staged, tally_staged_pages
 from backend_stub.storage.aws_cloud import PROFILE, CloudItems
 from backend_stub.storage.aws_commit import commit, publish, store_snapshot
 from backend_stub.storage.aws_ledger import (
@@ -111,6 +111,7 @@ from backend_stub.storage.records import (
     Session,
     StagedItem,
     StagedTally,
+    StorageError,
     SyncedItem,
     SyncHead,
     VersionConflict,
@@ -184,9 +185,25 @@ class AwsStorage:
         self._local.unit = unit
         try:
             yield
-        finally:
+        except BaseException:
             self._local.unit = None
-        commit(self, unit)
+            self._drop_unflipped(unit)
+            raise
+        self._local.unit = None
+        try:
+            commit(self, unit)
+        except StorageError:
+            # Its transaction was refused (a lost race, a failed condition): nothing
+            # flipped. Anything else may have applied: the sweep decides later.
+            self._drop_unflipped(unit)
+            raise
+
+    def _drop_unflipped(self, unit: Unit) -> None:
+        for user in unit.cloud:
+            try:
+                aws_sweep.forget(self, unit.tx, user)
+            except Exception:
+                logger.exception("the set-aside rows of %s stay for the sweep", unit.tx)
 
     def _unit(self) -> Unit:
         unit: Unit | None = getattr(self._local, "unit", None)
@@ -609,6 +626,9 @@ class AwsStorage:
     ) -> None:
         """Set ``items`` aside and move the unit's head: ``current`` holds the cloud
         rows they replace, ``mine`` the rows this unit set aside for them before."""
+        if not unit.cloud[user_id]:
+            # Registered before its first row: if the unit dies, the sweep finds them.
+            aws_sweep.register(self, unit.tx, user_id)
         prior, head = unit.sync[user_id]
         total, count = head.checksum, head.item_count
         for item, digest in zip(items, digests, strict=True):

@@ -164,6 +164,10 @@ class CloudItems:
         generation, rolling = self._pointer(user_id)
         return generation + (1 if rolling is not None else 0)
 
+    def rolling(self, user_id: str) -> str | None:
+        """The commit whose roll-forward the user's pointer names (``None``: none)."""
+        return self._pointer(user_id)[1]
+
     def _pointer(self, user_id: str) -> tuple[int, str | None]:
         row = self.table.get(user_pk(user_id), PROFILE, projection="#gen, #rolling")
         if row is None:
@@ -290,8 +294,13 @@ class CloudItems:
             finish(session_id)
         self.clear(user_id, tx)
         keys = [key(pk, row["sk"]["S"]) for row in self.table.query(pk, projection="#pk, #sk")]
-        self.table.batch_write(deletes=keys)
+        self.table.batch_write(deletes=keys + self.registrations(user_id, tx))
         return copied
+
+    def registrations(self, user_id: str, tx: str) -> list[Row]:
+        """The keys of commit ``tx``'s registrations (:mod:`~backend_stub.storage.aws_sweep`)."""
+        rows = self.table.query(user_pk(user_id), prefix="ASIDE#", projection="#pk, #sk")
+        return [key(r["pk"]["S"], r["sk"]["S"]) for r in rows if r["sk"]["S"].endswith(f"#{tx}")]
 
     def clear(self, user_id: str, tx: str) -> None:
         """Clear the pointer of commit ``tx`` once its rows are copied (its set-aside

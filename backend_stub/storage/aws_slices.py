@@ -147,7 +147,11 @@ def nudge(storage: AwsStorage, user_id: str, session_id: str) -> CommitRecord | 
 
 
 def load_record(storage: AwsStorage, session_id: str) -> CommitRecord | None:
-    """The session's commit record (``None``: no commit was decided yet)."""
+    """The session's commit record (``None``: no commit was decided yet).
+
+    >>> load_record(storage, "s1").step  # doctest: +SKIP
+    'aside'
+    """
     row = storage.table.get(session_pk(session_id), COMMIT_SK)
     if row is None:
         return None
@@ -167,7 +171,11 @@ def _row(session_id: str, record: CommitRecord) -> Row:
 
 def record_op(session_id: str, record: CommitRecord, expected: int | None) -> Op:
     """The write of ``record`` in a transaction: only if the stored one is still at
-    part ``expected`` (``None``: there is none)."""
+    part ``expected`` (``None``: there is none).
+
+    >>> record_op("s1", CommitRecord("tx1", "aside"), None).target
+    ('SESSION#s1', 'COMMIT')
+    """
     condition = "attribute_not_exists(#pk)" if expected is None else "#part = :expected"
     body: dict[str, Any] = {
         "Item": _row(session_id, record),
@@ -182,17 +190,27 @@ def record_op(session_id: str, record: CommitRecord, expected: int | None) -> Op
 def save_record(
     storage: AwsStorage, session_id: str, record: CommitRecord, expected: int | None
 ) -> bool:
-    """Store ``record`` if the stored one is at part ``expected`` (``None``: whatever is
-    stored); ``False`` when another slice moved it first."""
+    """Store ``record`` if the stored one is at part ``expected`` (``None``: if none is
+    stored); ``False`` when another slice (or try) moved it first.
+
+    >>> save_record(storage, "s1", record.next(), record.part)  # doctest: +SKIP
+    True
+    """
     row = _row(session_id, record)
     if expected is None:
-        storage.table.put(row)
-        return True
+        condition, values = "attribute_not_exists(#pk)", None
+    else:
+        condition, values = "#part = :expected", {":expected": n(expected)}
     try:
-        storage.table.put(row, condition="#part = :expected", values={":expected": n(expected)})
+        storage.table.put(row, condition=condition, values=values)
     except VersionConflict:
         return False
     return True
+
+
+def replace_record(storage: AwsStorage, session_id: str, record: CommitRecord) -> None:
+    """Store ``record`` whatever is stored (a new decision replaces an ended try)."""
+    storage.table.put(_row(session_id, record))
 
 
 def part_name(session_id: str, tx: str, kind: str, part: int) -> str:
@@ -207,7 +225,11 @@ def put_part(storage: AwsStorage, name: str, body: bytes) -> None:
 
 def parts_digest(storage: AwsStorage, session_id: str, tx: str, kind: str) -> tuple[str, int]:
     """SHA-256 over the digests of every part of step ``kind``, in slice order, and how
-    many digests there were: the dataset checksum's definition, resumed across slices."""
+    many digests there were: the dataset checksum's definition, resumed across slices.
+
+    >>> parts_digest(storage, "s1", "tx1", "staged")  # doctest: +SKIP
+    ('e3b0c442...', 0)
+    """
     digest = hashlib.sha256()
     count = 0
     for body in _parts(storage, f"sessions/{session_id}/commit/{tx}/{kind}/"):
