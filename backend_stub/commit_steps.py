@@ -22,7 +22,7 @@ from backend_stub.monitoring import metric
 from backend_stub.settings import Settings
 from backend_stub.storage import CloudItem, Session, StagedItem, iter_conflicts
 from backend_stub.storage.aws import AwsStorage
-from backend_stub.storage.aws_commit import commit, publish, store_snapshot
+from backend_stub.storage.aws_commit import commit, publish
 from backend_stub.storage.aws_rows import (
     cloud_of,
     conflict_id,
@@ -41,6 +41,7 @@ from backend_stub.storage.aws_slices import (
     record_op,
     save_record,
 )
+from backend_stub.storage.aws_snapshot import snapshot_part, start_snapshot
 from backend_stub.storage.aws_sync import read_profile
 from backend_stub.storage.aws_unit import SessionWrite, Unit, put_op
 from backend_stub.storage.records import SyncHead, VersionConflict
@@ -157,9 +158,10 @@ def _aside(
     put_part(storage, name, b"".join(staged_digests))
     name = part_name(session.id, record.tx, "cloud", record.part)
     put_part(storage, name, b"".join(cloud_digests))
+    ended = len(page) < limit
     return record.next(
-        step="snapshot" if len(page) < limit else "aside",
-        after=keys[-1] if keys else record.after,
+        step="snapshot" if ended else "aside",
+        after=None if ended else keys[-1],
         done=record.done + len(page),
         checksum=checksum,
         count=count,
@@ -183,8 +185,13 @@ def _snapshot(
     now: int,
 ) -> CommitRecord:
     # Before the flip: it reads the staged items, which the working set's TTL removes.
-    store_snapshot(storage, session.id)
-    return record.next(step="flip")
+    upload = record.upload or start_snapshot(storage, session.id)
+    parts, last, ended = snapshot_part(
+        storage, session.id, upload, record.parts, record.after, limit
+    )
+    if ended:
+        return record.next(step="flip", after=None, upload=None, parts=[])
+    return record.next(upload=upload, parts=parts, after=last)
 
 
 def flip(storage: AwsStorage, session: Session, record: CommitRecord, now: int) -> bool:

@@ -88,6 +88,9 @@ class CommitRecord:
     stale: str | None = None
     then: str = "aside"
     outbox: tuple[str, str] | None = None
+    #: The snapshot's multipart upload, and the parts uploaded so far.
+    upload: str | None = None
+    parts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     updated_at: float = 0.0
 
     @property
