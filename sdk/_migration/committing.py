@@ -8,7 +8,7 @@ session answers its stored result; a session the cloud changed under answers why
 handled by the caller as any answer of ``complete``)::
 
     >>> _COMMIT_TIMEOUT
-    1800.0
+    3600.0
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from .run import Run, session_status
 __all__ = ["await_commit"]
 
 #: How long one call waits for a committing server; the next call resumes the wait.
-_COMMIT_TIMEOUT = 1800.0
+_COMMIT_TIMEOUT = 3600.0
 
 
 def await_commit(
