@@ -5,6 +5,7 @@ nothing the committed state needs expires."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,7 +32,7 @@ from backend_stub.storage.aws_cloud import CloudItems
 from backend_stub.storage.aws_slices import load_record, save_record
 from backend_stub.storage.aws_sweep import sweep_aside
 from backend_stub.worker import Worker
-from sdk.contract import dataset_checksum_of
+from sdk.contract import canonical_item, dataset_checksum_of
 
 SLICE = 40
 DEVICE = "phone-1"  # the device server_fixtures.Server.start migrates from
@@ -463,3 +464,31 @@ def test_the_cloud_checksum_is_read_from_the_committed_cloud_not_from_staged_ite
         assert done["cloudChecksum"] == dataset_checksum_of([cloud[k].wire() for k in keys])
         assert done["cloudChecksum"] != plan.checksum  # the staged items would say this
         assert server.summary(session_id).json()["summary"]["verified"] is True
+
+
+def test_a_large_snapshot_goes_up_in_parts_and_keeps_its_sha256(
+    bare: Bare, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from moto.s3 import models as s3_models
+
+    from backend_stub.storage import aws_snapshot
+
+    # Parts of 4 kB instead of 5 MiB (moto checks S3's minimum; lowered alike).
+    monkeypatch.setattr(aws_snapshot, "PART_BYTES", 4096)
+    monkeypatch.setattr(s3_models, "S3_UPLOAD_PART_MIN_SIZE", 4096)
+    plan, session_id = bare.uploaded(200)
+    bare.server.complete_once(session_id, plan.checksum)
+    parts = 0
+    while one_job(bare.worker):
+        record = load_record(bare.storage, session_id)
+        parts = max(parts, len(record.parts) if record else 0)
+    bare.worker.drain()
+
+    assert parts >= 2  # recorded before the last, which completes the upload
+    s3, bucket = bare.storage.resources.s3, bare.storage.resources.bucket
+    name = f"sessions/{session_id}/snapshot.jsonl"
+    body = s3.get_object(Bucket=bucket, Key=name)["Body"].read()
+    head = s3.head_object(Bucket=bucket, Key=name)
+    assert body.splitlines() == [canonical_item(i) for i in plan.items]
+    assert head["Metadata"] == {"sha256": hashlib.sha256(body).hexdigest(), "items": "200"}
+    assert head["ServerSideEncryption"] == "AES256"
