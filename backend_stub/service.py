@@ -246,11 +246,13 @@ def status_response(storage: Storage, session: Session, now: int) -> GetMigratio
     if status is SessionStatus.PROCESSING:
         step = f"processing: {processed} of {batch_count} batches processed"
     progress = 1.0 if batch_count == 0 else min(1.0, len(received) / batch_count)
-    # A backend that commits in slices (aws) says how far its commit is.
+    # A backend that commits in slices (aws) says how far its commit is, and queues
+    # again one that stalled (its roll-forward goes on after the session completed).
     commit_progress = getattr(storage, "commit_progress", None)
-    if status is SessionStatus.COMMITTING and commit_progress is not None:
+    finishing = status in (SessionStatus.COMMITTING, SessionStatus.COMPLETED)
+    if finishing and commit_progress is not None:
         found = commit_progress(session)
-        if found is not None:
+        if found is not None and status is SessionStatus.COMMITTING:
             progress, step = found
     return GetMigrationStatusResponse(
         session_id=session.id,

@@ -240,6 +240,27 @@ def test_a_commit_killed_at_any_step_is_finished_by_the_job_coming_back(
     assert len(events) == 1
 
 
+def test_a_roll_forward_whose_jobs_were_lost_is_queued_again_by_the_next_status(
+    bare: Bare,
+) -> None:
+    storage = bare.storage
+    plan, session_id = bare.uploaded(60)
+    bare.server.complete_once(session_id, plan.checksum)
+    while load_record(storage, session_id).step != "roll":  # type: ignore[union-attr]
+        one_job(bare.worker)
+    resources = storage.resources
+    resources.sqs.purge_queue(QueueUrl=resources.queue_url)  # its job is gone
+    record = load_record(storage, session_id)
+    assert record is not None
+    save_record(storage, session_id, dataclasses.replace(record, updated_at=0.0), record.part)
+
+    assert bare.server.status(session_id).json()["status"] == "completed"
+    bare.worker.drain()
+
+    assert "rolling" not in (storage.table.get("USER#alice", "PROFILE") or {})
+    assert load_record(storage, session_id).step == "done"  # type: ignore[union-attr]
+
+
 def test_a_commit_whose_jobs_were_lost_is_queued_again_by_the_next_call(bare: Bare) -> None:
     storage = bare.storage
     plan, session_id = bare.uploaded(90)
