@@ -49,11 +49,11 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 
-from backend_stub.events import Event, EventType
+from backend_stub.events import Event
 from backend_stub.settings import AwsSettings
 from backend_stub.storage import aws_slices, aws_sweep, aws_sync, iter_staged, tally_staged_pages
 from backend_stub.storage.aws_cloud import PROFILE, CloudItems
-from backend_stub.storage.aws_commit import commit, publish, store_snapshot
+from backend_stub.storage.aws_commit import commit, store_snapshot
 from backend_stub.storage.aws_ledger import (
     FAILED,
     PENDING,
@@ -62,7 +62,7 @@ from backend_stub.storage.aws_ledger import (
     HeldBatch,
     Ledger,
 )
-from backend_stub.storage.aws_resources import OUTBOX_INDEX, AwsResources
+from backend_stub.storage.aws_resources import AwsResources
 from backend_stub.storage.aws_rows import (
     Row,
     aside_pk,
@@ -780,32 +780,7 @@ class AwsStorage:
 
     def publish_outbox(self, *, limit: int = 100) -> int:
         """Publish events whose publication failed after their commit (the sweeper)."""
-        answer = self.resources.dynamodb.query(
-            TableName=self.table.name,
-            IndexName=OUTBOX_INDEX,
-            KeyConditionExpression="#obx = :pending",
-            ExpressionAttributeNames={"#obx": "obx"},
-            ExpressionAttributeValues={":pending": s("pending")},
-            Limit=limit,
-        )
-        pending: list[tuple[Event, tuple[str, str]]] = []
-        rolling: dict[str, bool] = {}
-        for found in answer.get("Items", []):
-            row = self.table.get(get_s(found, "pk"), get_s(found, "sk"))
-            if row is None or "obx" not in row:
-                continue
-            event = event_of(row)
-            if rolling.setdefault(event.user_id, self._rolling(event.user_id)):
-                # Its commit's roll-forward still runs (and its job publishes): a sweep
-                # now would publish the same row twice. A stalled one is queued again.
-                if event.type is EventType.MIGRATION_COMPLETED and event.session_id:
-                    aws_slices.nudge(self, event.user_id, event.session_id)
-                continue
-            pending.append((event, (get_s(row, "pk"), get_s(row, "sk"))))
-        return publish(self, pending)
-
-    def _rolling(self, user_id: str) -> bool:
-        return aws_sync.read_profile(self.table, user_id).rolling is not None
+        return aws_sweep.sweep_outbox(self, limit=limit)
 
     # ------------------------------------------------------------------ internals
 

@@ -1,4 +1,4 @@
-"""Set-aside rows that nothing else will delete: registered, then swept.
+"""What the sweep does: set-aside rows nothing else will delete, stranded events.
 
 Set-aside rows carry no TTL (once a commit flipped, the committed state depends on them
 until its roll-forward copied them). A unit of work that dies before its flip leaves
@@ -22,13 +22,16 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from backend_stub.events import Event, EventType
+from backend_stub.storage.aws_commit import publish
 from backend_stub.storage.aws_resources import OUTBOX_INDEX
-from backend_stub.storage.aws_rows import Row, aside_pk, get_s, key, s, user_pk
+from backend_stub.storage.aws_rows import Row, aside_pk, event_of, get_s, key, s, user_pk
+from backend_stub.storage.aws_slices import nudge
 
 if TYPE_CHECKING:
     from backend_stub.storage.aws import AwsStorage
 
-__all__ = ["register", "registration_sk", "sweep_aside"]
+__all__ = ["register", "registration_sk", "sweep_aside", "sweep_outbox"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,3 +99,37 @@ def sweep_aside(storage: AwsStorage, *, grace_s: int = GRACE_S, limit: int = 100
         forget(storage, tx, user_id)
         handled += 1
     return handled
+
+
+def sweep_outbox(storage: AwsStorage, *, limit: int = 100) -> int:
+    """Publish up to ``limit`` events whose publication failed after their commit;
+    returns how many went out. A user whose commit still rolls forward is left alone
+    (its job publishes when done: a sweep now would publish the row twice), and a
+    stalled commit of theirs is queued again.
+
+    >>> sweep_outbox(storage)  # doctest: +SKIP
+    3
+    """
+    answer = storage.resources.dynamodb.query(
+        TableName=storage.table.name,
+        IndexName=OUTBOX_INDEX,
+        KeyConditionExpression="#obx = :pending",
+        ExpressionAttributeNames={"#obx": "obx"},
+        ExpressionAttributeValues={":pending": s("pending")},
+        Limit=limit,
+    )
+    pending: list[tuple[Event, tuple[str, str]]] = []
+    rolling: dict[str, bool] = {}
+    for found in answer.get("Items", []):
+        row = storage.table.get(get_s(found, "pk"), get_s(found, "sk"))
+        if row is None or "obx" not in row:
+            continue
+        event = event_of(row)
+        if event.user_id not in rolling:
+            rolling[event.user_id] = storage.cloud.rolling(event.user_id) is not None
+        if rolling[event.user_id]:
+            if event.type is EventType.MIGRATION_COMPLETED and event.session_id:
+                nudge(storage, event.user_id, event.session_id)
+            continue
+        pending.append((event, (get_s(row, "pk"), get_s(row, "sk"))))
+    return publish(storage, pending)
