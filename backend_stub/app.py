@@ -23,6 +23,7 @@ from starlette.responses import Response
 
 from backend_stub.batches import put_batch
 from backend_stub.blob_routes import blob_router
+from backend_stub.completion import complete_migration
 from backend_stub.identity import token_verifier
 from backend_stub.problems import ApiError, code_for_status, problem_response
 from backend_stub.routes import BatchIntake, router
@@ -31,7 +32,7 @@ from backend_stub.settings import Settings
 from backend_stub.storage import Storage
 from backend_stub.storage.sqlite import SQLiteStorage
 from backend_stub.sync_routes import sync_router
-from sdk.contract import ProblemCode
+from sdk.contract import CompleteMigrationResponse, ProblemCode
 
 __all__ = ["create_app", "open_storage"]
 
@@ -95,11 +96,22 @@ def create_app(
     app.state.clock = clock or now_ms
     app.state.token_verifier = token_verifier(settings)
     app.state.batch_intake = _batch_intake(settings)
+    app.state.completer = _completer(settings)
     app.include_router(router)
     app.include_router(sync_router)
     app.include_router(blob_router)
     _install_problem_handlers(app)
     return app
+
+
+def _completer(settings: Settings) -> Callable[..., CompleteMigrationResponse]:
+    """What ``POST .../complete`` runs: the commit in the request (embedded), or the
+    decision, the commit queued for the worker (aws: no request writes the dataset)."""
+    if settings.backend == "aws":
+        from backend_stub.committing import request_commit
+
+        return request_commit
+    return complete_migration
 
 
 def _batch_intake(settings: Settings) -> BatchIntake:

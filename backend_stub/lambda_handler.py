@@ -12,6 +12,10 @@ variables; the role's credentials from Lambda):
     as ``batchItemFailures`` and come back after their backoff.
 ``backend_stub.lambda_handler.events``
     the target of an EventBridge rule on ``UserRegistered``.
+``backend_stub.lambda_handler.publish_outbox``
+    invoked by an EventBridge schedule: publishes the outbox's stranded events, queues
+    again a commit whose jobs stopped, finishes or deletes the set-aside rows of units
+    that died: no long-lived worker is needed.
 
 Nothing is built at import time: the app, the storage and the worker are made by the
 first invocation of a container and reused by the next ones. Logs are JSON lines with
@@ -34,7 +38,9 @@ from backend_stub.monitoring import configure_logging
 from backend_stub.settings import Settings
 from backend_stub.worker import Outcome, Worker
 
-__all__ = ["api", "events", "sqs_failures", "worker"]
+__all__ = ["api", "events", "publish_outbox", "sqs_failures", "worker"]
+
+_OUTBOX_PAGE = 100
 
 
 def api(event: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -73,6 +79,26 @@ def events(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """
     outcome = _worker().handle(json.dumps(event), 1)
     return {"handled": outcome.done}
+
+
+def publish_outbox(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """A scheduled sweep: publish the outbox's pending events, a page at a time, while
+    the invocation has time left (``context.get_remaining_time_in_millis``).
+
+    >>> publish_outbox.__name__
+    'publish_outbox'
+    """
+    from backend_stub.storage.aws_sweep import sweep_aside
+
+    storage = _worker().storage
+    published = 0
+    while True:
+        count = storage.publish_outbox(limit=_OUTBOX_PAGE)
+        published += count
+        remaining = getattr(context, "get_remaining_time_in_millis", None)
+        if count < _OUTBOX_PAGE or (remaining is not None and remaining() < 10_000):
+            # Then the set-aside rows of units that died (see aws_sweep).
+            return {"published": published, "swept": sweep_aside(storage)}
 
 
 def sqs_failures(outcomes: Iterable[tuple[str, Outcome]]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Annotated, NamedTuple
 from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from backend_stub import completion, conflicts, plan, service, start, summary
+from backend_stub import conflicts, plan, service, start, summary
 from backend_stub.auth import UserId
 from backend_stub.bodies import Upload, batch_upload, json_body
 from backend_stub.settings import Settings
@@ -201,9 +201,12 @@ def complete_migration(
     storage: StorageDep,
     settings: SettingsDep,
     now: Now,
+    request: Request,
 ) -> CompleteMigrationResponse:
-    """Apply the migration to the cloud atomically (idempotent)."""
-    return completion.complete_migration(storage, settings, user_id, session_id, body, now=now)
+    """Apply the migration to the cloud atomically (idempotent); on the aws backend,
+    decide and answer ``committing`` while the worker commits."""
+    complete: Callable[..., CompleteMigrationResponse] = request.app.state.completer
+    return complete(storage, settings, user_id, session_id, body, now=now)
 
 
 @router.get("/summary")

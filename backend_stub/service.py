@@ -245,11 +245,20 @@ def status_response(storage: Storage, session: Session, now: int) -> GetMigratio
     step = _step(session, status, len(received), unresolved)
     if status is SessionStatus.PROCESSING:
         step = f"processing: {processed} of {batch_count} batches processed"
+    progress = 1.0 if batch_count == 0 else min(1.0, len(received) / batch_count)
+    # A backend that commits in slices (aws) says how far its commit is, and queues
+    # again one that stalled (its roll-forward goes on after the session completed).
+    commit_progress = getattr(storage, "commit_progress", None)
+    finishing = status in (SessionStatus.COMMITTING, SessionStatus.COMPLETED)
+    if finishing and commit_progress is not None:
+        found = commit_progress(session)
+        if found is not None and status is SessionStatus.COMMITTING:
+            progress, step = found
     return GetMigrationStatusResponse(
         session_id=session.id,
         migration_id=session.migration_id,
         status=status,
-        progress=1.0 if batch_count == 0 else min(1.0, len(received) / batch_count),
+        progress=progress,
         current_step=step,
         errors=([session.error] if session.error else []) + backlog.failures,
         batch_count=batch_count,

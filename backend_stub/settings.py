@@ -113,6 +113,8 @@ class AwsSettings:
     retry_delay: float = 2.0
     #: Days the working set of a session (staged items, conflicts, batches) is kept.
     retention_days: int = 30
+    #: Items one slice of a commit handles (one job of the worker each).
+    commit_slice: int = 2000
     #: Server-side encryption of S3 objects: ``AES256`` or ``aws:kms``.
     sse: str = "AES256"
     #: The KMS key for ``aws:kms`` (``None``: the account's AWS-managed key).
@@ -125,6 +127,8 @@ class AwsSettings:
             raise ValueError("MIGRATION_AWS_MAX_RECEIVES must be between 1 and 1000")
         if not 1 <= self.visibility_timeout <= 43_200:
             raise ValueError("MIGRATION_AWS_VISIBILITY_TIMEOUT must be between 1 and 43200")
+        if not 1 <= self.commit_slice <= 100_000:
+            raise ValueError("MIGRATION_AWS_COMMIT_SLICE must be between 1 and 100000")
         if self.retry_delay < 0 or self.retention_days < 1:
             raise ValueError("MIGRATION_AWS_RETRY_DELAY and _RETENTION_DAYS must be positive")
 

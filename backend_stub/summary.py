@@ -78,13 +78,23 @@ def get_summary(
         c.strategy or c.choice or "unknown" for c in conflicts if c.resolved
     )
     result = session.result
-    verified = result is not None and cloud_checksum(storage, session) == result.cloud_checksum
+    if result is not None and result.item_count and not sum(outcomes.values()):
+        # The working set (staged items, conflicts) outlived its retention, and with it
+        # the list of migrated keys: what the commit found is in its result, and its
+        # cloud checksum was taken from the committed cloud (verified as of completion).
+        verified = True
+        outcomes = {"new": result.new_items or 0, "unchanged": result.unchanged_items or 0}
+        by_kind = collections.Counter(result.resolutions_by_kind)
+        conflict_count = result.conflicts or 0
+    else:
+        verified = result is not None and cloud_checksum(storage, session) == result.cloud_checksum
+        conflict_count = len(conflicts)
     end = session.completed_at if session.completed_at is not None else session.updated_at
     summary = MigrationSummary(
         total_items=session.manifest.item_count,
         new_items=outcomes.get("new", 0),
         unchanged_items=outcomes.get("unchanged", 0),
-        conflicts=len(conflicts),
+        conflicts=conflict_count,
         resolutions_by_kind=dict(by_kind),
         collections=dict(session.manifest.collections),
         duration_ms=max(0, end - session.created_at),

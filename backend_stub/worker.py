@@ -42,6 +42,7 @@ from typing import Any
 
 from backend_stub.batches import check_upload, put_batch
 from backend_stub.bodies import Upload
+from backend_stub.committing import commit_slice
 from backend_stub.events import UserRegistered, handle_user_registered
 from backend_stub.items import parse_batch
 from backend_stub.monitoring import metric
@@ -51,6 +52,8 @@ from backend_stub.settings import Settings
 from backend_stub.storage import Storage
 from backend_stub.storage.aws import AwsStorage
 from backend_stub.storage.aws_ledger import FAILED, PENDING, BatchBusy, HeldBatch
+from backend_stub.storage.aws_slices import COMMIT_JOB, commit_message
+from backend_stub.storage.aws_sweep import sweep_aside
 from sdk.contract import BatchReceipt, ProblemCode
 
 __all__ = ["JOB_TYPE", "Outcome", "Worker", "accept_batch", "job_message"]
@@ -211,6 +214,8 @@ class Worker:
             return self._retry(receive_count)
         if message.get("detail-type") == "UserRegistered":
             return self._user_registered(message)
+        if message.get("type") == COMMIT_JOB:
+            return self._commit(message, receive_count)
         if message.get("type") != JOB_TYPE:
             logger.error("unknown message %.200s; it will end in the dead-letter queue", body)
             return self._retry(receive_count)
@@ -269,6 +274,30 @@ class Worker:
             seq=seq,
             replayed=receipt.replayed,
         )
+        return Outcome(done=True)
+
+    def _commit(self, message: dict[str, Any], receive_count: int) -> Outcome:
+        """One slice of a session's commit; the next slice goes on as a new job."""
+        user_id, session_id = message.get("userId"), message.get("sessionId")
+        if not isinstance(user_id, str) or not isinstance(session_id, str):
+            logger.error("malformed commit job %.200s; it goes to the dead-letter queue", message)
+            return self._retry(receive_count)
+        try:
+            more = commit_slice(self.storage, self.settings, user_id, session_id, now=self.clock())
+            if more:
+                self._sqs.send_message(
+                    QueueUrl=self.storage.resources.queue_url,
+                    MessageBody=commit_message(user_id, session_id),
+                )
+        except ApiError as refused:
+            if refused.status == 404:
+                return Outcome(done=True)
+            logger.warning("session %s: a commit slice was refused: %s", session_id, refused)
+            return self._retry(receive_count)
+        except Exception:
+            # The slice resumes from the commit record when the job comes back.
+            logger.exception("session %s: a commit slice failed; retried", session_id)
+            return self._retry(receive_count)
         return Outcome(done=True)
 
     def _refused(self, held: HeldBatch, refused: ApiError, receive_count: int) -> Outcome:
@@ -396,6 +425,7 @@ class Worker:
                 swept = time.monotonic()
                 try:
                     self.storage.publish_outbox()
+                    sweep_aside(self.storage)
                 except Exception:
-                    logger.exception("publishing the outbox failed; trying again later")
+                    logger.exception("sweeping the outbox failed; trying again later")
         logger.info("worker %s stopped", self.run_id)

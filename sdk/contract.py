@@ -475,6 +475,10 @@ class CompleteMigrationResponse(WireModel):
     """Result of the commit. ``cloud_checksum`` covers the migrated keys as the cloud now
     holds them, in the dataset checksum's definition, so the device can verify.
 
+    A server that commits off the request path (the AWS backend) first answers with
+    ``status`` ``committing``, an empty ``cloud_checksum`` and ``completed_at`` 0: the
+    client polls ``GET /status`` and asks again once it moved on.
+
     >>> CompleteMigrationResponse(session_id="s", status="completed", item_count=1,
     ...     applied_count=1, dataset_checksum="a", cloud_checksum="a",
     ...     completed_at=0).status.is_final

@@ -33,6 +33,7 @@ HANDLERS = {
     "ApiFunction": "backend_stub.lambda_handler.api",
     "WorkerFunction": "backend_stub.lambda_handler.worker",
     "EventsFunction": "backend_stub.lambda_handler.events",
+    "PublisherFunction": "backend_stub.lambda_handler.publish_outbox",
 }
 
 
@@ -183,7 +184,7 @@ def test_the_worker_takes_jobs_from_the_queue_and_reports_partial_failures(
 def test_user_registered_events_reach_the_events_function_by_the_rule_the_code_names(
     template: dict[str, Any],
 ) -> None:
-    (rule,) = resources_of(template, "AWS::Events::Rule").values()
+    rule = resources_of(template, "AWS::Events::Rule")["UserRegisteredRule"]
 
     assert rule["Name"] == {"Fn::Sub": "${AppName}-user-registered"}  # as provision() names it
     assert rule["EventPattern"] == {"detail-type": ["UserRegistered"]}
@@ -191,6 +192,20 @@ def test_user_registered_events_reach_the_events_function_by_the_rule_the_code_n
     assert rule["Targets"][0]["DeadLetterConfig"]["Arn"] == {
         "Fn::GetAtt": ["DeadLetterQueue", "Arn"]
     }
+
+
+def test_a_schedule_runs_the_outbox_publisher(template: dict[str, Any]) -> None:
+    rules = resources_of(template, "AWS::Events::Rule")
+    permissions = resources_of(template, "AWS::Lambda::Permission")
+    (schedule,) = [r for r in rules.values() if "ScheduleExpression" in r]
+
+    assert schedule["ScheduleExpression"].startswith("rate(")
+    assert [t["Arn"] for t in schedule["Targets"]] == [{"Fn::GetAtt": ["PublisherFunction", "Arn"]}]
+    assert any(
+        p["FunctionName"] == {"Ref": "PublisherFunction"}
+        and p["SourceArn"] == {"Fn::GetAtt": ["PublisherSchedule", "Arn"]}
+        for p in permissions.values()
+    )
 
 
 def test_the_bucket_is_encrypted_private_tls_only_and_expires_session_copies(

@@ -355,8 +355,8 @@ def stop_rolling_forward(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
         def die(*args: Any) -> None:
             raise RuntimeError("the process died here")
 
-        # The snapshot is stored after the copies, before the pointer is cleared.
-        monkeypatch.setattr("backend_stub.storage.aws_commit.store_snapshot", die)
+        # Everything copied (the log included); the pointer is not cleared.
+        monkeypatch.setattr(CloudItems, "clear", die)
 
 
 @pytest.mark.parametrize("where", ["mid-copy", "before-clear"])

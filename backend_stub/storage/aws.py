@@ -51,10 +51,10 @@ from collections.abc import Iterator, Sequence
 
 from backend_stub.events import Event
 from backend_stub.settings import AwsSettings
-from backend_stub.storage import aws_sync, iter_staged, tally_staged_pages
+from backend_stub.storage import aws_slices, aws_sweep, aws_sync, iter_staged, tally_staged_pages
 from backend_stub.storage.aws_blobs import S3Blobs
 from backend_stub.storage.aws_cloud import PROFILE, CloudItems
-from backend_stub.storage.aws_commit import commit, publish, store_snapshot
+from backend_stub.storage.aws_commit import commit, store_snapshot
 from backend_stub.storage.aws_ledger import (
     FAILED,
     PENDING,
@@ -63,7 +63,7 @@ from backend_stub.storage.aws_ledger import (
     HeldBatch,
     Ledger,
 )
-from backend_stub.storage.aws_resources import OUTBOX_INDEX, AwsResources
+from backend_stub.storage.aws_resources import AwsResources
 from backend_stub.storage.aws_rows import (
     Row,
     aside_pk,
@@ -113,6 +113,7 @@ from backend_stub.storage.records import (
     Session,
     StagedItem,
     StagedTally,
+    StorageError,
     SyncedItem,
     SyncHead,
     VersionConflict,
@@ -188,9 +189,25 @@ class AwsStorage:
         self._local.unit = unit
         try:
             yield
-        finally:
+        except BaseException:
             self._local.unit = None
-        commit(self, unit)
+            self._drop_unflipped(unit)
+            raise
+        self._local.unit = None
+        try:
+            commit(self, unit)
+        except StorageError:
+            # Its transaction was refused (a lost race, a failed condition): nothing
+            # flipped. Anything else may have applied: the sweep decides later.
+            self._drop_unflipped(unit)
+            raise
+
+    def _drop_unflipped(self, unit: Unit) -> None:
+        for user in unit.cloud:
+            try:
+                aws_sweep.forget(self, unit.tx, user)
+            except Exception:
+                logger.exception("the set-aside rows of %s stay for the sweep", unit.tx)
 
     def _unit(self) -> Unit:
         unit: Unit | None = getattr(self._local, "unit", None)
@@ -613,6 +630,9 @@ class AwsStorage:
     ) -> None:
         """Set ``items`` aside and move the unit's head: ``current`` holds the cloud
         rows they replace, ``mine`` the rows this unit set aside for them before."""
+        if not unit.cloud[user_id]:
+            # Registered before its first row: if the unit dies, the sweep finds them.
+            aws_sweep.register(self, unit.tx, user_id)
         prior, head = unit.sync[user_id]
         total, count = head.checksum, head.item_count
         for item, digest in zip(items, digests, strict=True):
@@ -717,6 +737,11 @@ class AwsStorage:
         """
         self.cloud.settle(user_id, self._snapshot)
 
+    def commit_progress(self, session: Session) -> tuple[float, str] | None:
+        """How far a session's sliced commit is (``GET /status``); a commit whose jobs
+        stopped (a lost message, the dead-letter queue) is queued again."""
+        return aws_slices.progress(self, session)
+
     def _snapshot(self, session_id: str) -> None:
         store_snapshot(self, session_id)
 
@@ -759,20 +784,7 @@ class AwsStorage:
 
     def publish_outbox(self, *, limit: int = 100) -> int:
         """Publish events whose publication failed after their commit (the sweeper)."""
-        answer = self.resources.dynamodb.query(
-            TableName=self.table.name,
-            IndexName=OUTBOX_INDEX,
-            KeyConditionExpression="#obx = :pending",
-            ExpressionAttributeNames={"#obx": "obx"},
-            ExpressionAttributeValues={":pending": s("pending")},
-            Limit=limit,
-        )
-        pending: list[tuple[Event, tuple[str, str]]] = []
-        for found in answer.get("Items", []):
-            row = self.table.get(get_s(found, "pk"), get_s(found, "sk"))
-            if row is not None and "obx" in row:
-                pending.append((event_of(row), (get_s(row, "pk"), get_s(row, "sk"))))
-        return publish(self, pending)
+        return aws_sweep.sweep_outbox(self, limit=limit)
 
     # ------------------------------------------------------------------ internals
 

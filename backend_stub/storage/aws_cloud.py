@@ -6,7 +6,9 @@ together. It works like a write-ahead log with a single commit record:
 
 1. **Set aside.** Each new version is written under the unit's transaction id
    (``pk = TX#{tx}#{user}``), with the version it replaces (``base``). Nobody reads there
-   yet, so this may take as long as it takes, and a crash leaves only garbage (with a TTL).
+   yet, so this may take as long as it takes. They carry no TTL: once flipped, the
+   committed state depends on them until the roll-forward copied them; a crash before
+   the flip leaves garbage that the commit's next try (or a sweeper) deletes.
 2. **Flip.** One transaction writes the session's new state (``completed``, with its
    result, under the session's optimistic lock), the outbox event, and the *pointer* on
    the user's profile: ``rolling = tx``, only if no other commit is rolling and the
@@ -40,7 +42,6 @@ items and then writes their entries in the user's sync log::
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 
 from backend_stub.storage.aws_rows import (
@@ -163,6 +164,10 @@ class CloudItems:
         generation, rolling = self._pointer(user_id)
         return generation + (1 if rolling is not None else 0)
 
+    def rolling(self, user_id: str) -> str | None:
+        """The commit whose roll-forward the user's pointer names (``None``: none)."""
+        return self._pointer(user_id)[1]
+
     def _pointer(self, user_id: str) -> tuple[int, str | None]:
         row = self.table.get(user_pk(user_id), PROFILE, projection="#gen, #rolling")
         if row is None:
@@ -185,13 +190,12 @@ class CloudItems:
         """Write the new versions of a commit where readers do not look yet, at sync
         ``seq``; ``replaced`` holds the rows they replace, as the commit read them."""
         pk = aside_pk(tx, user_id)
-        expires = int(time.time()) + self.retention_s
         rows: list[Row] = []
         for item, digest in zip(items, digests, strict=True):
             row = key(pk, item_key(item.collection, item.key))
             row.update(cloud_attrs(item, now))
             row.update(self.table.pack("data", item.data)[0])
-            row.update({"userId": s(user_id), "ttl": n(expires)})
+            row["userId"] = s(user_id)
             row.update({"seq": n(seq), "digest": b(digest)})
             old = replaced.get((item.collection, item.key))
             if old is not None:
@@ -288,6 +292,19 @@ class CloudItems:
         copied += self._copy_page(user_id, page)
         if session_id is not None:
             finish(session_id)
+        self.clear(user_id, tx)
+        keys = [key(pk, row["sk"]["S"]) for row in self.table.query(pk, projection="#pk, #sk")]
+        self.table.batch_write(deletes=keys + self.registrations(user_id, tx))
+        return copied
+
+    def registrations(self, user_id: str, tx: str) -> list[Row]:
+        """The keys of commit ``tx``'s registrations (:mod:`~backend_stub.storage.aws_sweep`)."""
+        rows = self.table.query(user_pk(user_id), prefix="ASIDE#", projection="#pk, #sk")
+        return [key(r["pk"]["S"], r["sk"]["S"]) for r in rows if r["sk"]["S"].endswith(f"#{tx}")]
+
+    def clear(self, user_id: str, tx: str) -> None:
+        """Clear the pointer of commit ``tx`` once its rows are copied (its set-aside
+        rows are garbage from then on)."""
         self.table.update(
             user_pk(user_id),
             PROFILE,
@@ -295,9 +312,20 @@ class CloudItems:
             condition="#rolling = :tx",
             values={":one": n(1), ":tx": s(tx)},
         )
-        keys = [key(pk, row["sk"]["S"]) for row in self.table.query(pk, projection="#pk, #sk")]
-        self.table.batch_write(deletes=keys)
-        return copied
+
+    def aside_page(self, tx: str, user_id: str, *, after: str | None, limit: int) -> list[Row]:
+        """Up to ``limit`` set-aside rows of commit ``tx`` past item key ``after``."""
+        rows: list[Row] = []
+        for row in self.table.query(aside_pk(tx, user_id), after=after, limit=limit):
+            rows.append(row)
+            if len(rows) == limit:
+                break
+        return rows
+
+    def copy_page(self, user_id: str, rows: list[Row]) -> int:
+        """Copy set-aside ``rows`` onto the cloud items (a slice of a roll-forward), a
+        transaction's worth at a time."""
+        return sum(self._copy_page(user_id, rows[i : i + 100]) for i in range(0, len(rows), 100))
 
     def _copy_page(self, user_id: str, rows: list[Row]) -> int:
         copied = self._apply([self._copy(user_id, row) for row in rows])

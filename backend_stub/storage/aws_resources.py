@@ -195,6 +195,12 @@ def _bucket(resources: AwsResources) -> None:
         Bucket=resources.bucket,
         ServerSideEncryptionConfiguration={"Rules": [{"ApplyServerSideEncryptionByDefault": rule}]},
     )
+    # A session's working copy (batch bodies, commit parts, snapshot) goes after the
+    # retention of its working set, as in deploy/template.yaml; blobs/ stay.
+    s3.put_bucket_lifecycle_configuration(
+        Bucket=resources.bucket,
+        LifecycleConfiguration={"Rules": lifecycle_rules(resources.settings.retention_days)},
+    )
     s3.put_public_access_block(
         Bucket=resources.bucket,
         PublicAccessBlockConfiguration={
@@ -204,6 +210,28 @@ def _bucket(resources: AwsResources) -> None:
             "RestrictPublicBuckets": True,
         },
     )
+
+
+def lifecycle_rules(retention_days: int) -> list[dict[str, Any]]:
+    """The bucket's lifecycle rules: session copies expire after the retention.
+
+    >>> [rule["ID"] for rule in lifecycle_rules(30)]
+    ['session-working-copies', 'incomplete-uploads']
+    """
+    return [
+        {
+            "ID": "session-working-copies",
+            "Status": "Enabled",
+            "Filter": {"Prefix": "sessions/"},
+            "Expiration": {"Days": retention_days},
+        },
+        {
+            "ID": "incomplete-uploads",
+            "Status": "Enabled",
+            "Filter": {"Prefix": ""},
+            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+        },
+    ]
 
 
 def _queues(resources: AwsResources) -> None:

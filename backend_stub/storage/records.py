@@ -146,8 +146,10 @@ class Session:
     error: str | None = None
 
     def status_at(self, now: int) -> SessionStatus:
-        """The status as readers see it at ``now``: a stale open session reads as expired."""
-        if not self.status.is_final and self.expires_at <= now:
+        """The status as readers see it at ``now``: a stale open session reads as expired
+        (a committing one never does: its commit was decided and finishes)."""
+        committing = self.status is SessionStatus.COMMITTING
+        if not self.status.is_final and not committing and self.expires_at <= now:
             return SessionStatus.EXPIRED
         return self.status
 

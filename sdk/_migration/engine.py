@@ -56,6 +56,7 @@ from .._sync.run import SyncResult
 from .._transport.http import Transport
 from .._wire import models as c
 from .._wire.canonical import ProblemCode, SessionStatus
+from .committing import await_commit
 from .journal import (
     Journal,
     JournalRecord,
@@ -511,10 +512,10 @@ def _complete(run: Run, record: JournalRecord) -> JournalRecord:
         content_from=run.store_path,
     )
     failpoint("complete.before")
+    request = c.CompleteMigrationRequest(dataset_checksum=record.dataset_checksum)
     try:
-        answer = run.transport.complete(
-            session_id, c.CompleteMigrationRequest(dataset_checksum=record.dataset_checksum)
-        )
+        answer = run.transport.complete(session_id, request)
+        answer = await_commit(run, session_id, answer, request, record.item_count)
     except ConflictError as exc:
         if exc.code == ProblemCode.CONFLICTS_UNRESOLVED.value:
             # Another device changed an item in conflict meanwhile: decide again.
