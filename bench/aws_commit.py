@@ -35,11 +35,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import boto3  # noqa: E402
 import pytest  # noqa: E402
-from aws_fixtures import _CREDENTIALS, _one_backup_per_transaction, _serialized_moto  # noqa: E402
+from aws_fixtures import CREDENTIALS  # noqa: E402
 from common import fill_store  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
-from backend_stub import Settings, create_app, issue_token  # noqa: E402
+from backend_stub import Settings, create_app, issue_token, localaws  # noqa: E402
 from backend_stub.settings import AwsSettings  # noqa: E402
 from backend_stub.storage.aws import AwsStorage  # noqa: E402
 from backend_stub.storage.aws_resources import AwsResources, provision  # noqa: E402
@@ -79,10 +79,11 @@ def aws_ms(calls: collections.Counter[str]) -> float:
 def moto() -> Iterator[str]:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     with pytest.MonkeyPatch.context() as patch:
-        for name, value in _CREDENTIALS.items():
+        for name, value in CREDENTIALS.items():
             patch.setenv(name, value)
-        _one_backup_per_transaction(patch)
-        server = _serialized_moto()
+        for target, name, value in localaws.patches():  # the README's local AWS
+            patch.setattr(target, name, value)
+        server = localaws.local_aws()
         server.start()
         host, port = server.get_host_and_port()
         try:
