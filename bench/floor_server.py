@@ -94,6 +94,7 @@ def main() -> None:
     sock = socket.socket()
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as backend_stub does
     sock.bind(("127.0.0.1", 0))
+    sock.listen(128)  # connections wait in the backlog until uvicorn accepts them
     print(f"listening on http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
     config = uvicorn.Config(make_app(data_dir / "floor.sqlite3"), log_level="warning")
     uvicorn.Server(config).run(sockets=[sock])

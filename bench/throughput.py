@@ -36,9 +36,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, backend_stub, fill_store, python, rss_kb, serve, token
-
-BATCH = 1000
+from common import (
+    BATCH,
+    ROOT,
+    backend_stub,
+    fill_store,
+    honest_client,
+    python,
+    rss_kb,
+    serve,
+    token,
+)
 
 
 def floor_client(url: str, store: str, limit: int | None, per_item: bool) -> dict[str, float]:
@@ -85,61 +93,6 @@ def floor_client(url: str, store: str, limit: int | None, per_item: bool) -> dic
                 batch = []
         if batch:
             send("/batch", b'{"items":[' + b",".join(batch) + b"]}")
-    seconds = time.perf_counter() - started
-    conn.close()
-    return {"items": count, "seconds": seconds, "peak_rss_kb": rss_kb()}
-
-
-def honest_client(url: str, store: str) -> dict[str, float]:
-    """The honest floor's client (runs in its own process): each stored row's data text
-    framed into the batch as it is (no parse, no re-encode), the SHA-256 of each body,
-    one POST per batch over loopback; its server parses with orjson and inserts each
-    batch in one transaction (``POST /honest``)."""
-    import httpx
-    import orjson
-
-    conn = sqlite3.connect(store)
-    conn.text_factory = bytes
-    sql = "SELECT collection, key, data, updated_at, deleted FROM items ORDER BY collection, key"
-    count = 0
-    started = time.perf_counter()
-    heads: dict[bytes, bytes] = {}  # b'{"collection":"c","key":' per collection
-    dumps, sha256 = orjson.dumps, hashlib.sha256
-    with httpx.Client(base_url=url, timeout=60) as http:
-
-        def send(parts: list[bytes]) -> None:
-            body = b'{"items":[' + b",".join(parts) + b"]}"
-            http.post(
-                "/honest",
-                content=body,
-                headers={
-                    "x-content-sha256": sha256(body).hexdigest(),
-                    "content-type": "application/json",
-                },
-            )
-
-        cursor = conn.execute(sql)
-        while rows := cursor.fetchmany(BATCH):
-            parts = []
-            for c, k, d, u, x in rows:
-                head = heads.get(c)
-                if head is None:
-                    head = heads[c] = b'{"collection":' + dumps(c.decode()) + b',"key":'
-                parts.append(
-                    b"".join(
-                        (
-                            head,
-                            dumps(k.decode()),
-                            b',"data":',
-                            d,
-                            b',"updatedAt":',
-                            b"%d" % u,
-                            b',"deleted":true}' if x else b',"deleted":false}',
-                        )
-                    )
-                )
-            count += len(parts)
-            send(parts)
     seconds = time.perf_counter() - started
     conn.close()
     return {"items": count, "seconds": seconds, "peak_rss_kb": rss_kb()}
