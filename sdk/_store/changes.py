@@ -476,7 +476,7 @@ def settle_migration(
     later = [
         (c, k)
         for c, k in conn.execute(
-            "SELECT collection, key FROM items WHERE pending > 0 AND pending > ?", (counter,)
+            "SELECT collection, key FROM items WHERE pending > ? AND pending > 0", (counter,)
         )
     ]
     for start in range(0, len(later), _CHUNK):
