@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import sqlite3
 import subprocess
 import sys
@@ -16,7 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BATCH = 1000  # items per batch, for the floors and the SDK alike
+# Items per batch, for the floors and the SDK alike (throughput.py's --batch sets it for
+# its child processes too).
+BATCH = int(os.environ.get("BENCH_BATCH", "1000"))
 
 _FILL = """
 import sys, random

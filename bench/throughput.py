@@ -26,6 +26,7 @@ import argparse
 import hashlib
 import itertools
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -303,7 +304,10 @@ def report(rows: list[dict[str, object]]) -> None:
     last_row = rows[-1]
     sdk = last_row["sdk"]
     assert isinstance(sdk, dict)
-    print(f"floors and SDK: the median of {last_row['runs']} runs each, taken in turns")
+    print(
+        f"floors and SDK: the median of {last_row['runs']} runs each, taken in turns;"
+        f" {int(os.environ.get('BENCH_BATCH', BATCH)):,} items per batch"
+    )
     for r in rows:
         honest_rates, sdk_rates = r["honest_rates"], r["sdk_rates"]
         assert isinstance(honest_rates, list) and isinstance(sdk_rates, list)
@@ -351,6 +355,9 @@ def main() -> int:
     parser.add_argument("--per-item", type=int, default=2_000)
     parser.add_argument("--in-flight", type=int, default=2)
     parser.add_argument(
+        "--batch", type=int, default=BATCH, help="items per batch, floors and SDK alike"
+    )
+    parser.add_argument(
         "--repeat", type=int, default=3, help="floor and SDK runs per size (median counts)"
     )
     parser.add_argument(
@@ -360,6 +367,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     without = ("orjson",) if args.without_orjson else ()
+    os.environ["BENCH_BATCH"] = str(args.batch)  # the child processes' batch size
     work = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
     try:
         rows = [
