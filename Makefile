@@ -38,10 +38,11 @@ lint: $(TEST_STAMP)
 	$(BIN)/ruff format --check sdk backend_stub tests examples bench
 	$(BIN)/mypy
 
+# `make bench HUGE=1` adds 10,000,000 items to the memory benchmark (long).
 bench: $(TEST_STAMP)
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/sync.py
-	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/memory.py $(if $(HUGE),--huge)
 	$(BIN)/python bench/startup.py
 
 chaos: $(TEST_STAMP)
