@@ -43,11 +43,12 @@ lint: $(TEST_STAMP)
 wire: $(TEST_STAMP)
 	$(BIN)/python -m sdk._wire.generate
 
+# `make bench HUGE=1` adds 10,000,000 items to the memory benchmark (long).
 bench: $(TEST_STAMP)
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/sync.py
 	$(BIN)/python bench/attachments.py
-	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/memory.py $(if $(HUGE),--huge)
 	$(BIN)/python bench/startup.py
 
 chaos: $(TEST_STAMP)

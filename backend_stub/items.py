@@ -68,7 +68,8 @@ class _BatchBody(TypedDict):
 _BATCH = TypeAdapter(_BatchBody)
 _ENVELOPE_HEAD = len(b'{"items":[')
 _ENVELOPE_TAIL = len(b"]}")
-_DATA_OFFSET = len(b'{"collection":"","data":')  # around a collection name (ASCII)
+_ITEM_HEAD = b'{"collection":'
+_DATA_OFFSET = len(b'"","data":')  # around a collection name (ASCII), after _ITEM_HEAD
 _ITEM = TypeAdapter(_WireItem)
 
 
@@ -170,31 +171,19 @@ def _cut_canonical(body: bytes, items: list[Item]) -> list[EncodedItem] | None:
     """
     if fastjson.canonical_bytes({"items": items}) != body:
         return None
-    find, limit = body.find, len(body) - _ENVELOPE_TAIL
-    starts = [_ENVELOPE_HEAD]  # where each item begins in the body
-    at = find(_ITEM_SEPARATOR, _ENVELOPE_HEAD, limit)
-    while at >= 0:
-        if len(starts) == len(items):
-            return None
-        starts.append(at + 2)  # past "},"
-        at = find(_ITEM_SEPARATOR, at + 2, limit)
-    if len(starts) != len(items):
+    # Each piece is an item without its first member's name and its closing brace.
+    pieces = body[_ENVELOPE_HEAD + len(_ITEM_HEAD) : -_ENVELOPE_TAIL - 1].split(_ITEM_SEPARATOR)
+    if len(pieces) != len(items):
         return None
-    starts.append(limit + 1)  # as if a comma followed the last item
-    view, rfind, sha256 = memoryview(body), body.rfind, hashlib.sha256
-    cut: list[EncodedItem] = []
-    for item, start, next_start in zip(items, starts[:-1], starts[1:], strict=True):
-        end = next_start - 1
-        data_start = start + _DATA_OFFSET + len(item["collection"])
-        canonical = view[start:end]
-        cut.append(
-            EncodedItem(
-                item,
-                body[data_start : rfind(_DELETED_MEMBER, data_start, end)].decode(),
-                sha256(canonical).digest(),
-            )
+    sha256 = hashlib.sha256
+    return [
+        EncodedItem(
+            item,
+            piece[_DATA_OFFSET + len(item["collection"]) : piece.rfind(_DELETED_MEMBER)].decode(),
+            sha256(_ITEM_HEAD + piece + b"}").digest(),
         )
-    return cut
+        for item, piece in zip(items, pieces, strict=True)
+    ]
 
 
 def validate_item(value: Mapping[str, Any]) -> Item:

@@ -7,12 +7,19 @@ prints ratios against it; nothing here asserts a time.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
+import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# Items per batch, for the floors and the SDK alike (throughput.py's --batch sets it for
+# its child processes too).
+BATCH = int(os.environ.get("BENCH_BATCH", "1000"))
 
 _FILL = """
 import sys, random
@@ -86,6 +93,73 @@ def python(without: tuple[str, ...], *, module: str = "", path: str = "") -> lis
     )
     block = f"sys.modules.update(dict.fromkeys({list(without)!r}))"  # import then fails
     return [sys.executable, "-c", f"import runpy, sys; {block}; {run}"]
+
+
+def honest_client(url: str, store: str, limit: int | None = None) -> dict[str, float]:
+    """The honest floor's client (the first ``limit`` rows, or all): each stored row's data text
+    framed into the batch as it is (no parse, no re-encode), the SHA-256 of each body,
+    one POST per batch over loopback; its server parses with orjson and inserts each
+    batch in one transaction (``POST /honest``)."""
+    import httpx
+    import orjson
+
+    conn = sqlite3.connect(store)
+    conn.text_factory = bytes
+    sql = "SELECT collection, key, data, updated_at, deleted FROM items ORDER BY collection, key"
+    if limit:
+        sql += f" LIMIT {int(limit)}"
+    count = 0
+    heads: dict[bytes, bytes] = {}  # b'{"collection":"c","key":' per collection
+    dumps, sha256 = orjson.dumps, hashlib.sha256
+    # Timed from the client's creation on (its TLS setup alone takes tens of ms), as the
+    # SDK's runs are timed from a client made beforehand.
+    with httpx.Client(base_url=url, timeout=60) as http:
+        started = time.perf_counter()
+
+        def send(parts: list[bytes]) -> None:
+            body = b'{"items":[' + b",".join(parts) + b"]}"
+            http.post(
+                "/honest",
+                content=body,
+                headers={
+                    "x-content-sha256": sha256(body).hexdigest(),
+                    "content-type": "application/json",
+                },
+            ).raise_for_status()
+
+        cursor = conn.execute(sql)
+        while rows := cursor.fetchmany(BATCH):
+            parts = []
+            for c, k, d, u, x in rows:
+                head = heads.get(c)
+                if head is None:
+                    head = heads[c] = b'{"collection":' + dumps(c.decode()) + b',"key":'
+                parts.append(
+                    b"".join(
+                        (
+                            head,
+                            dumps(k.decode()),
+                            b',"data":',
+                            d,
+                            b',"updatedAt":',
+                            b"%d" % u,
+                            b',"deleted":true}' if x else b',"deleted":false}',
+                        )
+                    )
+                )
+            count += len(parts)
+            send(parts)
+    seconds = time.perf_counter() - started
+    conn.close()
+    return {"items": count, "seconds": seconds, "peak_rss_kb": rss_kb()}
+
+
+def honest_floor(store: Path, work: Path, limit: int | None = None) -> dict[str, float]:
+    """The honest floor over ``store`` (its first ``limit`` rows), against a fresh floor
+    server in ``work``: items, seconds and the client's peak RSS."""
+    argv = [sys.executable, str(ROOT / "bench" / "floor_server.py"), str(work)]
+    with serve(argv, work / "floor.log") as (url, _proc):
+        return honest_client(url, str(store), limit)
 
 
 def token(user: str) -> str:

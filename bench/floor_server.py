@@ -1,6 +1,10 @@
-"""The floor's server: a bare ASGI app that inserts each JSON batch in one SQLite
+"""The floors' server: a bare ASGI app that inserts each JSON batch in one SQLite
 transaction (no auth, no validation, no checksums, no sessions). Also `POST /item`
 for the one-request-per-item baseline.
+
+`POST /batch` parses with the stdlib's json (the project's first floor); `POST /honest`
+parses with orjson and writes into a table keyed like backend_stub's ``cloud_items``
+(user, collection, key): the honest floor, the cheapest server that stores the same rows.
 
     python bench/floor_server.py DATA_DIR   # prints "listening on http://127.0.0.1:PORT"
 """
@@ -14,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import orjson
 import uvicorn
 
 Scope = dict[str, Any]
@@ -27,6 +32,24 @@ def make_app(db_path: Path) -> Any:
         "CREATE TABLE IF NOT EXISTS items (collection TEXT, key TEXT, data TEXT,"
         " updated_at INTEGER, deleted INTEGER, PRIMARY KEY (collection, key)) WITHOUT ROWID"
     )
+
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS cloud (user_id TEXT, collection TEXT, key TEXT, data TEXT,"
+        " updated_at INTEGER, deleted INTEGER, PRIMARY KEY (user_id, collection, key))"
+        " WITHOUT ROWID"
+    )
+
+    def insert_honest(items: list[dict[str, Any]]) -> None:
+        dumps = orjson.dumps
+        conn.execute("BEGIN")
+        conn.executemany(
+            "INSERT INTO cloud VALUES ('bench', ?, ?, ?, ?, ?)",
+            [
+                (i["collection"], i["key"], dumps(i["data"]).decode(), i["updatedAt"], i["deleted"])
+                for i in items
+            ],
+        )
+        conn.execute("COMMIT")
 
     def insert(items: list[dict[str, Any]]) -> None:
         conn.execute("BEGIN")
@@ -48,8 +71,11 @@ def make_app(db_path: Path) -> Any:
             chunks.append(message.get("body", b""))
             if not message.get("more_body"):
                 break
-        body = json.loads(b"".join(chunks))
-        insert(body["items"] if scope["path"] == "/batch" else [body])
+        if scope["path"] == "/honest":
+            insert_honest(orjson.loads(b"".join(chunks))["items"])
+        else:
+            body = json.loads(b"".join(chunks))
+            insert(body["items"] if scope["path"] == "/batch" else [body])
         await send(
             {
                 "type": "http.response.start",
@@ -68,6 +94,7 @@ def main() -> None:
     sock = socket.socket()
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as backend_stub does
     sock.bind(("127.0.0.1", 0))
+    sock.listen(128)  # connections wait in the backlog until uvicorn accepts them
     print(f"listening on http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
     config = uvicorn.Config(make_app(data_dir / "floor.sqlite3"), log_level="warning")
     uvicorn.Server(config).run(sockets=[sock])

@@ -30,14 +30,22 @@ def test_the_throughput_bench_runs_every_pipeline_and_prints_each_figure() -> No
 
     table = [line.split() for line in out.splitlines() if re.match(r"\s+\d[\d,]* ", line)]
     assert [row[0] for row in table] == ["200", "400"]
-    # items/s of the floor, the SDK and both per-item baselines
-    assert all(float(row[i].replace(",", "")) > 0 for row in table for i in (1, 2, 4, 6))
-    for label in ("SDK / floor at 400 items:", "client peak RSS growth", "every run at 400"):
+    # items/s of both floors, the SDK and both per-item baselines
+    assert all(float(row[i].replace(",", "")) > 0 for row in table for i in (1, 2, 3, 7, 9))
+    for label in (
+        "at 400 items: SDK / honest floor",
+        "upload phase / honest floor",
+        "client peak RSS growth",
+        "every run at 400",
+    ):
         assert label in out
 
 
 def test_the_memory_and_startup_benches_run_and_print_their_verdicts() -> None:
-    assert "growth" in _bench("memory.py", "--items", "2000", "--batch-size", "500")
+    out = _bench("memory.py", "--sizes", "2000", "4000")
+    rows = [line for line in out.splitlines() if line.startswith(("| 2,000", "| 4,000"))]
+    assert len(rows) == 2  # one line per size
+    assert "client growth over its RSS before" in out and "server" in out
     out = _bench("startup.py", "--fresh", "3", "--runs", "3", "--items", "50", verdict_exit=True)
     assert "target: median < 5 ms" in out
     assert "target: import + call and process - bare <= 50 ms" in out
@@ -51,6 +59,8 @@ def test_the_sync_bench_runs_both_measures_and_prints_its_ratios() -> None:
     assert "(target <= 1.5)" in out and "(target <= 3)" in out
     assert re.search(r"bootstrap of 600 items: [\d,]+ items/s", out)
     assert "(target >= 0.8)" in out
+    assert re.search(r"honest floor moving the 600 items: [\d,]+ items/s", out)
+    assert "bootstrap / honest floor" in out
 
 
 def test_the_attachments_bench_uploads_both_ways_and_prints_its_ratio() -> None:

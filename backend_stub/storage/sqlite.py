@@ -273,6 +273,9 @@ class SQLiteStorage:
         self._depth = 0
         # The seq each user's writes got in the transaction under way: one per transaction.
         self._txn_seqs: dict[str, int] = {}
+        # The multiset sum of a session's new staged digests, from tally_staged's pass,
+        # for put_new_staged_items in the same transaction (it would read them again).
+        self._txn_new_sums: dict[str, int] = {}
         # The write lock first, so that processes opening a new database at the same time
         # (a server and the CLI's seed) apply the schema one after the other; the
         # migration steps nest inside as savepoints.
@@ -355,6 +358,7 @@ class SQLiteStorage:
             finally:
                 self._depth = 0
                 self._txn_seqs.clear()
+                self._txn_new_sums.clear()
 
     @contextlib.contextmanager
     def _snapshot(self) -> Iterator[None]:
@@ -515,6 +519,7 @@ class SQLiteStorage:
         tally = StagedTally(hashlib.sha256(), Counter())
         digest, outcome, version = itemgetter(0), itemgetter(1), itemgetter(2)
         staged_against = 0  # items staged against a cloud version
+        new_sum, from_bytes = 0, int.from_bytes
         with self._snapshot():
             cursor = self._conn.execute(
                 "SELECT digest, outcome, cloud_version FROM staged_items WHERE session_id = ?"
@@ -523,8 +528,16 @@ class SQLiteStorage:
             )
             while rows := cursor.fetchmany(5000):
                 tally.digests.update(b"".join(map(digest, rows)))
-                tally.outcomes.update(map(outcome, rows))
+                outcomes = list(map(outcome, rows))
+                tally.outcomes.update(outcomes)
+                new_sum += sum(
+                    from_bytes(row[0], "big")
+                    for row, kind in zip(rows, outcomes, strict=True)
+                    if kind == "new"
+                )
                 staged_against += len(rows) - list(map(version, rows)).count(None)
+            if self._depth:  # only this transaction may use it: no batch lands meanwhile
+                self._txn_new_sums[session_id] = new_sum
             if tally.outcomes["conflict"]:
                 return None
             # matched: staged against a version, with a cloud item now; changed: the cloud
@@ -543,13 +556,15 @@ class SQLiteStorage:
         # One statement, no row through Python. A plain INSERT: a cloud item where the
         # session staged a new one would be a bug to stop at, not to overwrite.
         with self.atomic():
-            added = multiset_checksum(
-                digest
-                for (digest,) in self._conn.execute(
-                    "SELECT digest FROM staged_items WHERE session_id = ? AND outcome = 'new'",
-                    [session_id],
+            added = self._txn_new_sums.pop(session_id, None)
+            if added is None:
+                added = multiset_checksum(
+                    digest
+                    for (digest,) in self._conn.execute(
+                        "SELECT digest FROM staged_items WHERE session_id = ? AND outcome = 'new'",
+                        [session_id],
+                    )
                 )
-            )
             seq = self._next_seq(user_id)
             copied = self._conn.execute(
                 f"INSERT INTO cloud_items (user_id, {_CLOUD_COLUMNS}, written_at, seq, digest)"

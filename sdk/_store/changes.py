@@ -482,7 +482,9 @@ def settle_migration(
     set_meta(conn, settled_through=str(through), settled_seq=str(seq))
     later = [
         (c, k)
-        for c, k in conn.execute("SELECT collection, key FROM items WHERE pending > ?", (counter,))
+        for c, k in conn.execute(
+            "SELECT collection, key FROM items WHERE pending > ? AND pending > 0", (counter,)
+        )
     ]
     for start in range(0, len(later), _CHUNK):
         held = in_snapshot(later[start : start + _CHUNK])

@@ -264,7 +264,7 @@ def _inspect_ours(
             # Before the sync's schema step nothing was recorded: every row may be unsent.
             pending = (
                 conn.execute(
-                    "SELECT count(*) FROM items WHERE pending > ?",
+                    "SELECT count(*) FROM items WHERE pending > ? AND pending > 0",
                     (int(meta.get("settled_through", "0")),),
                 ).fetchone()[0]
                 if "0003_sync" in applied

@@ -39,9 +39,12 @@ def _resend_outbox(run: _Sync) -> None:
     _send(run, push_id, body.encode("utf-8"), json.loads(sent))
 
 
+# "AND pending > 0" lets SQLite use the partial index items_pending (WHERE pending > 0):
+# a bound "pending > ?" alone cannot be proved to imply it, and the query scans every
+# row. The bound comes first: SQLite seeks the index on the first of the two.
 _PENDING_ROWS = (
     "SELECT collection, key, data, updated_at, deleted, base_seq, pending FROM items"
-    " WHERE pending > ? AND NOT EXISTS (SELECT 1 FROM sync_conflicts s WHERE"
+    " WHERE pending > ? AND pending > 0 AND NOT EXISTS (SELECT 1 FROM sync_conflicts s WHERE"
     " s.collection = items.collection AND s.key = items.key)"
     " ORDER BY pending LIMIT ?"
 )

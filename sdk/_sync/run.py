@@ -80,7 +80,7 @@ class _Sync:
 def _pending(conn: Any) -> int:
     """Rows the cloud does not hold yet: pending above the migration's watermark."""
     (n,) = conn.execute(
-        "SELECT count(*) FROM items WHERE pending > ?", (changes.settled(conn),)
+        "SELECT count(*) FROM items WHERE pending > ? AND pending > 0", (changes.settled(conn),)
     ).fetchone()
     return int(n)
 
