@@ -381,11 +381,10 @@ def test_detect_advertises_the_blob_limits_and_capability(server: Server) -> Non
     assert "blobs" in detect["capabilities"]
 
 
+@pytest.mark.parametrize("backend", ["aws"], indirect=True)  # the S3 layout
 def test_on_aws_a_blob_is_one_encrypted_object_and_nothing_is_left_behind(
     server: Server, backend: Backend
 ) -> None:
-    if backend.name != "aws":
-        pytest.skip("the S3 layout of the aws backend")
     from backend_stub.storage.aws import AwsStorage
 
     assert isinstance(server.storage, AwsStorage)
