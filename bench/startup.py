@@ -148,10 +148,11 @@ def main() -> int:
             )
 
             migrated = fill(work / "migrated.sqlite3", args.items)
+            done_token = token("bench-done")
             with MigrationClient(
                 server=url,
                 user_id="bench-done",
-                token=token("bench-done"),
+                token=done_token,
                 store_path=migrated,
                 options=options,
             ) as client:
@@ -161,7 +162,7 @@ def main() -> int:
                 args.runs,
                 lambda run: {
                     "user_id": "bench-done",
-                    "token": shared_token,
+                    "token": done_token,  # its own user's: another's is refused (403)
                     "store_path": migrated,
                 },
             )

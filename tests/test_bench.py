@@ -48,6 +48,9 @@ def test_the_memory_and_startup_benches_run_and_print_their_verdicts() -> None:
     assert "client growth over its RSS before" in out and "server" in out
     out = _bench("startup.py", "--fresh", "3", "--runs", "3", "--items", "50", verdict_exit=True)
     assert "target: median < 5 ms" in out
+    ended = {line[:24].strip(): line.split()[-1] for line in out.splitlines() if "ms  " in line}
+    assert ended["already migrated"] == "synced"  # its own user's token: not a refusal
+    assert ended["50 items to migrate"] == "done"
     assert "target: import + call and process - bare <= 50 ms" in out
 
 
