@@ -214,7 +214,7 @@ def flip(storage: AwsStorage, session: Session, record: CommitRecord, now: int) 
     result = _result(storage, session, record, cloud_checksum, now)
     head = SyncHead(record.prior + 1, record.checksum, record.count)
     pointer = storage.cloud.flip(
-        record.tx, session.user_id, None, record.generation, (record.prior, head)
+        record.tx, session.user_id, None, record.generation, (record.prior, head), job=session.id
     )
     unit = Unit()
     unit.add(pointer)

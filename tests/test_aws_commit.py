@@ -513,3 +513,78 @@ def test_a_large_snapshot_goes_up_in_parts_and_keeps_its_sha256(
     assert body.splitlines() == [canonical_item(i) for i in plan.items]
     assert head["Metadata"] == {"sha256": hashlib.sha256(body).hexdigest(), "items": "200"}
     assert head["ServerSideEncryption"] == "AES256"
+
+
+# --------------------------------------------------------------------------- bounded writers
+
+
+def _push(bare: Bare, key: str, data: dict[str, Any]) -> Any:
+    server = bare.server
+    change = {
+        "collection": "lessons",
+        "key": key,
+        "data": data,
+        "updatedAt": T0,
+        "deleted": False,
+        "baseSeq": None,
+    }
+    return server.client.post(
+        server.url("/sync/push"),
+        json={"pushId": f"p-{key}", "deviceId": "tablet", "changes": [change]},
+        headers=server.auth(),
+    )
+
+
+def test_a_push_during_a_migrations_roll_forward_waits_and_copies_nothing(
+    bare: Bare, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = bare.storage
+    plan, session_id = bare.uploaded(3 * SLICE)
+    bare.server.complete_once(session_id, plan.checksum)
+    while load_record(storage, session_id).step != "roll":  # type: ignore[union-attr]
+        one_job(bare.worker)
+    copied: list[int] = []
+    original = CloudItems._copy_page
+    monkeypatch.setattr(
+        CloudItems,
+        "_copy_page",
+        lambda self, user, rows: copied.append(len(rows)) or original(self, user, rows),
+    )
+
+    refused = _push(bare, "zz-new", {"from": "tablet"})
+
+    # Before: the push finished the migration's whole roll-forward in its request.
+    assert copied == []
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert refused.json()["code"] == "migration-committing"
+    assert refused.json()["sessionId"] == session_id
+    assert "rolling" in (storage.table.get("USER#alice", "PROFILE") or {})
+
+    bare.worker.drain()  # the jobs roll forward, slice by slice
+    applied = _push(bare, "zz-new", {"from": "tablet"})
+
+    assert applied.status_code == 200, applied.text
+    assert applied.json()["results"][0]["outcome"] == "applied"
+    assert bare.versions(plan) == {i["key"]: 1 for i in plan.items}
+    assert storage.sync_head("alice").item_count == 3 * SLICE + 1
+
+
+def test_a_push_during_a_stalled_roll_forward_queues_its_job_again(bare: Bare) -> None:
+    storage = bare.storage
+    plan, session_id = bare.uploaded(2 * SLICE)
+    bare.server.complete_once(session_id, plan.checksum)
+    while load_record(storage, session_id).step != "roll":  # type: ignore[union-attr]
+        one_job(bare.worker)
+    resources = storage.resources
+    resources.sqs.purge_queue(QueueUrl=resources.queue_url)  # its job is gone
+    record = load_record(storage, session_id)
+    assert record is not None
+    save_record(storage, session_id, dataclasses.replace(record, updated_at=0.0), record.part)
+
+    assert _push(bare, "zz-new", {"v": 1}).status_code == 503
+    assert bare.worker.drain() > 0  # the push queued the roll-forward's job again
+
+    assert load_record(storage, session_id).step == "done"  # type: ignore[union-attr]
+    assert _push(bare, "zz-new", {"v": 1}).status_code == 200
