@@ -588,3 +588,73 @@ def test_a_push_during_a_stalled_roll_forward_queues_its_job_again(bare: Bare) -
 
     assert load_record(storage, session_id).step == "done"  # type: ignore[union-attr]
     assert _push(bare, "zz-new", {"v": 1}).status_code == 200
+
+
+def _migrated_device(bare: Bare, tmp_path: Path, retry: Any) -> Any:
+    """A device migrated through the SDK whose migration still rolls forward, with one
+    local write made after it."""
+    from sdk_fixtures import learning_items, make_store
+
+    from sdk import LocalStore, MigrationClient, MigrationOptions
+
+    store = make_store(tmp_path / "store.sqlite3", learning_items(3 * SLICE))
+
+    def run_the_worker(response: Any) -> None:
+        if response.request.method == "PUT" or response.request.url.path.endswith("/status"):
+            bare.worker.poll(max_messages=1, wait_seconds=0)
+
+    hooks = bare.server.client.event_hooks["response"]
+    hooks.append(run_the_worker)
+    client = MigrationClient(
+        http_client=bare.server.client,
+        user_id="alice",
+        token=bare.server.auth()["Authorization"].split()[1],
+        store_path=store,
+        options=MigrationOptions(batch_size=30, cache_dir=tmp_path / "cache"),
+        retry=retry,
+    )
+    result = client.migrate()
+    hooks.remove(run_the_worker)
+    assert result.verified
+    record = load_record(bare.storage, result.session_id)
+    assert record is not None and record.step == "roll"
+    with LocalStore(store) as local:
+        local.put("lesson_progress", "after", {"score": 1})
+    return client
+
+
+def test_a_sync_during_the_roll_forward_keeps_its_changes_pending_without_an_error(
+    bare: Bare, tmp_path: Path
+) -> None:
+    from sdk import RetryPolicy
+
+    with _migrated_device(bare, tmp_path, RetryPolicy.none()) as client:
+        waiting = client.sync()  # 503 migration-committing: no error, the push waits
+
+        assert (waiting.pushed, waiting.pending_changes, waiting.verified) == (0, 1, False)
+        bare.worker.drain()
+        synced = client.sync()
+
+    assert (synced.pushed, synced.pending_changes, synced.verified) == (1, 0, True)
+
+
+def test_a_sync_during_the_roll_forward_waits_retry_after_and_pushes(
+    bare: Bare, tmp_path: Path
+) -> None:
+    from sdk import RetryPolicy
+
+    refused: list[str] = []
+
+    def roll_on_refusal(response: Any) -> None:
+        if response.status_code == 503:
+            refused.append(response.headers["Retry-After"])
+            bare.worker.drain()  # what happens while the device waits
+
+    # Retry-After clamped to 0 s so that the test does not sleep.
+    retry = RetryPolicy(attempts=3, initial=0.0, jitter=0.0, max_retry_after=0.0)
+    with _migrated_device(bare, tmp_path, retry) as client:
+        bare.server.client.event_hooks["response"].append(roll_on_refusal)
+        synced = client.sync()
+
+    assert refused == ["5"]
+    assert (synced.pushed, synced.pending_changes, synced.verified) == (1, 0, True)
