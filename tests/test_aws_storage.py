@@ -27,6 +27,7 @@ from backend_stub.storage.aws_cloud import CloudItems
 from backend_stub.storage.aws_rows import n
 from backend_stub.storage.aws_slices import load_record, save_record
 from backend_stub.storage.aws_table import Table
+from backend_stub.storage.records import CommitRolling
 from sdk.contract import Limits, Manifest, SessionStatus, StartMigrationRequest
 
 
@@ -97,8 +98,19 @@ def test_a_commit_interrupted_after_its_flip_is_whole_to_readers_and_finished_la
     assert cloud_versions(reader, plan) == {i["key"]: 1 for i in plan.items}
     assert server.summary().json()["summary"]["verified"] is True
 
-    # The next writer of alice's items finishes the roll-forward first.
-    seed_cloud_items(storage, "alice", [{**items_of(1)[0], "key": "other"}], now=T0)
+    # Its jobs ended in the dead-letter queue. The next writer of alice's items does not
+    # finish it (a migration's may be millions of rows): it waits, and queues the
+    # stalled job again; the job finishes it.
+    session_id = plan.manifest["sessionId"]
+    record = load_record(storage, session_id)
+    assert record is not None and record.step == "roll"
+    save_record(storage, session_id, dataclasses.replace(record, updated_at=0.0), record.part)
+    other = [{**items_of(1)[0], "key": "other"}]
+    with pytest.raises(CommitRolling):
+        seed_cloud_items(storage, "alice", other, now=T0)
+    assert raw_cloud_rows(storage, plan) == 100
+    server.complete(session_id, plan.checksum)  # the fixture's worker drains the queue
+    seed_cloud_items(storage, "alice", other, now=T0)
 
     assert raw_cloud_rows(storage, plan) == 250
     assert "rolling" not in profile(storage)
