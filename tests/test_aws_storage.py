@@ -153,7 +153,7 @@ def test_a_commit_interrupted_before_its_flip_changes_nothing_and_is_retried(
     assert cloud_versions(storage, plan) == {i["key"]: 1 for i in plan.items}
 
 
-def test_a_write_after_the_commit_wins_over_its_unfinished_roll_forward(
+def test_a_write_after_the_commit_waits_for_its_unfinished_roll_forward_then_wins(
     server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     storage = aws_of(server)
@@ -166,7 +166,15 @@ def test_a_write_after_the_commit_wins_over_its_unfinished_roll_forward(
     assert server.complete(plan.manifest["sessionId"], plan.checksum).status_code == 200
     monkeypatch.undo()
     later = {**plan.items[3], "data": {"from": "tablet"}}
-    # Another device's write: it reads the committed version (1), writes version 2.
+    # Another device's write waits for the roll-forward (its job, queued again)...
+    session_id = plan.manifest["sessionId"]
+    record = load_record(storage, session_id)
+    assert record is not None
+    save_record(storage, session_id, dataclasses.replace(record, updated_at=0.0), record.part)
+    with pytest.raises(CommitRolling):
+        seed_cloud_items(storage, "alice", [later], device_id="tablet", now=T0)
+    server.complete(session_id, plan.checksum)  # the fixture's worker drains the queue
+    # ...then reads the committed version (1) and writes version 2.
     seed_cloud_items(storage, "alice", [later], device_id="tablet", now=T0)
 
     held = storage.cloud_items("alice", [(later["collection"], later["key"])])
