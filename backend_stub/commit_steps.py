@@ -42,7 +42,7 @@ from backend_stub.storage.aws_snapshot import snapshot_part, start_snapshot
 from backend_stub.storage.aws_sync import read_profile
 from backend_stub.storage.aws_unit import SessionWrite, Unit, put_op
 from backend_stub.storage.records import SyncHead, VersionConflict
-from backend_stub.storage.running_sha256 import RunningSha256
+from backend_stub.storage.running_sha256 import START, RunningSha256
 from sdk.contract import CompleteMigrationResponse, SessionStatus, multiset_add
 
 __all__ = ["STEPS", "flip", "fresh"]
@@ -102,6 +102,8 @@ def _aside(
     limit: int,
     now: int,
 ) -> CommitRecord:
+    if record.unhashed:
+        return _restart(storage, session, record)
     user = session.user_id
     page = storage.staged_items(session.id, after=record.after, limit=limit)
     keys = [(s.collection, s.key) for s in page]
@@ -156,9 +158,9 @@ def _aside(
         digests=[w.digest() for w in writes],
         replaced=rows,
     )
-    staged_sha = RunningSha256.load(record.staged_sha)
+    staged_sha = RunningSha256.load(record.staged_sha or START)
     staged_sha.update(b"".join(staged_digests))
-    cloud_sha = RunningSha256.load(record.cloud_sha)
+    cloud_sha = RunningSha256.load(record.cloud_sha or START)
     cloud_sha.update(b"".join(cloud_digests))
     ended = len(page) < limit
     return record.next(
@@ -189,6 +191,8 @@ def _snapshot(
     limit: int,
     now: int,
 ) -> CommitRecord:
+    if record.unhashed:
+        return _restart(storage, session, record)
     # Before the flip: it reads the staged items, which the working set's TTL removes.
     upload = record.upload or start_snapshot(storage, session.id, session.manifest.item_count)
     parts, (last, skip), ended = snapshot_part(
@@ -205,16 +209,18 @@ def flip(storage: AwsStorage, session: Session, record: CommitRecord, now: int) 
     >>> flip(storage, session, record, now)  # doctest: +SKIP
     True
     """
+    if record.unhashed:
+        return save_record(storage, session.id, _restart(storage, session, record), record.part)
     manifest = session.manifest
     # Every staged item's digest went into the record's hash (a drifted one restarts).
-    dataset, count = RunningSha256.load(record.staged_sha).hexdigest(), record.done
+    dataset, count = RunningSha256.load(record.staged_sha or START).hexdigest(), record.done
     if count != manifest.item_count or dataset != manifest.dataset_checksum:
         _fail(storage, session, _ChecksumFailed(dataset, count), now)
         swept = record.next(step="sweep", stale=record.tx, then="end")
         return save_record(storage, session.id, swept, record.part)
     # The cloud digests were read at the generation the flip is conditioned on: after
     # it, the cloud holds exactly them (the items it kept, and the versions it wrote).
-    cloud_checksum = RunningSha256.load(record.cloud_sha).hexdigest()
+    cloud_checksum = RunningSha256.load(record.cloud_sha or START).hexdigest()
     # Only one commit rolls forward per user at a time: a stalled one finishes first.
     storage.settle(session.user_id)
     result = _result(storage, session, record, cloud_checksum, now)

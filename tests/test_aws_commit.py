@@ -699,3 +699,24 @@ def test_the_flip_and_the_snapshot_read_nothing_back_whatever_the_size(bare: Bar
     assert "s3:GetObject" not in snapshot and "s3:CopyObject" not in snapshot, snapshot
     done = bare.server.complete_once(session_id, plan.checksum).json()
     assert (done["status"], done["cloudChecksum"]) == ("completed", plan.checksum)
+
+
+def test_a_commit_begun_before_the_checksums_moved_into_its_record_begins_again(
+    bare: Bare,
+) -> None:
+    storage = bare.storage
+    plan, session_id = bare.uploaded(3 * SLICE)
+    bare.server.complete_once(session_id, plan.checksum)
+    while load_record(storage, session_id).step != "flip":  # type: ignore[union-attr]
+        one_job(bare.worker)
+    record = load_record(storage, session_id)
+    assert record is not None
+    # What an earlier version recorded: the digests were in S3, not in the record.
+    earlier = dataclasses.replace(record, staged_sha="", cloud_sha="")
+    assert save_record(storage, session_id, earlier, record.part)
+
+    bare.worker.drain()
+
+    done = bare.server.complete_once(session_id, plan.checksum).json()
+    assert (done["status"], done["cloudChecksum"]) == ("completed", plan.checksum)
+    assert bare.versions(plan) == {i["key"]: 1 for i in plan.items}

@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 from backend_stub.storage.aws_rows import Row, aside_pk, get_s, key, n, s, session_pk
 from backend_stub.storage.aws_unit import Op, expression_names
 from backend_stub.storage.records import Session, VersionConflict
-from backend_stub.storage.running_sha256 import START
 
 if TYPE_CHECKING:
     from backend_stub.storage.aws import AwsStorage
@@ -89,9 +88,10 @@ class CommitRecord:
     then: str = "aside"
     outbox: tuple[str, str] | None = None
     #: The dataset and cloud checksums so far (:mod:`.running_sha256` states): the
-    #: flip reads them here, not from the items.
-    staged_sha: str = START
-    cloud_sha: str = START
+    #: flip reads them here, not from the items. ``""``: none yet, or a record of an
+    #: earlier version, which kept them in S3 (see :attr:`unhashed`).
+    staged_sha: str = ""
+    cloud_sha: str = ""
     #: How the conflicts of the items set aside so far were resolved, by kind.
     kinds: dict[str, int] = dataclasses.field(default_factory=dict)
     #: The snapshot's multipart upload, the parts uploaded so far, and the bytes of the
@@ -108,6 +108,16 @@ class CommitRecord:
         if self.step == "aside" and self.total:
             start += _SCALE["snapshot"] * min(1.0, self.done / self.total)
         return round(start, 4)
+
+    @property
+    def unhashed(self) -> bool:
+        """Items were set aside without their digests in the record's hashes (a commit
+        begun before an upgrade): the commit begins again.
+
+        >>> CommitRecord("tx1", "aside", done=5).unhashed
+        True
+        """
+        return self.done > 0 and self.step in ("aside", "snapshot", "flip") and not self.staged_sha
 
     @property
     def current_step(self) -> str:
