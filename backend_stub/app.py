@@ -30,6 +30,7 @@ from backend_stub.routes import BatchIntake, router
 from backend_stub.service import now_ms
 from backend_stub.settings import Settings
 from backend_stub.storage import Storage
+from backend_stub.storage.records import CommitRolling
 from backend_stub.storage.sqlite import SQLiteStorage
 from backend_stub.sync_routes import sync_router
 from sdk.contract import CompleteMigrationResponse, ProblemCode
@@ -37,6 +38,10 @@ from sdk.contract import CompleteMigrationResponse, ProblemCode
 __all__ = ["create_app", "open_storage"]
 
 logger = logging.getLogger(__name__)
+
+#: ``Retry-After`` of a write refused while the user's migration rolls forward (a
+#: slice of its roll-forward takes about a second on AWS).
+ROLLING_RETRY_AFTER_S = 5
 
 
 def open_storage(settings: Settings) -> Storage:
@@ -141,6 +146,20 @@ def _install_problem_handlers(app: FastAPI) -> None:
             instance=request.url.path,
             extra=exc.extra,
             headers=exc.headers,
+        )
+
+    @app.exception_handler(CommitRolling)
+    async def commit_rolling(request: Request, exc: CommitRolling) -> Response:
+        # Bounded requests: the worker's jobs finish the migration's roll-forward (a
+        # request doing it would take time in proportion to the migration's size).
+        return problem_response(
+            503,
+            ProblemCode.MIGRATION_COMMITTING,
+            f"the migration {exc.session_id} of this user is being committed: the user's"
+            " items cannot be written until it is done; retry after Retry-After seconds",
+            instance=request.url.path,
+            extra={"sessionId": exc.session_id},
+            headers={"Retry-After": str(ROLLING_RETRY_AFTER_S)},
         )
 
     @app.exception_handler(RequestValidationError)

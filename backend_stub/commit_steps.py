@@ -20,7 +20,7 @@ from backend_stub.completion import _ChecksumFailed, _fail, _refresh, _target
 from backend_stub.events import Event, EventType
 from backend_stub.monitoring import metric
 from backend_stub.settings import Settings
-from backend_stub.storage import CloudItem, Session, StagedItem, iter_conflicts
+from backend_stub.storage import CloudItem, Session, StagedItem
 from backend_stub.storage.aws import AwsStorage
 from backend_stub.storage.aws_commit import commit, publish
 from backend_stub.storage.aws_rows import (
@@ -35,9 +35,6 @@ from backend_stub.storage.aws_rows import (
 from backend_stub.storage.aws_slices import (
     CommitRecord,
     drop_aside,
-    part_name,
-    parts_digest,
-    put_part,
     record_op,
     save_record,
 )
@@ -45,6 +42,7 @@ from backend_stub.storage.aws_snapshot import snapshot_part, start_snapshot
 from backend_stub.storage.aws_sync import read_profile
 from backend_stub.storage.aws_unit import SessionWrite, Unit, put_op
 from backend_stub.storage.records import SyncHead, VersionConflict
+from backend_stub.storage.running_sha256 import START, RunningSha256
 from sdk.contract import CompleteMigrationResponse, SessionStatus, multiset_add
 
 __all__ = ["STEPS", "flip", "fresh"]
@@ -104,6 +102,8 @@ def _aside(
     limit: int,
     now: int,
 ) -> CommitRecord:
+    if record.unhashed:
+        return _restart(storage, session, record)
     user = session.user_id
     page = storage.staged_items(session.id, after=record.after, limit=limit)
     keys = [(s.collection, s.key) for s in page]
@@ -118,6 +118,7 @@ def _aside(
     staged_digests: list[bytes] = []
     cloud_digests: list[bytes] = []
     outcomes: Counter[str] = Counter()
+    kinds = Counter(record.kinds)
     checksum, count = record.checksum, record.count
     for staged, address in zip(page, keys, strict=True):
         row = rows.get(address)
@@ -130,7 +131,10 @@ def _aside(
         if staged.outcome == "new":
             target: CloudItem | None = staged.as_cloud(version=1, device_id=session.device_id)
         else:
-            target, _ = _target(staged, current, decisions.get(address), session.device_id)
+            decision = decisions.get(address)
+            if decision is not None:
+                kinds[decision.strategy or decision.choice or "unknown"] += 1
+            target, _ = _target(staged, current, decision, session.device_id)
         if target is None:
             # Kept as the cloud holds it: its digest read from the cloud's row.
             cloud_digests.append(storage.cloud.digest_of(row) if row else staged.digest)
@@ -154,10 +158,10 @@ def _aside(
         digests=[w.digest() for w in writes],
         replaced=rows,
     )
-    name = part_name(session.id, record.tx, "staged", record.part)
-    put_part(storage, name, b"".join(staged_digests))
-    name = part_name(session.id, record.tx, "cloud", record.part)
-    put_part(storage, name, b"".join(cloud_digests))
+    staged_sha = RunningSha256.load(record.staged_sha or START)
+    staged_sha.update(b"".join(staged_digests))
+    cloud_sha = RunningSha256.load(record.cloud_sha or START)
+    cloud_sha.update(b"".join(cloud_digests))
     ended = len(page) < limit
     return record.next(
         step="snapshot" if ended else "aside",
@@ -168,6 +172,9 @@ def _aside(
         new=record.new + outcomes["new"],
         unchanged=record.unchanged + outcomes["unchanged"],
         applied=record.applied + len(writes),
+        staged_sha=staged_sha.state(),
+        cloud_sha=cloud_sha.state(),
+        kinds=dict(kinds),
     )
 
 
@@ -184,14 +191,16 @@ def _snapshot(
     limit: int,
     now: int,
 ) -> CommitRecord:
+    if record.unhashed:
+        return _restart(storage, session, record)
     # Before the flip: it reads the staged items, which the working set's TTL removes.
-    upload = record.upload or start_snapshot(storage, session.id)
-    parts, last, ended = snapshot_part(
-        storage, session.id, upload, record.parts, record.after, limit
+    upload = record.upload or start_snapshot(storage, session.id, session.manifest.item_count)
+    parts, (last, skip), ended = snapshot_part(
+        storage, session.id, upload, record.parts, (record.after, record.skip), limit
     )
     if ended:
-        return record.next(step="flip", after=None, upload=None, parts=[])
-    return record.next(upload=upload, parts=parts, after=last)
+        return record.next(step="flip", after=None, upload=None, parts=[], skip=0)
+    return record.next(upload=upload, parts=parts, after=last, skip=skip)
 
 
 def flip(storage: AwsStorage, session: Session, record: CommitRecord, now: int) -> bool:
@@ -200,21 +209,24 @@ def flip(storage: AwsStorage, session: Session, record: CommitRecord, now: int) 
     >>> flip(storage, session, record, now)  # doctest: +SKIP
     True
     """
+    if record.unhashed:
+        return save_record(storage, session.id, _restart(storage, session, record), record.part)
     manifest = session.manifest
-    dataset, count = parts_digest(storage, session.id, record.tx, "staged")
+    # Every staged item's digest went into the record's hash (a drifted one restarts).
+    dataset, count = RunningSha256.load(record.staged_sha or START).hexdigest(), record.done
     if count != manifest.item_count or dataset != manifest.dataset_checksum:
         _fail(storage, session, _ChecksumFailed(dataset, count), now)
         swept = record.next(step="sweep", stale=record.tx, then="end")
         return save_record(storage, session.id, swept, record.part)
     # The cloud digests were read at the generation the flip is conditioned on: after
     # it, the cloud holds exactly them (the items it kept, and the versions it wrote).
-    cloud_checksum, _ = parts_digest(storage, session.id, record.tx, "cloud")
+    cloud_checksum = RunningSha256.load(record.cloud_sha or START).hexdigest()
     # Only one commit rolls forward per user at a time: a stalled one finishes first.
     storage.settle(session.user_id)
     result = _result(storage, session, record, cloud_checksum, now)
     head = SyncHead(record.prior + 1, record.checksum, record.count)
     pointer = storage.cloud.flip(
-        record.tx, session.user_id, None, record.generation, (record.prior, head)
+        record.tx, session.user_id, None, record.generation, (record.prior, head), job=session.id
     )
     unit = Unit()
     unit.add(pointer)
@@ -266,8 +278,6 @@ def _result(
     storage: AwsStorage, session: Session, record: CommitRecord, cloud_checksum: str, now: int
 ) -> CompleteMigrationResponse:
     count = session.manifest.item_count
-    conflicts = iter_conflicts(storage, session.id)
-    kinds = Counter(c.strategy or c.choice or "unknown" for c in conflicts)
     return CompleteMigrationResponse(
         session_id=session.id,
         status=SessionStatus.COMPLETED,
@@ -279,7 +289,7 @@ def _result(
         new_items=record.new,
         unchanged_items=record.unchanged,
         conflicts=count - record.new - record.unchanged,
-        resolutions_by_kind=dict(kinds),
+        resolutions_by_kind=dict(record.kinds),
         sync_seq=record.prior + 1,
         sync_prior_seq=record.prior,
     )

@@ -54,6 +54,7 @@ from backend_stub.storage.aws import AwsStorage
 from backend_stub.storage.aws_ledger import FAILED, PENDING, BatchBusy, HeldBatch
 from backend_stub.storage.aws_slices import COMMIT_JOB, commit_message
 from backend_stub.storage.aws_sweep import sweep_aside
+from backend_stub.storage.records import CommitRolling
 from sdk.contract import BatchReceipt, ProblemCode
 
 __all__ = ["JOB_TYPE", "Outcome", "Worker", "accept_batch", "job_message"]
@@ -64,6 +65,8 @@ logger = logging.getLogger(__name__)
 JOB_TYPE = "ProcessBatch"
 # SQS allows at most 12 hours of invisibility; backoff stays far below.
 _MAX_DELAY = 900
+#: How long a commit waits for another migration of its user to roll forward.
+_ROLL_WAIT_S = 5
 _SWEEP_EVERY = 60.0
 
 
@@ -289,6 +292,16 @@ class Worker:
                     QueueUrl=self.storage.resources.queue_url,
                     MessageBody=commit_message(user_id, session_id),
                 )
+        except CommitRolling as rolling:
+            # Another migration of the user still rolls forward (its own jobs finish it):
+            # this commit comes back later, as a new job, so that waiting never counts
+            # towards the dead-letter queue.
+            logger.info("session %s waits for %s to roll forward", session_id, rolling.session_id)
+            self._sqs.send_message(
+                QueueUrl=self.storage.resources.queue_url,
+                MessageBody=commit_message(user_id, session_id),
+                DelaySeconds=_ROLL_WAIT_S,
+            )
         except ApiError as refused:
             if refused.status == 404:
                 return Outcome(done=True)

@@ -133,15 +133,22 @@ def main() -> None:
         )
         steps: collections.Counter[str] = collections.Counter()
 
+        # The busiest job of each commit step: (calls, seconds on moto, calls by service).
+        by_step: dict[str, tuple[int, float, collections.Counter[str]]] = {}
+
         def timed_handle(body: str, receive_count: int) -> Any:
-            kind = "batch"
+            kind, step = "batch", None
             if "CommitSession" in body:
                 kind = "commit slice"
                 record = load_record(probe, json.loads(body)["sessionId"])
-                steps[record.step if record else "-"] += 1
+                step = record.step if record else "-"
+                steps[step] += 1
             before, started = worker_calls.mark(), time.perf_counter()
             outcome = handle(body, receive_count)
-            jobs.append((time.perf_counter() - started, kind, worker_calls.mark() - before))
+            seconds, calls = time.perf_counter() - started, worker_calls.mark() - before
+            jobs.append((seconds, kind, calls))
+            if step is not None and sum(calls.values()) >= by_step.get(step, (0,))[0]:
+                by_step[step] = (sum(calls.values()), seconds, calls)
             return outcome
 
         worker.handle = timed_handle  # type: ignore[method-assign]
@@ -213,6 +220,11 @@ def main() -> None:
             f" {sum(busiest[2].values())} {dict(busiest[2])} = ~{aws_ms(busiest[2]):.0f} ms on AWS"
         )
     print(f"commit jobs by step: {dict(steps)}")
+    for step, (count, seconds, calls) in by_step.items():
+        print(
+            f"  busiest {step} job: {count} calls {dict(calls)} = ~{aws_ms(calls):.0f} ms on"
+            f" AWS ({seconds:.2f} s on moto)"
+        )
     print(f"AWS calls by the API: {sum(api_calls.total.values())} {dict(api_calls.total)}")
     print(f"AWS calls by the worker: {sum(worker_calls.total.values())} {dict(worker_calls.total)}")
 

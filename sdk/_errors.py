@@ -239,17 +239,20 @@ class OfflineError(TransportError):
 
 
 class ServerError(TransportError):
-    """The server kept answering 5xx or 429 until the retry budget ran out.
+    """The server kept answering 5xx or 429 until the retry budget ran out; ``code`` is
+    its last answer's problem code, if it had one.
 
-    >>> issubclass(ServerError, TransportError)
-    True
+    >>> e = ServerError("busy", status=503, code="migration-committing")
+    >>> (e.status, e.code, e.retryable)
+    (503, 'migration-committing', True)
     """
 
     retryable = True
 
-    def __init__(self, message: str, *, status: int) -> None:
+    def __init__(self, message: str, *, status: int, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.code = code
 
 
 class ProtocolError(TransportError):

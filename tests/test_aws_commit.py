@@ -4,6 +4,7 @@ nothing the committed state needs expires."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import time
@@ -206,7 +207,7 @@ def _crash_once(target: Any, name: str, *, after: bool) -> Callable[..., Any]:
 
 STEPS = [
     pytest.param(CloudItems, "set_aside", False, id="setting-aside"),
-    pytest.param(commit_steps, "put_part", True, id="after-a-part"),
+    pytest.param(CloudItems, "set_aside", True, id="after-setting-aside"),
     pytest.param(committing, "save_record", False, id="before-recording-a-slice"),
     pytest.param(committing, "save_record", True, id="after-recording-a-slice"),
     pytest.param(commit_steps, "snapshot_part", True, id="after-a-snapshot-part"),
@@ -509,7 +510,213 @@ def test_a_large_snapshot_goes_up_in_parts_and_keeps_its_sha256(
     s3, bucket = bare.storage.resources.s3, bare.storage.resources.bucket
     name = f"sessions/{session_id}/snapshot.jsonl"
     body = s3.get_object(Bucket=bucket, Key=name)["Body"].read()
-    head = s3.head_object(Bucket=bucket, Key=name)
+    head = s3.head_object(Bucket=bucket, Key=name, ChecksumMode="ENABLED")
     assert body.splitlines() == [canonical_item(i) for i in plan.items]
-    assert head["Metadata"] == {"sha256": hashlib.sha256(body).hexdigest(), "items": "200"}
+    assert head["Metadata"] == {"items": "200", "part-bytes": "4096"}
+    # Parts of exactly 4096 bytes but the last (items straddle them), so the composite
+    # SHA-256 can be recomputed from the body alone.
+    pieces = [body[i : i + 4096] for i in range(0, len(body), 4096)]
+    digests = b"".join(hashlib.sha256(p).digest() for p in pieces)
+    composite = base64.b64encode(hashlib.sha256(digests).digest()).decode()
+    # S3 appends "-<parts>" (moto leaves it out); base64 has no "-".
+    assert head["ChecksumSHA256"].split("-")[0] == composite
+    assert len(pieces) == parts + 1
     assert head["ServerSideEncryption"] == "AES256"
+
+
+# --------------------------------------------------------------------------- bounded writers
+
+
+def _push(bare: Bare, key: str, data: dict[str, Any]) -> Any:
+    server = bare.server
+    change = {
+        "collection": "lessons",
+        "key": key,
+        "data": data,
+        "updatedAt": T0,
+        "deleted": False,
+        "baseSeq": None,
+    }
+    return server.client.post(
+        server.url("/sync/push"),
+        json={"pushId": f"p-{key}", "deviceId": "tablet", "changes": [change]},
+        headers=server.auth(),
+    )
+
+
+def test_a_push_during_a_migrations_roll_forward_waits_and_copies_nothing(
+    bare: Bare, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = bare.storage
+    plan, session_id = bare.uploaded(3 * SLICE)
+    bare.server.complete_once(session_id, plan.checksum)
+    while load_record(storage, session_id).step != "roll":  # type: ignore[union-attr]
+        one_job(bare.worker)
+    copied: list[int] = []
+    original = CloudItems._copy_page
+    monkeypatch.setattr(
+        CloudItems,
+        "_copy_page",
+        lambda self, user, rows: copied.append(len(rows)) or original(self, user, rows),
+    )
+
+    refused = _push(bare, "zz-new", {"from": "tablet"})
+
+    # Before: the push finished the migration's whole roll-forward in its request.
+    assert copied == []
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert refused.json()["code"] == "migration-committing"
+    assert refused.json()["sessionId"] == session_id
+    assert "rolling" in (storage.table.get("USER#alice", "PROFILE") or {})
+
+    bare.worker.drain()  # the jobs roll forward, slice by slice
+    applied = _push(bare, "zz-new", {"from": "tablet"})
+
+    assert applied.status_code == 200, applied.text
+    assert applied.json()["results"][0]["outcome"] == "applied"
+    assert bare.versions(plan) == {i["key"]: 1 for i in plan.items}
+    assert storage.sync_head("alice").item_count == 3 * SLICE + 1
+
+
+def test_a_push_during_a_stalled_roll_forward_queues_its_job_again(bare: Bare) -> None:
+    storage = bare.storage
+    plan, session_id = bare.uploaded(2 * SLICE)
+    bare.server.complete_once(session_id, plan.checksum)
+    while load_record(storage, session_id).step != "roll":  # type: ignore[union-attr]
+        one_job(bare.worker)
+    resources = storage.resources
+    resources.sqs.purge_queue(QueueUrl=resources.queue_url)  # its job is gone
+    record = load_record(storage, session_id)
+    assert record is not None
+    save_record(storage, session_id, dataclasses.replace(record, updated_at=0.0), record.part)
+
+    assert _push(bare, "zz-new", {"v": 1}).status_code == 503
+    assert bare.worker.drain() > 0  # the push queued the roll-forward's job again
+
+    assert load_record(storage, session_id).step == "done"  # type: ignore[union-attr]
+    assert _push(bare, "zz-new", {"v": 1}).status_code == 200
+
+
+def _migrated_device(bare: Bare, tmp_path: Path, retry: Any) -> Any:
+    """A device migrated through the SDK whose migration still rolls forward, with one
+    local write made after it."""
+    from sdk_fixtures import learning_items, make_store
+
+    from sdk import LocalStore, MigrationClient, MigrationOptions
+
+    store = make_store(tmp_path / "store.sqlite3", learning_items(3 * SLICE))
+
+    def run_the_worker(response: Any) -> None:
+        if response.request.method == "PUT" or response.request.url.path.endswith("/status"):
+            bare.worker.poll(max_messages=1, wait_seconds=0)
+
+    hooks = bare.server.client.event_hooks["response"]
+    hooks.append(run_the_worker)
+    client = MigrationClient(
+        http_client=bare.server.client,
+        user_id="alice",
+        token=bare.server.auth()["Authorization"].split()[1],
+        store_path=store,
+        options=MigrationOptions(batch_size=30, cache_dir=tmp_path / "cache"),
+        retry=retry,
+    )
+    result = client.migrate()
+    hooks.remove(run_the_worker)
+    assert result.verified
+    record = load_record(bare.storage, result.session_id)
+    assert record is not None and record.step == "roll"
+    with LocalStore(store) as local:
+        local.put("lesson_progress", "after", {"score": 1})
+    return client
+
+
+def test_a_sync_during_the_roll_forward_keeps_its_changes_pending_without_an_error(
+    bare: Bare, tmp_path: Path
+) -> None:
+    from sdk import RetryPolicy
+
+    with _migrated_device(bare, tmp_path, RetryPolicy.none()) as client:
+        waiting = client.sync()  # 503 migration-committing: no error, the push waits
+
+        assert (waiting.pushed, waiting.pending_changes, waiting.verified) == (0, 1, False)
+        bare.worker.drain()
+        synced = client.sync()
+
+    assert (synced.pushed, synced.pending_changes, synced.verified) == (1, 0, True)
+
+
+def test_a_sync_during_the_roll_forward_waits_retry_after_and_pushes(
+    bare: Bare, tmp_path: Path
+) -> None:
+    from sdk import RetryPolicy
+
+    refused: list[str] = []
+
+    def roll_on_refusal(response: Any) -> None:
+        if response.status_code == 503:
+            refused.append(response.headers["Retry-After"])
+            bare.worker.drain()  # what happens while the device waits
+
+    # Retry-After clamped to 0 s so that the test does not sleep.
+    retry = RetryPolicy(attempts=3, initial=0.0, jitter=0.0, max_retry_after=0.0)
+    with _migrated_device(bare, tmp_path, retry) as client:
+        bare.server.client.event_hooks["response"].append(roll_on_refusal)
+        synced = client.sync()
+
+    assert refused == ["5"]
+    assert (synced.pushed, synced.pending_changes, synced.verified) == (1, 0, True)
+
+
+def test_the_flip_and_the_snapshot_read_nothing_back_whatever_the_size(bare: Bare) -> None:
+    worker_storage = bare.worker.storage
+    assert isinstance(worker_storage, AwsStorage)
+    calls: list[str] = []
+
+    def count(model: Any, **kwargs: Any) -> None:
+        calls.append(f"{model.service_model.service_name}:{model.name}")
+
+    for client in (worker_storage.resources.s3, worker_storage.resources.dynamodb):
+        client.meta.events.register("before-call", count)
+    plan, session_id = bare.uploaded(6 * SLICE)
+    bare.server.complete_once(session_id, plan.checksum)
+    by_step: dict[str, list[str]] = {}
+    while True:
+        record = load_record(bare.storage, session_id)
+        calls.clear()
+        if not one_job(bare.worker):
+            break
+        if record is not None:
+            by_step.setdefault(record.step, []).extend(calls)
+
+    # Before: the flip read every slice's digests back from S3 and listed the conflicts,
+    # and the last snapshot slice read the whole snapshot back to hash it.
+    flip = by_step["flip"]
+    assert not [c for c in flip if c.startswith("s3:")], flip
+    assert len(flip) <= 8, flip
+    snapshot = [c for c in by_step["snapshot"] if c.startswith("s3:")]
+    assert "s3:GetObject" not in snapshot and "s3:CopyObject" not in snapshot, snapshot
+    done = bare.server.complete_once(session_id, plan.checksum).json()
+    assert (done["status"], done["cloudChecksum"]) == ("completed", plan.checksum)
+
+
+def test_a_commit_begun_before_the_checksums_moved_into_its_record_begins_again(
+    bare: Bare,
+) -> None:
+    storage = bare.storage
+    plan, session_id = bare.uploaded(3 * SLICE)
+    bare.server.complete_once(session_id, plan.checksum)
+    while load_record(storage, session_id).step != "flip":  # type: ignore[union-attr]
+        one_job(bare.worker)
+    record = load_record(storage, session_id)
+    assert record is not None
+    # What an earlier version recorded: the digests were in S3, not in the record.
+    earlier = dataclasses.replace(record, staged_sha="", cloud_sha="")
+    assert save_record(storage, session_id, earlier, record.part)
+
+    bare.worker.drain()
+
+    done = bare.server.complete_once(session_id, plan.checksum).json()
+    assert (done["status"], done["cloudChecksum"]) == ("completed", plan.checksum)
+    assert bare.versions(plan) == {i["key"]: 1 for i in plan.items}

@@ -27,6 +27,7 @@ from backend_stub.storage.aws_cloud import CloudItems
 from backend_stub.storage.aws_rows import n
 from backend_stub.storage.aws_slices import load_record, save_record
 from backend_stub.storage.aws_table import Table
+from backend_stub.storage.records import CommitRolling
 from sdk.contract import Limits, Manifest, SessionStatus, StartMigrationRequest
 
 
@@ -97,8 +98,19 @@ def test_a_commit_interrupted_after_its_flip_is_whole_to_readers_and_finished_la
     assert cloud_versions(reader, plan) == {i["key"]: 1 for i in plan.items}
     assert server.summary().json()["summary"]["verified"] is True
 
-    # The next writer of alice's items finishes the roll-forward first.
-    seed_cloud_items(storage, "alice", [{**items_of(1)[0], "key": "other"}], now=T0)
+    # Its jobs ended in the dead-letter queue. The next writer of alice's items does not
+    # finish it (a migration's may be millions of rows): it waits, and queues the
+    # stalled job again; the job finishes it.
+    session_id = plan.manifest["sessionId"]
+    record = load_record(storage, session_id)
+    assert record is not None and record.step == "roll"
+    save_record(storage, session_id, dataclasses.replace(record, updated_at=0.0), record.part)
+    other = [{**items_of(1)[0], "key": "other"}]
+    with pytest.raises(CommitRolling):
+        seed_cloud_items(storage, "alice", other, now=T0)
+    assert raw_cloud_rows(storage, plan) == 100
+    server.complete(session_id, plan.checksum)  # the fixture's worker drains the queue
+    seed_cloud_items(storage, "alice", other, now=T0)
 
     assert raw_cloud_rows(storage, plan) == 250
     assert "rolling" not in profile(storage)
@@ -141,7 +153,7 @@ def test_a_commit_interrupted_before_its_flip_changes_nothing_and_is_retried(
     assert cloud_versions(storage, plan) == {i["key"]: 1 for i in plan.items}
 
 
-def test_a_write_after_the_commit_wins_over_its_unfinished_roll_forward(
+def test_a_write_after_the_commit_waits_for_its_unfinished_roll_forward_then_wins(
     server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     storage = aws_of(server)
@@ -154,7 +166,15 @@ def test_a_write_after_the_commit_wins_over_its_unfinished_roll_forward(
     assert server.complete(plan.manifest["sessionId"], plan.checksum).status_code == 200
     monkeypatch.undo()
     later = {**plan.items[3], "data": {"from": "tablet"}}
-    # Another device's write: it reads the committed version (1), writes version 2.
+    # Another device's write waits for the roll-forward (its job, queued again)...
+    session_id = plan.manifest["sessionId"]
+    record = load_record(storage, session_id)
+    assert record is not None
+    save_record(storage, session_id, dataclasses.replace(record, updated_at=0.0), record.part)
+    with pytest.raises(CommitRolling):
+        seed_cloud_items(storage, "alice", [later], device_id="tablet", now=T0)
+    server.complete(session_id, plan.checksum)  # the fixture's worker drains the queue
+    # ...then reads the committed version (1) and writes version 2.
     seed_cloud_items(storage, "alice", [later], device_id="tablet", now=T0)
 
     held = storage.cloud_items("alice", [(later["collection"], later["key"])])

@@ -9,6 +9,7 @@ stopped, read through and resumed.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from server_fixtures import T0, Server, items_of, make_plan, running_server
 
 from backend_stub.storage.aws import AwsStorage
 from backend_stub.storage.aws_cloud import CloudItems
+from backend_stub.storage.aws_slices import load_record, save_record
 from sdk.contract import (
     PROBLEM_CONTENT_TYPE,
     Item,
@@ -385,9 +387,16 @@ def test_a_commit_whose_roll_forward_stopped_is_pulled_whole_and_moves_the_head_
         head = assert_consistent(server)
         assert (head["seq"], head["itemCount"]) == (2, 6)
 
-        # The next writer finishes the roll-forward; the head moved once for the commit.
+        # A push meanwhile waits (503), and queues the stalled job again, which finishes
+        # the roll-forward; the head moved once for the commit.
+        record = load_record(storage, session_id)
+        assert record is not None
+        save_record(storage, session_id, dataclasses.replace(record, updated_at=0.0), record.part)
+        waiting = push(server, [change("x", {"v": 2}, base=1, collection="notes")])
+        assert waiting.status_code == 503, waiting.text
+        assert waiting.json()["code"] == "migration-committing"
+        server.complete(session_id, plan.checksum)  # the fixture's worker drains the queue
         later = pushed(server, [change("x", {"v": 2}, base=1, collection="notes")])
-        storage.settle("alice")
 
         assert later["seq"] == 3
         assert "rolling" not in (storage.table.get("USER#alice", "PROFILE") or {})

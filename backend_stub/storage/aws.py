@@ -104,6 +104,7 @@ from backend_stub.storage.records import (
     Backlog,
     Batch,
     CloudItem,
+    CommitRolling,
     Conflict,
     DuplicateItem,
     DuplicateSession,
@@ -609,7 +610,7 @@ class AwsStorage:
         """Start writing the user's items in ``unit``; the seq they are written at."""
         if user_id not in unit.cloud:
             # Only one commit rolls forward per user at a time: finish a stalled one.
-            self.cloud.settle(user_id, self._snapshot)
+            self.settle(user_id)
             profile = aws_sync.read_profile(self.table, user_id)
             if unit.generations.setdefault(user_id, profile.view) != profile.view:
                 raise VersionConflict(f"the cloud items of {user_id} changed during this unit")
@@ -734,8 +735,14 @@ class AwsStorage:
         """Finish the user's commit if a crash stopped it after its flip (idempotent).
 
         Readers never need it (they resolve through the pointer); writers call it first.
+        A migration's roll-forward is left to its jobs (:class:`CommitRolling`), which
+        are queued again if they stalled.
         """
-        self.cloud.settle(user_id, self._snapshot)
+        try:
+            self.cloud.settle(user_id, self._snapshot)
+        except CommitRolling as rolling:
+            aws_slices.nudge(self, rolling.user_id, rolling.session_id)
+            raise
 
     def commit_progress(self, session: Session) -> tuple[float, str] | None:
         """How far a session's sliced commit is (``GET /status``); a commit whose jobs

@@ -66,7 +66,13 @@ from backend_stub.storage.aws_rows import (
 )
 from backend_stub.storage.aws_table import Table
 from backend_stub.storage.aws_unit import Op, chunked, expression_names
-from backend_stub.storage.records import CloudItem, Key, SyncHead, VersionConflict
+from backend_stub.storage.records import (
+    CloudItem,
+    CommitRolling,
+    Key,
+    SyncHead,
+    VersionConflict,
+)
 from sdk.contract import multiset_hex
 
 __all__ = ["CloudItems", "applies"]
@@ -219,15 +225,23 @@ class CloudItems:
         session_id: str | None,
         generation: int,
         head: tuple[int, SyncHead] | None = None,
+        *,
+        job: str | None = None,
     ) -> Op:
         """The pointer write of a commit (goes in the commit's transaction): only if no
         commit is rolling and none happened since ``generation``. ``head`` is the sync
-        head's move, ``(seq it replaces, new head)``: once, with the commit point."""
+        head's move, ``(seq it replaces, new head)``: once, with the commit point.
+        ``job`` names the session whose worker jobs roll the commit forward slice by
+        slice: a writer then waits for them (:class:`CommitRolling`) instead of
+        finishing it."""
         expression = "SET #rolling = :tx, #gen = if_not_exists(#gen, :zero) + :one"
         values: Row = {":tx": s(tx), ":zero": n(0), ":one": n(1)}
         if session_id is not None:
             expression += ", #rollingSession = :sid"
             values[":sid"] = s(session_id)
+        if job is not None:
+            expression += ", #rollingJob = :job"
+            values[":job"] = s(job)
         if generation:
             condition = "attribute_not_exists(#rolling) AND #gen = :gen"
             values[":gen"] = n(generation)
@@ -266,9 +280,16 @@ class CloudItems:
         )
 
     def settle(self, user_id: str, finish: Callable[[str], None]) -> None:
-        """Finish the user's pending roll-forward, if a crash left one."""
-        row = self.table.get(user_pk(user_id), PROFILE, projection="#rolling, #rollingSession")
+        """Finish the user's pending roll-forward, if a crash left one: a unit's, as
+        large as one request's writes. A migration's, rolled by its jobs, is never
+        finished here (it may hold millions of rows): :class:`CommitRolling`."""
+        row = self.table.get(
+            user_pk(user_id), PROFILE, projection="#rolling, #rollingSession, #rollingJob"
+        )
         rolling = opt_s(row, "rolling") if row else None
+        job = opt_s(row, "rollingJob") if row else None
+        if job is not None:
+            raise CommitRolling(user_id, job)
         if row is not None and rolling is not None:
             logger.info("user %s: finishing the roll-forward of commit %s", user_id, rolling)
             self.roll_forward(user_id, rolling, opt_s(row, "rollingSession"), finish)
@@ -308,7 +329,7 @@ class CloudItems:
         self.table.update(
             user_pk(user_id),
             PROFILE,
-            "REMOVE #rolling, #rollingSession, #rollingSeq SET #gen = #gen + :one",
+            "REMOVE #rolling, #rollingSession, #rollingSeq, #rollingJob SET #gen = #gen + :one",
             condition="#rolling = :tx",
             values={":one": n(1), ":tx": s(tx)},
         )

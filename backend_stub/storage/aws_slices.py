@@ -7,8 +7,10 @@ What a slice did is recorded in the session's commit record (``SESSION#{id}`` /
 ``COMMIT``), a small row updated only if its ``part`` is still the one the slice
 started from, so a duplicate or late delivery of the same job changes nothing, and a
 crash anywhere resumes from the last recorded slice. Every write a slice makes before
-that record moves is idempotent (set-aside rows keyed by the commit's ``tx``, S3 parts
-keyed by the slice's number, conditional copies).
+that record moves is idempotent (set-aside rows keyed by the commit's ``tx``, snapshot
+parts keyed by their number, conditional copies). What the flip needs of the whole
+commit (the dataset and cloud checksums, the counts) travels in the record, slice by
+slice, so that no job reads more than its slice.
 
 The steps, in order::
 
@@ -25,13 +27,10 @@ none, because after the flip the committed state depends on them.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
-import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from backend_stub.storage.aws_rows import Row, aside_pk, get_s, key, n, s, session_pk
@@ -47,7 +46,6 @@ __all__ = [
     "CommitRecord",
     "commit_message",
     "load_record",
-    "parts_digest",
     "record_op",
     "save_record",
 ]
@@ -89,9 +87,18 @@ class CommitRecord:
     stale: str | None = None
     then: str = "aside"
     outbox: tuple[str, str] | None = None
-    #: The snapshot's multipart upload, and the parts uploaded so far.
+    #: The dataset and cloud checksums so far (:mod:`.running_sha256` states): the
+    #: flip reads them here, not from the items. ``""``: none yet, or a record of an
+    #: earlier version, which kept them in S3 (see :attr:`unhashed`).
+    staged_sha: str = ""
+    cloud_sha: str = ""
+    #: How the conflicts of the items set aside so far were resolved, by kind.
+    kinds: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: The snapshot's multipart upload, the parts uploaded so far, and the bytes of the
+    #: item after ``after`` that they hold already (it straddles two parts).
     upload: str | None = None
     parts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    skip: int = 0
     updated_at: float = 0.0
 
     @property
@@ -101,6 +108,16 @@ class CommitRecord:
         if self.step == "aside" and self.total:
             start += _SCALE["snapshot"] * min(1.0, self.done / self.total)
         return round(start, 4)
+
+    @property
+    def unhashed(self) -> bool:
+        """Items were set aside without their digests in the record's hashes (a commit
+        begun before an upgrade): the commit begins again.
+
+        >>> CommitRecord("tx1", "aside", done=5).unhashed
+        True
+        """
+        return self.done > 0 and self.step in ("aside", "snapshot", "flip") and not self.staged_sha
 
     @property
     def current_step(self) -> str:
@@ -215,50 +232,6 @@ def save_record(
 def replace_record(storage: AwsStorage, session_id: str, record: CommitRecord) -> None:
     """Store ``record`` whatever is stored (a new decision replaces an ended try)."""
     storage.table.put(_row(session_id, record))
-
-
-def part_name(session_id: str, tx: str, kind: str, part: int) -> str:
-    """The S3 object holding the digests one slice of step ``kind`` read, in order."""
-    return f"sessions/{session_id}/commit/{tx}/{kind}/{part:010d}"
-
-
-def put_part(storage: AwsStorage, name: str, body: bytes) -> None:
-    """Store one slice's digests (idempotent: a replayed slice writes the same bytes)."""
-    storage.table.put_object(name, body, hashlib.sha256(body).hexdigest())
-
-
-def parts_digest(storage: AwsStorage, session_id: str, tx: str, kind: str) -> tuple[str, int]:
-    """SHA-256 over the digests of every part of step ``kind``, in slice order, and how
-    many digests there were: the dataset checksum's definition, resumed across slices.
-
-    >>> parts_digest(storage, "s1", "tx1", "staged")  # doctest: +SKIP
-    ('e3b0c442...', 0)
-    """
-    digest = hashlib.sha256()
-    count = 0
-    for body in _parts(storage, f"sessions/{session_id}/commit/{tx}/{kind}/"):
-        digest.update(body)
-        count += len(body) // 32
-    return digest.hexdigest(), count
-
-
-def _parts(storage: AwsStorage, prefix: str) -> Iterator[bytes]:
-    # A part per slice: at a million items, hundreds of small objects, fetched side by
-    # side (in order) so that the flip's job stays short.
-    resources = storage.resources
-    paginator = resources.s3.get_paginator("list_objects_v2")
-    names = [
-        entry["Key"]
-        for page in paginator.paginate(Bucket=resources.bucket, Prefix=prefix)
-        for entry in page.get("Contents", [])
-    ]
-
-    def fetch(name: str) -> bytes:
-        body: bytes = resources.s3.get_object(Bucket=resources.bucket, Key=name)["Body"].read()
-        return body
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-        yield from pool.map(fetch, names)
 
 
 def drop_aside(storage: AwsStorage, tx: str, user_id: str, limit: int) -> bool:

@@ -1,19 +1,29 @@
 """The migrated snapshot of a sliced commit, uploaded in parts (``aws`` backend).
 
 The snapshot (every staged item, canonical JSON lines in (collection, key) order,
-encrypted, with its SHA-256 in the object's metadata) may be hundreds of megabytes: no
-single job writes it. Each slice reads staged items until it holds a multipart upload's
-part (:data:`PART_BYTES`, S3's minimum but for the last) and uploads it as the next
-part; replaying a slice uploads the same part again. The last slice completes the
-upload, then reads the object back once, as a stream, for its SHA-256 and line count
-(a hash cannot be carried from slice to slice), and sets them as its metadata::
+encrypted) may be hundreds of megabytes: no single job writes it. Each slice reads
+staged items until it holds exactly :data:`PART_BYTES` (an item may straddle two parts:
+the record keeps how many of its bytes went into the earlier one) and uploads them as
+the next part of a multipart upload, with its SHA-256, which S3 checks; replaying a
+slice uploads the same part again. The last slice completes the upload.
+
+Its checksum is S3's own for a multipart object, **composite SHA-256**: the SHA-256 of
+the parts' SHA-256s, suffixed with the number of parts (``head_object`` with
+``ChecksumMode="ENABLED"`` answers it as ``ChecksumSHA256``, base64). Every part but the
+last holds :data:`PART_BYTES` (recorded with the item count in the object's metadata,
+``part-bytes`` and ``items``), so anyone can recompute it from the body
+(:func:`composite_sha256`). A SHA-256 of the whole body would need one job to read it
+all back, at a million items hundreds of megabytes::
 
     >>> PART_BYTES
     5242880
+    >>> composite_sha256(b"abc", part_bytes=2)
+    'EVMj5WLEpP33zqztymYNxLvhOJ2rkyOq0IRAkHx0JtA=-2'
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 from typing import TYPE_CHECKING, Any
@@ -37,10 +47,18 @@ def snapshot_name(session_id: str) -> str:
     return f"sessions/{session_id}/snapshot.jsonl"
 
 
-def start_snapshot(storage: AwsStorage, session_id: str) -> str:
-    """Start the snapshot's multipart upload; returns its upload id.
+def composite_sha256(body: bytes, *, part_bytes: int = PART_BYTES) -> str:
+    """S3's composite SHA-256 of ``body`` uploaded in parts of ``part_bytes``: base64 of
+    the SHA-256 over the parts' SHA-256s, ``-`` the number of parts."""
+    pieces = [body[i : i + part_bytes] for i in range(0, len(body), part_bytes)] or [b""]
+    digests = b"".join(hashlib.sha256(piece).digest() for piece in pieces)
+    return f"{base64.b64encode(hashlib.sha256(digests).digest()).decode()}-{len(pieces)}"
 
-    >>> start_snapshot(storage, "s1")  # doctest: +SKIP
+
+def start_snapshot(storage: AwsStorage, session_id: str, items: int) -> str:
+    """Start the snapshot's multipart upload of ``items`` lines; returns its upload id.
+
+    >>> start_snapshot(storage, "s1", 3)  # doctest: +SKIP
     'VXBsb2FkIElE...'
     """
     resources = storage.resources
@@ -48,6 +66,7 @@ def start_snapshot(storage: AwsStorage, session_id: str) -> str:
         Bucket=resources.bucket,
         Key=snapshot_name(session_id),
         ChecksumAlgorithm="SHA256",
+        Metadata={"items": str(items), "part-bytes": str(PART_BYTES)},
         **resources.sse_args(),
     )
     upload: str = answer["UploadId"]
@@ -59,27 +78,17 @@ def snapshot_part(
     session_id: str,
     upload: str,
     parts: list[dict[str, Any]],
-    after: Key | None,
+    position: tuple[Key | None, int],
     limit: int,
-) -> tuple[list[dict[str, Any]], Key | None, bool]:
-    """Upload the next part (staged items past ``after``); returns the parts so far,
-    the last key read and whether the snapshot is complete.
+) -> tuple[list[dict[str, Any]], tuple[Key | None, int], bool]:
+    """Upload the next part: the staged items past ``position`` (the last key written
+    whole, and the bytes of the next item written already); returns the parts so far,
+    the position after this part and whether the snapshot is complete.
 
-    >>> snapshot_part(storage, "s1", upload, [], None, 2000)  # doctest: +SKIP
-    ([{'PartNumber': 1, 'ETag': '"..."', 'ChecksumSHA256': '...'}], None, True)
+    >>> snapshot_part(storage, "s1", upload, [], (None, 0), 2000)  # doctest: +SKIP
+    ([{'PartNumber': 1, 'ETag': '"..."', 'ChecksumSHA256': '...'}], (None, 0), True)
     """
-    body = bytearray()
-    last = after
-    ended = False
-    while len(body) < PART_BYTES:
-        page = storage.staged_items(session_id, after=last, limit=limit)
-        for staged in page:
-            body += staged.item.encode("utf-8") + b"\n"
-        if page:
-            last = (page[-1].collection, page[-1].key)
-        if len(page) < limit:
-            ended = True
-            break
+    body, position, ended = _fill(storage, session_id, position, limit)
     resources = storage.resources
     if body or not parts:
         number = len(parts) + 1
@@ -89,7 +98,7 @@ def snapshot_part(
                 Key=snapshot_name(session_id),
                 UploadId=upload,
                 PartNumber=number,
-                Body=bytes(body),
+                Body=body,
                 ChecksumAlgorithm="SHA256",
             )
         except resources.s3.exceptions.NoSuchUpload:
@@ -102,30 +111,34 @@ def snapshot_part(
                 part["ChecksumSHA256"] = answer["ChecksumSHA256"]
             parts = [*parts, part]
     if ended:
-        _finish(storage, session_id, upload, parts)
-    return parts, last, ended
+        # An earlier try of this slice may have completed it already.
+        with contextlib.suppress(resources.s3.exceptions.NoSuchUpload):
+            resources.s3.complete_multipart_upload(
+                Bucket=resources.bucket,
+                Key=snapshot_name(session_id),
+                UploadId=upload,
+                MultipartUpload={"Parts": parts},
+            )
+    return parts, position, ended
 
 
-def _finish(storage: AwsStorage, session_id: str, upload: str, parts: list[dict[str, Any]]) -> None:
-    resources = storage.resources
-    name = snapshot_name(session_id)
-    # An earlier try of this slice may have completed it already.
-    with contextlib.suppress(resources.s3.exceptions.NoSuchUpload):
-        resources.s3.complete_multipart_upload(
-            Bucket=resources.bucket, Key=name, UploadId=upload, MultipartUpload={"Parts": parts}
-        )
-    digest = hashlib.sha256()
-    count = 0
-    stream = resources.s3.get_object(Bucket=resources.bucket, Key=name)["Body"]
-    for chunk in stream.iter_chunks(1024 * 1024):
-        digest.update(chunk)
-        count += chunk.count(b"\n")
-    resources.s3.copy_object(
-        Bucket=resources.bucket,
-        Key=name,
-        CopySource={"Bucket": resources.bucket, "Key": name},
-        MetadataDirective="REPLACE",
-        Metadata={"sha256": digest.hexdigest(), "items": str(count)},
-        ChecksumAlgorithm="SHA256",
-        **resources.sse_args(),
-    )
+def _fill(
+    storage: AwsStorage, session_id: str, position: tuple[Key | None, int], limit: int
+) -> tuple[bytes, tuple[Key | None, int], bool]:
+    """Exactly :data:`PART_BYTES` of lines from ``position`` on (fewer: the last part)."""
+    body = bytearray()
+    last, skip = position
+    while True:
+        page = storage.staged_items(session_id, after=last, limit=limit)
+        for staged in page:
+            line = staged.item.encode("utf-8") + b"\n"
+            room = PART_BYTES - len(body)
+            if len(line) - skip > room:
+                body += line[skip : skip + room]
+                return bytes(body), (last, skip + room), False
+            body += line[skip:]
+            last, skip = (staged.collection, staged.key), 0
+        if len(page) < limit:
+            return bytes(body), (last, 0), True
+        if len(body) == PART_BYTES:
+            return bytes(body), (last, 0), False

@@ -34,6 +34,7 @@ __all__ = [
     "Backlog",
     "Batch",
     "CloudItem",
+    "CommitRolling",
     "Conflict",
     "DuplicateBatch",
     "DuplicateItem",
@@ -99,6 +100,21 @@ class DuplicateBatch(StorageError):
     >>> issubclass(DuplicateBatch, StorageError)
     True
     """
+
+
+class CommitRolling(StorageError):
+    """A migration of the user was committed and its worker still copies it onto the
+    items (a sliced commit's roll-forward): a write of the user's items waits, since
+    finishing it here would take time in proportion to the migration's size.
+
+    >>> CommitRolling("alice", "s1").session_id
+    's1'
+    """
+
+    def __init__(self, user_id: str, session_id: str) -> None:
+        super().__init__(f"the migration {session_id} of {user_id} is being committed")
+        self.user_id = user_id
+        self.session_id = session_id
 
 
 class DuplicateItem(StorageError):

@@ -33,11 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from .._conflicts.policy import ConflictPolicy
-from .._errors import CorruptStoreError
+from .._errors import CorruptStoreError, ServerError
 from .._events import Hooks, ProgressPhase
 from .._stopping import Stopped
 from .._store import changes
 from .._store.local import LocalStore
+from .._wire.canonical import ProblemCode
 from .attachments import fetch_referenced, upload_referenced
 from .proof import _prove
 from .pull import _pull
@@ -100,12 +101,7 @@ def _sync_once(
                 progress=hooks.progress,
                 phase=ProgressPhase.PUSHING,
             )
-            _resend_outbox(run)
-            _apply_app_decisions(run)
-            for _round in range(_MAX_PUSH_ROUNDS):
-                run.check_stop()
-                if not _push_batch(run):
-                    break
+            _push_all(run)
             page = _pull(run)
             if eager:
                 fetch_referenced(transport, store)
@@ -113,6 +109,23 @@ def _sync_once(
         except Stopped:
             logger.info("sync stopped at a safe point; the next sync resumes")
             return dataclasses.replace(_result(run), stopped=True)
+
+
+def _push_all(run: _Sync) -> None:
+    """The push step. While the server commits a migration of the user (``503
+    migration-committing``, outlasting the transport's waits), the changes stay pending
+    and the sync goes on with the pull: the next sync pushes them."""
+    try:
+        _resend_outbox(run)
+        _apply_app_decisions(run)
+        for _round in range(_MAX_PUSH_ROUNDS):
+            run.check_stop()
+            if not _push_batch(run):
+                break
+    except ServerError as exc:
+        if exc.code != ProblemCode.MIGRATION_COMMITTING.value:
+            raise
+        logger.info("the push waits for the user's migration to be committed: %s", exc)
 
 
 def _claim(store: LocalStore, user_id: str) -> None:

@@ -869,11 +869,13 @@ class Transport:
         problem = _problem(response)
         detail = problem.get("detail") or problem.get("title")
         said = f" ({detail})" if isinstance(detail, str) and detail else ""
+        code = problem.get("code")
         raise ServerError(
             f"{op}: the server answered {method} {path} with {response.status_code} "
             f"{response.reason_phrase}{said}; gave up ({decision.reason}); the migration "
             "is safe and resumes when called again, try again in a few minutes",
             status=response.status_code,
+            code=code if isinstance(code, str) else None,
         ) from _status_exception(response)
 
     def _raise_status(self, op: str, method: str, path: str, response: httpx.Response) -> NoReturn:

@@ -289,6 +289,8 @@ class ProblemCode(str, enum.Enum):
     UNSUPPORTED_DATA_VERSION = "unsupported-data-version"
     METHOD_NOT_ALLOWED = "method-not-allowed"
     PUSH_MISMATCH = "push-mismatch"
+    #: 503: the user's migration is being committed; retry after ``Retry-After``.
+    MIGRATION_COMMITTING = "migration-committing"
 
 
 #: Which side of a conflict an outcome keeps.
