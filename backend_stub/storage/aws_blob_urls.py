@@ -11,16 +11,12 @@ API. So the API hands out signed URLs instead and never sees a chunk's bytes:
   S3's part list says what arrived, and the whole content is hashed before it is held;
 - a download URL (``GetObject``, ``Range`` allowed) that ``GET /blobs/{sha256}`` redirects to.
 
-URLs expire after ``MIGRATION_AWS_BLOB_URL_SECONDS``; a client asks again for fresh ones.
-Signing is local (no call to AWS)::
+URLs expire after ``MIGRATION_AWS_BLOB_URL_SECONDS``; a client asks again for fresh ones
+(and for more: an answer signs at most :data:`URLS_PER_ANSWER`). Signing is local, but
+needs credentials, so the examples are in tests/test_blobs_direct.py::
 
-    >>> from backend_stub.settings import AwsSettings
-    >>> from backend_stub.storage.aws_resources import AwsResources
-    >>> from backend_stub.storage.aws_table import Table
-    >>> resources = AwsResources(AwsSettings(endpoint_url="http://127.0.0.1:1", bucket="b"))
-    >>> urls = S3BlobUrls(S3Blobs(Table(resources)), seconds=60)
-    >>> urls.download_url("alice", "ab" * 32).split("?")[0][-20:]
-    'abababababababababab'
+    >>> CHECKSUM_AMZ_HEADER, URLS_PER_ANSWER
+    ('x-amz-checksum-sha256', 100)
 """
 
 from __future__ import annotations
