@@ -252,6 +252,12 @@ def test_a_query_checks_its_upload_plans(direct):
     assert not_listed.status_code == wrong_count.status_code == 422
     assert too_large.status_code == 413
     assert fine.json()["directUpload"] is True
+    detect = direct.client.get(
+        f"/api/migration/{user}/detect",
+        params={"hasLocalData": "false", "itemCount": 0},
+        headers=direct.api(user),
+    )
+    assert "blobs-direct" in detect.json()["capabilities"]
     assert [u["index"] for u in fine.json()["blobs"][0]["chunkUrls"]] == [0]
 
 
@@ -264,6 +270,12 @@ def test_without_the_setting_the_aws_backend_ignores_upload_plans(aws_backend):
             json={"blobs": [sha], "uploads": [{"sha256": sha, "size": 2, "chunks": [sha]}]},
             headers={"Authorization": f"Bearer {issue_token('alice', settings.jwt_secret)}"},
         )
+        detect = client.get(
+            "/api/migration/alice/detect",
+            params={"hasLocalData": "false", "itemCount": 0},
+            headers={"Authorization": f"Bearer {issue_token('alice', settings.jwt_secret)}"},
+        )
+    assert "blobs-direct" not in detect.json()["capabilities"]
     assert answer.json() == {
         "blobs": [
             {"sha256": sha, "held": False, "size": None, "receivedChunks": [], "chunkUrls": []}
