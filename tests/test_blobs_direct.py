@@ -282,3 +282,33 @@ def test_without_the_setting_the_aws_backend_ignores_upload_plans(aws_backend):
         ],
         "directUpload": False,
     }
+
+
+def test_an_expired_download_url_is_asked_for_again(direct, tmp_path):
+    user = user_id()
+    data = content(2 * 1024 * 1024 + 9, b"download")
+    with LocalStore(tmp_path / "a" / "store.sqlite3") as store:
+        store.put("cards", "c", {"file": store.put_attachment(data)})
+    with device(direct, tmp_path / "a", user) as phone:
+        assert phone.migrate().verified
+    redirects: list[str] = []
+
+    def expire_the_first_location(response: httpx.Response) -> None:
+        if response.status_code == 307:
+            redirects.append(response.headers["location"])
+            if len(redirects) == 1:
+                query = parse_qs(urlsplit(redirects[0]).query)
+                direct.front.expired.update(query["X-Amz-Signature"])
+
+    direct.front.seen.clear()
+    direct.client.event_hooks["response"].append(expire_the_first_location)
+    with device(direct, tmp_path / "b", user) as tablet:
+        assert tablet.sync().verified
+    with LocalStore(tmp_path / "b" / "store.sqlite3") as store:
+        (item,) = store.iter_items()
+        assert store.read_attachment(item["data"]["file"]) == data
+
+    gets = [s for s in direct.front.presigned() if s.method == "GET"]
+    assert len(redirects) == 2  # asked again once the first URL was refused
+    assert len(gets) == 1 + 3  # the refused read, then 3 ranges of 1 MiB at most
+    assert all("authorization" not in s.headers for s in gets)
