@@ -31,6 +31,7 @@ import logging
 import random
 import re
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -309,6 +310,7 @@ class Transport:
         #: The limits the server advertised at the last ``detect`` (``None`` before one).
         self.limits: Limits | None = None
         self._direct: httpx.Client | None = None
+        self._direct_lock = threading.Lock()
 
     @classmethod
     def from_url(
@@ -377,9 +379,10 @@ class Transport:
     def _direct_client(self) -> httpx.Client:
         """The client for signed storage URLs (direct attachment transfer): its own, so
         neither the token nor anything set on the API's client reaches another host."""
-        if self._direct is None:
-            self._direct = httpx.Client(timeout=self._client.timeout, follow_redirects=False)
-        return self._direct
+        with self._direct_lock:
+            if self._direct is None:
+                self._direct = httpx.Client(timeout=self._client.timeout, follow_redirects=False)
+            return self._direct
 
     def __enter__(self) -> Transport:
         return self
