@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Request
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from backend_stub import blobs
 from backend_stub.auth import UserId
@@ -62,6 +62,10 @@ _DOWNLOAD: dict[int | str, dict[str, Any]] = {
         "description": "The part a Range asked for.",
         "content": {"application/octet-stream": _BINARY},
     },
+    307: {
+        "description": "Direct transfer: read the blob (Range too) at the Location, a "
+        "signed storage URL; send no bearer token there."
+    },
 }
 
 blob_router = APIRouter(prefix=API_PREFIX + "/{userId}/blobs", tags=["blobs"])
@@ -72,9 +76,11 @@ def query_blobs(
     user_id: UserId,
     body: Annotated[BlobQueryRequest, Depends(json_body(BlobQueryRequest))],
     storage: StorageDep,
+    settings: SettingsDep,
 ) -> BlobQueryResponse:
-    """Which of these blobs the server holds, and the chunks of uploads in progress."""
-    return blobs.query_blobs(storage, user_id, body)
+    """Which of these blobs the server holds, and the chunks of uploads in progress;
+    with ``directUpload``, signed URLs for the chunks of the blobs in ``uploads``."""
+    return blobs.query_blobs(storage, settings, user_id, body)
 
 
 @blob_router.put("/{sha256}/chunks/{index}", openapi_extra=_CHUNK_BODY)
@@ -128,6 +134,7 @@ def get_blob(
     sha256: BlobName,
     storage: StorageDep,
     range_header: Annotated[str | None, Header(alias="Range", max_length=200)] = None,
-) -> StreamingResponse:
-    """The blob's bytes, streamed; a single ``Range: bytes=a-b`` answers 206 with that part."""
+) -> Response:
+    """The blob's bytes, streamed; a single ``Range: bytes=a-b`` answers 206 with that
+    part. With direct transfer, a 307 to a signed storage URL of the blob instead."""
     return blobs.blob_response(storage, user_id, sha256, range_header)

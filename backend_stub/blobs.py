@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from starlette.responses import StreamingResponse
+from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from backend_stub.problems import ApiError
 from backend_stub.settings import Settings
@@ -118,17 +118,49 @@ def held_receipt(settings: Settings, state: BlobState, index: int) -> BlobChunkR
     return BlobChunkReceipt(sha256=state.sha256, index=index, received_chunks=list(range(count)))
 
 
-def query_blobs(storage: Storage, user_id: str, body: BlobQueryRequest) -> BlobQueryResponse:
-    """The state of each asked blob, in the request's order.
+def query_blobs(
+    storage: Storage, settings: Settings, user_id: str, body: BlobQueryRequest
+) -> BlobQueryResponse:
+    """The state of each asked blob, in the request's order; on a backend with direct
+    transfer, the blobs listed in ``uploads`` come with signed URLs for their missing
+    chunks (a backend without ignores ``uploads``).
 
     >>> from backend_stub.storage.sqlite import SQLiteStorage
     >>> from sdk.contract import EMPTY_SHA256
     >>> storage = SQLiteStorage.in_memory()
-    >>> query_blobs(storage, "alice", BlobQueryRequest(blobs=[EMPTY_SHA256])).blobs[0].held
-    False
+    >>> answer = query_blobs(storage, Settings(), "alice", BlobQueryRequest(blobs=[EMPTY_SHA256]))
+    >>> answer.blobs[0].held, answer.direct_upload
+    (False, False)
     >>> storage.close()
     """
-    return BlobQueryResponse(blobs=storage.blobs.states(user_id, body.blobs))
+    states = storage.blobs.states(user_id, body.blobs)
+    urls = storage.blob_urls
+    if urls is None:
+        return BlobQueryResponse(blobs=states)
+    chunk = settings.limits.blob_chunk_bytes
+    at = {sha: place for place, sha in enumerate(body.blobs)}
+    for plan in body.uploads:
+        place = at.get(plan.sha256)
+        if place is None:
+            raise ApiError(
+                422,
+                ProblemCode.VALIDATION_FAILED,
+                f"uploads names blob ...{plan.sha256[:8]}..., which blobs does not list:"
+                " list every blob to upload in blobs too",
+            )
+        if plan.size > settings.limits.max_blob_bytes:
+            raise _too_large(settings, plan.size)
+        count = blob_chunk_count(plan.size, chunk)
+        if len(plan.chunks) != count:
+            raise ApiError(
+                422,
+                ProblemCode.VALIDATION_FAILED,
+                f"a blob of {plan.size} bytes has {count} chunks of {chunk} bytes, not"
+                f" {len(plan.chunks)}: send the SHA-256 of each chunk, in order",
+            )
+        if not states[place].held:
+            states[place] = urls.upload_urls(user_id, plan.sha256, plan.size, plan.chunks, chunk)
+    return BlobQueryResponse(blobs=states, direct_upload=True)
 
 
 def complete_blob(
@@ -202,9 +234,10 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 def blob_response(
     storage: Storage, user_id: str, sha256: str, range_header: str | None
-) -> StreamingResponse:
-    """The held blob, streamed (206 with the part a ``Range`` asks for); 404 when this
-    user holds no such blob.
+) -> Response:
+    """The held blob, streamed (206 with the part a ``Range`` asks for), or on a backend
+    with direct transfer a 307 to a signed URL of it (where the ``Range`` applies);
+    404 when this user holds no such blob.
 
     >>> from backend_stub.storage.sqlite import SQLiteStorage
     >>> from sdk.contract import EMPTY_SHA256
@@ -221,6 +254,13 @@ def blob_response(
             404,
             ProblemCode.NOT_FOUND,
             f"no blob ...{sha256[:8]}... is held for this user: upload it first",
+        )
+    if storage.blob_urls is not None:
+        # The URL is a credential for a while: no cache keeps it.
+        return RedirectResponse(
+            storage.blob_urls.download_url(user_id, sha256),
+            status_code=307,
+            headers={CHECKSUM_HEADER: sha256, "Cache-Control": "no-store"},
         )
     size = state.size
     wanted = parse_range(range_header, size)

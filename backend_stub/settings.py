@@ -119,6 +119,11 @@ class AwsSettings:
     sse: str = "AES256"
     #: The KMS key for ``aws:kms`` (``None``: the account's AWS-managed key).
     kms_key_id: str | None = None
+    #: Attachments go straight between client and S3 by presigned URLs (``true`` behind
+    #: API Gateway + Lambda, whose 6 MB request limit a 5 MiB chunk does not fit).
+    blob_direct: bool = False
+    #: Seconds a presigned attachment URL stays valid.
+    blob_url_seconds: int = 900
 
     def __post_init__(self) -> None:
         if self.sse not in ("AES256", "aws:kms"):
@@ -129,6 +134,8 @@ class AwsSettings:
             raise ValueError("MIGRATION_AWS_VISIBILITY_TIMEOUT must be between 1 and 43200")
         if not 1 <= self.commit_slice <= 100_000:
             raise ValueError("MIGRATION_AWS_COMMIT_SLICE must be between 1 and 100000")
+        if not 1 <= self.blob_url_seconds <= 604_800:  # SigV4's longest
+            raise ValueError("MIGRATION_AWS_BLOB_URL_SECONDS must be between 1 and 604800")
         if self.retry_delay < 0 or self.retention_days < 1:
             raise ValueError("MIGRATION_AWS_RETRY_DELAY and _RETENTION_DAYS must be positive")
 
@@ -140,6 +147,8 @@ class AwsSettings:
 
         >>> AwsSettings.from_env({"AWS_REGION": "eu-west-1"}).region
         'eu-west-1'
+        >>> AwsSettings.from_env({"MIGRATION_AWS_BLOB_DIRECT": "true"}).blob_direct
+        True
         """
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
@@ -155,6 +164,10 @@ class AwsSettings:
                 values[field.name] = int(raw)
             elif field.type in ("float",):
                 values[field.name] = float(raw)
+            elif field.type in ("bool",):
+                if raw.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(f"MIGRATION_AWS_{field.name.upper()} must be true or false")
+                values[field.name] = raw.lower() in ("true", "1")
             else:
                 values[field.name] = raw
         return cls(**values)  # type: ignore[arg-type]

@@ -124,7 +124,8 @@ def detect(
         active_session_id=active.id if active else None,
         supported_data_versions=list(settings.supported_data_versions),
         limits=settings.limits,
-        capabilities=[c for c in CAPABILITIES if c != "sync" or storage.supports_sync],
+        capabilities=[c for c in CAPABILITIES if c != "sync" or storage.supports_sync]
+        + (["blobs-direct"] if storage.blob_urls is not None else []),
         server_time=now,
     )
 

@@ -89,10 +89,12 @@ __all__ = [
     "USER_ID_PATTERN",
     "BatchReceipt",
     "BlobChunkReceipt",
+    "BlobChunkUrl",
     "BlobCompleteRequest",
     "BlobQueryRequest",
     "BlobQueryResponse",
     "BlobState",
+    "BlobUploadPlan",
     "CompleteMigrationRequest",
     "CompleteMigrationResponse",
     "ConflictSide",
@@ -671,6 +673,19 @@ class SyncStateResponse(WireModel):
 Sha256 = Annotated[str, StringConstraints(pattern=SHA256_PATTERN)]
 
 
+class BlobUploadPlan(WireModel):
+    """A blob about to be uploaded: its size and the hex SHA-256 of each of its chunks
+    (``blobChunkBytes`` each, the last the rest), so signed URLs can bind each checksum.
+
+    >>> BlobUploadPlan(sha256=EMPTY_SHA256, size=0, chunks=[]).size
+    0
+    """
+
+    sha256: Sha256
+    size: int = Field(ge=0, le=2**63 - 1)
+    chunks: list[Sha256] = Field(max_length=100_000)
+
+
 class BlobQueryRequest(WireModel):
     """``POST /blobs/query``: which of these blobs (hex SHA-256 names) does the server hold?
 
@@ -679,6 +694,23 @@ class BlobQueryRequest(WireModel):
     """
 
     blobs: list[Sha256] = Field(min_length=1, max_length=1000)
+    #: Blobs (among ``blobs``) the client is about to upload, with each chunk's SHA-256:
+    #: a server that takes chunks straight into its storage answers signed URLs for them.
+    uploads: list[BlobUploadPlan] = Field(default_factory=list, max_length=100)
+
+
+class BlobChunkUrl(WireModel):
+    """Where to ``PUT`` chunk ``index`` directly (a signed storage URL, no bearer token),
+    with ``headers`` to send exactly as given (they are part of the signature: the
+    chunk's checksum and length, so the storage checks both).
+
+    >>> BlobChunkUrl(index=0, url="https://bucket.example/k?sig").wire()["headers"]
+    {}
+    """
+
+    index: int = Field(ge=0)
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
 
 
 class BlobState(WireModel):
@@ -694,6 +726,10 @@ class BlobState(WireModel):
     held: bool
     size: int | None = None
     received_chunks: list[int] = Field(default_factory=list)
+    #: For a blob the request listed in ``uploads``, on a server that offers direct
+    #: upload: a signed URL per missing chunk (maybe not all of them; ask again for more,
+    #: and again when one has expired).
+    chunk_urls: list[BlobChunkUrl] = Field(default_factory=list)
 
 
 class BlobQueryResponse(WireModel):
@@ -704,6 +740,9 @@ class BlobQueryResponse(WireModel):
     """
 
     blobs: list[BlobState]
+    #: The server takes chunks straight into its storage: list the blobs to upload in
+    #: ``uploads`` (with their chunks' SHA-256) and ``PUT`` each chunk to its URL.
+    direct_upload: bool = False
 
 
 class BlobChunkReceipt(WireModel):

@@ -57,6 +57,7 @@ def test_two_devices_uploading_the_same_content_at_once_end_with_one_held_blob(
         "held": True,
         "size": content.size,
         "receivedChunks": [],
+        "chunkUrls": [],
     }
     assert blobs.get(content.sha256).content == content.whole()
 
@@ -94,6 +95,7 @@ def test_a_chunk_announcing_another_size_starts_the_upload_over(server: Server) 
         "held": False,
         "size": content.size,
         "receivedChunks": [0],
+        "chunkUrls": [],
     }
     assert completed.json()["held"] is True
     assert stale.json()["size"] == content.size  # held: the stored size, whatever was asked

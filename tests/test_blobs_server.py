@@ -76,6 +76,7 @@ def test_a_blob_of_any_size_comes_back_exact(server: Server, size: int, order: l
         "held": True,
         "size": size,
         "receivedChunks": [],
+        "chunkUrls": [],
     }
     assert downloaded.status_code == 200
     assert downloaded.content == content.whole()
@@ -168,6 +169,7 @@ def test_content_that_does_not_hash_to_its_name_is_discarded_on_complete(
         "held": False,
         "size": None,
         "receivedChunks": [],
+        "chunkUrls": [],
     }
     problem(blobs.get(named), 404, "not-found")
 
@@ -204,6 +206,7 @@ def test_complete_with_missing_chunks_is_refused_and_the_upload_resumes(server: 
         "held": False,
         "size": content.size,
         "receivedChunks": [1, 4],
+        "chunkUrls": [],
     }
     assert completed.json()["held"] is True
     assert blobs.get(content.sha256).content == content.whole()
@@ -226,8 +229,20 @@ def test_another_user_can_neither_see_nor_read_nor_complete_your_blob(server: Se
     )
 
     assert seen == [
-        {"sha256": content.sha256, "held": False, "size": None, "receivedChunks": []},
-        {"sha256": partial.sha256, "held": False, "size": None, "receivedChunks": []},
+        {
+            "sha256": content.sha256,
+            "held": False,
+            "size": None,
+            "receivedChunks": [],
+            "chunkUrls": [],
+        },
+        {
+            "sha256": partial.sha256,
+            "held": False,
+            "size": None,
+            "receivedChunks": [],
+            "chunkUrls": [],
+        },
     ]
     problem(read, 404, "not-found")
     problem(completed, 409, "invalid-state")
@@ -363,10 +378,16 @@ def test_a_query_answers_in_request_order_and_is_bounded(server: Server) -> None
     malformed = blobs.query("../etc/passwd")
 
     assert answer.json()["blobs"] == [
-        {"sha256": other, "held": False, "size": None, "receivedChunks": []},
-        {"sha256": EMPTY_SHA256, "held": True, "size": 0, "receivedChunks": []},
-        {"sha256": partial.sha256, "held": False, "size": 3 * CHUNK, "receivedChunks": [2]},
-        {"sha256": other, "held": False, "size": None, "receivedChunks": []},
+        {"sha256": other, "held": False, "size": None, "receivedChunks": [], "chunkUrls": []},
+        {"sha256": EMPTY_SHA256, "held": True, "size": 0, "receivedChunks": [], "chunkUrls": []},
+        {
+            "sha256": partial.sha256,
+            "held": False,
+            "size": 3 * CHUNK,
+            "receivedChunks": [2],
+            "chunkUrls": [],
+        },
+        {"sha256": other, "held": False, "size": None, "receivedChunks": [], "chunkUrls": []},
     ]
     problem(too_many, 422)
     problem(none, 422)

@@ -339,3 +339,21 @@ def test_the_template_deploys_into_motos_cloudformation_and_the_server_runs_on_i
         )
     assert answer.status_code == 200, answer.text
     assert answer.json()["canMigrate"] is True
+
+
+def test_only_the_api_signs_attachment_urls_and_it_may_read_and_write_the_objects(
+    template: dict[str, Any],
+) -> None:
+    functions = resources_of(template, "AWS::Lambda::Function")
+    direct = {
+        name: AwsSettings.from_env(
+            {k: resolved(v, template) for k, v in props["Environment"]["Variables"].items()}
+        ).blob_direct
+        for name, props in functions.items()
+    }
+    (policy,) = resources_of(template, "AWS::IAM::ManagedPolicy").values()
+    (objects,) = [s for s in policy["PolicyDocument"]["Statement"] if s["Sid"] == "Objects"]
+
+    assert direct == {name: name == "ApiFunction" for name in functions}
+    assert {"s3:PutObject", "s3:GetObject"} <= set(objects["Action"])
+    assert objects["Resource"] == {"Fn::Sub": "${Bucket.Arn}/*"}

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol
 
-from backend_stub.storage.blobs import BlobStore
+from backend_stub.storage.blobs import BlobStore, BlobUrls
 from backend_stub.storage.records import (
     Backlog,
     Batch,
@@ -94,6 +94,8 @@ class Storage(Protocol):
     supports_sync: bool
     #: Attachments, content-addressed per user (:mod:`backend_stub.storage.blobs`).
     blobs: BlobStore
+    #: Direct transfer of attachments by signed URLs, when the backend offers it.
+    blob_urls: BlobUrls | None
 
     def atomic(self) -> AbstractContextManager[None]:
         """Group the writes inside into one transaction; a nested block can fail alone."""

@@ -52,6 +52,7 @@ from collections.abc import Iterator, Sequence
 from backend_stub.events import Event
 from backend_stub.settings import AwsSettings
 from backend_stub.storage import aws_slices, aws_sweep, aws_sync, iter_staged, tally_staged_pages
+from backend_stub.storage.aws_blob_urls import S3BlobUrls
 from backend_stub.storage.aws_blobs import S3Blobs
 from backend_stub.storage.aws_cloud import PROFILE, CloudItems
 from backend_stub.storage.aws_commit import commit, store_snapshot
@@ -99,7 +100,7 @@ from backend_stub.storage.aws_rows import (
 )
 from backend_stub.storage.aws_table import DamagedObject, Table
 from backend_stub.storage.aws_unit import Claim, Op, SessionWrite, Unit, put_op, update_op
-from backend_stub.storage.blobs import BlobStore
+from backend_stub.storage.blobs import BlobStore, BlobUrls
 from backend_stub.storage.records import (
     Backlog,
     Batch,
@@ -149,7 +150,14 @@ class AwsStorage:
         self.cloud = CloudItems(self.table, retention_s=self._retention_s)
         self.ledger = Ledger(self.table, self.settings, retention_s=self._retention_s)
         #: Attachments: S3 multipart uploads, held records in the table.
-        self.blobs: BlobStore = S3Blobs(self.table)
+        s3_blobs = S3Blobs(self.table)
+        self.blobs: BlobStore = s3_blobs
+        #: Presigned S3 URLs for attachments, with ``MIGRATION_AWS_BLOB_DIRECT`` only.
+        self.blob_urls: BlobUrls | None = (
+            S3BlobUrls(s3_blobs, seconds=self.settings.blob_url_seconds)
+            if self.settings.blob_direct
+            else None
+        )
         self._local = threading.local()
         self._owners: dict[str, str] = {}
 

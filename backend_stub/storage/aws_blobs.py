@@ -255,16 +255,25 @@ class S3Blobs:
         missing = count - len(set(parts) & set(range(count)))
         if missing:
             raise ChunksMissing(missing, count)
-        listed = self._listed_parts(user_id, sha256, upload)
-        self.table.update(
-            _pk(user_id), f"UPLOAD#{sha256}", "SET #count = :count", values={":count": n(count)}
-        )
-        self.s3.complete_multipart_upload(
-            Bucket=self.bucket,
-            Key=self.object_name(user_id, sha256),
-            UploadId=get_s(upload, "uploadId"),
-            MultipartUpload={"Parts": listed[:count]},
-        )
+        try:
+            listed = self._listed_parts(user_id, sha256, upload)
+            self.table.update(
+                _pk(user_id), f"UPLOAD#{sha256}", "SET #count = :count", values={":count": n(count)}
+            )
+            self.s3.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=self.object_name(user_id, sha256),
+                UploadId=get_s(upload, "uploadId"),
+                MultipartUpload={"Parts": listed[:count]},
+            )
+        except Exception as exc:
+            # A complete racing this one finished the upload between our reads: the object
+            # is in place, and verifying it is this call's job as much as the other's.
+            if error_code(exc) in _GONE and self._exists(user_id, sha256):
+                return
+            if error_code(exc) in _GONE:
+                raise ChunksMissing(count, count) from exc
+            raise
         failpoint("blob.complete.placed")
 
     def _listed_parts(self, user_id: str, sha256: str, upload: Row) -> list[dict[str, Any]]:

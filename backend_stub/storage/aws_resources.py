@@ -82,10 +82,26 @@ class AwsResources:
                 config=config,
             )
 
+        self._session = session
         self.dynamodb = client("dynamodb")
         self.s3 = client("s3")
         self.sqs = client("sqs")
         self.events = client("events")
+
+    @functools.cached_property
+    def s3_signer(self) -> Any:
+        """An S3 client for presigned URLs only (no call is made): SigV4, so a URL can
+        bind headers (a part's checksum and length); on AWS the bucket's own regional
+        host, which works from the first minute of a new bucket."""
+        from botocore.config import Config
+
+        style = "path" if self.settings.endpoint_url else "virtual"
+        return self._session.client(
+            "s3",
+            region_name=self.settings.region,
+            endpoint_url=self.settings.endpoint_url,
+            config=Config(signature_version="s3v4", s3={"addressing_style": style}),
+        )
 
     @functools.cached_property
     def queue_url(self) -> str:

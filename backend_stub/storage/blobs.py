@@ -32,6 +32,7 @@ __all__ = [
     "READ_BYTES",
     "BlobMismatch",
     "BlobStore",
+    "BlobUrls",
     "ChunksMissing",
     "copy_hashing",
     "file_pieces",
@@ -106,6 +107,27 @@ class BlobStore(Protocol):
 
     def close(self) -> None:
         """Release what the store holds open."""
+        ...
+
+
+class BlobUrls(Protocol):
+    """Direct transfer between client and storage by signed URLs (the ``aws`` backend
+    with ``MIGRATION_AWS_BLOB_DIRECT``): the API then carries no blob bytes.
+
+    >>> from backend_stub.storage.sqlite import SQLiteStorage
+    >>> SQLiteStorage.blob_urls is None
+    True
+    """
+
+    def upload_urls(
+        self, user_id: str, sha256: str, size: int, chunks: Sequence[str], chunk_bytes: int
+    ) -> BlobState:
+        """Start (or resume) the upload of a blob not held, of ``size`` bytes whose chunks
+        hash to ``chunks``: its state, with a signed URL per missing chunk."""
+        ...
+
+    def download_url(self, user_id: str, sha256: str) -> str:
+        """A signed URL reading a held blob (``Range`` allowed)."""
         ...
 
 

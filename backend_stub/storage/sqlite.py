@@ -48,7 +48,7 @@ from backend_stub.storage import (
     SyncHead,
     VersionConflict,
 )
-from backend_stub.storage.blobs import BlobStore
+from backend_stub.storage.blobs import BlobStore, BlobUrls
 from backend_stub.storage.sqlite_blobs import BLOBS_SCHEMA, FileBlobs
 from sdk.contract import (
     CompleteMigrationResponse,
@@ -265,6 +265,8 @@ class SQLiteStorage:
     """
 
     supports_sync = True
+    #: Blobs travel through the API (the server and its files are one machine).
+    blob_urls: BlobUrls | None = None
 
     def __init__(self, conn: sqlite3.Connection, *, blob_root: Path | None = None) -> None:
         self._conn = conn

@@ -12,9 +12,10 @@ store in its own transaction, so a download cut off resumes where it stopped.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from .._store.local import LocalStore
 from .._store.schema import connect_read_only
 from .._store.values import references
 from .._transport import blobs
+from .._transport.direct import SignedUrlRefused
 from .._transport.http import Transport
 from .._wire import canonical as c
 from .._wire.models import BlobState
@@ -91,7 +93,7 @@ def upload_referenced(
             return BlobUpload()
         if content_from is not None and not _has_table(conn, "attachment_chunks"):
             source, db_path = connect_read_only(content_from), content_from
-        states = blobs.query(transport, shas)
+        states, direct = blobs.query_all(transport, shas)
         missing = [s for s in states if not s.held]
         sizes = {sha: _whole_size(source, db_path, sha) for sha in (s.sha256 for s in missing)}
         if chunk_bytes is None:
@@ -106,7 +108,8 @@ def upload_referenced(
                 if progress is not None:
                     progress(Progress(phase, count, len(missing), sent.bytes, total))
 
-            _upload_one(transport, source, db_path, state, size, chunk_bytes, sent, report)
+            chunks = _Chunks(source, db_path, state.sha256, size, chunk_bytes)
+            _upload_one(transport, chunks, state, sent, report, direct=direct)
         if progress is not None:
             progress(Progress(phase, len(missing), len(missing), total, total))
         return BlobUpload(len(shas), len(missing), sent.chunks, sent.bytes)
@@ -122,28 +125,63 @@ class _Sent:
     bytes: int = 0
 
 
+@dataclass(frozen=True)
+class _Chunks:
+    """The chunks of one blob in the store: their lengths, readers and checksums."""
+
+    conn: sqlite3.Connection
+    db_path: Path
+    sha: str
+    size: int
+    chunk_bytes: int
+
+    @property
+    def count(self) -> int:
+        return c.blob_chunk_count(self.size, self.chunk_bytes)
+
+    def length(self, index: int) -> int:
+        """The length of chunk ``index``, once sure the store holds all of it."""
+        return _check_chunk(self.conn, self.db_path, self.sha, index, self.chunk_bytes, self.size)
+
+    def parts(self, index: int) -> Callable[[], Iterable[bytes]]:
+        start, length = index * self.chunk_bytes, self.length(index)
+        return functools.partial(stored.read_pieces, self.conn, self.sha, start, length)
+
+    def checksums(self) -> list[str]:
+        """The hex SHA-256 of every chunk (one read of the blob, a piece at a time)."""
+        found = []
+        for index in range(self.count):
+            digest = hashlib.sha256()
+            for piece in self.parts(index)():
+                digest.update(piece)
+            found.append(digest.hexdigest())
+        return found
+
+
 def _upload_one(
     transport: Transport,
-    conn: sqlite3.Connection,
-    db_path: Path,
+    chunks: _Chunks,
     state: BlobState,
-    size: int,
-    chunk_bytes: int,
     sent: _Sent,
     report: Callable[[], None],
+    *,
+    direct: bool,
 ) -> None:
-    """Send the chunks of one blob the server lacks, then complete it; once more if the
-    server lost chunks meanwhile (an upload it expired answers ``complete`` with 409)."""
-    sha = state.sha256
+    """Send the chunks of one blob the server lacks (through the server, or ``direct``
+    to the storage's signed URLs), then complete it; once more if the server lost chunks
+    meanwhile (an upload it expired answers ``complete`` with 409)."""
+    sha, size = chunks.sha, chunks.size
     # Chunks of an upload announcing another size are not this content's: send them all.
     have = set(state.received_chunks) if state.size in (None, size) else set()
+    checksums = chunks.checksums() if direct else []
     for attempt in range(2):
-        for index in range(c.blob_chunk_count(size, chunk_bytes)):
+        if direct:
+            _send_direct(transport, chunks, checksums, sent, report)
+        for index in range(chunks.count) if not direct else ():
             if index in have:
                 continue
-            length = _check_chunk(conn, db_path, sha, index, chunk_bytes, size)
-            parts = functools.partial(stored.read_pieces, conn, sha, index * chunk_bytes, length)
-            blobs.put_chunk(transport, sha, index, parts, size)
+            length = chunks.length(index)
+            blobs.put_chunk(transport, sha, index, chunks.parts(index), size)
             sent.chunks += 1
             sent.bytes += length
             report()
@@ -158,6 +196,42 @@ def _upload_one(
             continue
         logger.info("blob %s: %d bytes held by the cloud", sha[:12], size)
         return
+
+
+def _send_direct(
+    transport: Transport,
+    chunks: _Chunks,
+    checksums: list[str],
+    sent: _Sent,
+    report: Callable[[], None],
+) -> None:
+    """Send every chunk the server lacks to the signed URL it gives for it; ask again
+    for more URLs, and for fresh ones when the storage refuses one (it expired)."""
+    refused = False
+    while True:
+        state = blobs.query_upload(transport, chunks.sha, chunks.size, checksums)
+        if state.held or set(range(chunks.count)) <= set(state.received_chunks):
+            return
+        if not state.chunk_urls:
+            raise ProtocolError(
+                f"blob query: the server offers direct upload but gave no URL for the "
+                f"missing chunks of {chunks.sha}; update the server"
+            )
+        for target in state.chunk_urls:
+            if not 0 <= target.index < chunks.count:
+                raise ProtocolError(f"blob query: a URL for chunk {target.index} of {chunks.sha}")
+            length = chunks.length(target.index)
+            try:
+                blobs.put_chunk_direct(transport, target, chunks.parts(target.index))
+            except SignedUrlRefused:
+                if refused:  # a URL just signed: not a matter of time
+                    raise
+                refused = True
+                break
+            refused = False
+            sent.chunks += 1
+            sent.bytes += length
+            report()
 
 
 def lacking_in_cloud(transport: Transport, db_path: Path) -> list[str]:
@@ -183,9 +257,10 @@ def fetch(transport: Transport, store: LocalStore, sha256: str) -> None:
         )
     size, have, _media = found
     sealed = have >= size
+    reader = blobs.Download(transport, sha256)
     while not sealed:
         length = min(stored.PIECE_BYTES - have % stored.PIECE_BYTES, size - have)
-        data = blobs.download(transport, sha256, have, length) if length else b""
+        data = reader.read(have, length) if length else b""
         if length and not data:
             raise ProtocolError(f"blob download: the server sent nothing of {sha256}")
         # The last part and the check of the whole content commit together: a reader

@@ -19,19 +19,34 @@ import hashlib
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
+import httpx
+
 from .._errors import ProtocolError
 from .._failpoints import failpoint
 from .._wire.canonical import BLOB_SIZE_HEADER, CHECKSUM_HEADER
 from .._wire.models import (
     BlobChunkReceipt,
+    BlobChunkUrl,
     BlobCompleteRequest,
     BlobQueryRequest,
     BlobQueryResponse,
     BlobState,
+    BlobUploadPlan,
 )
+from . import direct
 from .http import Transport
 
-__all__ = ["QUERY_MAX", "complete", "download", "put_chunk", "query"]
+__all__ = [
+    "QUERY_MAX",
+    "Download",
+    "complete",
+    "download",
+    "put_chunk",
+    "put_chunk_direct",
+    "query",
+    "query_all",
+    "query_upload",
+]
 
 #: Blobs per ``/blobs/query`` request (the contract's bound).
 QUERY_MAX = 1000
@@ -40,23 +55,56 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 def query(transport: Transport, shas: Sequence[str]) -> list[BlobState]:
     """What the server holds of each blob, in the order asked (any number of blobs)."""
+    return query_all(transport, shas)[0]
+
+
+def query_all(transport: Transport, shas: Sequence[str]) -> tuple[list[BlobState], bool]:
+    """:func:`query`, and whether the server takes chunks straight into its storage
+    (``directUpload``: then :func:`query_upload` gives a signed URL per chunk)."""
     states: list[BlobState] = []
+    direct = False
     for start in range(0, len(shas), QUERY_MAX):
-        asked = list(shas[start : start + QUERY_MAX])
-        answer = transport._call(
-            "blob query",
-            "POST",
-            "/blobs/query",
-            BlobQueryResponse,
-            json=BlobQueryRequest(blobs=asked).wire(),
-        )
-        if [state.sha256 for state in answer.blobs] != asked:
-            raise ProtocolError(
-                "blob query: the server answered for other blobs than asked; the server "
-                "and the SDK disagree on the wire contract, update whichever is older"
-            )
+        answer = _ask(transport, BlobQueryRequest(blobs=list(shas[start : start + QUERY_MAX])))
         states.extend(answer.blobs)
-    return states
+        direct = answer.direct_upload
+    return states, direct
+
+
+def query_upload(transport: Transport, sha256: str, size: int, chunks: list[str]) -> BlobState:
+    """The state of one blob about to be uploaded whose chunks hash to ``chunks``: on a
+    server with direct upload, with signed URLs for (some of) the chunks it lacks."""
+    plan = BlobUploadPlan(sha256=sha256, size=size, chunks=chunks)
+    answer = _ask(transport, BlobQueryRequest(blobs=[sha256], uploads=[plan]))
+    return answer.blobs[0]
+
+
+def _ask(transport: Transport, request: BlobQueryRequest) -> BlobQueryResponse:
+    answer = transport._call(
+        "blob query", "POST", "/blobs/query", BlobQueryResponse, json=request.wire()
+    )
+    if [state.sha256 for state in answer.blobs] != request.blobs:
+        raise ProtocolError(
+            "blob query: the server answered for other blobs than asked; the server "
+            "and the SDK disagree on the wire contract, update whichever is older"
+        )
+    return answer
+
+
+def put_chunk_direct(
+    transport: Transport, target: BlobChunkUrl, parts: Callable[[], Iterable[bytes]]
+) -> None:
+    """Send a chunk to the signed storage URL the server gave for it, with the headers
+    the URL was signed for (its checksum and length: the storage checks both). Raises
+    :class:`~sdk._transport.direct.SignedUrlRefused` when the URL has expired."""
+    direct.send(
+        transport,
+        "blob chunk upload",
+        "PUT",
+        target.url,
+        content=_Body(parts),
+        headers=target.headers,
+    )
+    failpoint("blob.chunk.sent")
 
 
 def put_chunk(
@@ -128,16 +176,53 @@ def complete(transport: Transport, sha256: str, size: int) -> BlobState:
     return state
 
 
+class Download:
+    """Reads ranges of blob ``sha256``: from the server, or from the signed storage URL it
+    redirects to (direct transfer), which serves the next ranges too until it expires.
+    The bearer token goes to the server only."""
+
+    def __init__(self, transport: Transport, sha256: str) -> None:
+        self.transport = transport
+        self.sha256 = sha256
+        #: The signed URL the server redirected to (``None``: ask the server).
+        self.url: str | None = None
+
+    def read(self, start: int, length: int) -> bytes:
+        """``length`` bytes from ``start`` (a ``Range`` request, so a download resumes
+        where it stopped and holds one part in memory at a time)."""
+        headers = {"Range": f"bytes={start}-{start + length - 1}"}
+        for attempt in range(2):
+            if self.url is None:
+                response = self.transport._request(
+                    "blob download",
+                    "GET",
+                    f"/blobs/{self.sha256}",
+                    headers={**headers, "Accept": "application/octet-stream"},
+                    redirect=True,
+                )
+                if not response.has_redirect_location:
+                    return _part(response, self.sha256, start, length)
+                self.url = str(response.url.join(response.headers["Location"]))
+            try:
+                response = direct.send(
+                    self.transport, "blob download", "GET", self.url, headers=headers
+                )
+            except direct.SignedUrlRefused:
+                self.url = None
+                if attempt:
+                    raise
+                continue
+            return _part(response, self.sha256, start, length)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
 def download(transport: Transport, sha256: str, start: int, length: int) -> bytes:
-    """``length`` bytes of blob ``sha256`` from ``start`` (a ``Range`` request, so a
-    download resumes where it stopped and holds one part in memory at a time)."""
+    """``length`` bytes of blob ``sha256`` from ``start`` (see :class:`Download`)."""
+    return Download(transport, sha256).read(start, length)
+
+
+def _part(response: httpx.Response, sha256: str, start: int, length: int) -> bytes:
     end = start + length - 1
-    response = transport._request(
-        "blob download",
-        "GET",
-        f"/blobs/{sha256}",
-        headers={"Range": f"bytes={start}-{end}", "Accept": "application/octet-stream"},
-    )
     data = response.content
     if response.status_code == 206:
         match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))

@@ -31,6 +31,7 @@ import logging
 import random
 import re
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -308,6 +309,8 @@ class Transport:
         self.last_exchange: Exchange | None = None
         #: The limits the server advertised at the last ``detect`` (``None`` before one).
         self.limits: Limits | None = None
+        self._direct: httpx.Client | None = None
+        self._direct_lock = threading.Lock()
 
     @classmethod
     def from_url(
@@ -369,6 +372,17 @@ class Transport:
         """
         if self._owns_client:
             self._client.close()
+        if self._direct is not None:
+            self._direct.close()
+            self._direct = None
+
+    def _direct_client(self) -> httpx.Client:
+        """The client for signed storage URLs (direct attachment transfer): its own, so
+        neither the token nor anything set on the API's client reaches another host."""
+        with self._direct_lock:
+            if self._direct is None:
+                self._direct = httpx.Client(timeout=self._client.timeout, follow_redirects=False)
+            return self._direct
 
     def __enter__(self) -> Transport:
         return self
@@ -711,8 +725,10 @@ class Transport:
         content: bytes | Iterable[bytes] | None = None,
         headers: Mapping[str, str] | None = None,
         idempotent: bool = True,
+        redirect: bool = False,
     ) -> httpx.Response:
-        """Send until a 2xx answer arrives or the retries run out; return that answer."""
+        """Send until a 2xx answer arrives or the retries run out; return that answer
+        (``redirect``: a redirect too, not followed, so the token stays on this host)."""
         url_path = self.base_path + path
         run = self._retrier.start()
         token_refreshed = False
@@ -731,6 +747,7 @@ class Transport:
                     json=json,
                     content=content,
                     headers=all_headers,
+                    follow_redirects=False if redirect else httpx.USE_CLIENT_DEFAULT,
                 )
             except _UNREACHABLE as exc:
                 self._raise_if_tls_setup(op, url_path, exc)
@@ -766,7 +783,7 @@ class Transport:
                 date=response.headers.get("Date"),
             )
             status = response.status_code
-            if 200 <= status < 300:
+            if 200 <= status < 300 or (redirect and response.has_redirect_location):
                 return response
             if status == 401 and callable(self._token) and not token_refreshed and idempotent:
                 # One more try with a freshly asked token: it may just have expired in flight.

@@ -369,10 +369,32 @@ class SyncStateResponse(WireModel):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BlobUploadPlan(WireModel):
+    """A blob about to be uploaded: its size and the hex SHA-256 of each of its chunks
+    (``blobChunkBytes`` each, the last the rest), so signed URLs can bind each checksum."""
+
+    sha256: Annotated[str, Pattern(SHA256_PATTERN)]
+    size: Annotated[int, Ge(0), Le(9223372036854775807)]
+    chunks: Annotated[list[Annotated[str, Pattern(SHA256_PATTERN)]], MaxLen(100000)]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class BlobQueryRequest(WireModel):
     """``POST /blobs/query``: which of these blobs (hex SHA-256 names) does the server hold?"""
 
     blobs: Annotated[list[Annotated[str, Pattern(SHA256_PATTERN)]], MinLen(1), MaxLen(1000)]
+    uploads: Annotated[list[BlobUploadPlan], MaxLen(100)] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlobChunkUrl(WireModel):
+    """Where to ``PUT`` chunk ``index`` directly (a signed storage URL, no bearer token),
+    with ``headers`` to send exactly as given (they are part of the signature: the
+    chunk's checksum and length, so the storage checks both)."""
+
+    index: Annotated[int, Ge(0)]
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -385,6 +407,7 @@ class BlobState(WireModel):
     held: bool
     size: int | None = None
     received_chunks: list[int] = field(default_factory=list)
+    chunk_urls: list[BlobChunkUrl] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -392,6 +415,7 @@ class BlobQueryResponse(WireModel):
     """Answer to ``/blobs/query``: one state per asked blob, in the request's order."""
 
     blobs: list[BlobState]
+    direct_upload: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -414,10 +438,12 @@ class BlobCompleteRequest(WireModel):
 __all__ = [
     "BatchReceipt",
     "BlobChunkReceipt",
+    "BlobChunkUrl",
     "BlobCompleteRequest",
     "BlobQueryRequest",
     "BlobQueryResponse",
     "BlobState",
+    "BlobUploadPlan",
     "CompleteMigrationRequest",
     "CompleteMigrationResponse",
     "DataConflict",
