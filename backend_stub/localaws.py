@@ -21,8 +21,9 @@ both in moto's DynamoDB:
 This launcher runs moto's server with every request but SQS's serialized (moto's queues
 hold their own lock, and a worker's long poll must not hold the others up), undoes a
 cancelled transaction from a log of the items it touches instead of table copies, and
-lets a table query look at its own partition only. The test suite's moto fixture runs
-the same server (``tests/aws_fixtures.py``).
+lets a table query look at its own partition only; and an S3 part sent to an upload that
+was completed meanwhile is answered ``NoSuchUpload`` as S3 does (moto answers a 500).
+The test suite's moto fixture runs the same server (``tests/aws_fixtures.py``).
 
 moto is a development dependency (the ``localaws`` dependency group, part of ``test``);
 nothing else imports this.
@@ -57,14 +58,30 @@ def patches() -> list[Patch]:
     """moto's transactions, undone from a log of the items they touch (see the module).
 
     >>> [name for _, name, _ in patches()]
-    ['transact_write_items', 'query']
+    ['transact_write_items', 'query', 'upload_part']
     """
     models = _dynamodb_models()
     backend, table = models.DynamoDBBackend, models.Table
+    s3 = importlib.import_module("moto.s3.models").S3Backend
     return [
         (backend, "transact_write_items", _logged(backend.transact_write_items)),
         (table, "query", _one_partition(table.query)),
+        (s3, "upload_part", _known_upload(s3.upload_part)),
     ]
+
+
+def _known_upload(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``S3Backend.upload_part`` answering ``NoSuchUpload``, as S3 does, for an upload that
+    was completed or aborted meanwhile (moto fails with a ``KeyError``: a 500)."""
+    exceptions = importlib.import_module("moto.s3.exceptions")
+
+    @functools.wraps(original)
+    def upload_part(self: Any, bucket_name: str, multipart_id: str, *args: Any) -> Any:
+        if multipart_id not in self.get_bucket(bucket_name).multiparts:
+            raise exceptions.NoSuchUpload(multipart_id)
+        return original(self, bucket_name, multipart_id, *args)
+
+    return upload_part
 
 
 def _one_partition(original: Callable[..., Any]) -> Callable[..., Any]:

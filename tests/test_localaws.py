@@ -147,3 +147,21 @@ def test_a_partition_read_page_by_page_yields_each_item_once_in_order(aws_backen
 
     assert pages(forward=True) == sorted(keys)
     assert pages(forward=False) == sorted(keys, reverse=True)
+
+
+def test_a_part_sent_to_an_upload_completed_meanwhile_is_refused_as_s3_refuses_it(aws_backend):
+    # Two devices uploading one attachment race this way: the second one's part arrives
+    # after the first one's complete. S3 answers NoSuchUpload, which the server handles;
+    # moto alone failed with a KeyError (a 500), so the race test failed now and then.
+    s3, bucket = aws_backend.resources.s3, aws_backend.settings.bucket
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="race/blob")["UploadId"]
+    part = s3.upload_part(Bucket=bucket, Key="race/blob", UploadId=upload, PartNumber=1, Body=b"x")
+    s3.complete_multipart_upload(
+        Bucket=bucket,
+        Key="race/blob",
+        UploadId=upload,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
+    )
+
+    with pytest.raises(s3.exceptions.NoSuchUpload):
+        s3.upload_part(Bucket=bucket, Key="race/blob", UploadId=upload, PartNumber=2, Body=b"y")
