@@ -5,6 +5,7 @@ loop keeps ticking while a large store migrates."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import httpx
 import pytest
 from sdk_fixtures import learning_items, make_store
 
+import sdk
 from sdk import (
     AsyncMigrationClient,
     ConfigurationError,
@@ -142,11 +144,31 @@ def test_a_bad_argument_is_raised_by_the_first_call_and_the_loop_never_waits_for
     asyncio.run(main())
 
 
+#: The SDK's layers that read the store, speak HTTP, snapshot, hash or parse: none of
+#: their code may run on the loop's thread. (Checking the options the app builds there,
+#: ``MigrationOptions`` and its conflict policy, is the app's own cheap call.)
+BLOCKING_LAYERS = tuple(
+    str(Path(sdk.__file__).parent / layer)
+    for layer in ("_store", "_transport", "_migration", "_sync", "_wire")
+)
+APP_SIDE = str(Path(sdk.__file__).parent / "_migration" / "options.py")
+
+
 def test_the_loop_keeps_ticking_while_100k_items_migrate(live_server, tmp_path, capsys):
+    """The loop never runs the SDK's work: no function of its blocking layers is entered
+    on the loop's thread during a 100k-item migration (a profile hook on that thread
+    records every call). The loop's lag is measured and printed; a time asserted here
+    would fail on a loaded machine for reasons that are not the SDK's."""
     user = "aio-lag"
     store = make_store(tmp_path / "store.sqlite3", learning_items(99_998))
     tick = 0.005
     gaps: list[float] = []
+    entered: set[str] = set()
+
+    def on_call(frame, event, arg):  # type: ignore[no-untyped-def]
+        where = frame.f_code.co_filename
+        if event == "call" and where.startswith(BLOCKING_LAYERS) and where != APP_SIDE:
+            entered.add(f"{where}:{frame.f_code.co_name}")
 
     async def ticker(done: asyncio.Event) -> None:
         last = time.perf_counter()
@@ -160,16 +182,19 @@ def test_the_loop_keeps_ticking_while_100k_items_migrate(live_server, tmp_path, 
         done = asyncio.Event()
         ticking = asyncio.create_task(ticker(done))
         await asyncio.sleep(0)
-        async with client_for(live_server, user, store) as client:  # built on first call
-            result = await client.migrate()
+        sys.setprofile(on_call)  # this thread only: the loop's
+        try:
+            async with client_for(live_server, user, store) as client:  # built on first call
+                result = await client.migrate()
+        finally:
+            sys.setprofile(None)
         done.set()
         await ticking
         return result.item_count
 
     assert asyncio.run(main()) == 100_000
-    worst = max(gaps)
+    assert sorted(entered) == [], sorted(entered)
+    assert len(gaps) > 10  # the loop kept waking the ticker all along
     with capsys.disabled():
         p99 = sorted(gaps)[int(len(gaps) * 0.99)]
-        print(f"\nloop lag, 100k items: max {worst * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
-    assert len(gaps) > 10
-    assert worst < 0.1  # generous: the SDK blocks the loop for no more than a few ms
+        print(f"\nloop lag, 100k items: max {max(gaps) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
