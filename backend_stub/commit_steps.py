@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from backend_stub.completion import _ChecksumFailed, _fail, _refresh, _target
 from backend_stub.events import Event, EventType
+from backend_stub.failpoints import failpoint
 from backend_stub.monitoring import metric
 from backend_stub.settings import Settings
 from backend_stub.storage import CloudItem, Session, StagedItem
@@ -256,6 +257,7 @@ def flip(storage: AwsStorage, session: Session, record: CommitRecord, now: int) 
     # rolling user's events alone), so that a row goes out once.
     rolling = record.next(step="roll", after=None, done=0, outbox=op.target)
     unit.add(record_op(session.id, rolling, record.part))
+    failpoint("commit.flip.before")
     try:
         commit(storage, unit)
     except VersionConflict as lost:
@@ -263,6 +265,7 @@ def flip(storage: AwsStorage, session: Session, record: CommitRecord, now: int) 
             return False  # another slice flipped
         # Another writer committed since the items were read: start over from fresh reads.
         return save_record(storage, session.id, _restart(storage, session, record), record.part)
+    failpoint("commit.flip.after")
     metric(
         logger,
         "MigrationCommitted",
@@ -310,6 +313,7 @@ def _roll(
     after = item_key(*record.after) if record.after else None
     rows = storage.cloud.aside_page(record.tx, user, after=after, limit=limit)
     storage.cloud.copy_page(user, rows)
+    failpoint("commit.roll.page")
     if len(rows) < limit:
         storage.cloud.clear(user, record.tx)
         return record.next(step="cleanup", after=None, done=0)

@@ -31,6 +31,7 @@ from backend_stub.completion import (
     _checksum_mismatch,
     _ensure_complete,
 )
+from backend_stub.failpoints import failpoint
 from backend_stub.service import ensure_open, load_session, retrying, touch
 from backend_stub.settings import Settings
 from backend_stub.storage import Session, Storage
@@ -109,6 +110,7 @@ def request_commit(
             )
         replace_record(aws, session.id, fresh(aws, session, previous))
         _enqueue(aws, user_id, session_id)
+        failpoint("commit.complete.recorded")
         logger.info("session %s: commit decided and queued", session.id)
         return committing(session)
 

@@ -26,6 +26,10 @@ NAMES = (
     "blob.chunk.stored",  # a chunk is in place; its receipt not sent yet
     "blob.complete.assembled",  # the whole content is written and hashed; not in place yet
     "blob.complete.placed",  # the content is in place; not recorded as held yet
+    "commit.complete.recorded",  # aws API: the decision recorded, the job queued; no answer
+    "commit.flip.before",  # aws worker: the commit's rows set aside; the flip not sent yet
+    "commit.flip.after",  # aws worker: the flip landed; the roll-forward not begun
+    "commit.roll.page",  # aws worker: a page rolled forward; its progress not recorded
 )
 
 _lock = threading.Lock()

@@ -85,9 +85,10 @@ class AwsBackend:
         return AwsStorage(self.resources)
 
 
-def fresh_aws_backend(moto_endpoint: str, boto_session: Any) -> AwsBackend:
+def fresh_aws_backend(moto_endpoint: str, boto_session: Any, **overrides: Any) -> AwsBackend:
     """A table, bucket, job queue (3 receives, then the dead-letter queue), bus and rule
-    of the caller's own; failed jobs come back at once (no backoff)."""
+    of the caller's own; failed jobs come back at once (no backoff). ``overrides``
+    replace :class:`AwsSettings` fields (before the resources are made)."""
     suffix = uuid.uuid4().hex[:10]
     settings = AwsSettings(
         endpoint_url=moto_endpoint,
@@ -100,6 +101,7 @@ def fresh_aws_backend(moto_endpoint: str, boto_session: Any) -> AwsBackend:
         visibility_timeout=60,
         retry_delay=0.0,
     )
+    settings = dataclasses.replace(settings, **overrides)
     backend = AwsBackend(settings, boto_session)
     provision(backend.resources)
     return backend
@@ -198,3 +200,25 @@ class Tap:
 def tap_events(backend: AwsBackend) -> Tap:
     """Subscribe a fresh queue to the events published on ``backend``'s bus."""
     return Tap(backend)
+
+
+def expire_every_ttl(storage: AwsStorage, *, days: int) -> int:
+    """What DynamoDB's TTL would have deleted ``days`` from now (moto does not expire)."""
+    horizon = int(time.time()) + days * 24 * 3600
+    pages = storage.resources.dynamodb.get_paginator("scan").paginate(
+        TableName=storage.table.name,
+        FilterExpression="attribute_exists(#ttl)",
+        ExpressionAttributeNames={"#ttl": "ttl"},
+    )
+    doomed = [
+        {"pk": row["pk"], "sk": row["sk"]}
+        for page in pages
+        for row in page["Items"]
+        if int(row["ttl"]["N"]) <= horizon
+    ]
+    storage.table.batch_write(deletes=doomed)
+    return len(doomed)
+
+
+def rows_under(storage: AwsStorage, prefix: str) -> int:
+    return sum(1 for r in storage.table.scan("begins_with(#pk, :p)", {":p": {"S": prefix}}))

@@ -83,17 +83,22 @@ def aws_env(settings: AwsSettings) -> dict[str, str]:
 def spawn_aws_server(data_dir: Path, backend: AwsBackend) -> ServerProcess:
     """``python -m backend_stub`` and ``python -m backend_stub worker`` on ``backend``'s
     resources; logs in ``data_dir`` (``server.log``, ``worker.log``)."""
-    env = aws_env(backend.settings)
-    server = spawn_server(data_dir, env=env)
+    server = spawn_server(data_dir, env=aws_env(backend.settings))
+    server.worker = spawn_aws_worker(data_dir, backend)
+    server.aws = backend
+    return server
+
+
+def spawn_aws_worker(data_dir: Path, backend: AwsBackend, **env: str) -> subprocess.Popen[bytes]:
+    """``python -m backend_stub worker`` on ``backend``'s resources, with ``env`` added
+    (``MIGRATION_FAILPOINTS=...``); its log appended to ``data_dir/worker.log``."""
     with (data_dir / "worker.log").open("a") as log:
-        server.worker = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-m", "backend_stub", "worker", "--poll-wait", "1"],
             stdout=subprocess.DEVNULL,
             stderr=log,
-            env={**os.environ, **env},
+            env={**os.environ, **aws_env(backend.settings), **env},
         )
-    server.aws = backend
-    return server
 
 
 def seed_aws(

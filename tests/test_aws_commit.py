@@ -7,13 +7,12 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aws_fixtures import AwsBackend, Backend, tap_events
+from aws_fixtures import AwsBackend, Backend, expire_every_ttl, rows_under, tap_events
 from server_fixtures import (
     T0,
     Clock,
@@ -84,28 +83,6 @@ def bare(aws_backend: AwsBackend) -> Iterator[Bare]:
 def one_job(worker: Worker) -> int:
     """Handle the next job of the queue, if any (one slice of a commit)."""
     return worker.poll(max_messages=1, wait_seconds=0)
-
-
-def expire_every_ttl(storage: AwsStorage, *, days: int) -> int:
-    """What DynamoDB's TTL would have deleted ``days`` from now (moto does not expire)."""
-    horizon = int(time.time()) + days * 24 * 3600
-    pages = storage.resources.dynamodb.get_paginator("scan").paginate(
-        TableName=storage.table.name,
-        FilterExpression="attribute_exists(#ttl)",
-        ExpressionAttributeNames={"#ttl": "ttl"},
-    )
-    doomed = [
-        {"pk": row["pk"], "sk": row["sk"]}
-        for page in pages
-        for row in page["Items"]
-        if int(row["ttl"]["N"]) <= horizon
-    ]
-    storage.table.batch_write(deletes=doomed)
-    return len(doomed)
-
-
-def rows_under(storage: AwsStorage, prefix: str) -> int:
-    return sum(1 for r in storage.table.scan("begins_with(#pk, :p)", {":p": {"S": prefix}}))
 
 
 # --------------------------------------------------------------------------- off the request
