@@ -13,14 +13,10 @@ handled by the caller as any answer of ``complete``)::
 
 from __future__ import annotations
 
-import time
-
-from .._errors import ServerError
 from .._events import Progress, ProgressPhase
-from .._stopping import stoppable_sleep
 from .._wire import models as c
 from .._wire.canonical import SessionStatus
-from .run import Run, session_status
+from .run import Run, poll_status
 
 __all__ = ["await_commit"]
 
@@ -36,24 +32,19 @@ def await_commit(
     item_count: int,
 ) -> c.CompleteMigrationResponse:
     """``answer``, or once the server finished committing, its completed answer."""
-    deadline = time.monotonic() + _COMMIT_TIMEOUT
-    delay = 0.05
-    while answer.status is SessionStatus.COMMITTING:
-        status = session_status(run, session_id)
+
+    def report(status: c.GetMigrationStatusResponse) -> None:
         done = min(item_count, int(status.progress * item_count))
         run.hooks.progress(Progress(ProgressPhase.COMPLETING, done, item_count))
-        if status.status is not SessionStatus.COMMITTING:
-            answer = run.transport.complete(session_id, request)
-            continue
-        if time.monotonic() + delay > deadline:
-            raise ServerError(
-                f"the server was still committing session {session_id} after"
-                f" {_COMMIT_TIMEOUT:.0f} s; run the migration again later: it resumes here",
-                status=503,
-            )
-        if run.stop is not None:
-            stoppable_sleep(run.stop)(delay)
-        else:
-            time.sleep(delay)
-        delay = min(delay * 2, 2.0)
+
+    while answer.status is SessionStatus.COMMITTING:
+        poll_status(
+            run,
+            session_id,
+            while_state=SessionStatus.COMMITTING,
+            doing="committing",
+            timeout=_COMMIT_TIMEOUT,
+            on_status=report,
+        )
+        answer = run.transport.complete(session_id, request)
     return answer

@@ -32,7 +32,6 @@ from .._errors import (
     MigrationError,
     NotFoundError,
     ProtocolError,
-    ServerError,
     SnapshotError,
     VerificationError,
 )
@@ -45,7 +44,7 @@ from .._events import (
     ProgressPhase,
 )
 from .._failpoints import configure_from_env, failpoint
-from .._stopping import Stopped, stoppable_sleep
+from .._stopping import Stopped
 from .._store import changes
 from .._store.detect import LocalState, check_local, detect_local
 from .._store.local import LocalStore, MigratedSync
@@ -64,7 +63,7 @@ from .journal import (
 )
 from .options import MigrationOptions
 from .resolving import resolve_conflicts
-from .run import Restart, Run, session_id_of, session_status
+from .run import Restart, Run, poll_status, session_id_of, session_status
 
 __all__ = ["MigrationOutcome", "MigrationResult", "run_migration"]
 
@@ -384,23 +383,13 @@ def _upload(run: Run, record: JournalRecord, snapshot: Snapshot) -> JournalRecor
 
 def _await_processing(run: Run, session_id: str) -> c.GetMigrationStatusResponse:
     """Poll ``status`` (backing off to 2 s) while the server says ``processing``."""
-    deadline = time.monotonic() + _PROCESSING_TIMEOUT
-    delay = 0.05
-    while True:
-        status = session_status(run, session_id)
-        if status.status is not SessionStatus.PROCESSING:
-            return status
-        if time.monotonic() + delay > deadline:
-            raise ServerError(
-                f"the server was still processing the batches of session {session_id} after"
-                f" {_PROCESSING_TIMEOUT:.0f} s; run the migration again later: it resumes here",
-                status=503,
-            )
-        if run.stop is not None:
-            stoppable_sleep(run.stop)(delay)
-        else:
-            time.sleep(delay)
-        delay = min(delay * 2, 2.0)
+    return poll_status(
+        run,
+        session_id,
+        while_state=SessionStatus.PROCESSING,
+        doing="processing the batches of",
+        timeout=_PROCESSING_TIMEOUT,
+    )
 
 
 def _send_batches(

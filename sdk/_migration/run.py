@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .._conflicts.policy import ClockEstimate
-from .._errors import MigrationError, NotFoundError
+from .._errors import MigrationError, NotFoundError, ServerError
 from .._events import Hooks
-from .._stopping import Stopped
+from .._stopping import Stopped, stoppable_sleep
 from .._transport.http import Transport
 from .._wire import models as c
 from .._wire.canonical import SessionStatus
@@ -62,6 +63,39 @@ def session_status(run: Run, session_id: str) -> c.GetMigrationStatusResponse:
     if status.status is SessionStatus.FAILED:
         raise Restart(f"session {session_id} failed: {'; '.join(status.errors) or 'no detail'}")
     return status
+
+
+def poll_status(
+    run: Run,
+    session_id: str,
+    *,
+    while_state: SessionStatus,
+    doing: str,
+    timeout: float,
+    on_status: Callable[[c.GetMigrationStatusResponse], None] | None = None,
+) -> c.GetMigrationStatusResponse:
+    """Poll ``status`` while the server says ``while_state`` (backing off from 0.05 s to
+    2 s, stoppable); the first status that says otherwise. ``doing`` names the wait in
+    the error raised after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        status = session_status(run, session_id)
+        if on_status is not None:
+            on_status(status)
+        if status.status is not while_state:
+            return status
+        if time.monotonic() + delay > deadline:
+            raise ServerError(
+                f"the server was still {doing} session {session_id} after {timeout:.0f} s;"
+                " run the migration again later: it resumes here",
+                status=503,
+            )
+        if run.stop is not None:
+            stoppable_sleep(run.stop)(delay)
+        else:
+            time.sleep(delay)
+        delay = min(delay * 2, 2.0)
 
 
 def session_id_of(record: JournalRecord) -> str:
