@@ -12,8 +12,10 @@ the same seq is refused and changes nothing::
 from __future__ import annotations
 
 import logging
+import operator
 import uuid
 from collections.abc import Sequence
+from itertools import repeat
 
 from backend_stub.bodies import Upload
 from backend_stub.events import Event, EventType
@@ -36,6 +38,8 @@ from sdk.contract import BatchReceipt, Item, ItemVersion, ProblemCode, SessionSt
 __all__ = ["classify", "new_conflict", "put_batch"]
 
 logger = logging.getLogger(__name__)
+
+_STAGED_FIELDS = operator.itemgetter("collection", "key", "updatedAt", "deleted")
 
 
 def check_upload(session: Session, seq: int, upload: Upload) -> None:
@@ -195,6 +199,24 @@ def classify(
     >>> staged[0].outcome, conflicts
     ('new', [])
     """
+    if rows and not cloud:  # most of a first migration: every item is new
+        items, texts, digests = zip(*rows, strict=True)
+        collections, keys, stamps, deletes = zip(*map(_STAGED_FIELDS, items), strict=True)
+        new = repeat("new")
+        return list(
+            map(
+                StagedItem,
+                collections,
+                keys,
+                repeat(seq),
+                texts,
+                stamps,
+                deletes,
+                digests,
+                new,
+                repeat(None),
+            )
+        ), []
     staged: list[StagedItem] = []
     conflicts: list[Conflict] = []
     for item, data, digest in rows:

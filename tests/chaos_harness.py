@@ -211,7 +211,8 @@ class ServerView:
     def staged_keys(self, session_id: str) -> list[Key]:
         with self._conn() as conn:
             rows = conn.execute(
-                "SELECT collection, key FROM staged_items WHERE session_id = ?"
+                "SELECT s.collection, s.key FROM staged_items s JOIN session_numbers n"
+                " ON n.number = s.session_no WHERE n.session_id = ?"
                 " ORDER BY collection, key",
                 (session_id,),
             ).fetchall()

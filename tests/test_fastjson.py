@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from sdk import _fastjson as fastjson
@@ -212,3 +213,118 @@ def test_canonical_text_is_the_canonical_encoding_of_what_the_stdlib_reads(
     except ValueError:  # NaN: no canonical text
         return
     assert fastjson.canonical_text(text) == canonical_json(json.loads(text))
+
+
+# Values that break one rule each of a wire item (or of the fast path's own guards).
+_BROKEN = {
+    "collection": st.sampled_from(["", "-x", "a" * 65, "c d", 1, None]),
+    "key": st.sampled_from(["", "a\n", "\x00", "k" * 513, 5, None]),
+    "data": st.sampled_from(
+        [[], "x", 1, None, {"n": math.nan}, {"f": 1e-07}, {"f": 0.00001}, {"n": 2**70}]
+    ),
+    "updatedAt": st.sampled_from([-1, 2**63, 1.0, 1.5, True, "1", None]),
+    "deleted": st.sampled_from([0, 1, "false", None, 0.0]),
+}
+_plain_data = st.dictionaries(
+    st.text(max_size=4),
+    st.recursive(
+        st.none() | st.booleans() | st.integers(-(2**31), 2**31) | st.text(max_size=6),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+        max_leaves=6,
+    ),
+    max_size=4,
+)
+_wire_items = st.lists(
+    st.fixed_dictionaries(
+        {
+            "collection": st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,5}", fullmatch=True),
+            "key": st.text(st.characters(min_codepoint=0x20), min_size=1, max_size=6),
+            "data": _plain_data | st.dictionaries(st.text(max_size=3), _values, max_size=3),
+            "updatedAt": st.integers(0, 2**63 - 1),
+            "deleted": st.booleans(),
+        }
+    ),
+    min_size=1,
+    max_size=6,
+    unique_by=lambda item: (item["collection"], item["key"]),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    items=_wire_items,
+    breaks=st.lists(
+        st.tuples(
+            st.integers(0, 5),
+            st.sampled_from([*_BROKEN, "missing", "extra", "unsorted"]),
+            st.data(),
+        ),
+        max_size=2,
+    ),
+    writer=st.sampled_from(["stdlib", "orjson"]),
+)
+def test_the_fast_batch_path_accepts_only_what_pydantic_accepts_and_cuts_alike(
+    items, breaks, writer
+) -> None:
+    import orjson
+
+    from backend_stub.items import _parse_canonical, _parse_general
+    from backend_stub.problems import ApiError
+
+    items.sort(key=lambda item: (item["collection"], item["key"]))
+    for index, kind, data in breaks:
+        item = items[index % len(items)]
+        if kind == "missing":
+            del item[data.draw(st.sampled_from(sorted(item)))]
+        elif kind == "extra":
+            item["extra"] = 1
+        elif kind == "unsorted":
+            items.reverse()
+        else:
+            item[kind] = data.draw(_BROKEN[kind])
+    try:
+        if writer == "stdlib":
+            body = json.dumps(
+                {"items": items}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+            ).encode()
+        else:
+            body = orjson.dumps({"items": items}, option=orjson.OPT_SORT_KEYS)
+    except (TypeError, ValueError):  # beyond what this writer writes
+        return
+    try:
+        general = _parse_general(body, 10)
+    except ApiError:
+        general = None
+    fast = _parse_canonical(body, 10)
+    if fast is not None:  # what the fast path takes, pydantic takes, and cuts alike
+        assert fast == general
+
+
+@settings(max_examples=200, deadline=None)
+@given(items=_wire_items.map(lambda items: [dict(i, data={"d": i["data"]}) for i in items]))
+def test_the_sdk_s_batches_take_the_fast_path(items) -> None:
+    from backend_stub.items import _parse_canonical, _parse_general
+    from sdk.contract import batch_body
+
+    items.sort(key=lambda item: (item["collection"], item["key"]))
+    for item in items:
+        item["data"] = _restrict(item["data"])
+    try:
+        body = batch_body(canonical_item(item) for item in items)
+    except UnicodeEncodeError:  # a lone surrogate: no UTF-8 body to send
+        return
+    # Text that looks like a small float (in a string) is left to the general path.
+    assume(not re.search(rb"[0-9]e-|0\.0000", body))
+    assert _parse_canonical(body, 10) == _parse_general(body, 10)
+
+
+def _restrict(value: object) -> object:
+    """``value`` without what the fast path leaves to the general one: floats (small ones
+    print differently in orjson) and integers beyond 64 bits."""
+    if isinstance(value, dict):
+        return {k: _restrict(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_restrict(v) for v in value]
+    if isinstance(value, float) or (type(value) is int and abs(value) >= 2**63):
+        return 0
+    return value

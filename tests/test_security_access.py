@@ -30,7 +30,15 @@ from backend_stub.auth import issue_token
 from backend_stub.storage.sqlite import DATABASE_NAME
 from sdk.contract import CHECKSUM_HEADER, PROBLEM_CONTENT_TYPE, batch_checksum
 
-TABLES = ("sessions", "batches", "staged_items", "conflicts", "cloud_items", "events")
+TABLES = (
+    "sessions",
+    "session_numbers",
+    "batches",
+    "staged_items",
+    "conflicts",
+    "cloud_items",
+    "events",
+)
 
 
 def everything(server: Server) -> dict[str, list[Any]]:
