@@ -6,8 +6,11 @@ import dataclasses
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from backend_stub import Settings, SQLiteStorage
 from backend_stub.events import Event, EventType
@@ -243,3 +246,100 @@ def test_a_database_of_the_first_schema_keeps_its_staged_items_when_upgraded(
         )
     finally:
         upgraded.close()
+
+
+def _staged_session(
+    storage: SQLiteStorage, items: list[Any], batch_size: int, order: list[int]
+) -> str:
+    """A session with ``items`` uploaded in batches of ``batch_size``, sent in ``order``."""
+    from server_fixtures import make_plan
+
+    from backend_stub.batches import put_batch
+    from backend_stub.bodies import Upload
+    from backend_stub.start import start_migration
+    from sdk.contract import StartMigrationRequest, batch_checksum
+
+    plan = make_plan(items, batch_size)
+    settings = Settings()
+    request = StartMigrationRequest.model_validate(
+        {
+            "migrationId": "mig-tally-1",
+            "deviceId": "d1",
+            "dataVersion": 1,
+            "manifest": plan.manifest,
+        }
+    )
+    session_id = start_migration(storage, settings, "alice", request, now=0).session_id
+    for seq in sorted(range(len(plan.bodies)), key=lambda s: order[s % len(order)]):
+        body = plan.bodies[seq]
+        put_batch(
+            storage, settings, "alice", session_id, seq, Upload(body, batch_checksum(body)), now=1
+        )
+    return session_id
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    count=st.integers(1, 30),
+    batch_size=st.integers(1, 7),
+    in_cloud=st.sets(st.integers(0, 29)),
+    changed=st.sets(st.integers(0, 29)),
+    order=st.permutations(range(8)),
+)
+def test_a_session_tallied_from_its_batches_adds_up_as_tallied_from_its_items(
+    tmp_path_factory: pytest.TempPathFactory,
+    count: int,
+    batch_size: int,
+    in_cloud: set[int],
+    changed: set[int],
+    order: list[int],
+) -> None:
+    from server_fixtures import items_of
+
+    from backend_stub import seed_cloud_items
+
+    storage = SQLiteStorage.open(tmp_path_factory.mktemp("tally"))
+    try:
+        items = items_of(count)
+        seed_cloud_items(
+            storage,
+            "alice",
+            [
+                dict(items[i], data={"other": 1}) if i in changed else items[i]
+                for i in sorted(in_cloud)
+                if i < count
+            ],
+        )
+        session_id = _staged_session(storage, items, batch_size, order)
+        from_batches = storage._tally_batches(session_id)
+        from_items = storage._tally_items(session_id)
+        assert from_batches is not None
+        (tally, new_sum, against), (expected, expected_sum, expected_against) = (
+            from_batches,
+            from_items,
+        )
+        assert tally.digests.hexdigest() == expected.digests.hexdigest()
+        assert +tally.outcomes == +expected.outcomes
+        assert (new_sum, against) == (expected_sum, expected_against)
+    finally:
+        storage.close()
+
+
+def test_a_session_is_tallied_from_its_items_once_one_was_reclassified_or_out_of_order(
+    storage: SQLiteStorage,
+) -> None:
+    from server_fixtures import items_of
+
+    items = items_of(6)
+    session_id = _staged_session(storage, items, 2, [0])
+    assert storage._tally_batches(session_id) is not None
+    storage.set_staged_outcome(session_id, ("lessons", "k0001"), "unchanged", 1)
+    assert storage._tally_batches(session_id) is None  # the batches' sums are stale
+
+    # A client whose batches are not in key order: batch 0 holds the later keys.
+    with storage.atomic():
+        storage._conn.execute("UPDATE batches SET first_key = 'k9', last_key = 'k9' WHERE seq = 0")
+        storage._conn.execute("UPDATE session_numbers SET reclassified = 0")
+    assert storage._tally_batches(session_id) is None

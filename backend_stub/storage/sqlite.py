@@ -161,8 +161,14 @@ def m005_session_numbers(db: Database) -> None:
     # row binds 8 values instead of 10 and its key is 36 bytes shorter (the insert went
     # from 3.0 to 1.9 us per row at 300k rows).
     db.execute(
-        "CREATE TABLE session_numbers (number INTEGER PRIMARY KEY, session_id TEXT NOT NULL UNIQUE)"
+        "CREATE TABLE session_numbers (number INTEGER PRIMARY KEY,"
+        " session_id TEXT NOT NULL UNIQUE, reclassified INTEGER NOT NULL DEFAULT 0)"
     )
+    # Each batch keeps its key range, its items' digests in order and the multiset sum of
+    # its new ones, so that completion tallies a session from its batches, not its items
+    # (NULL in batches stored before: those sessions are tallied from their items).
+    for column in _BATCH_TALLY_COLUMNS.split(", "):
+        db.execute(f"ALTER TABLE batches ADD COLUMN {column}")
     db.execute(
         "INSERT INTO session_numbers (session_id) SELECT id FROM sessions"
         " UNION SELECT session_id FROM staged_items"
@@ -177,6 +183,9 @@ def m005_session_numbers(db: Database) -> None:
     db.execute("ALTER TABLE staged_items_v3 RENAME TO staged_items")
 
 
+_DIGEST = itemgetter(6)  # of a StagedItem
+_MULTISET = 1 << 256  # multiset sums are taken modulo this (sdk.contract.multiset_add)
+_BATCH_TALLY_COLUMNS = "first_collection, first_key, last_collection, last_key, digests, new_sum"
 _STAGED_SCHEMA = (
     "CREATE TABLE staged_items (session_no INTEGER NOT NULL, collection TEXT NOT NULL,"
     " key TEXT NOT NULL, seq INTEGER NOT NULL, data TEXT NOT NULL,"
@@ -507,9 +516,14 @@ class SQLiteStorage:
 
     def insert_batch(self, batch: Batch, items: Sequence[StagedItem]) -> None:
         with self.atomic():
+            new_sum = sum(
+                int.from_bytes(item.digest, "big") for item in items if item.outcome == "new"
+            )
             try:
                 self._conn.execute(
-                    "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO batches (session_id, seq, checksum, item_count, new_count,"
+                    f" unchanged_count, conflict_count, received_at, {_BATCH_TALLY_COLUMNS})"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
                         batch.session_id,
                         batch.seq,
@@ -519,6 +533,10 @@ class SQLiteStorage:
                         batch.unchanged_count,
                         batch.conflict_count,
                         batch.received_at,
+                        *(items[0][:2] if items else ("", "")),
+                        *(items[-1][:2] if items else ("", "")),
+                        b"".join(map(_DIGEST, items)),
+                        multiset_hex(new_sum),
                     ],
                 )
             except sqlite3.IntegrityError as exc:
@@ -570,29 +588,14 @@ class SQLiteStorage:
         ]
 
     def tally_staged(self, session_id: str, user_id: str) -> StagedTally | None:
-        # One pass over the staged rows in key order, a page at a time, with no Python
-        # per row; then the user's cloud items (few, on a first migration) are matched
-        # against the staged ones, instead of looking each staged key up in the cloud.
-        tally = StagedTally(hashlib.sha256(), Counter())
-        digest, outcome, version = itemgetter(0), itemgetter(1), itemgetter(2)
-        staged_against = 0  # items staged against a cloud version
-        new_sum, from_bytes = 0, int.from_bytes
+        # From the session's batches (their digests in order, sums and counts), or else
+        # from its staged rows; then the user's cloud items (few, on a first migration) are
+        # matched against the staged ones, instead of looking each staged key up in the
+        # cloud.
         with self._snapshot():
-            cursor = self._conn.execute(
-                "SELECT digest, outcome, cloud_version FROM staged_items WHERE session_no = ?"
-                " ORDER BY collection, key",
-                [self._session_no(session_id)],
+            tally, new_sum, staged_against = self._tally_batches(session_id) or self._tally_items(
+                session_id
             )
-            while rows := cursor.fetchmany(5000):
-                tally.digests.update(b"".join(map(digest, rows)))
-                outcomes = list(map(outcome, rows))
-                tally.outcomes.update(outcomes)
-                new_sum += sum(
-                    from_bytes(row[0], "big")
-                    for row, kind in zip(rows, outcomes, strict=True)
-                    if kind == "new"
-                )
-                staged_against += len(rows) - list(map(version, rows)).count(None)
             if self._depth:  # only this transaction may use it: no batch lands meanwhile
                 self._txn_new_sums[session_id] = new_sum
             if tally.outcomes["conflict"]:
@@ -606,6 +609,57 @@ class SQLiteStorage:
                 [self._session_no(session_id), user_id],
             ).fetchone()
         return None if changed or matched != staged_against else tally
+
+    def _tally_batches(self, session_id: str) -> tuple[StagedTally, int, int] | None:
+        """The tally, the new items' multiset sum and the count of items staged against a
+        cloud version, from the batches alone; ``None`` when a batch predates the columns,
+        an item was reclassified since it was staged, or the batches are not in key order
+        (:meth:`_tally_items` then hashes the digests in key order from the items)."""
+        rows = self._rows(
+            f"SELECT {_BATCH_TALLY_COLUMNS}, new_count, unchanged_count, conflict_count"
+            " FROM batches WHERE session_id = ? ORDER BY seq",
+            [session_id],
+        )
+        if self._rows(
+            "SELECT 1 FROM session_numbers WHERE session_id = ? AND reclassified", [session_id]
+        ):
+            return None
+        last: tuple[str, str] | None = None
+        for row in rows:
+            if row[4] is None or (last is not None and (row[0], row[1]) <= last):
+                return None
+            last = (row[2], row[3])
+        tally = StagedTally(hashlib.sha256(), Counter())
+        for row in rows:
+            tally.digests.update(row[4])
+        new, unchanged, conflict = (sum(row[i] for row in rows) for i in (6, 7, 8))
+        tally.outcomes.update({"new": new, "unchanged": unchanged, "conflict": conflict})
+        new_sum = sum(int(row[5], 16) for row in rows)
+        return tally, new_sum % _MULTISET, unchanged + conflict
+
+    def _tally_items(self, session_id: str) -> tuple[StagedTally, int, int]:
+        """:meth:`_tally_batches` from the staged rows: one pass in key order, a page at a
+        time, with no Python per row."""
+        tally = StagedTally(hashlib.sha256(), Counter())
+        digest, outcome, version = itemgetter(0), itemgetter(1), itemgetter(2)
+        staged_against = 0  # items staged against a cloud version
+        new_sum, from_bytes = 0, int.from_bytes
+        cursor = self._conn.execute(
+            "SELECT digest, outcome, cloud_version FROM staged_items WHERE session_no = ?"
+            " ORDER BY collection, key",
+            [self._session_no(session_id)],
+        )
+        while rows := cursor.fetchmany(5000):
+            tally.digests.update(b"".join(map(digest, rows)))
+            outcomes = list(map(outcome, rows))
+            tally.outcomes.update(outcomes)
+            new_sum += sum(
+                from_bytes(row[0], "big")
+                for row, kind in zip(rows, outcomes, strict=True)
+                if kind == "new"
+            )
+            staged_against += len(rows) - list(map(version, rows)).count(None)
+        return tally, new_sum % _MULTISET, staged_against
 
     def put_new_staged_items(
         self, session_id: str, user_id: str, *, device_id: str, now: int
@@ -642,11 +696,16 @@ class SQLiteStorage:
     def set_staged_outcome(
         self, session_id: str, key: Key, outcome: str, cloud_version: int | None
     ) -> None:
-        self._write(
-            "UPDATE staged_items SET outcome = ?, cloud_version = ?"
-            " WHERE session_no = ? AND collection = ? AND key = ?",
-            [outcome, cloud_version, self._session_no(session_id), *key],
-        )
+        with self.atomic():
+            self._conn.execute(
+                "UPDATE staged_items SET outcome = ?, cloud_version = ?"
+                " WHERE session_no = ? AND collection = ? AND key = ?",
+                [outcome, cloud_version, self._session_no(session_id), *key],
+            )
+            # The batches' sums and counts are the outcomes they were staged with.
+            self._conn.execute(
+                "UPDATE session_numbers SET reclassified = 1 WHERE session_id = ?", [session_id]
+            )
 
     def purge_session(self, session_id: str) -> None:
         with self.atomic():
