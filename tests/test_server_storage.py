@@ -343,3 +343,26 @@ def test_a_session_is_tallied_from_its_items_once_one_was_reclassified_or_out_of
         storage._conn.execute("UPDATE batches SET first_key = 'k9', last_key = 'k9' WHERE seq = 0")
         storage._conn.execute("UPDATE session_numbers SET reclassified = 0")
     assert storage._tally_batches(session_id) is None
+
+
+def test_the_wal_is_checkpointed_beside_the_requests_not_in_them(tmp_path: Path) -> None:
+    from server_fixtures import items_of
+
+    from backend_stub import seed_cloud_items
+    from backend_stub.storage.sqlite import DATABASE_NAME
+
+    storage = SQLiteStorage.open(tmp_path)
+    try:
+        assert storage.checkpoints is not None
+        assert storage.checkpoints.wait_idle(timeout=30)
+        database = tmp_path / DATABASE_NAME
+        before = database.stat().st_size
+        for start in range(0, 2000, 500):  # several commits, far below wal_autocheckpoint
+            seed_cloud_items(storage, "alice", items_of(2000)[start : start + 500])
+        assert storage.checkpoints.wait_idle(timeout=30)
+        # The pages reached the database file: only a checkpoint writes them there.
+        assert database.stat().st_size > before + 100_000
+        (mode,) = storage._conn.execute("PRAGMA wal_autocheckpoint").fetchone()
+        assert mode > 2000 * 4  # the commits above could not have checkpointed themselves
+    finally:
+        storage.close()
