@@ -609,7 +609,7 @@ def _build(source: Path, partial: Path, batch_size: int, max_batch_bytes: int) -
         finally:
             src.close()
         try:
-            return _check_and_plan(dst, source, batch_size, max_batch_bytes)
+            return _check_and_plan(dst, partial, source, batch_size, max_batch_bytes)
         except sqlite3.Error as exc:
             error = store_error(exc, partial, "write the snapshot")
             if isinstance(error, CorruptStoreError) or _schema_error(exc):
@@ -642,23 +642,50 @@ def _schema_error(exc: sqlite3.Error) -> bool:
     return str(exc).startswith("no such ")
 
 
-def _vouch_for_digests(conn: sqlite3.Connection) -> bool:
-    """Make the copy's digests the ones its store vouches for (the others NULL), and say
-    whether there are any: a store that no SDK with ``items_unchecked`` opened yet has
-    every row checked, as does a store without digests."""
-    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(items)")}
-    if "items_unchecked" not in tables or "digest" not in columns:
-        return False
-    conn.execute(
-        "UPDATE items SET digest = NULL WHERE (collection, key) IN"
-        " (SELECT collection, key FROM items_unchecked)"
-    )
-    return True
+class _QuickCheck(threading.Thread):
+    """``PRAGMA quick_check`` of the copy on a connection of its own, while the scan
+    reads it on another: SQLite releases the GIL for the whole check, so the two overlap
+    where there is a second core. Its verdict comes first, as if it had run first."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(name="snapshot-quick-check", daemon=True)
+        self._path = path
+        self._problems: list[str] = []
+        self._error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            conn = connect_read_only(self._path)
+            try:
+                self._problems = [
+                    msg
+                    for (msg,) in conn.execute("PRAGMA quick_check(5)")
+                    # A broken CHECK or NOT NULL is a bad item, not a damaged file: the
+                    # item validation names it.
+                    if msg != "ok"
+                    and not msg.startswith(("CHECK constraint failed", "NULL value in"))
+                ]
+            finally:
+                conn.close()
+        except BaseException as exc:  # raised in the snapshot's thread, by verdict()
+            self._error = exc
+
+    def verdict(self, source: Path) -> None:
+        """Wait for the check; raise what it found."""
+        self.join()
+        if self._error is not None:
+            raise self._error
+        if self._problems:
+            raise CorruptStoreError(
+                f"the store {source} is damaged ({'; '.join(self._problems)}); restore it "
+                "from a backup, or move it away to start afresh",
+                path=str(source),
+            )
 
 
 def _check_and_plan(
-    conn: sqlite3.Connection, source: Path, batch_size: int, max_batch_bytes: int
+    conn: sqlite3.Connection, path: Path, source: Path, batch_size: int, max_batch_bytes: int
 ) -> _Info:
     conn.execute("PRAGMA journal_mode=DELETE")
     # The copy is no store: the store's triggers (which record writes made around the
@@ -667,19 +694,26 @@ def _check_and_plan(
         "SELECT name FROM sqlite_master WHERE type = 'trigger'"
     ).fetchall():
         conn.execute(f'DROP TRIGGER "{trigger}"')
-    problems = [
-        msg
-        for (msg,) in conn.execute("PRAGMA quick_check(5)")
-        # A broken CHECK or NOT NULL is a bad item, not a damaged file: the item
-        # validation below names it.
-        if msg != "ok" and not msg.startswith(("CHECK constraint failed", "NULL value in"))
-    ]
-    if problems:
-        raise CorruptStoreError(
-            f"the store {source} is damaged ({'; '.join(problems)}); restore it from a "
-            "backup, or move it away to start afresh",
-            path=str(source),
-        )
+    check = _QuickCheck(path)
+    try:
+        info = _plan(conn, source, batch_size, max_batch_bytes, check)
+    except BaseException:
+        check.verdict(source)  # damage explains any other failure: it is named first
+        raise
+    conn.execute("COMMIT")
+    return info
+
+
+def _plan(
+    conn: sqlite3.Connection,
+    source: Path,
+    batch_size: int,
+    max_batch_bytes: int,
+    check: _QuickCheck,
+) -> _Info:
+    """Everything :func:`_check_and_plan` does while ``check`` runs; the copy is only
+    written in the transaction, and only a row a batch until ``check`` is done (a reader
+    keeps a writer from spilling its cache into the file)."""
     (app_id,) = conn.execute("PRAGMA application_id").fetchone()
     meta = dict(conn.execute("SELECT key, value FROM store_meta").fetchall())
     if app_id != STORE_APPLICATION_ID or meta.get("format") != STORE_FORMAT:
@@ -694,16 +728,14 @@ def _check_and_plan(
     conn.execute("BEGIN")
     for statement in (_INFO_SCHEMA, *PLAN_SCHEMA):
         conn.execute(statement)
-    planner, invalid, problems = scan_items(
-        conn, batch_size, max_batch_bytes, vouched=_vouch_for_digests(conn)
-    )
+    planner, invalid, problems = scan_items(conn, batch_size, max_batch_bytes)
+    check.verdict(source)
     if invalid:
         raise SnapshotError(
             f"{invalid} item(s) in {source} cannot be migrated: {'; '.join(problems)}; "
             "rewrite them with valid data (LocalStore.put) or delete them, then take the "
             "snapshot again"
         )
-    planner.finish()
     # Data written by the store is canonical already; anything else (a row written
     # around the store) is rewritten in the copy, so batches can be built without
     # parsing and still match the digests computed here.
@@ -739,7 +771,6 @@ def _check_and_plan(
             info.created_at,
         ),
     )
-    conn.execute("COMMIT")
     return info
 
 
