@@ -7,8 +7,9 @@ every other row with a digest (one written around the SDK and found invalid by
 ``repair``, one of a store written by an earlier SDK that does not check out) is listed
 in ``items_unchecked``. A row inserted around the SDK together with a digest of its own
 making looks like the SDK's write to the triggers, and is taken at its word, as the
-sync's running checksum takes it. The snapshot formats a vouched-for row around its data as it is and compares the hash
-with the digest (no parse, no re-encoding); only the others are parsed and checked::
+sync's running checksum takes it. The snapshot formats a vouched-for row around its
+data as it is and compares the hash with the digest (no parse, no re-encoding); only the
+others are parsed and checked::
 
     >>> encoded, normalized = check_row(("cards", "k", '{"b":1, "a":2}', 5, 0))
     >>> encoded

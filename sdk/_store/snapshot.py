@@ -64,6 +64,7 @@ from sdk._store.snapshot_plan import (
     MAX_PROBLEMS,
     PAGE,
     PLAN_SCHEMA,
+    encode_rows,
     items_checksum,
     lenient_text,
     scan_items,
@@ -322,8 +323,8 @@ class Snapshot:
         try:
             # The snapshot's data is canonical JSON (normalized when it was taken), so
             # the item is formatted around it: no parse and re-encode per row.
-            encoded = [canonical_item_parts(c, k, d, u, bool(x)) for c, k, d, u, x in rows]
-        except (ValueError, TypeError, RecursionError) as exc:
+            encoded = encode_rows(rows)
+        except (KeyError, ValueError, TypeError) as exc:
             raise self._tampered(seq, f"an item cannot be encoded ({exc})") from exc
         body = batch_body(encoded)
         actual = batch_checksum(body)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import re
 import sqlite3
+from collections.abc import Iterable
 from json.encoder import encode_basestring as _quote  # what the contract quotes with
 from typing import Any
 
@@ -44,6 +45,7 @@ __all__ = [
     "PAGE",
     "PLAN_SCHEMA",
     "Planner",
+    "encode_rows",
     "items_checksum",
     "lenient_text",
     "scan_items",
@@ -95,6 +97,32 @@ def lenient_text(raw: bytes) -> str:
     """Bytes that are not UTF-8 become lone surrogates, so validation can name the item
     instead of the cursor failing on the whole scan."""
     return raw.decode("utf-8", "surrogateescape")
+
+
+def encode_rows(rows: Iterable[tuple[Any, ...]]) -> list[bytes]:
+    """The canonical items of snapshot rows ``(collection, key, data, updated_at,
+    deleted)`` whose data is canonical JSON: :func:`~sdk.contract.canonical_item_parts`
+    byte for byte, in half its time (the text before the data is made once per
+    collection). A field of the wrong type raises ``KeyError``, ``TypeError`` or
+    ``ValueError``.
+
+    >>> from sdk._wire.canonical import canonical_item_parts
+    >>> encode_rows([("c", 'k"\u00e9', '{"a":1}', 5, 1)]) == [
+    ...     canonical_item_parts("c", 'k"\u00e9', '{"a":1}', 5, True)]
+    True
+    """
+    encoded = []
+    head_collection = head = ""
+    for collection, key, data, updated_at, deleted in rows:
+        if collection != head_collection or not head:
+            head, head_collection = _item_head(collection), collection
+        encoded.append(
+            (
+                f'{head}{data},"deleted":{_JSON_BOOL[deleted]},"key":{_quote(key)},'
+                f'"updatedAt":{updated_at:d}}}'
+            ).encode()
+        )
+    return encoded
 
 
 def items_checksum(digests: list[bytes]) -> str:
