@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from sqlite_utils import Database
 
-from sdk import LegacyTable, LocalStore, SnapshotError, import_legacy
+from sdk import CorruptStoreError, LegacyTable, LocalStore, SnapshotError, import_legacy
 from sdk._store import changes
 from sdk._store.schema import MIGRATIONS, STORE_APPLICATION_ID, STORE_FORMAT
 from sdk._store.snapshot import Snapshot, open_snapshot, take_snapshot
@@ -324,3 +324,28 @@ def test_a_snapshot_taken_by_an_earlier_sdk_is_still_verified_by_its_body_checks
     damaged = r"batch 0 .*damaged"
     with open_snapshot(s.path) as reopened, pytest.raises(SnapshotError, match=damaged):
         list(reopened.iter_batches([0]))
+
+
+def test_damage_quick_check_finds_is_named_before_the_invalid_items_the_scan_finds(tmp_path):
+    # quick_check runs beside the scan now; its verdict must still come first.
+    path = tmp_path / "store.sqlite3"
+    with LocalStore(path) as store:
+        sdk_rows(store)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(
+        "INSERT INTO items (collection, key, data, updated_at, deleted)"
+        " VALUES ('cards', 'array', '[1]', 1, 0)"
+    )
+    (root,) = conn.execute(
+        "SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_store_meta_1'"
+    ).fetchone()
+    (size,) = conn.execute("PRAGMA page_size").fetchone()
+    conn.execute("PRAGMA journal_mode=DELETE")  # everything in the main file
+    conn.close()
+    with pytest.raises(SnapshotError, match="'cards'/'array'"):
+        take_snapshot(path, tmp_path / "a", batch_size=10, max_batch_bytes=1 << 20)
+    data = bytearray(path.read_bytes())
+    data[(root - 1) * size : root * size] = bytes(size)  # an index detection never reads
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptStoreError, match="is damaged"):
+        take_snapshot(path, tmp_path / "b", batch_size=10, max_batch_bytes=1 << 20)
