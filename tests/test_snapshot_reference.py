@@ -349,3 +349,25 @@ def test_damage_quick_check_finds_is_named_before_the_invalid_items_the_scan_fin
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptStoreError, match="is damaged"):
         take_snapshot(path, tmp_path / "b", batch_size=10, max_batch_bytes=1 << 20)
+
+
+def test_bytes_that_are_not_utf8_in_an_earlier_sdks_store_are_listed_at_upgrade_and_named(
+    tmp_path,
+):
+    path = tmp_path / "store.sqlite3"
+    old_store(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(
+        "INSERT INTO items (collection, key, data, updated_at, deleted, digest) VALUES"
+        " ('cards', CAST(x'6b2dff' AS TEXT), CAST(x'7b2276223a22ff227d' AS TEXT), 1, 0,"
+        " zeroblob(32))"
+    )
+    conn.close()
+    LocalStore(path).close()  # the upgrade must not fail on them
+    conn = sqlite3.connect(path)
+    conn.text_factory = bytes
+    listed = conn.execute("SELECT collection, key FROM items_unchecked").fetchall()
+    conn.close()
+    assert sorted(listed) == [(b"cards", b"k-\xff"), (b"cards", b"spaced")]
+    with pytest.raises(SnapshotError, match="holds text that is not valid UTF-8"):
+        take_snapshot(path, tmp_path / "snaps", batch_size=10, max_batch_bytes=1 << 20)

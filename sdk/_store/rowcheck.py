@@ -32,7 +32,15 @@ from typing import Any
 from sdk import _fastjson as fastjson
 from sdk._wire.canonical import KEY_PATTERN, NAME_PATTERN, canonical_item_parts
 
-__all__ = ["UNCHECKED_TABLE", "check_row", "check_store", "mark", "row_digest", "vouches"]
+__all__ = [
+    "UNCHECKED_TABLE",
+    "check_row",
+    "check_store",
+    "lenient_text",
+    "mark",
+    "row_digest",
+    "vouches",
+]
 
 _NAME_RE = re.compile(NAME_PATTERN)
 _KEY_RE = re.compile(KEY_PATTERN)
@@ -127,24 +135,65 @@ def check_store(conn: sqlite3.Connection) -> None:
     [('array',), ('spaced',)]
     """
     conn.execute(UNCHECKED_TABLE)
-    # Text is passed as bytes and decoded leniently here: a row holding bytes that are
-    # not UTF-8 must be listed, not fail the store's upgrade.
-    conn.create_function("sdk_vouches", 6, _vouches_for_sql)
+    factory = conn.text_factory
     try:
-        conn.execute(
-            "INSERT OR IGNORE INTO items_unchecked SELECT collection, key FROM items"
-            " WHERE digest IS NOT NULL AND NOT sdk_vouches(CAST(collection AS BLOB),"
-            " CAST(key AS BLOB), CAST(data AS BLOB), updated_at, deleted, digest)"
-        )
+        try:
+            listed = _unvouched(conn)
+        except sqlite3.OperationalError as exc:
+            if "Could not decode" not in str(exc):  # sqlite3's "Could not decode to UTF-8"
+                raise
+            # Bytes that are not UTF-8 (damage): such a row is listed, not fatal to the
+            # store's upgrade. Only then is every value decoded in Python.
+            conn.text_factory = lenient_text
+            listed = _unvouched(conn)
     finally:
-        conn.create_function("sdk_vouches", 6, None)
+        conn.text_factory = factory
+    # Keys go back as the bytes they were read from, whatever damage they hold.
+    conn.executemany(
+        "INSERT OR IGNORE INTO items_unchecked VALUES (CAST(? AS TEXT), CAST(? AS TEXT))",
+        [
+            (c.encode("utf-8", "surrogateescape"), k.encode("utf-8", "surrogateescape"))
+            for c, k in listed
+        ],
+    )
 
 
-def _vouches_for_sql(
-    collection: bytes, key: bytes, data: bytes, updated_at: object, deleted: object, digest: object
-) -> bool:
-    def text(raw: object) -> object:
-        return raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
+def _unvouched(conn: sqlite3.Connection) -> list[tuple[Any, Any]]:
+    """The keys of the rows with a digest the store cannot vouch for. The common row
+    (text fields, data already canonical JSON) costs one orjson round trip and a hash."""
+    listed = []
+    sha256, canonical_text = hashlib.sha256, fastjson.canonical_text
+    name_ok, key_ok = _NAME_RE.fullmatch, _KEY_RE.fullmatch
+    for row in conn.execute(
+        "SELECT collection, key, data, updated_at, deleted, digest FROM items"
+        " WHERE digest IS NOT NULL"
+    ):
+        collection, key, data, updated_at, deleted, digest = row
+        if (
+            type(collection) is str
+            and type(key) is str
+            and type(data) is str
+            and type(updated_at) is int
+            and updated_at >= 0
+            and (deleted == 0 or deleted == 1)
+            and type(deleted) is int
+            and name_ok(collection)
+            and key_ok(key)
+            and data[:1] == "{"
+        ):
+            try:
+                if canonical_text(data) == data:  # an object, canonical already
+                    item = canonical_item_parts(collection, key, data, updated_at, bool(deleted))
+                    if sha256(item).digest() == digest:
+                        continue
+            except (ValueError, TypeError, RecursionError):
+                pass  # the full check below decides
+        if not vouches(row[:5], digest):
+            listed.append((collection, key))
+    return listed
 
-    row = (text(collection), text(key), text(data), updated_at, deleted)
-    return vouches(row, digest)
+
+def lenient_text(raw: bytes) -> str:
+    """A text factory for sqlite3: bytes that are not UTF-8 become lone surrogates, so a
+    check can name the row instead of the cursor failing on the whole query."""
+    return raw.decode("utf-8", "surrogateescape")

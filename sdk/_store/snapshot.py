@@ -52,6 +52,7 @@ from sdk._errors import (
 from sdk._failpoints import failpoint
 from sdk._store.detect import LocalState, inspect_store
 from sdk._store.local import check_item, item_label
+from sdk._store.rowcheck import lenient_text
 from sdk._store.schema import (
     STORE_APPLICATION_ID,
     STORE_FORMAT,
@@ -66,7 +67,6 @@ from sdk._store.snapshot_plan import (
     PLAN_SCHEMA,
     encode_rows,
     items_checksum,
-    lenient_text,
     scan_items,
 )
 from sdk._wire.canonical import (

@@ -36,7 +36,7 @@ from typing import Any
 from sdk import _fastjson as fastjson
 from sdk._errors import SnapshotError
 from sdk._store.local import item_label
-from sdk._store.rowcheck import check_row
+from sdk._store.rowcheck import check_row, lenient_text
 from sdk._wire.canonical import KEY_PATTERN, batch_body
 
 __all__ = [
@@ -47,7 +47,6 @@ __all__ = [
     "Planner",
     "encode_rows",
     "items_checksum",
-    "lenient_text",
     "scan_items",
 ]
 
@@ -91,12 +90,6 @@ def _scan_sql(conn: sqlite3.Connection) -> str:
         return _SCAN
     listed = conn.execute("SELECT 1 FROM items_unchecked LIMIT 1").fetchone()
     return _SCAN_UNLISTED if listed else _SCAN_STORED
-
-
-def lenient_text(raw: bytes) -> str:
-    """Bytes that are not UTF-8 become lone surrogates, so validation can name the item
-    instead of the cursor failing on the whole scan."""
-    return raw.decode("utf-8", "surrogateescape")
 
 
 def encode_rows(rows: Iterable[tuple[Any, ...]]) -> list[bytes]:
