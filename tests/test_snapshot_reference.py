@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -371,3 +372,17 @@ def test_bytes_that_are_not_utf8_in_an_earlier_sdks_store_are_listed_at_upgrade_
     assert sorted(listed) == [(b"cards", b"k-\xff"), (b"cards", b"spaced")]
     with pytest.raises(SnapshotError, match="holds text that is not valid UTF-8"):
         take_snapshot(path, tmp_path / "snaps", batch_size=10, max_batch_bytes=1 << 20)
+
+
+def test_without_a_thread_to_spare_quick_check_runs_in_line_with_the_same_verdicts(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "store.sqlite3"
+    with LocalStore(path) as store:
+        sdk_rows(store)
+
+    def refuse(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    assert_like_reference(path, tmp_path)

@@ -669,7 +669,10 @@ class _QuickCheck(threading.Thread):
         self._path = path
         self._problems: list[str] = []
         self._error: BaseException | None = None
-        self.start()
+        try:
+            self.start()
+        except RuntimeError:  # no thread to be had: check here and now instead
+            self.run()
 
     def run(self) -> None:
         try:
@@ -690,7 +693,8 @@ class _QuickCheck(threading.Thread):
 
     def verdict(self, source: Path) -> None:
         """Wait for the check; raise what it found."""
-        self.join()
+        if self.ident is not None:  # it did run on a thread of its own
+            self.join()
         if self._error is not None:
             raise self._error
         if self._problems:
