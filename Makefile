@@ -46,6 +46,7 @@ wire: $(TEST_STAMP)
 # `make bench HUGE=1` adds 10,000,000 items to the memory benchmark (long).
 bench: $(TEST_STAMP)
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/snapshot.py
 	$(BIN)/python bench/sync.py
 	$(BIN)/python bench/attachments.py
 	$(BIN)/python bench/memory.py $(if $(HUGE),--huge)

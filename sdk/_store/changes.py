@@ -34,7 +34,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from sdk._store import attachments as _attachments
-from sdk._wire.canonical import canonical_item_parts, multiset_add, multiset_checksum, multiset_hex
+from sdk._store.rowcheck import check_row, mark, row_digest, vouches
+from sdk._wire.canonical import multiset_add, multiset_checksum, multiset_hex
 
 __all__ = [
     "acknowledge",
@@ -160,8 +161,10 @@ def repair(conn: sqlite3.Connection) -> int:
     """Settle what the triggers recorded of writes made around the SDK: digests that left
     are taken out of the running checksum, rows without a digest get one (their data
     rewritten canonically, the same JSON), a row deleted outright comes back as a pending
-    tombstone. Costs O(such writes); returns how many records (digests taken out, rows
-    given one) it settled.
+    tombstone. A row that is no valid item still gets a digest (the checksum counts it),
+    and is listed in ``items_unchecked`` (the snapshot then checks it, and names it).
+    Costs O(such writes); returns how many records (digests taken out, rows given one)
+    it settled.
 
     >>> conn = sqlite3.connect(":memory:", isolation_level=None)
     >>> create_tables(conn)
@@ -191,16 +194,24 @@ def repair(conn: sqlite3.Connection) -> int:
             tomb_digest = row_digest(*tomb)
             delta = multiset_add(delta, tomb_digest)
             conn.execute(_INSERT_TOMBSTONE, (*tomb, tomb_digest, base, next_counter(conn)))
+            mark(conn, collection, key, vouched=not isinstance(check_row(tomb), str))
             _attachments.track(conn, [tomb[:3]])
         settled += 1
-    for collection, key, data, updated_at, deleted in conn.execute(
+    for row in conn.execute(
         "SELECT collection, key, data, updated_at, deleted FROM items WHERE digest IS NULL"
     ).fetchall():
-        try:
-            text = _fastjson.canonical_text(data)  # a tombstone may keep its data too
-        except (TypeError, ValueError, RecursionError):
-            text = data  # not JSON: the snapshot names it; the digest still counts it
-        digest = row_digest(collection, key, text, updated_at, deleted)
+        collection, key, data, updated_at, deleted = row
+        checked = check_row(row)
+        if isinstance(checked, str):
+            try:
+                text = _fastjson.canonical_text(data)  # a tombstone may keep its data too
+            except (TypeError, ValueError, RecursionError):
+                text = data  # not JSON: the snapshot names it; the digest still counts it
+            digest = row_digest(collection, key, text, updated_at, deleted)
+        else:
+            text = data if checked[1] is None else checked[1]
+            digest = hashlib.sha256(checked[0]).digest()
+        mark(conn, collection, key, vouched=not isinstance(checked, str))
         delta = multiset_add(delta, digest)
         conn.execute(
             "UPDATE items SET data = ?, digest = ? WHERE collection = ? AND key = ?",
@@ -216,13 +227,6 @@ def _now_ms() -> int:
     import time
 
     return time.time_ns() // 1_000_000
-
-
-def row_digest(collection: str, key: str, data: str, updated_at: int, deleted: int) -> bytes:
-    """The item digest of a stored row (its data is canonical JSON already)."""
-    return hashlib.sha256(
-        canonical_item_parts(collection, key, data, updated_at, bool(deleted))
-    ).digest()
 
 
 def meta(conn: sqlite3.Connection, *keys: str) -> dict[str, str]:
@@ -446,7 +450,8 @@ def acknowledge(conn: sqlite3.Connection, acks: Iterable[tuple[str, str, int, in
 def rebuild(conn: sqlite3.Connection) -> int:
     """Recompute every row's digest and the running checksum from the rows themselves
     (O(items)): after damage the SDK could not see (a flipped byte in a digest, a write
-    around it with triggers dropped). Returns the checksum."""
+    around it with triggers dropped). A row given a new digest keeps the store's voucher
+    only if it checks out (``items_unchecked``). Returns the checksum."""
     total = 0
     cursor = conn.execute("SELECT collection, key, data, updated_at, deleted, digest FROM items")
     fixes = []
@@ -455,8 +460,14 @@ def rebuild(conn: sqlite3.Connection) -> int:
             digest = row_digest(collection, key, data, updated_at, deleted)
             total = multiset_add(total, digest)
             if digest != stored:
-                fixes.append((digest, collection, key))
-    conn.executemany("UPDATE items SET digest = ? WHERE collection = ? AND key = ?", fixes)
+                fixes.append((digest, collection, key, data, updated_at, deleted))
+    for digest, collection, key, data, updated_at, deleted in fixes:
+        conn.execute(
+            "UPDATE items SET digest = ? WHERE collection = ? AND key = ?",
+            (digest, collection, key),
+        )
+        row = (collection, key, data, updated_at, deleted)
+        mark(conn, collection, key, vouched=vouches(row, digest))
     set_meta(conn, local_checksum=multiset_hex(total))
     return total
 

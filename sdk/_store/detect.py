@@ -248,7 +248,12 @@ def _inspect_ours(
             "release that upgrades it, or contact support",
         )
     if "0003_sync" in applied:
-        damage = _schema_damage(conn, tables, attachments="0004_attachments" in applied)
+        damage = _schema_damage(
+            conn,
+            tables,
+            attachments="0004_attachments" in applied,
+            unchecked="0005_unchecked_rows" in applied,
+        )
         if damage:
             return _corrupt(path, size, damage)
     counts: dict[str, int] = {}
@@ -343,11 +348,19 @@ _ATTACHMENT_COLUMNS = {
     "attachment_chunks": ("id", "blob_id", "idx", "data"),
     "item_blobs": ("collection", "key", "sha256"),
 }
+#: The table of the step (0005) that lists the rows whose digest the store cannot vouch for.
+_UNCHECKED_COLUMNS = {"items_unchecked": ("collection", "key")}
 _TRIGGERS = ("items_deleted_around", "items_inserted_around", "items_updated_around")
 
 
-def _schema_damage(conn: sqlite3.Connection, tables: set[str], *, attachments: bool) -> str | None:
-    expected = {**_COLUMNS, **(_ATTACHMENT_COLUMNS if attachments else {})}
+def _schema_damage(
+    conn: sqlite3.Connection, tables: set[str], *, attachments: bool, unchecked: bool
+) -> str | None:
+    expected = {
+        **_COLUMNS,
+        **(_ATTACHMENT_COLUMNS if attachments else {}),
+        **(_UNCHECKED_COLUMNS if unchecked else {}),
+    }
     for table, columns in expected.items():
         if table not in tables:
             return f"its {table} table is missing"

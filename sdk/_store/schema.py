@@ -4,7 +4,7 @@ read as ours. Detection (:mod:`sdk._store.detect`) judges a file by these withou
 opening it as a store; :class:`~sdk._store.local.LocalStore` creates and checks them.
 
     >>> SCHEMA_STEPS[-1], STORE_APPLICATION_ID == 0x4F4D5331
-    ('0004_attachments', True)
+    ('0005_unchecked_rows', True)
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from sqlite_utils import Database, Migrations
 from sdk._errors import CorruptStoreError, StoreBusyError, StoreError
 from sdk._store import attachments as _attachments
 from sdk._store import changes as _changes
+from sdk._store import rowcheck as _rowcheck
 
 __all__ = [
     "CURRENT_DATA_VERSION",
@@ -79,9 +80,20 @@ def _add_attachments(db: Database) -> None:
     _attachments.create_tables(db.conn)
 
 
+@MIGRATIONS(name="0005_unchecked_rows")
+def _list_unchecked_rows(db: Database) -> None:
+    _rowcheck.check_store(db.conn)
+
+
 #: Every schema step this SDK knows, oldest first. A store that recorded a step not in
 #: this list was written by a newer SDK.
-SCHEMA_STEPS = ("0001_store_meta", "0002_items", "0003_sync", "0004_attachments")
+SCHEMA_STEPS = (
+    "0001_store_meta",
+    "0002_items",
+    "0003_sync",
+    "0004_attachments",
+    "0005_unchecked_rows",
+)
 
 
 @dataclass(frozen=True)

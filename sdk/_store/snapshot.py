@@ -35,13 +35,11 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from json.encoder import encode_basestring as _quote  # what the contract quotes with
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from sdk import _fastjson as fastjson
 from sdk._errors import (
     ConfigurationError,
     CorruptStoreError,
@@ -54,6 +52,7 @@ from sdk._errors import (
 from sdk._failpoints import failpoint
 from sdk._store.detect import LocalState, inspect_store
 from sdk._store.local import check_item, item_label
+from sdk._store.rowcheck import lenient_text
 from sdk._store.schema import (
     STORE_APPLICATION_ID,
     STORE_FORMAT,
@@ -61,9 +60,16 @@ from sdk._store.schema import (
     connect_read_only,
     store_error,
 )
+from sdk._store.snapshot_plan import (
+    ENVELOPE,
+    MAX_PROBLEMS,
+    PAGE,
+    PLAN_SCHEMA,
+    encode_rows,
+    items_checksum,
+    scan_items,
+)
 from sdk._wire.canonical import (
-    KEY_PATTERN,
-    NAME_PATTERN,
     Item,
     batch_body,
     batch_checksum,
@@ -76,25 +82,13 @@ __all__ = ["PreparedBatch", "Snapshot", "open_snapshot", "take_snapshot"]
 
 logger = logging.getLogger(__name__)
 
-SNAPSHOT_FORMAT = "offline-migrate-snapshot"
-_NAME_RE = re.compile(NAME_PATTERN)
-_KEY_RE = re.compile(KEY_PATTERN)
+#: Each batch of the plan records the SHA-256 over its items' digests.
+SNAPSHOT_FORMAT = "offline-migrate-snapshot-2"
+#: Snapshots taken by earlier SDKs: each batch records the SHA-256 of its body.
+_BODY_CHECKSUM_FORMAT = "offline-migrate-snapshot"
 _SNAPSHOT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-_ENVELOPE = len(batch_body([]))  # b'{"items":[]}'
-_MAX_PROBLEMS = 5  # invalid items named in the error
-_PAGE = 1000  # rows read per lock hold when scanning a snapshot, or written in one call
-_JSON_BOOL = ("false", "true")  # the JSON of the deleted column (0 or 1)
 
-_SCHEMA = (
-    """CREATE TABLE snapshot_batches (
-    seq INTEGER PRIMARY KEY,
-    first_collection TEXT NOT NULL,
-    first_key TEXT NOT NULL,
-    item_count INTEGER NOT NULL,
-    byte_count INTEGER NOT NULL,
-    checksum TEXT NOT NULL
-)""",
-    """CREATE TABLE snapshot_info (
+_INFO_SCHEMA = """CREATE TABLE snapshot_info (
     format TEXT NOT NULL,
     dataset_checksum TEXT NOT NULL,
     item_count INTEGER NOT NULL,
@@ -106,8 +100,7 @@ _SCHEMA = (
     device_id TEXT NOT NULL,
     source_path TEXT NOT NULL,
     created_at INTEGER NOT NULL
-)""",
-)
+)"""
 _INFO_COLUMNS = (
     "dataset_checksum, item_count, collections, batch_size, max_batch_bytes, batch_count,"
     " data_version, device_id, source_path, created_at"
@@ -141,6 +134,7 @@ class _Info:
     device_id: str
     source_path: str
     created_at: int
+    format: str = field(default=SNAPSHOT_FORMAT, kw_only=True)
 
 
 class Snapshot:
@@ -258,7 +252,6 @@ class Snapshot:
                             f"the snapshot {self._path} is gone; take a new snapshot"
                         )
                     self._conn = connect_read_only(self._path)
-                    self._conn.text_factory = _lenient_text
                 yield self._conn
             except sqlite3.Error as exc:
                 raise SnapshotError(
@@ -322,18 +315,26 @@ class Snapshot:
                     "damaged: delete it and take a new one"
                 )
             first_collection, first_key, count, byte_count, checksum = plan
-            rows = conn.execute(
+            rows = _rows(
+                conn,
                 f"{_ITEMS} WHERE (collection, key) >= (?, ?) ORDER BY collection, key LIMIT ?",
                 (first_collection, first_key, count),
-            ).fetchall()
+            )
         try:
             # The snapshot's data is canonical JSON (normalized when it was taken), so
             # the item is formatted around it: no parse and re-encode per row.
-            body = batch_body(canonical_item_parts(c, k, d, u, bool(x)) for c, k, d, u, x in rows)
-        except (ValueError, TypeError, RecursionError) as exc:
+            encoded = encode_rows(rows)
+        except (KeyError, ValueError, TypeError) as exc:
             raise self._tampered(seq, f"an item cannot be encoded ({exc})") from exc
+        body = batch_body(encoded)
         actual = batch_checksum(body)
-        if len(rows) != count or len(body) != byte_count or actual != checksum:
+        if self._info.format == SNAPSHOT_FORMAT:
+            # Every item hashed again: what the dataset checksum holds is what is sent.
+            sha256 = hashlib.sha256
+            planned = items_checksum([sha256(item).digest() for item in encoded])
+        else:
+            planned = actual
+        if len(rows) != count or len(body) != byte_count or planned != checksum:
             raise self._tampered(seq, "its content does not match the plan's checksum")
         return PreparedBatch(seq=seq, body=body, checksum=actual, item_count=count)
 
@@ -360,10 +361,9 @@ class Snapshot:
         found: dict[tuple[str, str], Item] = {}
         with self._reading() as conn:
             for collection, key in keys:
-                row = conn.execute(
-                    f"{_ITEMS} WHERE collection = ? AND key = ?", (collection, key)
-                ).fetchone()
-                if row is not None:
+                for row in _rows(
+                    conn, f"{_ITEMS} WHERE collection = ? AND key = ?", (collection, key)
+                ):
                     found[(collection, key)] = _item(row)
         return found
 
@@ -410,7 +410,7 @@ class Snapshot:
             else:
                 hasher.update(item_digest(override))
         if pending:
-            names = ", ".join(item_label(*key) for key in sorted(pending)[:_MAX_PROBLEMS])
+            names = ", ".join(item_label(*key) for key in sorted(pending)[:MAX_PROBLEMS])
             raise ConfigurationError(
                 f"{len(pending)} override(s) name items that are not in the snapshot "
                 f"({names}); only the snapshot's items are migrated"
@@ -422,13 +422,14 @@ class Snapshot:
         after: tuple[Any, ...] = ("", "")
         while True:
             with self._reading() as conn:
-                rows = conn.execute(
+                rows = _rows(
+                    conn,
                     f"{_ITEMS} WHERE (collection, key) > (?, ?) ORDER BY collection, key"
-                    f" LIMIT {_PAGE}",
+                    f" LIMIT {PAGE}",
                     after,
-                ).fetchall()
+                )
             yield from rows
-            if len(rows) < _PAGE:
+            if len(rows) < PAGE:
                 return
             after = rows[-1][:2]
 
@@ -465,10 +466,20 @@ class Snapshot:
         )
 
 
-def _lenient_text(raw: bytes) -> str:
-    # Bytes that are not UTF-8 become lone surrogates, so validation can name the item
-    # instead of the cursor failing on the whole scan.
-    return raw.decode("utf-8", "surrogateescape")
+def _rows(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """The query's rows, text decoded by sqlite3 in C; only when some bytes are not UTF-8
+    (damage) again, decoded leniently, so the damage is named as the item's and not as an
+    unreadable file (a Python text factory on every value cost a fifth of a batch)."""
+    try:
+        return conn.execute(sql, args).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "Could not decode" not in str(exc):  # sqlite3's "Could not decode to UTF-8 ..."
+            raise
+    conn.text_factory = lenient_text
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.text_factory = str
 
 
 def _item(row: tuple[Any, ...]) -> Item:
@@ -511,9 +522,9 @@ def take_snapshot(
     """
     if type(batch_size) is not int or batch_size < 1:
         raise ConfigurationError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if type(max_batch_bytes) is not int or max_batch_bytes <= _ENVELOPE:
+    if type(max_batch_bytes) is not int or max_batch_bytes <= ENVELOPE:
         raise ConfigurationError(
-            f"max_batch_bytes must be an integer > {_ENVELOPE} (the empty body), "
+            f"max_batch_bytes must be an integer > {ENVELOPE} (the empty body), "
             f"got {max_batch_bytes!r}"
         )
     if name is None:
@@ -578,11 +589,11 @@ def open_snapshot(path: str | os.PathLike[str]) -> Snapshot:
     try:
         row = conn.execute(f"SELECT format, {_INFO_COLUMNS} FROM snapshot_info").fetchall()
         (batches,) = conn.execute("SELECT count(*) FROM snapshot_batches").fetchone()
-        if len(row) != 1 or row[0][0] != SNAPSHOT_FORMAT:
+        if len(row) != 1 or row[0][0] not in (SNAPSHOT_FORMAT, _BODY_CHECKSUM_FORMAT):
             raise ValueError("snapshot_info must hold exactly one row of our format")
         values = list(row[0][1:])
         values[2] = json.loads(values[2])  # collections
-        info = _Info(*values)
+        info = _Info(*values, format=row[0][0])
         if batches != info.batch_count:
             raise ValueError(f"the plan has {batches} batches, the info says {info.batch_count}")
     except (sqlite3.Error, ValueError, TypeError) as exc:
@@ -615,7 +626,7 @@ def _build(source: Path, partial: Path, batch_size: int, max_batch_bytes: int) -
         finally:
             src.close()
         try:
-            return _check_and_plan(dst, source, batch_size, max_batch_bytes)
+            return _check_and_plan(dst, partial, source, batch_size, max_batch_bytes)
         except sqlite3.Error as exc:
             error = store_error(exc, partial, "write the snapshot")
             if isinstance(error, CorruptStoreError) or _schema_error(exc):
@@ -648,8 +659,54 @@ def _schema_error(exc: sqlite3.Error) -> bool:
     return str(exc).startswith("no such ")
 
 
+class _QuickCheck(threading.Thread):
+    """``PRAGMA quick_check`` of the copy on a connection of its own, while the scan
+    reads it on another: SQLite releases the GIL for the whole check, so the two overlap
+    where there is a second core. Its verdict comes first, as if it had run first."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(name="snapshot-quick-check", daemon=True)
+        self._path = path
+        self._problems: list[str] = []
+        self._error: BaseException | None = None
+        try:
+            self.start()
+        except RuntimeError:  # no thread to be had: check here and now instead
+            self.run()
+
+    def run(self) -> None:
+        try:
+            conn = connect_read_only(self._path)
+            try:
+                self._problems = [
+                    msg
+                    for (msg,) in conn.execute("PRAGMA quick_check(5)")
+                    # A broken CHECK or NOT NULL is a bad item, not a damaged file: the
+                    # item validation names it.
+                    if msg != "ok"
+                    and not msg.startswith(("CHECK constraint failed", "NULL value in"))
+                ]
+            finally:
+                conn.close()
+        except BaseException as exc:  # raised in the snapshot's thread, by verdict()
+            self._error = exc
+
+    def verdict(self, source: Path) -> None:
+        """Wait for the check; raise what it found."""
+        if self.ident is not None:  # it did run on a thread of its own
+            self.join()
+        if self._error is not None:
+            raise self._error
+        if self._problems:
+            raise CorruptStoreError(
+                f"the store {source} is damaged ({'; '.join(self._problems)}); restore it "
+                "from a backup, or move it away to start afresh",
+                path=str(source),
+            )
+
+
 def _check_and_plan(
-    conn: sqlite3.Connection, source: Path, batch_size: int, max_batch_bytes: int
+    conn: sqlite3.Connection, path: Path, source: Path, batch_size: int, max_batch_bytes: int
 ) -> _Info:
     conn.execute("PRAGMA journal_mode=DELETE")
     # The copy is no store: the store's triggers (which record writes made around the
@@ -658,19 +715,26 @@ def _check_and_plan(
         "SELECT name FROM sqlite_master WHERE type = 'trigger'"
     ).fetchall():
         conn.execute(f'DROP TRIGGER "{trigger}"')
-    problems = [
-        msg
-        for (msg,) in conn.execute("PRAGMA quick_check(5)")
-        # A broken CHECK or NOT NULL is a bad item, not a damaged file: the item
-        # validation below names it.
-        if msg != "ok" and not msg.startswith(("CHECK constraint failed", "NULL value in"))
-    ]
-    if problems:
-        raise CorruptStoreError(
-            f"the store {source} is damaged ({'; '.join(problems)}); restore it from a "
-            "backup, or move it away to start afresh",
-            path=str(source),
-        )
+    check = _QuickCheck(path)
+    try:
+        info = _plan(conn, source, batch_size, max_batch_bytes, check)
+    except BaseException:
+        check.verdict(source)  # damage explains any other failure: it is named first
+        raise
+    conn.execute("COMMIT")
+    return info
+
+
+def _plan(
+    conn: sqlite3.Connection,
+    source: Path,
+    batch_size: int,
+    max_batch_bytes: int,
+    check: _QuickCheck,
+) -> _Info:
+    """Everything :func:`_check_and_plan` does while ``check`` runs; the copy is only
+    written in the transaction, and only a row a batch until ``check`` is done (a reader
+    keeps a writer from spilling its cache into the file)."""
     (app_id,) = conn.execute("PRAGMA application_id").fetchone()
     meta = dict(conn.execute("SELECT key, value FROM store_meta").fetchall())
     if app_id != STORE_APPLICATION_ID or meta.get("format") != STORE_FORMAT:
@@ -683,17 +747,16 @@ def _check_and_plan(
             path=str(source),
         )
     conn.execute("BEGIN")
-    for statement in _SCHEMA:
+    for statement in (_INFO_SCHEMA, *PLAN_SCHEMA):
         conn.execute(statement)
-    conn.execute("CREATE TEMP TABLE normalized (collection TEXT, key TEXT, data TEXT)")
-    planner, invalid, problems = _scan_items(conn, batch_size, max_batch_bytes)
+    planner, invalid, problems = scan_items(conn, batch_size, max_batch_bytes)
+    check.verdict(source)
     if invalid:
         raise SnapshotError(
             f"{invalid} item(s) in {source} cannot be migrated: {'; '.join(problems)}; "
             "rewrite them with valid data (LocalStore.put) or delete them, then take the "
             "snapshot again"
         )
-    planner.finish()
     # Data written by the store is canonical already; anything else (a row written
     # around the store) is rewritten in the copy, so batches can be built without
     # parsing and still match the digests computed here.
@@ -729,210 +792,7 @@ def _check_and_plan(
             info.created_at,
         ),
     )
-    conn.execute("COMMIT")
     return info
-
-
-def _scan_items(
-    conn: sqlite3.Connection, batch_size: int, max_batch_bytes: int
-) -> tuple[_Planner, int, list[str]]:
-    """Check, encode and plan every item row in ``(collection, key)`` order; rows whose
-    data is not canonical JSON are noted in ``temp.normalized``. Returns the planner, the
-    number of invalid rows and the first of their problems.
-
-    sqlite3 decodes text itself (in C) unless told otherwise, and fails the scan on bytes
-    that are not UTF-8. Only then is the scan redone, decoding such bytes leniently so that
-    the item is named: a Python text factory on every value costs about 5% of a snapshot.
-    """
-    conn.execute("SAVEPOINT scan")
-    try:
-        scan = _scan_rows(conn, batch_size, max_batch_bytes)
-    except sqlite3.OperationalError as exc:
-        if "Could not decode" not in str(exc):  # sqlite3's "Could not decode to UTF-8 ..."
-            raise
-        conn.execute("ROLLBACK TO scan")
-        conn.text_factory = _lenient_text
-        scan = _scan_rows(conn, batch_size, max_batch_bytes)
-    conn.execute("RELEASE scan")
-    return scan
-
-
-def _scan_rows(
-    conn: sqlite3.Connection, batch_size: int, max_batch_bytes: int
-) -> tuple[_Planner, int, list[str]]:
-    """One pass of :func:`_scan_items` with the connection's text factory.
-
-    The common row (a collection already seen, fields of the right types, data that parses
-    to an object and encodes) is encoded right here, with the hot functions bound to local
-    names. Any other row goes through :func:`_encode_row`, which gives the same answer for
-    a valid row and says what is wrong with an invalid one; it is also what checks each
-    collection name, on its first row.
-    """
-    planner = _Planner(conn, batch_size, max_batch_bytes)
-    add = planner.add
-    heads: dict[str, str] = {}  # collection checked by _encode_row -> its _item_head
-    canonical_text, key_ok = fastjson.canonical_text, _KEY_RE.fullmatch
-    normalized_rows: list[tuple[str, str, str]] = []  # for temp.normalized, a page at a time
-    problems: list[str] = []
-    invalid = 0
-    for row in conn.execute(f"{_ITEMS} ORDER BY collection, key"):
-        collection, key, data, updated_at, deleted = row
-        encoded: bytes | None = None
-        head = heads.get(collection)
-        if (
-            head is not None
-            and type(key) is str
-            and key_ok(key)
-            and type(updated_at) is int
-            and updated_at >= 0
-            and type(deleted) is int
-            and (deleted == 0 or deleted == 1)
-            and type(data) is str
-        ):
-            try:
-                text = canonical_text(data)
-                if text[0] == "{":  # an object: nothing else prints so
-                    encoded = (
-                        f'{head}{text},"deleted":{_JSON_BOOL[deleted]},"key":{_quote(key)},'
-                        f'"updatedAt":{updated_at}}}'
-                    ).encode()
-                    normalized = None if text == data else text
-            except (ValueError, TypeError, RecursionError):
-                pass  # _encode_row names the problem
-        if encoded is None:
-            result = _encode_row(row)
-            if isinstance(result, str):
-                invalid += 1
-                if len(problems) < _MAX_PROBLEMS:
-                    problems.append(f"{item_label(collection, key)}: {result}")
-                continue
-            encoded, normalized = result
-            if collection not in heads:
-                heads[collection] = _item_head(collection)
-        if not invalid:  # once an item is bad the snapshot fails: stop planning
-            add(collection, key, encoded)
-            if normalized is not None:
-                normalized_rows.append((collection, key, normalized))
-                if len(normalized_rows) == _PAGE:
-                    _save_normalized(conn, normalized_rows)
-    _save_normalized(conn, normalized_rows)
-    return planner, invalid, problems
-
-
-def _save_normalized(conn: sqlite3.Connection, rows: list[tuple[str, str, str]]) -> None:
-    """Move rows whose data is to be rewritten into ``temp.normalized``, in one call."""
-    conn.executemany("INSERT INTO temp.normalized VALUES (?, ?, ?)", rows)
-    rows.clear()
-
-
-def _item_head(collection: str) -> str:
-    """The canonical item's text before its data, for a valid collection name; the rest
-    follows as in :func:`~sdk.contract.canonical_item_parts`:
-
-    >>> text = _item_head("cards") + '{},"deleted":true,"key":"k\u00e9","updatedAt":5}'
-    >>> text.encode() == canonical_item_parts("cards", "k\u00e9", "{}", 5, True)
-    True
-    """
-    return f'{{"collection":{_quote(collection)},"data":'
-
-
-def _encode_row(row: tuple[Any, ...]) -> tuple[bytes, str | None] | str:
-    """The canonical bytes of an item row and, when its data text is not canonical JSON,
-    the canonical text to store instead; or what is wrong with the row."""
-    collection, key, data, updated_at, deleted = row
-    if type(collection) is not str or not _NAME_RE.fullmatch(collection):
-        return "invalid collection name"
-    if type(key) is not str or not _KEY_RE.fullmatch(key):
-        return "invalid key"
-    if type(updated_at) is not int or updated_at < 0:
-        return f"updated_at must be an integer >= 0, is {updated_at!r}"
-    if type(deleted) is not int or deleted not in (0, 1):
-        return f"deleted must be 0 or 1, is {deleted!r}"
-    try:
-        value = fastjson.loads(data) if type(data) is str else None
-    except (ValueError, RecursionError):
-        return "data is not valid JSON"
-    if type(value) is not dict:
-        return "data is not a JSON object"
-    try:
-        text = fastjson.canonical(value)
-        canonical = canonical_item_parts(collection, key, text, updated_at, bool(deleted))
-        return canonical, (None if text == data else text)
-    except UnicodeEncodeError:
-        return "holds text that is not valid UTF-8"
-    except (ValueError, TypeError, RecursionError) as exc:
-        return f"data cannot be encoded canonically ({exc})"
-
-
-class _Planner:
-    """Greedy batch planner and streaming checksums; one small object per batch, none
-    per item."""
-
-    def __init__(self, conn: sqlite3.Connection, batch_size: int, max_bytes: int) -> None:
-        self.conn = conn
-        self.batch_size = batch_size
-        self.max_bytes = max_bytes
-        self.dataset = hashlib.sha256()
-        self.collections: dict[str, int] = {}
-        self.item_count = 0
-        self.seq = 0
-        self._first: tuple[str, str] = ("", "")
-        self._count = 0
-        self._size = 0
-        self._body = hashlib.sha256()
-        self._last_collection = ""
-        self._last_key = ""
-
-    def add(self, collection: str, key: str, encoded: bytes) -> None:
-        if self.item_count and (
-            collection < self._last_collection
-            or (collection == self._last_collection and key <= self._last_key)
-        ):
-            # A damaged page can hold a key out of order, which quick_check does not look
-            # at; the batches (and the server) need strictly ascending keys. This is what
-            # integrity_check would report, and _build names the store as damaged.
-            raise sqlite3.DatabaseError(
-                "database disk image is malformed: items out of order at "
-                f"{item_label(collection, key)}"
-            )
-        self._last_collection, self._last_key = collection, key
-        self.dataset.update(hashlib.sha256(encoded).digest())
-        self.collections[collection] = self.collections.get(collection, 0) + 1
-        self.item_count += 1
-        if self._count and (
-            self._count == self.batch_size or self._size + 1 + len(encoded) > self.max_bytes
-        ):
-            self._close()
-        if self._count == 0:
-            if _ENVELOPE + len(encoded) > self.max_bytes:
-                raise SnapshotError(
-                    f"item {item_label(collection, key)} is {len(encoded)} bytes encoded, "
-                    f"too large for a batch of max_batch_bytes={self.max_bytes}; raise "
-                    "max_batch_bytes (within the server's limit) or split the item's data"
-                )
-            self._first = (collection, key)
-            self._body = hashlib.sha256(b'{"items":[')
-            self._body.update(encoded)
-            self._size = _ENVELOPE + len(encoded)
-            self._count = 1
-        else:
-            self._body.update(b",")
-            self._body.update(encoded)
-            self._size += 1 + len(encoded)
-            self._count += 1
-
-    def finish(self) -> None:
-        if self._count:
-            self._close()
-
-    def _close(self) -> None:
-        self._body.update(b"]}")
-        self.conn.execute(
-            "INSERT INTO snapshot_batches VALUES (?, ?, ?, ?, ?, ?)",
-            (self.seq, *self._first, self._count, self._size, self._body.hexdigest()),
-        )
-        self.seq += 1
-        self._count = 0
 
 
 def _fsync(path: Path) -> None:
