@@ -19,6 +19,7 @@ from sqlite_utils import Database
 
 from sdk import CorruptStoreError, LegacyTable, LocalStore, SnapshotError, import_legacy
 from sdk._store import changes
+from sdk._store.rowcheck import check_store
 from sdk._store.schema import MIGRATIONS, STORE_APPLICATION_ID, STORE_FORMAT
 from sdk._store.snapshot import Snapshot, open_snapshot, take_snapshot
 from sdk.contract import batch_body
@@ -246,13 +247,19 @@ def test_a_store_of_the_previous_schema_snapshots_like_the_reference_before_and_
     path = tmp_path / "store.sqlite3"
     old_store(path)
     assert_like_reference(path, tmp_path / "before")
-    LocalStore(path).close()  # the upgrade lists the row it cannot vouch for
-    conn = sqlite3.connect(path)
+    LocalStore(path).close()  # the upgrade vouches for none of the rows already there
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert conn.execute("SELECT value FROM store_meta WHERE key = 'unvouched_rows'").fetchone()
+    assert_like_reference(path, tmp_path / "after")
+
+    # Checked once (rebuild does it, after damage), the store vouches for the others.
+    check_store(conn)
     assert conn.execute("SELECT collection, key FROM items_unchecked").fetchall() == [
         ("cards", "spaced")
     ]
+    assert not conn.execute("SELECT 1 FROM store_meta WHERE key = 'unvouched_rows'").fetchone()
     conn.close()
-    assert_like_reference(path, tmp_path / "after")
+    assert_like_reference(path, tmp_path / "checked")
 
 
 def test_an_invalid_row_an_earlier_sdk_gave_a_digest_is_named_before_and_after_upgrade(
@@ -352,7 +359,7 @@ def test_damage_quick_check_finds_is_named_before_the_invalid_items_the_scan_fin
         take_snapshot(path, tmp_path / "b", batch_size=10, max_batch_bytes=1 << 20)
 
 
-def test_bytes_that_are_not_utf8_in_an_earlier_sdks_store_are_listed_at_upgrade_and_named(
+def test_bytes_that_are_not_utf8_in_an_earlier_sdks_store_are_listed_when_checked_and_named(
     tmp_path,
 ):
     path = tmp_path / "store.sqlite3"
@@ -364,14 +371,17 @@ def test_bytes_that_are_not_utf8_in_an_earlier_sdks_store_are_listed_at_upgrade_
         " zeroblob(32))"
     )
     conn.close()
-    LocalStore(path).close()  # the upgrade must not fail on them
-    conn = sqlite3.connect(path)
+    LocalStore(path).close()  # the upgrade vouches for no row already there
+    with pytest.raises(SnapshotError, match="holds text that is not valid UTF-8"):
+        take_snapshot(path, tmp_path / "snaps", batch_size=10, max_batch_bytes=1 << 20)
+    conn = sqlite3.connect(path, isolation_level=None)
+    check_store(conn)  # must not fail on them either
     conn.text_factory = bytes
     listed = conn.execute("SELECT collection, key FROM items_unchecked").fetchall()
     conn.close()
     assert sorted(listed) == [(b"cards", b"k-\xff"), (b"cards", b"spaced")]
     with pytest.raises(SnapshotError, match="holds text that is not valid UTF-8"):
-        take_snapshot(path, tmp_path / "snaps", batch_size=10, max_batch_bytes=1 << 20)
+        take_snapshot(path, tmp_path / "snaps2", batch_size=10, max_batch_bytes=1 << 20)
 
 
 def test_without_a_thread_to_spare_quick_check_runs_in_line_with_the_same_verdicts(

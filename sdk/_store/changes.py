@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from sdk._store import attachments as _attachments
-from sdk._store.rowcheck import check_row, mark, row_digest, vouches
+from sdk._store.rowcheck import UNVOUCHED_META, check_row, check_store, mark, row_digest, vouches
 from sdk._wire.canonical import multiset_add, multiset_checksum, multiset_hex
 
 __all__ = [
@@ -468,6 +468,8 @@ def rebuild(conn: sqlite3.Connection) -> int:
         )
         row = (collection, key, data, updated_at, deleted)
         mark(conn, collection, key, vouched=vouches(row, digest))
+    if meta(conn, UNVOUCHED_META):  # rows digested before the store vouched: check them
+        check_store(conn)
     set_meta(conn, local_checksum=multiset_hex(total))
     return total
 

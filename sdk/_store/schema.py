@@ -82,7 +82,7 @@ def _add_attachments(db: Database) -> None:
 
 @MIGRATIONS(name="0005_unchecked_rows")
 def _list_unchecked_rows(db: Database) -> None:
-    _rowcheck.check_store(db.conn)
+    _rowcheck.start_vouching(db.conn)
 
 
 #: Every schema step this SDK knows, oldest first. A store that recorded a step not in

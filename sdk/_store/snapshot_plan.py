@@ -36,7 +36,7 @@ from typing import Any
 from sdk import _fastjson as fastjson
 from sdk._errors import SnapshotError
 from sdk._store.local import item_label
-from sdk._store.rowcheck import check_row, lenient_text
+from sdk._store.rowcheck import UNVOUCHED_META, check_row, lenient_text
 from sdk._wire.canonical import KEY_PATTERN, batch_body
 
 __all__ = [
@@ -88,6 +88,8 @@ def _scan_sql(conn: sqlite3.Connection) -> str:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(items)")}
     if "items_unchecked" not in tables or "digest" not in columns:
         return _SCAN
+    if conn.execute("SELECT 1 FROM store_meta WHERE key = ?", [UNVOUCHED_META]).fetchone():
+        return _SCAN  # rows digested before the store vouched for digests
     listed = conn.execute("SELECT 1 FROM items_unchecked LIMIT 1").fetchone()
     return _SCAN_UNLISTED if listed else _SCAN_STORED
 
