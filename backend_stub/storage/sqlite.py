@@ -620,29 +620,33 @@ class SQLiteStorage:
 
     def _tally_batches(self, session_id: str) -> tuple[StagedTally, int, int] | None:
         """The tally, the new items' multiset sum and the count of items staged against a
-        cloud version, from the batches alone; ``None`` when a batch predates the columns,
-        an item was reclassified since it was staged, or the batches are not in key order
-        (:meth:`_tally_items` then hashes the digests in key order from the items)."""
-        rows = self._rows(
-            f"SELECT {_BATCH_TALLY_COLUMNS}, new_count, unchanged_count, conflict_count"
-            " FROM batches WHERE session_id = ? ORDER BY seq",
-            [session_id],
-        )
+        cloud version, from the batches alone, a row at a time (each holds 32 bytes per
+        item); ``None`` when a batch predates the columns, an item was reclassified since
+        it was staged, or the batches are not in key order (:meth:`_tally_items` then
+        hashes the digests in key order from the items)."""
         if self._rows(
             "SELECT 1 FROM session_numbers WHERE session_id = ? AND reclassified", [session_id]
         ):
             return None
+        tally = StagedTally(hashlib.sha256(), Counter())
+        counts = [0, 0, 0]  # new, unchanged, conflict
+        new_sum = 0
         last: tuple[str, str] | None = None
-        for row in rows:
+        cursor = self._conn.execute(
+            f"SELECT {_BATCH_TALLY_COLUMNS}, new_count, unchanged_count, conflict_count"
+            " FROM batches WHERE session_id = ? ORDER BY seq",
+            [session_id],
+        )
+        for row in cursor:
             if row[4] is None or (last is not None and (row[0], row[1]) <= last):
                 return None
             last = (row[2], row[3])
-        tally = StagedTally(hashlib.sha256(), Counter())
-        for row in rows:
             tally.digests.update(row[4])
-        new, unchanged, conflict = (sum(row[i] for row in rows) for i in (6, 7, 8))
+            new_sum += int(row[5], 16)
+            for index in range(3):
+                counts[index] += row[6 + index]
+        new, unchanged, conflict = counts
         tally.outcomes.update({"new": new, "unchanged": unchanged, "conflict": conflict})
-        new_sum = sum(int(row[5], 16) for row in rows)
         return tally, new_sum % _MULTISET, unchanged + conflict
 
     def _tally_items(self, session_id: str) -> tuple[StagedTally, int, int]:
