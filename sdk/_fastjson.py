@@ -45,11 +45,8 @@ __all__ = [
 _UNSET: Any = object()
 _orjson: Any = _UNSET
 _SORT_KEYS = 0  # orjson.OPT_SORT_KEYS, once imported
-_LONG_DIGITS: dict[type, re.Pattern[Any]] = {
-    # [0-9][0-9]{18}, not [0-9]{19}: the engine then skips ahead to the next digit.
-    str: re.compile(r"[0-9][0-9]{18}"),
-    bytes: re.compile(rb"[0-9][0-9]{18}"),
-}
+# [0-9][0-9]{18}, not [0-9]{19}: the engine then skips ahead to the next digit.
+_LONG_DIGITS = re.compile(r"[0-9][0-9]{18}")
 
 
 def _lib() -> Any:
@@ -75,12 +72,31 @@ def loads(text: str | bytes) -> Any:
     lib = _orjson if _orjson is not _UNSET else _lib()
     # orjson reads integers beyond 64 bits as floats: text with a run of 19 digits or
     # more (a number, or not) goes to the stdlib, which keeps them exact.
-    if lib is not None and not _LONG_DIGITS[type(text)].search(text):
+    if lib is not None and not _long_digits(text):
         try:
             return lib.loads(text)
         except lib.JSONDecodeError:
             pass  # the stdlib decides: it may accept (NaN) or refuse with its own message
     return json.loads(text)
+
+
+#: Every byte to a space but digits, which become 9s: a run of 19 digits is then found
+#: by one ``bytes.find`` (about 7 x faster than the regex on a 140 kB page).
+_DIGITS_ONLY = bytes(0x39 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_NINETEEN = b"9" * 19
+
+
+def _long_digits(text: str | bytes) -> bool:
+    """Whether ``text`` holds a run of 19 digits or more.
+
+    >>> _long_digits(b'{"n":1234567890123456789}'), _long_digits(b'{"n":123456789012345678}')
+    (True, False)
+    >>> _long_digits('{"n":1234567890123456789}')
+    True
+    """
+    if isinstance(text, bytes):
+        return text.translate(_DIGITS_ONLY).find(_NINETEEN) >= 0
+    return _LONG_DIGITS.search(text) is not None
 
 
 def canonical(value: Any) -> str:

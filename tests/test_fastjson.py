@@ -328,3 +328,11 @@ def _restrict(value: object) -> object:
     if isinstance(value, float) or (type(value) is int and abs(value) >= 2**63):
         return 0
     return value
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(st.sampled_from("0123456789 -.e\"{}:é"), max_size=60))
+def test_a_run_of_19_digits_is_found_in_bytes_as_in_text(text) -> None:
+    expected = re.search(r"[0-9]{19}", text) is not None
+    assert fastjson._long_digits(text) is expected
+    assert fastjson._long_digits(text.encode()) is expected
