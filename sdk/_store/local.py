@@ -456,6 +456,29 @@ class LocalStore(AttachmentMethods):
     # -- plumbing
 
     @contextlib.contextmanager
+    def _bulk_writes(self) -> Iterator[None]:
+        """Checkpoint the WAL every 10,000 pages (40 MB) instead of every 1,000 while many
+        writes follow each other (a bootstrap's pages): each checkpoint syncs the disk
+        (`bench/sync.py`: about 0.5 us per row pulled). The setting is this connection's
+        alone, and goes back after.
+
+        >>> import tempfile, pathlib
+        >>> with LocalStore(pathlib.Path(tempfile.mkdtemp()) / "s.sqlite3") as store:
+        ...     with store._bulk_writes():
+        ...         during = store._conn.execute("PRAGMA wal_autocheckpoint").fetchone()
+        ...     during, store._conn.execute("PRAGMA wal_autocheckpoint").fetchone()
+        ((10000,), (1000,))
+        """
+        with self._reading("pull changes") as conn:
+            (before,) = conn.execute("PRAGMA wal_autocheckpoint").fetchone()
+            conn.execute("PRAGMA wal_autocheckpoint=10000")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(StoreError), self._reading("pull changes") as conn:
+                conn.execute(f"PRAGMA wal_autocheckpoint={int(before)}")
+
+    @contextlib.contextmanager
     def _reading(self, action: str) -> Iterator[sqlite3.Connection]:
         with self._lock:
             if self._conn is None:

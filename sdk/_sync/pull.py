@@ -56,7 +56,10 @@ def _pull_range(run: _Sync, *, since_key: str, until: int | None) -> _Page:
         )
 
     run.check_stop()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdk-pull") as ahead:
+    with (
+        run.store._bulk_writes(),
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdk-pull") as ahead,
+    ):
         upcoming: Future[dict[str, Any]] = ahead.submit(fetch, _sync_meta(run).get(since_key))
         try:
             while True:
