@@ -36,7 +36,6 @@ __all__ = [
     "canonical",
     "canonical_bytes",
     "canonical_text",
-    "dumps_rows",
     "encode_item",
     "loads",
     "loads_canonical",
@@ -177,20 +176,6 @@ def _small_floats(text: bytes) -> bool:
             return True
         at = text.find(b"e-", at + 2)
     return False
-
-
-def dumps_rows(rows: list[tuple[Any, ...]]) -> bytes:
-    """Rows of strings and integers as one JSON array, by orjson (``RuntimeError`` without
-    it: callers ask :func:`orjson_in_use` first).
-
-    >>> not orjson_in_use() or dumps_rows([("c", 1)]) == b'[["c",1]]'
-    True
-    """
-    lib = _orjson if _orjson is not _UNSET else _lib()
-    if lib is None:
-        raise RuntimeError("orjson is not installed")
-    encoded: bytes = lib.dumps(rows)
-    return encoded
 
 
 def encode_item(item: Item) -> tuple[str, bytes]:

@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from sdk_fixtures import learning_items, make_store
 
 from backend_stub import seed_cloud_items
@@ -236,49 +234,3 @@ def test_an_edit_of_a_migrated_item_made_around_the_sdk_is_pushed_without_a_conf
     cloud = cloud_of(server)
     assert cloud[("flashcards", "item-000004")]["data"] == {"score": 99}
     assert cloud[("lesson_progress", "item-000005")]["deleted"] is True
-
-
-_texts = st.text(st.characters(exclude_categories=("Cs",)), max_size=8)
-
-
-@settings(max_examples=150, deadline=None)
-@given(
-    rows=st.lists(
-        st.tuples(_texts, _texts, _texts, st.integers(0, 2**63 - 1), st.integers(0, 1)),
-        min_size=1,
-        max_size=6,
-        unique_by=lambda row: row[:2],
-    ),
-    seq=st.integers(0, 2**62),
-    with_orjson=st.booleans(),
-)
-def test_synced_rows_are_stored_alike_in_one_statement_and_row_by_row(
-    rows, seq, with_orjson
-) -> None:
-    import sqlite3
-
-    from sdk import _fastjson
-    from sdk._store import changes
-
-    digests = [bytes([i]) * 32 for i in range(len(rows))]
-    stored = {}
-    for one_statement in (True, False):
-        conn = sqlite3.connect(":memory:", isolation_level=None)
-        changes.create_tables(conn)
-        saved = (changes._json_rows_work, _fastjson._orjson)
-        try:
-            changes._json_rows_work = None if one_statement and with_orjson else False
-            if not with_orjson:
-                _fastjson._orjson = None
-            changes.insert_synced(conn, [(row, seq) for row in rows], digests)
-        finally:
-            changes._json_rows_work, _fastjson._orjson = saved
-        stored[one_statement] = conn.execute(
-            "SELECT collection, key, data, updated_at, deleted, digest, base_seq, pending"
-            " FROM items ORDER BY collection, key"
-        ).fetchall()
-        conn.close()
-    assert stored[True] == stored[False]
-    assert sorted(stored[True]) == sorted(
-        (*row, digest, seq, 0) for row, digest in zip(rows, digests, strict=True)
-    )

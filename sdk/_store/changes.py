@@ -33,7 +33,6 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from sdk import _fastjson as fastjson
 from sdk._store import attachments as _attachments
 from sdk._store.rowcheck import UNVOUCHED_META, check_row, check_store, mark, row_digest, vouches
 from sdk._wire.canonical import multiset_add, multiset_checksum, multiset_hex
@@ -398,7 +397,9 @@ def take_remote(
     if digests is not None and not _any_between(conn, low, high):
         # Where the store holds none of these keys (a bootstrap): no lookups, no checks
         # per row, one plain insert.
-        insert_synced(conn, items, digests)
+        conn.executemany(
+            _INSERT_SYNCED, [(*r, d, q) for (r, q), d in zip(items, digests, strict=False)]
+        )
         _attachments.track(conn, (r[:3] for r, _ in items))
         total = sum(int.from_bytes(d, "big") for d in digests)
         _add_checksum(conn, total % (1 << 256))
@@ -541,50 +542,6 @@ _INSERT_SYNCED = (
     "INSERT INTO items (collection, key, data, updated_at, deleted, digest, base_seq, pending)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, 0)"
 )
-_INSERT_SYNCED_JSON = (
-    "INSERT INTO items (collection, key, data, updated_at, deleted, digest, base_seq, pending)"
-    " SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, j.value ->> 4,"
-    " substr(?1, j.key * 32 + 1, 32), j.value ->> 5, 0 FROM json_each(?2) AS j"
-)
-_json_rows_work: bool | None = None  # whether this process's SQLite takes JSON apart
-
-
-def insert_synced(
-    conn: sqlite3.Connection, items: Sequence[tuple[Row, int]], digests: Sequence[bytes]
-) -> None:
-    """Insert rows ``(row, seq)`` in step with the cloud, with their digests, where the
-    store holds none of their keys. In one statement when SQLite can take a JSON array
-    apart (``->>``, 3.38 and later) and orjson writes it: ``executemany`` gives up the GIL
-    for every row and waits to take it back, from the thread fetching the next page
-    meanwhile (a bootstrap's insert ran at about 4 us per row against 2 alone).
-    Elsewhere, row by row.
-
-    >>> conn = sqlite3.connect(":memory:")
-    >>> create_tables(conn)
-    >>> row = ("c", "k\u00e9", '{"a":"\\n"}', 5, 0)
-    >>> insert_synced(conn, [(row, 7)], [row_digest(*row)])
-    >>> conn.execute("SELECT collection, key, data, updated_at, deleted, base_seq, pending"
-    ...              " FROM items").fetchall() == [(*row, 7, 0)]
-    True
-    """
-    global _json_rows_work
-    rows = [(*row, seq) for row, seq in items]
-    if _json_rows_work is None:
-        try:
-            conn.execute("SELECT j.value ->> 0 FROM json_each('[[1]]') AS j").fetchall()
-            _json_rows_work = fastjson.orjson_in_use()
-        except sqlite3.OperationalError:
-            _json_rows_work = False
-    encoded = fastjson.dumps_rows(rows) if _json_rows_work else b"\\u0000"
-    if b"\\u0000" not in encoded:  # SQLite's ->> would end the text at a NUL
-        conn.execute(_INSERT_SYNCED_JSON, [b"".join(digests), encoded])
-    else:
-        conn.executemany(
-            _INSERT_SYNCED,
-            [(*row[:5], digest, row[5]) for row, digest in zip(rows, digests, strict=True)],
-        )
-
-
 _UPSERT_SYNCED = (
     "INSERT INTO items (collection, key, data, updated_at, deleted, digest, base_seq, pending)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT (collection, key) DO UPDATE SET"
