@@ -37,7 +37,17 @@ logger = logging.getLogger(__name__)
 class Checkpointer:
     """Checkpoints the WAL of the database at ``path`` after :meth:`written`, at most once
     per ``interval`` seconds (a checkpoint syncs the files: one per commit would cost more
-    than it saves)."""
+    than it saves).
+
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "db.sqlite"
+    >>> sqlite3.connect(path).execute("PRAGMA journal_mode=WAL").fetchone()
+    ('wal',)
+    >>> checkpoints = Checkpointer(path)
+    >>> checkpoints.written(); checkpoints.wait_idle(timeout=10)
+    True
+    >>> checkpoints.close()
+    """
 
     def __init__(self, path: Path, *, interval: float = 0.25) -> None:
         self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
