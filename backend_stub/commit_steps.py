@@ -46,7 +46,7 @@ from backend_stub.storage.records import SyncHead, VersionConflict
 from backend_stub.storage.running_sha256 import START, RunningSha256
 from sdk.contract import CompleteMigrationResponse, SessionStatus, multiset_add
 
-__all__ = ["STEPS", "flip", "fresh"]
+__all__ = ["STEPS", "flip", "fresh", "restart"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,15 +103,13 @@ def _aside(
     limit: int,
     now: int,
 ) -> CommitRecord:
-    if record.unhashed:
-        return _restart(storage, session, record)
     user = session.user_id
     page = storage.staged_items(session.id, after=record.after, limit=limit)
     keys = [(s.collection, s.key) for s in page]
     rows, generation = storage.cloud.rows_at(user, keys)
     if generation != record.generation:
         logger.info("session %s: the cloud moved under the commit; starting over", session.id)
-        return _restart(storage, session, record)
+        return restart(storage, session, record)
     wanted = [conflict_id(session.id, s.collection, s.key) for s in page if s.outcome == "conflict"]
     decisions = {(c.collection, c.key): c for c in storage.get_conflicts(session.id, wanted)}
     drifted: list[tuple[StagedItem, CloudItem | None]] = []
@@ -179,7 +177,13 @@ def _aside(
     )
 
 
-def _restart(storage: AwsStorage, session: Session, record: CommitRecord) -> CommitRecord:
+def restart(storage: AwsStorage, session: Session, record: CommitRecord) -> CommitRecord:
+    """The record that begins the commit again from fresh reads, sweeping what this
+    attempt set aside.
+
+    >>> restart(storage, session, record).step  # doctest: +SKIP
+    'sweep'
+    """
     again = fresh(storage, session, record)
     return dataclasses.replace(again, part=record.part + 1, step="sweep", stale=record.tx)
 
@@ -192,8 +196,6 @@ def _snapshot(
     limit: int,
     now: int,
 ) -> CommitRecord:
-    if record.unhashed:
-        return _restart(storage, session, record)
     # Before the flip: it reads the staged items, which the working set's TTL removes.
     upload = record.upload or start_snapshot(storage, session.id, session.manifest.item_count)
     parts, (last, skip), ended = snapshot_part(
@@ -210,8 +212,6 @@ def flip(storage: AwsStorage, session: Session, record: CommitRecord, now: int) 
     >>> flip(storage, session, record, now)  # doctest: +SKIP
     True
     """
-    if record.unhashed:
-        return save_record(storage, session.id, _restart(storage, session, record), record.part)
     manifest = session.manifest
     # Every staged item's digest went into the record's hash (a drifted one restarts).
     dataset, count = RunningSha256.load(record.staged_sha or START).hexdigest(), record.done
@@ -264,7 +264,7 @@ def flip(storage: AwsStorage, session: Session, record: CommitRecord, now: int) 
         if getattr(lost, "target", None) != pointer.target:
             return False  # another slice flipped
         # Another writer committed since the items were read: start over from fresh reads.
-        return save_record(storage, session.id, _restart(storage, session, record), record.part)
+        return save_record(storage, session.id, restart(storage, session, record), record.part)
     failpoint("commit.flip.after")
     metric(
         logger,

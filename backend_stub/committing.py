@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 
-from backend_stub.commit_steps import STEPS, flip, fresh
+from backend_stub.commit_steps import STEPS, flip, fresh, restart
 from backend_stub.completion import (
     _checksum_mismatch,
     _ensure_complete,
@@ -161,6 +161,8 @@ def commit_slice(
         SessionStatus.COMMITTING
     ):
         return False  # the decision was withdrawn (the cloud changed): nothing to commit
+    if record.unhashed:  # begun before an upgrade: its hashes miss the items set aside
+        return save_record(storage, session_id, restart(storage, session, record), record.part)
     limit = settings.aws.commit_slice
     if record.step == "flip":
         return flip(storage, session, record, now)
