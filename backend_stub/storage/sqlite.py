@@ -524,9 +524,8 @@ class SQLiteStorage:
 
     def insert_batch(self, batch: Batch, items: Sequence[StagedItem]) -> None:
         with self.atomic():
-            new_sum = sum(
-                int.from_bytes(item.digest, "big") for item in items if item.outcome == "new"
-            )
+            new = [item for item in items if item.outcome == "new"]
+            new_sum = sum(int.from_bytes(item.digest, "big") for item in new)
             try:
                 self._conn.execute(
                     "INSERT INTO batches (session_id, seq, checksum, item_count, new_count,"
@@ -550,7 +549,6 @@ class SQLiteStorage:
             except sqlite3.IntegrityError as exc:
                 raise DuplicateBatch(f"{batch.session_id}/{batch.seq}") from exc
             number = self._session_no(batch.session_id)
-            new = [item for item in items if item.outcome == "new"]
             try:
                 # A new item's outcome and cloud version are the columns' defaults. Rows
                 # are bound as exact tuples, made in C: sqlite3 reads a named tuple's
@@ -679,13 +677,14 @@ class SQLiteStorage:
         # One statement, no row through Python. A plain INSERT: a cloud item where the
         # session staged a new one would be a bug to stop at, not to overwrite.
         with self.atomic():
+            number = self._session_no(session_id)
             added = self._txn_new_sums.pop(session_id, None)
             if added is None:
                 added = multiset_checksum(
                     digest
                     for (digest,) in self._conn.execute(
                         "SELECT digest FROM staged_items WHERE session_no = ? AND outcome = 'new'",
-                        [self._session_no(session_id)],
+                        [number],
                     )
                 )
             seq = self._next_seq(user_id)
@@ -693,7 +692,7 @@ class SQLiteStorage:
                 f"INSERT INTO cloud_items (user_id, {_CLOUD_COLUMNS}, written_at, seq, digest)"
                 " SELECT ?, collection, key, data, updated_at, deleted, 1, ?, ?, ?, digest"
                 " FROM staged_items WHERE session_no = ? AND outcome = 'new'",
-                [user_id, device_id, now, seq, self._session_no(session_id)],
+                [user_id, device_id, now, seq, number],
             ).rowcount
             self._move_head(user_id, seq, added, copied)
             return int(copied)
