@@ -344,6 +344,43 @@ def test_data_written_around_the_store_in_non_canonical_json_still_migrates_veri
     assert cloud[("lesson_progress", "item-000003")]["data"] == {"a": [1, 2], "b": 1}
 
 
+def test_an_item_written_around_the_store_with_its_digest_makes_the_upload_start_over(
+    server, tmp_path
+):
+    # The snapshot takes the digests the store vouches for as they are; the upload checks
+    # each item when it builds its batch. A row whose data and digest were written by hand
+    # fails that check before its batch is sent: the session is cancelled and the
+    # migration starts over with a snapshot that checks every item, which reads the row
+    # as it is.
+    import sqlite3
+
+    items = learning_items(200)
+    store = make_store(tmp_path / "store.sqlite3", items)
+    conn = sqlite3.connect(store)
+    conn.execute(
+        "UPDATE items SET data = '{\"y\" : 3}', digest = randomblob(32) WHERE key = ?",
+        ["item-000120"],
+    )
+    conn.commit()
+    conn.close()
+    events: list[object] = []
+    with (
+        client_for(server, store, "lee", tmp_path, on_event=events.append) as client,
+        # The migration commits and verifies; the sync that ends it then finds the store's
+        # running checksum off by the digest written by hand, as it did before snapshots
+        # took digests as they are (the store's rebuild recounts it).
+        pytest.raises(VerificationError),
+    ):
+        client.migrate()
+    first, second = [e.session_id for e in events if isinstance(e, MigrationStarted)]
+    assert [type(e) for e in events].count(MigrationCompleted) == 1
+    assert server.storage.get_session(first).status.value == "cancelled"
+    assert server.storage.get_session(second).status.value == "completed"
+    cloud = cloud_of(server, "lee", [(i["collection"], i["key"]) for i in items])
+    assert len(cloud) == len(items)
+    assert cloud[("lesson_progress", "item-000120")]["data"] == {"y": 3}
+
+
 def test_request_timeout_bounds_each_request_to_a_server_that_never_answers(tmp_path):
     store = make_store(tmp_path / "store.sqlite3", learning_items(3))
     outcome: list[BaseException] = []

@@ -32,25 +32,7 @@ def reference(store: Path, batch_size: int, max_batch_bytes: int) -> dict[str, o
     conn = sqlite3.connect(store)
     try:
         rows = conn.execute("SELECT collection, key, data, updated_at, deleted FROM items")
-        encoded = sorted(
-            (
-                (c, k),
-                json.dumps(
-                    {
-                        "collection": c,
-                        "data": json.loads(d),
-                        "deleted": bool(x),
-                        "key": k,
-                        "updatedAt": u,
-                    },
-                    sort_keys=True,
-                    separators=(",", ":"),
-                    ensure_ascii=False,
-                    allow_nan=False,
-                ).encode(),
-            )
-            for c, k, d, u, x in rows
-        )
+        encoded = sorted(((c, k), encode(c, k, d, u, x)) for c, k, d, u, x in rows)
     finally:
         conn.close()
     plan: list[tuple[int, str, str, int, int]] = []
@@ -73,29 +55,51 @@ def reference(store: Path, batch_size: int, max_batch_bytes: int) -> dict[str, o
     if batch:
         close()
     dataset = hashlib.sha256(b"".join(hashlib.sha256(item).digest() for _, item in encoded))
-    return {"checksum": dataset.hexdigest(), "plan": plan, "bodies": bodies}
+    keys = [key for key, _ in encoded]
+    return {"checksum": dataset.hexdigest(), "plan": plan, "bodies": bodies, "keys": keys}
+
+
+def encode(collection: str, key: str, data: str, updated_at: int, deleted: int) -> bytes:
+    """The canonical item of a row, the obvious way."""
+    return json.dumps(
+        {
+            "collection": collection,
+            "data": json.loads(data),
+            "deleted": bool(deleted),
+            "key": key,
+            "updatedAt": updated_at,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    ).encode()
 
 
 def taken(snapshot: Snapshot) -> dict[str, object]:
-    conn = sqlite3.connect(snapshot.path)
-    try:
-        plan = conn.execute(
-            "SELECT seq, first_collection, first_key, item_count, byte_count"
-            " FROM snapshot_batches ORDER BY seq"
-        ).fetchall()
-    finally:
-        conn.close()
+    plan = plan_of(snapshot)
     batches = list(snapshot.iter_batches())
     for batch in batches:
         assert batch.checksum == hashlib.sha256(batch.body).hexdigest()
+    conn = sqlite3.connect(snapshot.path)
+    try:
+        keys = conn.execute("SELECT collection, key FROM items ORDER BY collection, key")
+        keys = [tuple(row) for row in keys]
+    finally:
+        conn.close()
     return {
         "checksum": snapshot.dataset_checksum,
         "plan": plan,
         "bodies": [b.body for b in batches],
+        "keys": keys,
     }
 
 
 def assert_like_reference(store: Path, tmp_path: Path) -> None:
+    """The snapshot gives the reference; so does the snapshot that takes the digests the
+    store vouches for as they are, except that each batch holding a row unlike its
+    digest fails when it is rebuilt to be sent, and only then."""
+    untrue = vouched_rows_unlike_their_digest(store)
     for n, (batch_size, max_batch_bytes) in enumerate(SIZES):
         expected = reference(store, batch_size, max_batch_bytes)
         with take_snapshot(
@@ -105,7 +109,74 @@ def assert_like_reference(store: Path, tmp_path: Path) -> None:
             max_batch_bytes=max_batch_bytes,
             name=f"s{n}",
         ) as snapshot:
+            assert not snapshot.trusts_store_digests
             assert taken(snapshot) == expected
+        with take_snapshot(
+            store,
+            tmp_path / "snaps",
+            batch_size=batch_size,
+            max_batch_bytes=max_batch_bytes,
+            name=f"t{n}",
+            trust_digests=True,
+        ) as snapshot:
+            assert snapshot.trusts_store_digests == vouches_for_any(store)
+            assert plan_of(snapshot) == expected["plan"]  # sizes worked out, not encoded
+            keys = sorted(expected["keys"])  # type: ignore[call-overload]
+            for seq, _, _, count, _ in expected["plan"]:  # type: ignore[attr-defined]
+                batch_keys, keys = set(keys[:count]), keys[count:]
+                if batch_keys & untrue:
+                    with pytest.raises(SnapshotError, match="does not match the plan"):
+                        list(snapshot.iter_batches([seq]))
+                else:
+                    (batch,) = snapshot.iter_batches([seq])
+                    assert batch.body == expected["bodies"][seq]  # type: ignore[index]
+            assert (snapshot.dataset_checksum == expected["checksum"]) == (not untrue)
+
+
+def plan_of(snapshot: Snapshot) -> list[tuple[int, str, str, int, int]]:
+    conn = sqlite3.connect(snapshot.path)
+    try:
+        return conn.execute(
+            "SELECT seq, first_collection, first_key, item_count, byte_count"
+            " FROM snapshot_batches ORDER BY seq"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+def vouched(conn: sqlite3.Connection) -> list[tuple[str, str, str, int, int, bytes]]:
+    """The rows the store vouches for: digested, not listed as unchecked, in a store that
+    vouches for digests at all."""
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    if (
+        "items_unchecked" not in tables
+        or conn.execute("SELECT 1 FROM store_meta WHERE key = 'unvouched_rows'").fetchone()
+    ):
+        return []
+    return conn.execute(
+        "SELECT collection, key, data, updated_at, deleted, digest FROM items WHERE digest"
+        " IS NOT NULL AND (collection, key) NOT IN (SELECT collection, key FROM items_unchecked)"
+    ).fetchall()
+
+
+def vouches_for_any(store: Path) -> bool:
+    conn = sqlite3.connect(store)
+    try:
+        return bool(vouched(conn))
+    finally:
+        conn.close()
+
+
+def vouched_rows_unlike_their_digest(store: Path) -> set[tuple[str, str]]:
+    conn = sqlite3.connect(store)
+    try:
+        return {
+            (c, k)
+            for c, k, d, u, x, digest in vouched(conn)
+            if hashlib.sha256(encode(c, k, d, u, x)).digest() != digest
+        }
+    finally:
+        conn.close()
 
 
 SUFFIXES = ("é", "ß", "日本", '"q"', "b\\s", "x")  # non-ASCII, and what JSON escapes

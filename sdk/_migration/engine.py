@@ -244,6 +244,8 @@ def _prepare(run: Run) -> JournalRecord | MigrationResult:
         batch_size=min(run.options.batch_size, server.limits.max_batch_items),
         max_batch_bytes=server.limits.max_batch_bytes,
         name=f"{prefix}-{migration_id}",
+        # Each item is checked once, when its batch is built to be sent (see _upload).
+        trust_digests=not run.check_every_item,
     )
     failpoint("snapshot.taken")
     run.hooks.progress(
@@ -373,7 +375,16 @@ def _upload(run: Run, record: JournalRecord, snapshot: Snapshot) -> JournalRecor
                 run.batches_uploaded += 1
             run.hooks.progress(progress.report())
 
-        _send_batches(run, session_id, snapshot, missing, acknowledge)
+        try:
+            _send_batches(run, session_id, snapshot, missing, acknowledge)
+        except SnapshotError as exc:
+            if not snapshot.trusts_store_digests:
+                raise
+            # Nothing of the batch was sent. The store holds an item unlike its digest
+            # (written around the SDK, digest included, or damaged): a snapshot that
+            # checks every item reads it as it is.
+            run.check_every_item = True
+            raise Restart(f"{exc}; taking a snapshot that checks every item") from exc
     raise ProtocolError(
         f"the server acknowledged every batch of session {session_id} but its status still "
         "lists some as missing; report this to the server's operators"

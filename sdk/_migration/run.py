@@ -46,6 +46,9 @@ class Run:
     stop: threading.Event | None = None
     #: The device clock minus the server's, measured at detect/start in this process.
     clock: ClockEstimate | None = None
+    #: Whether snapshots check every item before the upload, instead of taking the
+    #: digests the store vouches for (set once one of those failed its batch).
+    check_every_item: bool = False
 
     def check_stop(self) -> None:
         """Leave here if the caller asked to stop; call only where the journal is current."""

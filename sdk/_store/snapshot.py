@@ -84,8 +84,12 @@ logger = logging.getLogger(__name__)
 
 #: Each batch of the plan records the SHA-256 over its items' digests.
 SNAPSHOT_FORMAT = "offline-migrate-snapshot-2"
+#: As :data:`SNAPSHOT_FORMAT`, with the digests the store vouches for taken as they are
+#: (``take_snapshot(trust_digests=True)``): rebuilding a batch is their one check.
+_TRUSTED_FORMAT = "offline-migrate-snapshot-2-vouched"
 #: Snapshots taken by earlier SDKs: each batch records the SHA-256 of its body.
 _BODY_CHECKSUM_FORMAT = "offline-migrate-snapshot"
+_FORMATS = (SNAPSHOT_FORMAT, _TRUSTED_FORMAT, _BODY_CHECKSUM_FORMAT)
 _SNAPSHOT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 _INFO_SCHEMA = """CREATE TABLE snapshot_info (
@@ -198,6 +202,14 @@ class Snapshot:
     def batch_count(self) -> int:
         """Batches in the plan, numbered ``0 .. batch_count - 1``."""
         return self._info.batch_count
+
+    @property
+    def trusts_store_digests(self) -> bool:
+        """Whether the plan took the digests the store vouches for as they are; then a
+        batch that does not rebuild as planned may mean an item of the store does not
+        match its digest (written around the SDK, digest included, or damaged), and a
+        snapshot that checks every item reads it as it is."""
+        return self._info.format == _TRUSTED_FORMAT
 
     @property
     def data_version(self) -> int:
@@ -328,7 +340,7 @@ class Snapshot:
             raise self._tampered(seq, f"an item cannot be encoded ({exc})") from exc
         body = batch_body(encoded)
         actual = batch_checksum(body)
-        if self._info.format == SNAPSHOT_FORMAT:
+        if self._info.format != _BODY_CHECKSUM_FORMAT:
             # Every item hashed again: what the dataset checksum holds is what is sent.
             sha256 = hashlib.sha256
             planned = items_checksum([sha256(item).digest() for item in encoded])
@@ -503,12 +515,19 @@ def take_snapshot(
     batch_size: int,
     max_batch_bytes: int,
     name: str | None = None,
+    trust_digests: bool = False,
 ) -> Snapshot:
     """Snapshot the store into ``dest_dir/<name>.sqlite3``, while the app may keep writing.
 
     The copy is checked (``quick_check``, ours, every item valid), checksummed and planned
     into batches of at most ``batch_size`` items and ``max_batch_bytes`` bytes, written to
     ``<name>.partial``, synced, then renamed into place: a snapshot file is always complete.
+
+    ``trust_digests`` takes the digests the store vouches for as they are, without reading
+    or hashing those items (half the snapshot's time): each is checked once instead, when
+    its batch is rebuilt to be sent (:meth:`Snapshot.iter_batches`), and an item that does
+    not match its digest then fails its batch (see :attr:`Snapshot.trusts_store_digests`).
+    By default every item is checked here, before anything is sent.
 
     >>> import tempfile, pathlib
     >>> from sdk._store.local import LocalStore
@@ -548,7 +567,7 @@ def take_snapshot(
     try:
         dest.mkdir(parents=True, exist_ok=True)
         _remove(partial)  # left by a crash during an earlier attempt
-        info = _build(source, partial, batch_size, max_batch_bytes)
+        info = _build(source, partial, batch_size, max_batch_bytes, trust_digests)
         _fsync(partial)
         os.replace(partial, final)
         _fsync_dir(dest)
@@ -589,7 +608,7 @@ def open_snapshot(path: str | os.PathLike[str]) -> Snapshot:
     try:
         row = conn.execute(f"SELECT format, {_INFO_COLUMNS} FROM snapshot_info").fetchall()
         (batches,) = conn.execute("SELECT count(*) FROM snapshot_batches").fetchone()
-        if len(row) != 1 or row[0][0] not in (SNAPSHOT_FORMAT, _BODY_CHECKSUM_FORMAT):
+        if len(row) != 1 or row[0][0] not in _FORMATS:
             raise ValueError("snapshot_info must hold exactly one row of our format")
         values = list(row[0][1:])
         values[2] = json.loads(values[2])  # collections
@@ -605,7 +624,9 @@ def open_snapshot(path: str | os.PathLike[str]) -> Snapshot:
     return Snapshot(path, info)
 
 
-def _build(source: Path, partial: Path, batch_size: int, max_batch_bytes: int) -> _Info:
+def _build(
+    source: Path, partial: Path, batch_size: int, max_batch_bytes: int, trust: bool
+) -> _Info:
     dst = sqlite3.connect(str(partial), isolation_level=None)
     try:
         src = connect_read_only(source)
@@ -626,7 +647,7 @@ def _build(source: Path, partial: Path, batch_size: int, max_batch_bytes: int) -
         finally:
             src.close()
         try:
-            return _check_and_plan(dst, partial, source, batch_size, max_batch_bytes)
+            return _check_and_plan(dst, partial, source, batch_size, max_batch_bytes, trust)
         except sqlite3.Error as exc:
             error = store_error(exc, partial, "write the snapshot")
             if isinstance(error, CorruptStoreError) or _schema_error(exc):
@@ -706,7 +727,12 @@ class _QuickCheck(threading.Thread):
 
 
 def _check_and_plan(
-    conn: sqlite3.Connection, path: Path, source: Path, batch_size: int, max_batch_bytes: int
+    conn: sqlite3.Connection,
+    path: Path,
+    source: Path,
+    batch_size: int,
+    max_batch_bytes: int,
+    trust: bool,
 ) -> _Info:
     conn.execute("PRAGMA journal_mode=DELETE")
     # The copy is no store: the store's triggers (which record writes made around the
@@ -717,7 +743,7 @@ def _check_and_plan(
         conn.execute(f'DROP TRIGGER "{trigger}"')
     check = _QuickCheck(path)
     try:
-        info = _plan(conn, source, batch_size, max_batch_bytes, check)
+        info = _plan(conn, source, batch_size, max_batch_bytes, check, trust)
     except BaseException:
         check.verdict(source)  # damage explains any other failure: it is named first
         raise
@@ -731,6 +757,7 @@ def _plan(
     batch_size: int,
     max_batch_bytes: int,
     check: _QuickCheck,
+    trust: bool,
 ) -> _Info:
     """Everything :func:`_check_and_plan` does while ``check`` runs; the copy is only
     written in the transaction, and only a row a batch until ``check`` is done (a reader
@@ -749,7 +776,7 @@ def _plan(
     conn.execute("BEGIN")
     for statement in (_INFO_SCHEMA, *PLAN_SCHEMA):
         conn.execute(statement)
-    planner, invalid, problems = scan_items(conn, batch_size, max_batch_bytes)
+    planner, invalid, problems = scan_items(conn, batch_size, max_batch_bytes, trust=trust)
     check.verdict(source)
     if invalid:
         raise SnapshotError(
@@ -775,11 +802,12 @@ def _plan(
         device_id=str(meta.get("device_id", "")),
         source_path=str(source),
         created_at=time.time_ns() // 1_000_000,
+        format=_TRUSTED_FORMAT if planner.trusted else SNAPSHOT_FORMAT,
     )
     conn.execute(
         f"INSERT INTO snapshot_info (format, {_INFO_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
         (
-            SNAPSHOT_FORMAT,
+            info.format,
             info.dataset_checksum,
             info.item_count,
             json.dumps(info.collections, sort_keys=True),
