@@ -52,6 +52,7 @@ from backend_stub.storage import (
 from backend_stub.storage.blobs import BlobStore, BlobUrls
 from backend_stub.storage.sqlite_blobs import BLOBS_SCHEMA, FileBlobs
 from backend_stub.storage.sqlite_checkpoints import Checkpointer
+from sdk._store.bulk import insert_rows
 from sdk.contract import (
     CompleteMigrationResponse,
     ItemVersion,
@@ -552,12 +553,14 @@ class SQLiteStorage:
             try:
                 # A new item's outcome and cloud version are the columns' defaults. Rows
                 # are bound as exact tuples, made in C: sqlite3 reads a named tuple's
-                # fields one Python call at a time.
+                # fields one Python call at a time; and a hundred to a statement.
                 if new:
-                    self._conn.executemany(
+                    insert_rows(
+                        self._conn,
                         "INSERT INTO staged_items (session_no, collection, key, seq, data,"
-                        " updated_at, deleted, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        zip(repeat(number), *list(zip(*new, strict=True))[:7], strict=False),
+                        " updated_at, deleted, digest) VALUES",
+                        8,
+                        list(zip(repeat(number), *list(zip(*new, strict=True))[:7], strict=False)),
                     )
                 if len(new) < len(items):
                     self._conn.executemany(

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from sdk._store import attachments as _attachments
+from sdk._store.bulk import insert_rows
 from sdk._store.rowcheck import UNVOUCHED_META, check_row, check_store, mark, row_digest, vouches
 from sdk._wire.canonical import multiset_add, multiset_checksum, multiset_hex
 
@@ -397,8 +398,11 @@ def take_remote(
     if digests is not None and not _any_between(conn, low, high):
         # Where the store holds none of these keys (a bootstrap): no lookups, no checks
         # per row, one plain insert.
-        conn.executemany(
-            _INSERT_SYNCED, [(*r, d, q) for (r, q), d in zip(items, digests, strict=False)]
+        insert_rows(
+            conn,
+            _INSERT_SYNCED,
+            8,
+            [(*r, d, q, 0) for (r, q), d in zip(items, digests, strict=False)],
         )
         _attachments.track(conn, (r[:3] for r, _ in items))
         total = sum(int.from_bytes(d, "big") for d in digests)
@@ -538,9 +542,9 @@ _INSERT_TOMBSTONE = (
     "INSERT INTO items (collection, key, data, updated_at, deleted, digest, base_seq, pending)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_INSERT_SYNCED = (
+_INSERT_SYNCED = (  # for insert_rows
     "INSERT INTO items (collection, key, data, updated_at, deleted, digest, base_seq, pending)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, 0)"
+    " VALUES"
 )
 _UPSERT_SYNCED = (
     "INSERT INTO items (collection, key, data, updated_at, deleted, digest, base_seq, pending)"
