@@ -158,9 +158,9 @@ def test_a_new_device_bootstrapping_100k_items_killed_midway_resumes_and_verifie
         assert client.migrate().verified
     tablet = tmp_path / "tablet" / "store.sqlite3"
 
-    # Frozen after 30 pages of the pull, then killed there.
+    # Frozen after 10 of the pull's 21 pages, then killed there.
     proc = child(
-        live_server, user, tablet, tmp_path / "cache", "pulling", "30", MIGRATE_CHILD_SYNC="1"
+        live_server, user, tablet, tmp_path / "cache", "pulling", "10", MIGRATE_CHILD_SYNC="1"
     )
     read_until(proc, "paused")
     kill(proc)

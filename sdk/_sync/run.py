@@ -19,9 +19,13 @@ from .._store.local import LocalStore
 
 __all__ = ["PULL_PAGE", "PUSH_BATCH", "SyncResult"]
 
-#: Changes per push, and items per pull page.
+#: Changes per push.
 PUSH_BATCH = 500
-PULL_PAGE = 2000
+#: Items asked for per pull page: the server's default ``limits.maxBatchItems`` (a server
+#: with a lower limit sends fewer). A bootstrap of 1M items went from 106k-112k to
+#: 134k-144k items/s against 2000 (`bench/sync.py`), each page held in one write
+#: transaction of about 20 ms.
+PULL_PAGE = 5000
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
