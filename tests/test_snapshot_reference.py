@@ -19,6 +19,7 @@ from sqlite_utils import Database
 
 from sdk import CorruptStoreError, LegacyTable, LocalStore, SnapshotError, import_legacy
 from sdk._store import changes
+from sdk._store import snapshot as snapshot_module
 from sdk._store.rowcheck import check_store
 from sdk._store.schema import MIGRATIONS, STORE_APPLICATION_ID, STORE_FORMAT
 from sdk._store.snapshot import Snapshot, open_snapshot, take_snapshot
@@ -467,3 +468,67 @@ def test_without_a_thread_to_spare_quick_check_runs_in_line_with_the_same_verdic
 
     monkeypatch.setattr(threading.Thread, "start", refuse)
     assert_like_reference(path, tmp_path)
+
+
+def test_a_snapshot_whose_scan_cannot_be_pinned_beside_the_copy_scans_the_copy(
+    tmp_path, monkeypatch
+):
+    # The scan reads the store beside the copy, at the copy's point in time, when no
+    # commit falls between their two read transactions. Here the app commits every time
+    # a connection opens (its items unchanged), so the scan reads the copy once made.
+    path = tmp_path / "store.sqlite3"
+    with LocalStore(path) as store:
+        sdk_rows(store)
+    real = snapshot_module.connect_read_only
+    opened: list[Path] = []
+
+    def committing(target: Path, **kwargs: object) -> sqlite3.Connection:
+        opened.append(Path(target))
+        writer = sqlite3.connect(path, isolation_level=None)
+        writer.execute("UPDATE store_meta SET value = value WHERE key = 'format'")
+        writer.close()
+        return real(target, **kwargs)
+
+    monkeypatch.setattr(snapshot_module, "connect_read_only", committing)
+    assert_like_reference(path, tmp_path)
+    assert any(p.suffix == ".partial" for p in opened)  # the scan read the copy
+
+
+def test_a_snapshot_taken_while_the_app_commits_is_one_point_in_time(tmp_path):
+    path = tmp_path / "store.sqlite3"
+    with LocalStore(path) as store:
+        sdk_rows(store)
+    stop = threading.Event()
+    wrote: list[int] = []
+
+    def app() -> None:
+        with LocalStore(path) as store:
+            while not stop.is_set():
+                n = len(wrote)
+                store.put("cards", f"live-{n % 50:02d}", {"n": n})
+                wrote.append(n)
+
+    writer = threading.Thread(target=app)
+    writer.start()
+    try:
+        snapshots = []
+        for n in range(6):
+            for trust in (False, True):
+                snapshots.append(
+                    take_snapshot(
+                        path,
+                        tmp_path / "snaps",
+                        batch_size=7,
+                        max_batch_bytes=1 << 20,
+                        name=f"s{n}{trust}",
+                        trust_digests=trust,
+                    )
+                )
+    finally:
+        stop.set()
+        writer.join()
+    assert wrote  # the app did commit during the snapshots
+    for snapshot in snapshots:
+        with snapshot:  # every batch rebuilds as planned, from the copy
+            expected = reference(snapshot.path, 7, 1 << 20)
+            assert taken(snapshot) == expected

@@ -61,6 +61,7 @@ from sdk._store.schema import (
     store_error,
 )
 from sdk._store.snapshot_plan import (
+    BATCHES_TABLE,
     ENVELOPE,
     MAX_PROBLEMS,
     PAGE,
@@ -627,27 +628,28 @@ def open_snapshot(path: str | os.PathLike[str]) -> Snapshot:
 def _build(
     source: Path, partial: Path, batch_size: int, max_batch_bytes: int, trust: bool
 ) -> _Info:
-    dst = sqlite3.connect(str(partial), isolation_level=None)
+    dst = sqlite3.connect(str(partial), isolation_level=None, check_same_thread=False)
+    copy: _Copy | None = None
+    reader: sqlite3.Connection | None = None
     try:
-        src = connect_read_only(source)
         try:
-            # One step (pages=-1) holds one read transaction for the whole copy, so the
-            # copy is a single point in time even while the app commits.
-            src.backup(dst)
+            pinned = _pinned(source)
+            if pinned is None:  # the app kept committing: scan the copy once it is made
+                copy = _Copy(connect_read_only(source), dst, partial, source)
+                copy.copied.wait()
+                copy.verdict(source, checked=False)
+                reader = dst
+            else:
+                src, reader = pinned
+                copy = _Copy(src, dst, partial, source)
             failpoint("snapshot.during")
-        except sqlite3.Error as exc:
-            error = store_error(exc, source, "copy the store")
-            if isinstance(error, (StoreBusyError, CorruptStoreError)):
-                raise error from exc
-            # Anything else (disk full, I/O error) is most likely the destination's doing.
-            raise SnapshotError(
-                f"could not copy {source} into {partial} ({exc}); check that the folder is "
-                "writable and has free space, then take the snapshot again"
-            ) from exc
-        finally:
-            src.close()
-        try:
-            return _check_and_plan(dst, partial, source, batch_size, max_batch_bytes, trust)
+            try:
+                info = _plan(reader, source, batch_size, max_batch_bytes, trust, copy)
+            except BaseException:
+                copy.verdict(source)  # damage explains any other failure: it is named first
+                raise
+            _write_copy(dst, reader, info)
+            return info
         except sqlite3.Error as exc:
             error = store_error(exc, partial, "write the snapshot")
             if isinstance(error, CorruptStoreError) or _schema_error(exc):
@@ -668,7 +670,42 @@ def _build(
             path=str(source),
         ) from exc
     finally:
+        if copy is not None:
+            copy.join_quietly()  # it writes into dst: never closed under it
+        if reader is not None and reader is not dst:
+            reader.close()
         dst.close()
+
+
+def _pinned(source: Path) -> tuple[sqlite3.Connection, sqlite3.Connection] | None:
+    """Two read transactions of the store at one point in time, for the copy and for the
+    scan beside it; ``None`` when the app committed between them three times running.
+    ``PRAGMA data_version`` on a third connection changes when anyone commits: unchanged
+    from before the first began to after the second did, both hold the same state.
+    (The backup API copies the open read transaction of its source connection.)"""
+    for _attempt in range(3):
+        probe = connect_read_only(source)
+        pair: list[sqlite3.Connection] = []
+        try:
+            (before,) = probe.execute("PRAGMA data_version").fetchone()
+            for _ in range(2):
+                conn = connect_read_only(source)
+                pair.append(conn)
+                conn.isolation_level = None
+                conn.execute("BEGIN")
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the read
+            (after,) = probe.execute("PRAGMA data_version").fetchone()
+        except BaseException:
+            for conn in pair:
+                conn.close()
+            raise
+        finally:
+            probe.close()
+        if before == after:
+            return pair[0], pair[1]
+        for conn in pair:
+            conn.close()
+    return None
 
 
 def _schema_error(exc: sqlite3.Error) -> bool:
@@ -680,23 +717,32 @@ def _schema_error(exc: sqlite3.Error) -> bool:
     return str(exc).startswith("no such ")
 
 
-class _QuickCheck(threading.Thread):
-    """``PRAGMA quick_check`` of the copy on a connection of its own, while the scan
-    reads it on another: SQLite releases the GIL for the whole check, so the two overlap
-    where there is a second core. Its verdict comes first, as if it had run first."""
+class _Copy(threading.Thread):
+    """The copy (SQLite's backup API, from ``src``'s read transaction of the store into
+    ``dst``), made a plain file with the store's triggers dropped, then ``PRAGMA
+    quick_check`` of it on a connection of its own: on a thread of their own while the
+    scan reads the same point in time beside them. SQLite releases the GIL for the copy
+    and the check, so the three overlap where there is a second core. Its verdict comes
+    first, as if it had run first; ``copied`` is set once the copy is made (or failed)."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(name="snapshot-quick-check", daemon=True)
-        self._path = path
+    def __init__(self, src: sqlite3.Connection, dst: sqlite3.Connection, path: Path, source: Path):
+        super().__init__(name="snapshot-copy", daemon=True)
+        self._src, self._dst, self._path, self._source = src, dst, path, source
+        self.copied = threading.Event()
         self._problems: list[str] = []
         self._error: BaseException | None = None
         try:
             self.start()
-        except RuntimeError:  # no thread to be had: check here and now instead
+        except RuntimeError:  # no thread to be had: copy and check here and now instead
             self.run()
 
     def run(self) -> None:
         try:
+            try:
+                self._copy()
+            finally:
+                self._src.close()
+                self.copied.set()
             conn = connect_read_only(self._path)
             try:
                 self._problems = [
@@ -712,13 +758,42 @@ class _QuickCheck(threading.Thread):
         except BaseException as exc:  # raised in the snapshot's thread, by verdict()
             self._error = exc
 
-    def verdict(self, source: Path) -> None:
-        """Wait for the check; raise what it found."""
-        if self.ident is not None:  # it did run on a thread of its own
+    def _copy(self) -> None:
+        source, dst = self._source, self._dst
+        try:
+            # One step (pages=-1): the whole copy is the source's one read transaction.
+            self._src.backup(dst)
+        except sqlite3.Error as exc:
+            error = store_error(exc, source, "copy the store")
+            if isinstance(error, (StoreBusyError, CorruptStoreError)):
+                raise error from exc
+            # Anything else (disk full, I/O error) is most likely the destination's doing.
+            raise SnapshotError(
+                f"could not copy {source} into {self._path} ({exc}); check that the folder "
+                "is writable and has free space, then take the snapshot again"
+            ) from exc
+        dst.execute("PRAGMA journal_mode=DELETE")
+        # The copy is no store: the store's triggers (which record writes made around the
+        # SDK) must not count this copy's own rewrites as the app's.
+        for (trigger,) in dst.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+        ).fetchall():
+            dst.execute(f'DROP TRIGGER "{trigger}"')
+
+    def join_quietly(self) -> None:
+        """Wait for the thread, whatever it found."""
+        if self.ident is not None:
             self.join()
+
+    def verdict(self, source: Path, *, checked: bool = True) -> None:
+        """Wait for the copy and, unless not ``checked``, the check; raise what they found."""
+        if checked:
+            self.join_quietly()
+        else:
+            self.copied.wait()
         if self._error is not None:
             raise self._error
-        if self._problems:
+        if checked and self._problems:
             raise CorruptStoreError(
                 f"the store {source} is damaged ({'; '.join(self._problems)}); restore it "
                 "from a backup, or move it away to start afresh",
@@ -726,42 +801,17 @@ class _QuickCheck(threading.Thread):
             )
 
 
-def _check_and_plan(
-    conn: sqlite3.Connection,
-    path: Path,
-    source: Path,
-    batch_size: int,
-    max_batch_bytes: int,
-    trust: bool,
-) -> _Info:
-    conn.execute("PRAGMA journal_mode=DELETE")
-    # The copy is no store: the store's triggers (which record writes made around the
-    # SDK) must not count this copy's own rewrites as the app's.
-    for (trigger,) in conn.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'trigger'"
-    ).fetchall():
-        conn.execute(f'DROP TRIGGER "{trigger}"')
-    check = _QuickCheck(path)
-    try:
-        info = _plan(conn, source, batch_size, max_batch_bytes, check, trust)
-    except BaseException:
-        check.verdict(source)  # damage explains any other failure: it is named first
-        raise
-    conn.execute("COMMIT")
-    return info
-
-
 def _plan(
     conn: sqlite3.Connection,
     source: Path,
     batch_size: int,
     max_batch_bytes: int,
-    check: _QuickCheck,
     trust: bool,
+    copy: _Copy,
 ) -> _Info:
-    """Everything :func:`_check_and_plan` does while ``check`` runs; the copy is only
-    written in the transaction, and only a row a batch until ``check`` is done (a reader
-    keeps a writer from spilling its cache into the file)."""
+    """Check and plan every item, reading ``conn`` (the store at the copy's point in
+    time, or the copy) while ``copy`` is made and checked: the plan goes into
+    ``conn``'s temporary tables, and into the copy once it is checked."""
     (app_id,) = conn.execute("PRAGMA application_id").fetchone()
     meta = dict(conn.execute("SELECT key, value FROM store_meta").fetchall())
     if app_id != STORE_APPLICATION_ID or meta.get("format") != STORE_FORMAT:
@@ -773,25 +823,17 @@ def _plan(
             f"{sorted(SUPPORTED_DATA_VERSIONS)}",
             path=str(source),
         )
-    conn.execute("BEGIN")
-    for statement in (_INFO_SCHEMA, *PLAN_SCHEMA):
+    for statement in PLAN_SCHEMA:
         conn.execute(statement)
     planner, invalid, problems = scan_items(conn, batch_size, max_batch_bytes, trust=trust)
-    check.verdict(source)
+    copy.verdict(source)
     if invalid:
         raise SnapshotError(
             f"{invalid} item(s) in {source} cannot be migrated: {'; '.join(problems)}; "
             "rewrite them with valid data (LocalStore.put) or delete them, then take the "
             "snapshot again"
         )
-    # Data written by the store is canonical already; anything else (a row written
-    # around the store) is rewritten in the copy, so batches can be built without
-    # parsing and still match the digests computed here.
-    conn.executemany(  # streamed from the cursor: memory stays bounded
-        "UPDATE items SET data = ? WHERE collection = ? AND key = ?",
-        conn.execute("SELECT data, collection, key FROM temp.normalized"),
-    )
-    info = _Info(
+    return _Info(
         dataset_checksum=planner.dataset.hexdigest(),
         item_count=planner.item_count,
         collections=planner.collections,
@@ -804,7 +846,25 @@ def _plan(
         created_at=time.time_ns() // 1_000_000,
         format=_TRUSTED_FORMAT if planner.trusted else SNAPSHOT_FORMAT,
     )
-    conn.execute(
+
+
+def _write_copy(dst: sqlite3.Connection, plan: sqlite3.Connection, info: _Info) -> None:
+    """Write the plan (``plan``'s temporary tables) and ``info`` into the checked copy, in
+    one transaction. Data written by the store is canonical already; anything else (a row
+    written around the store) is rewritten in the copy, so batches can be built without
+    parsing and still match the digests the scan computed."""
+    dst.execute("BEGIN")
+    for statement in (_INFO_SCHEMA, f"CREATE TABLE {BATCHES_TABLE}"):
+        dst.execute(statement)
+    dst.executemany(  # streamed from the cursors: memory stays bounded
+        "INSERT INTO main.snapshot_batches VALUES (?, ?, ?, ?, ?, ?)",
+        plan.execute("SELECT * FROM temp.snapshot_batches ORDER BY seq"),
+    )
+    dst.executemany(
+        "UPDATE main.items SET data = ? WHERE collection = ? AND key = ?",
+        plan.execute("SELECT data, collection, key FROM temp.normalized"),
+    )
+    dst.execute(
         f"INSERT INTO snapshot_info (format, {_INFO_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
         (
             info.format,
@@ -820,7 +880,7 @@ def _plan(
             info.created_at,
         ),
     )
-    return info
+    dst.execute("COMMIT")
 
 
 def _fsync(path: Path) -> None:

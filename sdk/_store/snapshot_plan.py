@@ -40,6 +40,7 @@ from sdk._store.rowcheck import UNVOUCHED_META, check_row, lenient_text
 from sdk._wire.canonical import KEY_PATTERN, batch_body
 
 __all__ = [
+    "BATCHES_TABLE",
     "ENVELOPE",
     "MAX_PROBLEMS",
     "PAGE",
@@ -58,15 +59,18 @@ _JSON_BOOL = {0: "false", 1: "true"}  # the JSON of the deleted column: no other
 _ITEM_FIXED = len(',"deleted":false,"key":"","updatedAt":}')
 _KEY_OK = re.compile(KEY_PATTERN).fullmatch
 
-PLAN_SCHEMA = (
-    """CREATE TABLE snapshot_batches (
+#: The plan: a row a batch (in the snapshot's file, and where the scan writes it).
+BATCHES_TABLE = """snapshot_batches (
     seq INTEGER PRIMARY KEY,
     first_collection TEXT NOT NULL,
     first_key TEXT NOT NULL,
     item_count INTEGER NOT NULL,
     byte_count INTEGER NOT NULL,
     checksum TEXT NOT NULL
-)""",
+)"""
+#: What the scan writes, in temporary tables: the store it reads may be read-only.
+PLAN_SCHEMA = (
+    f"CREATE TEMP TABLE {BATCHES_TABLE}",
     "CREATE TEMP TABLE normalized (collection TEXT, key TEXT, data TEXT)",
 )
 
