@@ -27,9 +27,11 @@ compares, so damage to the snapshot file is found before the batch is sent::
 from __future__ import annotations
 
 import hashlib
+import operator
 import re
 import sqlite3
 from collections.abc import Iterable
+from itertools import islice
 from json.encoder import encode_basestring as _quote  # what the contract quotes with
 from typing import Any
 
@@ -196,79 +198,107 @@ def _scan_rows(
     head_size = 0  # of the item head, and of the rest of an item around its fields
     first = ("", "")
     size_sum = 0  # bytes of the batch being planned
-    for row in conn.execute(sql):
-        collection, key, stored, data, updated_at, deleted = row
-        digest = None
-        if stored is not None and type(deleted) is int:
-            try:
-                if collection != head_collection:
-                    head = _item_head(collection)
-                    head_size = len(head.encode()) + _ITEM_FIXED
-                    head_collection = collection
-                if trust and type(data) is str and type(key) is str and type(updated_at) is int:
-                    digest = stored
-                    size = (
-                        head_size
-                        + (len(data) if data.isascii() else len(data.encode()))
-                        + len(str(updated_at))
-                        - deleted
-                        + (
-                            len(key)
-                            if key.isascii() and '"' not in key and "\\" not in key
-                            else len(_quote(key).encode()) - 2
-                        )
-                    )
-                else:
-                    item = (
-                        f'{head}{data},"deleted":{_JSON_BOOL[deleted]},"key":{_quote(key)},'
-                        f'"updatedAt":{updated_at:d}}}'
-                    ).encode()
-                    digest = sha256(item).digest()
-                    if digest == stored:
-                        size = len(item)
-                    else:
-                        digest = None
-            except (KeyError, TypeError, ValueError):
-                digest = None  # changed since the store vouched for it: checked below
-        if digest is None:
-            result = _check(row, heads)
-            if isinstance(result, str):
-                invalid += 1
-                if len(problems) < MAX_PROBLEMS:
-                    problems.append(f"{item_label(collection, key)}: {result}")
-                continue
-            encoded, normalized = result
-            digest, size = sha256(encoded).digest(), len(encoded)
-            if normalized is not None and not invalid:
-                normalized_rows.append((collection, key, normalized))
-                if len(normalized_rows) == PAGE:
-                    _save_normalized(conn, normalized_rows)
-        if invalid:  # once an item is bad the snapshot fails: stop planning
-            continue
-        if collection == last_collection:
-            if key <= last_key:
-                _out_of_order(collection, key)
-        else:
-            if collection < last_collection:
-                _out_of_order(collection, key)
-            if count:
-                collections[last_collection] = count - collection_start
-            last_collection, collection_start = collection, count
-        last_key = key
-        count += 1
-        if digests and (len(digests) == batch_size or size_sum + 1 + size > max_batch_bytes):
+    head_sizes: dict[str, int] = {}  # collection -> head_size, for _trusted_batch
+    cursor = conn.execute(sql)
+    while True:
+        if len(digests) == batch_size:  # full: closed before the next row, as below
             planner.close(first, size_sum)
-        if digests:
-            size_sum += 1 + size
-        else:
-            if ENVELOPE + size > max_batch_bytes:
-                raise SnapshotError(
-                    f"item {item_label(collection, key)} is {size} bytes encoded, "
-                    f"too large for a batch of max_batch_bytes={max_batch_bytes}; raise "
-                    "max_batch_bytes (within the server's limit) or split the item's data"
-                )
-            first, size_sum = (collection, key), ENVELOPE + size
-        digests.append(digest)
+        # A fetch ends where the batch would: a whole batch of rows taken as vouched
+        # for is planned at once, the others a row at a time.
+        rows = cursor.fetchmany(batch_size - len(digests))
+        if not rows:
+            break
+        if trust and not digests and not invalid:
+            whole = _trusted_batch(rows, head_sizes, max_batch_bytes)
+            if whole is not None:
+                collection, key, last, stored_digests, size_sum = whole
+                if collection == last_collection:
+                    if key <= last_key:
+                        _out_of_order(collection, key)
+                else:
+                    if collection < last_collection:
+                        _out_of_order(collection, key)
+                    if count:
+                        collections[last_collection] = count - collection_start
+                    last_collection, collection_start = collection, count
+                last_key = last
+                count += len(rows)
+                first = (collection, key)
+                digests.extend(stored_digests)
+                continue
+        for row in rows:
+            collection, key, stored, data, updated_at, deleted = row
+            digest = None
+            if stored is not None and type(deleted) is int:
+                try:
+                    if collection != head_collection:
+                        head = _item_head(collection)
+                        head_size = len(head.encode()) + _ITEM_FIXED
+                        head_collection = collection
+                    if trust and type(data) is str and type(key) is str and type(updated_at) is int:
+                        digest = stored
+                        size = (
+                            head_size
+                            + (len(data) if data.isascii() else len(data.encode()))
+                            + len(str(updated_at))
+                            - deleted
+                            + (
+                                len(key)
+                                if key.isascii() and '"' not in key and "\\" not in key
+                                else len(_quote(key).encode()) - 2
+                            )
+                        )
+                    else:
+                        item = (
+                            f'{head}{data},"deleted":{_JSON_BOOL[deleted]},"key":{_quote(key)},'
+                            f'"updatedAt":{updated_at:d}}}'
+                        ).encode()
+                        digest = sha256(item).digest()
+                        if digest == stored:
+                            size = len(item)
+                        else:
+                            digest = None
+                except (KeyError, TypeError, ValueError):
+                    digest = None  # changed since the store vouched for it: checked below
+            if digest is None:
+                result = _check(row, heads)
+                if isinstance(result, str):
+                    invalid += 1
+                    if len(problems) < MAX_PROBLEMS:
+                        problems.append(f"{item_label(collection, key)}: {result}")
+                    continue
+                encoded, normalized = result
+                digest, size = sha256(encoded).digest(), len(encoded)
+                if normalized is not None and not invalid:
+                    normalized_rows.append((collection, key, normalized))
+                    if len(normalized_rows) == PAGE:
+                        _save_normalized(conn, normalized_rows)
+            if invalid:  # once an item is bad the snapshot fails: stop planning
+                continue
+            if collection == last_collection:
+                if key <= last_key:
+                    _out_of_order(collection, key)
+            else:
+                if collection < last_collection:
+                    _out_of_order(collection, key)
+                if count:
+                    collections[last_collection] = count - collection_start
+                last_collection, collection_start = collection, count
+            last_key = key
+            count += 1
+            if digests and (len(digests) == batch_size or size_sum + 1 + size > max_batch_bytes):
+                planner.close(first, size_sum)
+            if digests:
+                size_sum += 1 + size
+            else:
+                if ENVELOPE + size > max_batch_bytes:
+                    raise SnapshotError(
+                        f"item {item_label(collection, key)} is {size} bytes encoded, "
+                        f"too large for a batch of max_batch_bytes={max_batch_bytes}; raise "
+                        "max_batch_bytes (within the server's limit) or split the item's data"
+                    )
+                first, size_sum = (collection, key), ENVELOPE + size
+            digests.append(digest)
     if count and not invalid:
         collections[last_collection] = count - collection_start
         if digests:
@@ -276,6 +306,52 @@ def _scan_rows(
     _save_normalized(conn, normalized_rows)
     planner.item_count = count
     return planner, invalid, problems
+
+
+def _trusted_batch(
+    rows: list[tuple[Any, ...]], head_sizes: dict[str, int], max_batch_bytes: int
+) -> tuple[str, str, str, list[bytes], int] | None:
+    """A whole batch of rows planned at once, when the store vouches for every one, all
+    are of one collection in strictly ascending keys, and they fit ``max_batch_bytes``:
+    their collection, first and last key, stored digests and body's bytes, worked out
+    from the fields' total lengths. ``None`` otherwise: the rows are then planned one by
+    one, which also names what is wrong. (Only the lengths are trusted here: rebuilding
+    the batch checks every item against its digest, as in the one-by-one plan.)"""
+    collections, keys, stored, data, stamps, deleted = zip(*rows, strict=True)
+    collection = collections[0]
+    if collections.count(collection) != len(rows) or None in stored:
+        return None
+    try:
+        head_size = head_sizes.get(collection)
+        if head_size is None:
+            head_size = head_sizes[collection] = len(_item_head(collection).encode()) + _ITEM_FIXED
+        texts, names = "".join(data), "".join(keys)
+        if not all(map(operator.lt, keys, islice(keys, 1, None))):
+            return None
+        low, high = min(stamps), max(stamps)
+        digits = len(str(low))
+        if type(low) is not int or low < 0 or digits != len(str(high)):
+            digits_total = sum(map(len, map(str, stamps)))
+        else:
+            digits_total = digits * len(rows)
+        size = (
+            ENVELOPE
+            + len(rows) * (head_size + 1)
+            - 1  # the commas between items
+            + (len(texts) if texts.isascii() else len(texts.encode()))
+            + (
+                len(names)
+                if names.isascii() and '"' not in names and "\\" not in names
+                else sum(len(_quote(key).encode()) - 2 for key in keys)
+            )
+            + digits_total
+            - sum(deleted)
+        )
+    except (TypeError, ValueError):  # a field of another type: planned one by one
+        return None
+    if size > max_batch_bytes:
+        return None
+    return collection, keys[0], keys[-1], list(stored), size
 
 
 def _check(row: tuple[Any, ...], heads: dict[str, str]) -> tuple[bytes, str | None] | str:
