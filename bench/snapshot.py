@@ -4,7 +4,9 @@ The baseline, measured in the same run on the same store: SQLite's backup API in
 file, then one ``SELECT collection, key, data, updated_at, deleted ... ORDER BY
 collection, key`` over the copy, every row fetched (what any snapshot of the store must at
 least do). The SDK's figure is ``take_snapshot`` (copy, quick_check, validation,
-checksums, batch plan). A second figure times rebuilding every batch from the snapshot
+checksums, batch plan), checking every item; then ``take_snapshot(trust_digests=True)``,
+the migration's, which takes the digests the store vouches for as they are (the batches'
+rebuild checks those items). A last figure times rebuilding every batch from the snapshot
 (``iter_batches``: what the upload does per batch, before sending it), against the same
 baseline. Median of ``--repeat`` turns, baseline and SDK alternating.
 
@@ -52,14 +54,21 @@ def baseline(store: Path, work: Path) -> float:
     return took
 
 
-def sdk_turn(store: Path, work: Path, turn: int) -> tuple[float, float, str]:
-    """``take_snapshot``'s seconds, the seconds to rebuild every batch, and the dataset
-    checksum (the same in every turn, or something is wrong)."""
+def sdk_turn(store: Path, work: Path, turn: int, *, trust: bool) -> tuple[float, float, str]:
+    """``take_snapshot``'s seconds (checking every item, or with ``trust`` taking the
+    digests the store vouches for as the migration does), the seconds to rebuild every
+    batch, and the dataset checksum (the same in every turn, or something is wrong)."""
     from sdk._store.snapshot import take_snapshot
 
+    options = {"trust_digests": True} if trust else {}
     started = time.perf_counter()
     snapshot = take_snapshot(
-        store, work, batch_size=BATCH, max_batch_bytes=MAX_BATCH_BYTES, name=f"snap{turn}"
+        store,
+        work,
+        batch_size=BATCH,
+        max_batch_bytes=MAX_BATCH_BYTES,
+        name=f"snap{turn}{'t' if trust else ''}",
+        **options,
     )
     took = time.perf_counter() - started
     started = time.perf_counter()
@@ -77,21 +86,27 @@ def child(items: int, repeat: int, work: Path) -> None:
     from bench.common import fill_store
 
     store = fill_store(work / "store.sqlite3", items)
-    bases: list[float] = []
-    snaps: list[float] = []
-    preps: list[float] = []
+    import inspect
+
+    from sdk._store.snapshot import take_snapshot
+
+    # A checkout from before the migration trusted the store's digests has one figure.
+    trusting = "trust_digests" in inspect.signature(take_snapshot).parameters
+    figures: dict[str, list[float]] = {"baseline": [], "snapshot": [], "prepare": []}
+    if trusting:
+        figures["trusting"] = []
     checksums: set[str] = set()
     for turn in range(repeat):
-        bases.append(baseline(store, work))
-        took, prepared, checksum = sdk_turn(store, work, turn)
-        snaps.append(took)
-        preps.append(prepared)
+        figures["baseline"].append(baseline(store, work))
+        took, prepared, checksum = sdk_turn(store, work, turn, trust=False)
+        figures["snapshot"].append(took)
+        figures["prepare"].append(prepared)
         checksums.add(checksum)
-    print(
-        json.dumps(
-            {"baseline": bases, "snapshot": snaps, "prepare": preps, "checksums": sorted(checksums)}
-        )
-    )
+        if trusting:
+            took, _, checksum = sdk_turn(store, work, turn, trust=True)
+            figures["trusting"].append(took)
+            checksums.add(checksum)
+    print(json.dumps({**figures, "checksums": sorted(checksums)}))
 
 
 def main() -> None:
@@ -135,8 +150,15 @@ def main() -> None:
     print(f"snapshot of {args.items:,} items, sdk from {tree}, median of {args.repeat}")
     print(f"  baseline (backup + ordered SELECT): {base:7.3f} s")
     print(f"  take_snapshot:                      {snap:7.3f} s   {snap / base:5.2f} x baseline")
+    if "trusting" in figures:
+        trust = statistics.median(figures["trusting"])
+        print(
+            f"  take_snapshot(trust_digests=True):  {trust:7.3f} s   {trust / base:5.2f} x baseline"
+            "   (the migration's)"
+        )
     print(f"  rebuild every batch (iter_batches): {prep:7.3f} s   {prep / base:5.2f} x baseline")
-    turns = {k: [round(x, 3) for x in figures[k]] for k in ("baseline", "snapshot", "prepare")}
+    names = [k for k in ("baseline", "snapshot", "trusting", "prepare") if k in figures]
+    turns = {k: [round(x, 3) for x in figures[k]] for k in names}
     print(f"  every turn (s): {turns}")
     print(f"  dataset checksum {', '.join(figures['checksums'])}; load average {load}")
 

@@ -78,7 +78,8 @@ def test_the_snapshot_bench_times_take_snapshot_against_its_baseline() -> None:
     out = _bench("snapshot.py", "--items", "3000", "--repeat", "2")
 
     figures = re.findall(r"([\d.]+) s +([\d.]+) x baseline", out)
-    assert len(figures) == 2 and all(float(s) > 0 and float(x) > 0 for s, x in figures)
+    assert len(figures) == 3 and all(float(s) > 0 and float(x) > 0 for s, x in figures)
+    assert re.search(r"take_snapshot\(trust_digests=True\): +[\d.]+ s", out)
     assert re.search(r"baseline \(backup \+ ordered SELECT\): +[\d.]+ s", out)
     # Every turn's snapshot of the one store gave the same dataset checksum.
     assert re.search(r"dataset checksum [0-9a-f]{64};", out)
