@@ -695,9 +695,11 @@ def _pinned(source: Path) -> tuple[sqlite3.Connection, sqlite3.Connection] | Non
                 conn.execute("BEGIN")
                 conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the read
             (after,) = probe.execute("PRAGMA data_version").fetchone()
-        except BaseException:
+        except BaseException as exc:
             for conn in pair:
                 conn.close()
+            if isinstance(exc, sqlite3.Error):  # locked or damaged: the store's doing
+                raise store_error(exc, source, "read the store") from exc
             raise
         finally:
             probe.close()
