@@ -30,6 +30,7 @@ import hashlib
 import io
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
+from operator import itemgetter
 from typing import IO
 
 from sdk._store.values import references
@@ -235,6 +236,12 @@ def track(conn: sqlite3.Connection, rows: Iterable[tuple[str, str, str]]) -> Non
         any_held = conn.execute("SELECT 1 FROM item_blobs LIMIT 1").fetchone() is not None
     except sqlite3.OperationalError:
         return  # a bare connection (the sync's doctests): no attachments' schema
+    if not any_held:
+        # Nothing referenced before, and nothing now unless some text holds the mark
+        # (one search over them all: a bootstrap's pages pay it per page, not per row).
+        rows = rows if isinstance(rows, list) else list(rows)
+        if '"$' not in "".join(map(itemgetter(2), rows)):
+            return
     written = []
     refs = []
     sizes: dict[str, int] = {}

@@ -31,7 +31,8 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from itertools import repeat
+from typing import Any, Literal
 
 from sdk._store import attachments as _attachments
 from sdk._store.bulk import insert_rows
@@ -393,9 +394,8 @@ def take_remote(
     has them already, are the rows' :func:`row_digest`. Returns how many were written."""
     if not items:
         return 0
-    low = min((r[0], r[1]) for r, _ in items)
-    high = max((r[0], r[1]) for r, _ in items)
-    if digests is not None and not _any_between(conn, low, high):
+    keys = [(r[0], r[1]) for r, _ in items]
+    if digests is not None and not _any_between(conn, min(keys), max(keys)):
         # Where the store holds none of these keys (a bootstrap): no lookups, no checks
         # per row, one plain insert.
         insert_rows(
@@ -404,11 +404,12 @@ def take_remote(
             8,
             [(*r, d, q, 0) for (r, q), d in zip(items, digests, strict=False)],
         )
-        _attachments.track(conn, (r[:3] for r, _ in items))
-        total = sum(int.from_bytes(d, "big") for d in digests)
+        _attachments.track(conn, [r[:3] for r, _ in items])
+        big: Literal["big"] = "big"
+        total = sum(map(int.from_bytes, digests, repeat(big)))
         _add_checksum(conn, total % (1 << 256))
         return len(items)
-    old = _existing(conn, [(r[0], r[1]) for r, _ in items])
+    old = _existing(conn, keys)
     through = settled(conn)
     delta = 0
     written = 0
