@@ -272,14 +272,13 @@ def rewritten(
     return path.read_bytes()
 
 
-def swapped_keys(path: Path, pristine: bytes) -> bytes:
+def swapped_keys(path: Path, pristine: bytes, pair: tuple[int, int] = (10, 40)) -> bytes:
     """Two keys of the same length swapped inside their pages, in the items table and in
     every index that holds them: the B-trees are out of order, which quick_check does not
     notice."""
+    one, two = (f"item-{n:06d}".encode() for n in pair)
     marker = b"\x00swap\x00\x00\x00\x00"
-    data = pristine.replace(b"item-000010", marker)
-    data = data.replace(b"item-000040", b"item-000010").replace(marker, b"item-000040")
-    return data
+    return pristine.replace(one, marker).replace(two, one).replace(marker, two)
 
 
 DAMAGED: list[tuple[str, Callable[[Path, bytes], bytes]]] = [
@@ -343,6 +342,20 @@ def test_damage_is_named_as_a_damaged_store_before_anything_is_uploaded(
     assert "damaged" in str(error)
 
 
+def test_keys_out_of_order_inside_a_batch_planned_at_once_are_named_as_damage(
+    pristine: bytes, tmp_path: Path
+) -> None:
+    # A trusting snapshot plans a batch of vouched rows at once once its collection has
+    # begun: flashcards' third batch of 10 holds both swapped keys (items 70 and 79).
+    store = tmp_path / "store.sqlite3"
+    store.write_bytes(swapped_keys(tmp_path / "made.sqlite3", pristine, (70, 79)))
+
+    with pytest.raises(CorruptStoreError, match="damaged"):
+        take_snapshot(
+            store, tmp_path / "cache", batch_size=10, max_batch_bytes=1 << 20, trust_digests=True
+        )
+
+
 @pytest.mark.parametrize(
     "make",
     # The migrations table is sqlite-utils' bookkeeping: only opening the store reads it.
@@ -353,8 +366,8 @@ def test_take_snapshot_on_its_own_names_the_damage_too(
     pristine: bytes, tmp_path: Path, make: Callable[[Path, bytes], bytes], trust: bool
 ) -> None:
     # Taking the digests the store vouches for as they are changes none of this: the
-    # plan still checks the file, the schema and the keys' order (batches of 20 hold
-    # both swapped keys, in one collection).
+    # plan still checks the file, the schema and the keys' order (a batch of 20 holds
+    # both swapped keys; see also the test above for a batch planned at once).
     store = tmp_path / "store.sqlite3"
     store.write_bytes(make(tmp_path / "made.sqlite3", pristine))
 

@@ -204,26 +204,17 @@ def _scan_rows(
         if len(digests) == batch_size:  # full: closed before the next row, as below
             planner.close(first, size_sum)
         # A fetch ends where the batch would: a whole batch of rows taken as vouched
-        # for is planned at once, the others a row at a time.
+        # for, in the collection already begun, is planned at once; the others (and so
+        # each collection's first batch) a row at a time.
         rows = cursor.fetchmany(batch_size - len(digests))
         if not rows:
             break
-        if trust and not digests and not invalid:
-            whole = _trusted_batch(rows, head_sizes, max_batch_bytes)
+        if trust and not digests and not invalid and rows[0][0] == last_collection:
+            whole = _trusted_batch(rows, last_key, head_sizes, max_batch_bytes)
             if whole is not None:
-                collection, key, last, stored_digests, size_sum = whole
-                if collection == last_collection:
-                    if key <= last_key:
-                        _out_of_order(collection, key)
-                else:
-                    if collection < last_collection:
-                        _out_of_order(collection, key)
-                    if count:
-                        collections[last_collection] = count - collection_start
-                    last_collection, collection_start = collection, count
-                last_key = last
+                last_key, stored_digests, size_sum = whole
+                first = (last_collection, rows[0][1])
                 count += len(rows)
-                first = (collection, key)
                 digests.extend(stored_digests)
                 continue
         for row in rows:
@@ -309,11 +300,11 @@ def _scan_rows(
 
 
 def _trusted_batch(
-    rows: list[tuple[Any, ...]], head_sizes: dict[str, int], max_batch_bytes: int
-) -> tuple[str, str, str, list[bytes], int] | None:
+    rows: list[tuple[Any, ...]], after: str, head_sizes: dict[str, int], max_batch_bytes: int
+) -> tuple[str, list[bytes], int] | None:
     """A whole batch of rows planned at once, when the store vouches for every one, all
-    are of one collection in strictly ascending keys, and they fit ``max_batch_bytes``:
-    their collection, first and last key, stored digests and body's bytes, worked out
+    are of one collection in strictly ascending keys after ``after``, and they fit
+    ``max_batch_bytes``: their last key, stored digests and body's bytes, worked out
     from the fields' total lengths. ``None`` otherwise: the rows are then planned one by
     one, which also names what is wrong. (Only the lengths are trusted here: rebuilding
     the batch checks every item against its digest, as in the one-by-one plan.)"""
@@ -326,7 +317,7 @@ def _trusted_batch(
         if head_size is None:
             head_size = head_sizes[collection] = len(_item_head(collection).encode()) + _ITEM_FIXED
         texts, names = "".join(data), "".join(keys)
-        if not all(map(operator.lt, keys, islice(keys, 1, None))):
+        if keys[0] <= after or not all(map(operator.lt, keys, islice(keys, 1, None))):
             return None
         low, high = min(stamps), max(stamps)
         digits = len(str(low))
@@ -351,7 +342,7 @@ def _trusted_batch(
         return None
     if size > max_batch_bytes:
         return None
-    return collection, keys[0], keys[-1], list(stored), size
+    return keys[-1], list(stored), size
 
 
 def _check(row: tuple[Any, ...], heads: dict[str, str]) -> tuple[bytes, str | None] | str:
