@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 from ._wire.canonical import Item, canonical_item_parts, canonical_json
@@ -37,6 +38,7 @@ __all__ = [
     "canonical_bytes",
     "canonical_text",
     "encode_item",
+    "loader",
     "loads",
     "loads_canonical",
     "orjson_in_use",
@@ -78,6 +80,23 @@ def loads(text: str | bytes) -> Any:
         except lib.JSONDecodeError:
             pass  # the stdlib decides: it may accept (NaN) or refuse with its own message
     return json.loads(text)
+
+
+def loader(text: bytes) -> Callable[[bytes], Any]:
+    """A parser for the parts of ``text`` (each a JSON text of its own) that reads them as
+    :func:`loads` reads ``text``: orjson's when it reads the whole text the same way,
+    else the stdlib's. A part orjson refuses (a NaN token) must then be read with
+    :func:`loads`, which lets the stdlib decide.
+
+    >>> loader(b'[1, 2]')(b'{"a": 1}')
+    {'a': 1}
+    >>> loader(b'{"n":1234567890123456789}') is json.loads
+    True
+    """
+    lib = _orjson if _orjson is not _UNSET else _lib()
+    if lib is not None and not _long_digits(text):
+        return lib.loads  # type: ignore[no-any-return]
+    return json.loads
 
 
 #: Every byte to a space but digits, which become 9s: a run of 19 digits is then found

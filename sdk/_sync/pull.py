@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import re
 from collections import Counter
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -19,6 +20,7 @@ from .._failpoints import failpoint
 from .._store import changes
 from .._store.local import check_item
 from .._wire.canonical import KEY_PATTERN, NAME_PATTERN
+from .page import PulledPage
 from .run import PULL_PAGE, _Sync
 
 __all__: list[str] = []  # the engine calls _pull; nothing here is for others
@@ -50,7 +52,7 @@ def _pull_range(run: _Sync, *, since_key: str, until: int | None) -> _Page:
     device's overlap; each page is written with its cursor, so a kill resumes from the
     last page written."""
 
-    def fetch(since: str | None) -> dict[str, Any]:
+    def fetch(since: str | None) -> bytes:
         return run.transport.pull(  # type: ignore[no-any-return]
             since=since, until=until, limit=PULL_PAGE, device_id=run.store.device_id
         )
@@ -60,16 +62,19 @@ def _pull_range(run: _Sync, *, since_key: str, until: int | None) -> _Page:
         run.store._bulk_writes(),
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdk-pull") as ahead,
     ):
-        upcoming: Future[dict[str, Any]] = ahead.submit(fetch, _sync_meta(run).get(since_key))
+        upcoming: Future[bytes] = ahead.submit(fetch, _sync_meta(run).get(since_key))
         try:
             while True:
-                page = upcoming.result()
+                # Parsed here, not on the fetching thread: the items are parsed one at a
+                # time as they are checked (sdk/_sync/page.py says why).
+                pulled = PulledPage(upcoming.result())
+                page = pulled.envelope
                 run.round_trips += 1
                 done = not page["hasMore"]
                 if not done:
                     upcoming = ahead.submit(fetch, page["cursor"])
                 failpoint("sync.pull.answered")
-                _apply_page(run, page, since_key=since_key, until=until)
+                _apply_page(run, pulled, since_key=since_key, until=until)
                 if done:
                     return _Page(page["seq"], page["checksum"], page["itemCount"])
                 run.check_stop()
@@ -78,8 +83,9 @@ def _pull_range(run: _Sync, *, since_key: str, until: int | None) -> _Page:
             raise
 
 
-def _apply_page(run: _Sync, page: dict[str, Any], *, since_key: str, until: int | None) -> None:
-    items, digests = _pulled_page(page["changes"])
+def _apply_page(run: _Sync, pulled: PulledPage, *, since_key: str, until: int | None) -> None:
+    items, digests = pulled.rows(_pulled_page)
+    page = pulled.envelope
     with run.store._writing("apply pulled changes") as conn:
         written = changes.take_remote(conn, items, digests=digests)
         if until is not None and not page["hasMore"]:
@@ -98,7 +104,7 @@ def _apply_page(run: _Sync, page: dict[str, Any], *, since_key: str, until: int 
     run.hooks.progress(Progress(ProgressPhase.PULLING, run.pulled, expected))
 
 
-def _pulled_page(page: list[Any]) -> tuple[list[tuple[changes.Row, int]], list[bytes]]:
+def _pulled_page(page: Iterable[Any]) -> tuple[list[tuple[changes.Row, int]], list[bytes]]:
     """A page's items as rows with their seqs, and their digests. The common case costs
     one orjson call per item (the data's canonical text and the item's canonical bytes
     together); anything unusual goes through the full checks of :func:`_pulled`."""
