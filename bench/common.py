@@ -162,6 +162,11 @@ def honest_floor(store: Path, work: Path, limit: int | None = None) -> dict[str,
         return honest_client(url, str(store), limit)
 
 
+#: How a child process running a client is handed its bearer token (minted by the parent:
+#: minting imports the server's code, which is neither the client's time nor its memory).
+TOKEN_ENV = "BENCH_BEARER_TOKEN"
+
+
 def token(user: str) -> str:
     from backend_stub import Settings, issue_token
 

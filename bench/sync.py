@@ -9,9 +9,14 @@
    data in the same run (target >= 0.8).
 3. **Both against the honest floor** (``bench/throughput.py``'s: the stored rows framed
    as they are, hashed, POSTed to a bare orjson server that inserts each batch in one
-   transaction), run in the same process on the same stores: the bootstrap's items/s
-   over the floor's moving the largest store, and the incremental sync's wall time over
-   the floor's moving ``--changes`` rows (one batch).
+   transaction), on the same stores: the bootstrap's items/s over the floor's moving the
+   largest store, and the incremental sync's wall time over the floor's moving
+   ``--changes`` rows (one batch).
+
+The migration, the bootstrap and the floor moving the largest store each run in a fresh
+process of their own, as in ``bench/throughput.py``: this one has the server's code
+imported, a larger heap for the garbage collector to walk. The incremental syncs and
+the floor's 100 rows run here, side by side.
 
 Every run uses fresh stores and a fresh backend_stub on loopback::
 
@@ -21,7 +26,10 @@ Every run uses fresh stores and a fresh backend_stub on loopback::
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import backend_stub, fill_store, honest_floor, token
+from common import TOKEN_ENV, backend_stub, fill_store, honest_floor, token
 
 
 def migrate(url: str, user: str, store: Path, cache: Path) -> dict[str, float]:
@@ -42,7 +50,7 @@ def migrate(url: str, user: str, store: Path, cache: Path) -> dict[str, float]:
     def progress(p: Progress) -> None:
         marks.setdefault(p.phase.value, time.perf_counter())
 
-    bearer = token(user)  # the app holds its token before it migrates
+    bearer = os.environ[TOKEN_ENV]  # the app holds its token before it migrates
     started = time.perf_counter()
     with MigrationClient(
         server=url,
@@ -87,7 +95,9 @@ def incremental(url: str, user: str, store: Path, changes: int, round_: int) -> 
 def bootstrap(url: str, user: str, store: Path) -> dict[str, float]:
     from sdk import MigrationClient
 
-    with MigrationClient(server=url, user_id=user, token=token(user), store_path=store) as client:
+    with MigrationClient(
+        server=url, user_id=user, token=os.environ[TOKEN_ENV], store_path=store
+    ) as client:
         started = time.perf_counter()
         result = client.sync()
         seconds = time.perf_counter() - started
@@ -95,7 +105,31 @@ def bootstrap(url: str, user: str, store: Path) -> dict[str, float]:
     return {"items": result.pulled, "rate": result.pulled / seconds, "seconds": seconds}
 
 
+def child(kind: str, user: str, *args: str) -> dict[str, float]:
+    """Run ``migrate``, ``bootstrap`` or ``floor`` in a fresh process; its figures."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", kind, *args],
+        env={**os.environ, TOKEN_ENV: token(user)},
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def run_child(kind: str, args: list[str]) -> dict[str, float]:
+    if kind == "migrate":
+        return migrate(args[0], args[1], Path(args[2]), Path(args[3]))
+    if kind == "bootstrap":
+        return bootstrap(args[0], args[1], Path(args[2]))
+    return honest_floor(Path(args[0]), Path(args[1]))
+
+
 def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        print(json.dumps(run_child(sys.argv[2], sys.argv[3:])))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 1_000_000])
     parser.add_argument("--changes", type=int, default=100)
@@ -114,8 +148,10 @@ def main() -> int:
                     for i in range(args.repeat)
                 ]
                 if size == sizes[-1]:
-                    whole = honest_floor(store, root / f"{size}" / "floor-all")
-                migrated = migrate(url, user, store, root / f"{size}" / "cache")
+                    whole = child("floor", user, str(store), str(root / f"{size}" / "floor-all"))
+                migrated = child(
+                    "migrate", user, url, user, str(store), str(root / f"{size}" / "cache")
+                )
                 runs = [incremental(url, user, store, args.changes, i) for i in range(args.repeat)]
                 rows.append(
                     {
@@ -128,7 +164,8 @@ def main() -> int:
                     }
                 )
             largest = rows[-1]
-            pulled = bootstrap(url, f"sync-{largest['size']}", root / "new-device.sqlite3")
+            user = f"sync-{largest['size']}"
+            pulled = child("bootstrap", user, url, user, str(root / "new-device.sqlite3"))
     print(f"incremental sync of {args.changes} changed items (median of {args.repeat}):")
     print(
         f"| store items | client CPU ms | wall ms | round trips | honest floor, {args.changes}"

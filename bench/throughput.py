@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     BATCH,
     ROOT,
+    TOKEN_ENV,
     backend_stub,
     fill_store,
     honest_client,
@@ -55,8 +56,6 @@ from common import (
     serve,
     token,
 )
-
-TOKEN_ENV = "BENCH_BEARER_TOKEN"  # how a child client is handed its token
 
 
 def floor_client(url: str, store: str, limit: int | None, per_item: bool) -> dict[str, float]:
@@ -205,9 +204,8 @@ def sdk_client(url: str, store: str, cache: str, in_flight: int) -> dict[str, fl
 
 
 def child(*args: str, without: tuple[str, ...] = ()) -> dict[str, float]:
-    """Run one of this file's clients in its own process; its figures. The bearer token
-    is minted here: minting imports the server's code (FastAPI, pydantic), which is
-    neither the client's time nor its memory."""
+    """Run one of this file's clients in its own process; its figures (the bearer token
+    minted here, see ``common.TOKEN_ENV``)."""
     user = {"sdk": "bench", "api-per-item": "per-item"}.get(args[0], "")
     out = subprocess.run(
         [*python(without, path=__file__), "--child", *args],
