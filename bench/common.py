@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import sqlite3
 import subprocess
@@ -165,6 +166,20 @@ def honest_floor(store: Path, work: Path, limit: int | None = None) -> dict[str,
 #: How a child process running a client is handed its bearer token (minted by the parent:
 #: minting imports the server's code, which is neither the client's time nor its memory).
 TOKEN_ENV = "BENCH_BEARER_TOKEN"
+
+
+def run_client(argv: list[str], user: str = "") -> dict[str, float]:
+    """Run a client process (``argv``) that prints its figures as JSON on its last line,
+    handed a token for ``user`` (when one is named); its figures."""
+    out = subprocess.run(
+        argv,
+        env={**os.environ, TOKEN_ENV: token(user) if user else ""},
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    return result
 
 
 def token(user: str) -> str:

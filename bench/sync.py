@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import TOKEN_ENV, backend_stub, fill_store, honest_floor, token
+from common import TOKEN_ENV, backend_stub, fill_store, honest_floor, run_client, token
 
 
 def migrate(url: str, user: str, store: Path, cache: Path) -> dict[str, float]:
@@ -107,15 +106,7 @@ def bootstrap(url: str, user: str, store: Path) -> dict[str, float]:
 
 def child(kind: str, user: str, *args: str) -> dict[str, float]:
     """Run ``migrate``, ``bootstrap`` or ``floor`` in a fresh process; its figures."""
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", kind, *args],
-        env={**os.environ, TOKEN_ENV: token(user)},
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
-    return result
+    return run_client([sys.executable, __file__, "--child", kind, *args], user)
 
 
 def run_child(kind: str, args: list[str]) -> dict[str, float]:

@@ -36,7 +36,6 @@ import json
 import os
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,8 +52,8 @@ from common import (
     honest_client,
     python,
     rss_kb,
+    run_client,
     serve,
-    token,
 )
 
 
@@ -207,15 +206,7 @@ def child(*args: str, without: tuple[str, ...] = ()) -> dict[str, float]:
     """Run one of this file's clients in its own process; its figures (the bearer token
     minted here, see ``common.TOKEN_ENV``)."""
     user = {"sdk": "bench", "api-per-item": "per-item"}.get(args[0], "")
-    out = subprocess.run(
-        [*python(without, path=__file__), "--child", *args],
-        env={**os.environ, TOKEN_ENV: token(user) if user else ""},
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
-    return result
+    return run_client([*python(without, path=__file__), "--child", *args], user)
 
 
 def measure(
