@@ -168,12 +168,12 @@ def honest_floor(store: Path, work: Path, limit: int | None = None) -> dict[str,
 TOKEN_ENV = "BENCH_BEARER_TOKEN"
 
 
-def run_client(argv: list[str], user: str = "") -> dict[str, float]:
+def run_client(argv: list[str], user: str = "", **env: str) -> dict[str, float]:
     """Run a client process (``argv``) that prints its figures as JSON on its last line,
-    handed a token for ``user`` (when one is named); its figures."""
+    handed a token for ``user`` (when one is named) and ``env``; its figures."""
     out = subprocess.run(
         argv,
-        env={**os.environ, TOKEN_ENV: token(user) if user else ""},
+        env={**os.environ, TOKEN_ENV: token(user) if user else "", **env},
         check=True,
         capture_output=True,
         text=True,

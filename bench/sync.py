@@ -10,8 +10,8 @@
 3. **Both against the honest floor** (``bench/throughput.py``'s: the stored rows framed
    as they are, hashed, POSTed to a bare orjson server that inserts each batch in one
    transaction), on the same stores: the bootstrap's items/s over the floor's moving the
-   largest store, and the incremental sync's wall time over the floor's moving
-   ``--changes`` rows (one batch).
+   largest store (in batches of ``BATCH`` items, as the migration's), and the incremental
+   sync's wall time over the floor's moving ``--changes`` rows (one batch).
 
 The migration, the bootstrap and the floor moving the largest store each run in a fresh
 process of their own, as in ``bench/throughput.py``: this one has the server's code
@@ -38,6 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import TOKEN_ENV, backend_stub, fill_store, honest_floor, run_client, token
 
+#: Items per upload batch: a pull page's size (``sdk._sync.run.PULL_PAGE``), so that the
+#: bootstrap and the upload it is compared with move the same items per request; the
+#: honest floor moving the largest store batches alike.
+BATCH = 5000
+
 
 def migrate(url: str, user: str, store: Path, cache: Path) -> dict[str, float]:
     """Migrate ``store``; returns the upload phase's items/s (what the bootstrap is
@@ -56,7 +61,7 @@ def migrate(url: str, user: str, store: Path, cache: Path) -> dict[str, float]:
         user_id=user,
         token=bearer,
         store_path=store,
-        options=MigrationOptions(batch_size=5000, cache_dir=cache),
+        options=MigrationOptions(batch_size=BATCH, cache_dir=cache),
         on_progress=progress,
     ) as client:
         result = client.migrate()
@@ -106,7 +111,10 @@ def bootstrap(url: str, user: str, store: Path) -> dict[str, float]:
 
 def child(kind: str, user: str, *args: str) -> dict[str, float]:
     """Run ``migrate``, ``bootstrap`` or ``floor`` in a fresh process; its figures."""
-    return run_client([sys.executable, __file__, "--child", kind, *args], user)
+    # The floor batches as the migration does (common.BATCH is read from the environment).
+    return run_client(
+        [sys.executable, __file__, "--child", kind, *args], user, BENCH_BATCH=str(BATCH)
+    )
 
 
 def run_child(kind: str, args: list[str]) -> dict[str, float]:
