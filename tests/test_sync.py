@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 from sdk_fixtures import learning_items, make_store
 
@@ -16,6 +17,7 @@ from sdk import (
     MigrationClient,
     MigrationOptions,
     MigrationOutcome,
+    ProtocolError,
     RemoteChangesApplied,
     RetryPolicy,
     SyncCompleted,
@@ -94,6 +96,44 @@ def test_a_second_device_gets_the_whole_cloud_dataset_and_both_converge(server, 
         items_of(tablet / "store.sqlite3") == items_of(phone / "store.sqlite3") == cloud_of(server)
     )
     assert items_of(tablet / "store.sqlite3")[("lesson_progress", "item-000000")]["deleted"]
+
+
+class _BrokenPages(httpx.BaseTransport):
+    """The real server's answers, but every page of changes cut short once ``broken``."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner, self.broken = inner, True
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        if not (self.broken and request.url.path.endswith("/sync/changes")):
+            return response
+        body = response.read()
+        return httpx.Response(response.status_code, headers=response.headers, content=body[:-40])
+
+
+def test_a_page_of_changes_cut_short_is_a_protocol_error_and_writes_nothing(server, tmp_path):
+    phone, tablet = tmp_path / "phone", tmp_path / "tablet"
+    make_store(phone / "store.sqlite3", learning_items(40))
+    with device(server, phone) as first:
+        assert first.migrate().verified
+    pages = _BrokenPages(server.client._transport)
+    http = httpx.Client(base_url=server.client.base_url, transport=pages)
+    new = MigrationClient(
+        http_client=http,
+        user_id="alice",
+        token=server.token("alice"),
+        store_path=tablet / "store.sqlite3",
+        options=MigrationOptions(cache_dir=tablet / "cache"),
+        retry=RetryPolicy.none(),
+    )
+    with new, pytest.raises(ProtocolError, match="not JSON"):
+        new.sync()
+    assert items_of(tablet / "store.sqlite3") == {}
+    pages.broken = False
+    with new:
+        assert new.sync().verified
+    assert items_of(tablet / "store.sqlite3") == items_of(phone / "store.sqlite3")
 
 
 def test_a_second_device_with_its_own_data_migrates_then_receives_the_rest(server, tmp_path):
