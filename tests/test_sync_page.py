@@ -162,6 +162,18 @@ def test_without_orjson_a_page_is_read_the_same(monkeypatch: pytest.MonkeyPatch)
         pytest.param(server_body([], checksum="x"), "not a page of changes", id="checksum"),
         pytest.param(server_body([], seq=True), "not a page of changes", id="bool-seq"),
         pytest.param(
+            server_body([{"collection": "c", "data": {}}]).replace(
+                b'"data":{}', b'"data":' + b"[" * 100_000 + b"]" * 100_000
+            ),
+            "not JSON",
+            id="nested-too-deep",
+        ),
+        pytest.param(
+            server_body([]).replace(b'"cursor":"7"', b'"cursor":' + b"[" * 100_000),
+            "not JSON",
+            id="envelope-too-deep",
+        ),
+        pytest.param(
             server_body([{"collection": "c"}]).replace(b'"changes"', b'"chunked"'),
             "not a page of changes",
             id="no-changes",
@@ -170,7 +182,7 @@ def test_without_orjson_a_page_is_read_the_same(monkeypatch: pytest.MonkeyPatch)
 )
 def test_a_body_that_is_not_a_page_is_a_protocol_error(body: bytes, needle: str):
     with pytest.raises(ProtocolError, match=needle):
-        PulledPage(body)
+        PulledPage(body).rows(list)
 
 
 def test_an_item_that_is_not_json_is_a_protocol_error_when_the_items_are_read():

@@ -786,8 +786,13 @@ def test_a_4xx_becomes_the_matching_refusal_with_its_problem(
     assert clock.slept == []
 
 
-def test_a_4xx_without_a_problem_body_still_maps_by_status(make: Factory) -> None:
-    transport, _, _ = make(httpx.Response(404, text="<html>nope</html>"))
+@pytest.mark.parametrize(
+    "body",
+    [b"<html>nope</html>", b"[" * 100_000 + b"]" * 100_000],
+    ids=["html", "nested-too-deep"],
+)
+def test_a_4xx_without_a_problem_body_still_maps_by_status(make: Factory, body: bytes) -> None:
+    transport, _, _ = make(httpx.Response(404, content=body))
     with pytest.raises(NotFoundError, match=r"404 \(Not Found\)") as caught:
         transport.status()
     assert (caught.value.code, caught.value.problem) == (None, {})
@@ -907,6 +912,9 @@ def test_retries_are_logged_without_the_token(
     [
         pytest.param(httpx.Response(200, text="<html>hi</html>"), "not JSON", id="html"),
         pytest.param(httpx.Response(200), "not JSON", id="empty"),
+        pytest.param(
+            httpx.Response(200, content=b"[" * 100_000 + b"]" * 100_000), "not JSON", id="deep"
+        ),
         pytest.param(
             httpx.Response(200, json={k: v for k, v in STATUS.items() if k != "progress"}),
             "progress: Field required",

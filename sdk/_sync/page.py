@@ -89,7 +89,7 @@ def _cut(body: bytes) -> tuple[dict[str, Any], list[bytes]] | None:
         return None
     try:
         envelope = fastjson.loads(b"{" + body[end + len(_TAIL) - len(b'"cursor":') :])
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not _is_page({**envelope, "changes": []}) or "changes" in envelope:
         return None
@@ -105,7 +105,7 @@ def _items(loads: Callable[[bytes], Any], pieces: list[bytes]) -> Iterator[Any]:
     for piece in pieces:
         try:
             item = loads(_ITEM_HEAD + piece + b"}")
-        except ValueError:
+        except (ValueError, RecursionError):
             raise _Uncut from None
         yield item
 
@@ -113,7 +113,7 @@ def _items(loads: Callable[[bytes], Any], pieces: list[bytes]) -> Iterator[Any]:
 def _whole(body: bytes) -> dict[str, Any]:
     try:
         page = fastjson.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # nested too deep for the parser
         raise ProtocolError(
             f"pull: the server's answer is not JSON ({exc}); check that the URL points at "
             "the migration server"

@@ -686,7 +686,7 @@ class Transport:
         )
         try:
             data = response.json()
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # nested too deep for the parser
             raise ProtocolError(
                 f"{op}: the server's {response.status_code} answer is not JSON ({exc}); check "
                 "that the URL points at the migration server"
@@ -981,7 +981,7 @@ def _problem(response: httpx.Response) -> dict[str, Any]:
     """The problem+json body as a dict, or ``{}`` when the body is something else."""
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     return body if isinstance(body, dict) else {}
 
