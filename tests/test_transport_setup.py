@@ -66,13 +66,17 @@ def serve(handle) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """Accept connections on a loopback port in a thread, each given to ``handle``."""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
+    over = threading.Event()
 
     def accept() -> None:
         while True:
             try:
                 conn, _ = listener.accept()
             except OSError:
-                return  # the listener was closed: the test is over
+                return
+            if over.is_set():  # the connection that wakes this thread: the test is over
+                conn.close()
+                return
             # OSError: the client gave up on the handshake, as the test expects.
             with conn, contextlib.suppress(OSError):
                 handle(conn)
@@ -82,8 +86,14 @@ def serve(handle) -> Iterator[str]:  # type: ignore[no-untyped-def]
     try:
         yield f"127.0.0.1:{port}"
     finally:
-        listener.close()
+        # Closing the listener does not wake a thread blocked in accept(): a last
+        # connection does.
+        over.set()
+        with contextlib.suppress(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=10).close()
         thread.join(10)
+        listener.close()
+        assert not thread.is_alive()
 
 
 @pytest.fixture
