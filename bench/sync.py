@@ -110,7 +110,8 @@ def bootstrap(url: str, user: str, store: Path) -> dict[str, float]:
 
 
 def child(kind: str, user: str, *args: str) -> dict[str, float]:
-    """Run ``migrate``, ``bootstrap`` or ``floor`` in a fresh process; its figures."""
+    """Run ``migrate``, ``bootstrap`` or ``floor`` in a fresh process, handed a token for
+    ``user`` (none for the floor: ``""``); its figures."""
     # The floor batches as the migration does (common.BATCH is read from the environment).
     return run_client(
         [sys.executable, __file__, "--child", kind, *args], user, BENCH_BATCH=str(BATCH)
@@ -147,7 +148,7 @@ def main() -> int:
                     for i in range(args.repeat)
                 ]
                 if size == sizes[-1]:
-                    whole = child("floor", user, str(store), str(root / f"{size}" / "floor-all"))
+                    whole = child("floor", "", str(store), str(root / f"{size}" / "floor-all"))
                 migrated = child(
                     "migrate", user, url, user, str(store), str(root / f"{size}" / "cache")
                 )

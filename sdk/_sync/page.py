@@ -25,12 +25,13 @@ from typing import Any, TypeVar
 
 from .. import _fastjson as fastjson
 from .._errors import ProtocolError
+from .._wire.canonical import SHA256_PATTERN
 
 __all__ = ["PulledPage"]
 
 T = TypeVar("T")
 
-_CHECKSUM = re.compile(r"[0-9a-f]{64}")
+_CHECKSUM = re.compile(SHA256_PATTERN)
 _HEAD = b'{"changes":['
 _ITEM_HEAD = b'{"collection":'
 _SEPARATOR = b'},{"collection":'
@@ -87,11 +88,11 @@ def _cut(body: bytes) -> tuple[dict[str, Any], list[bytes]] | None:
     end = body.rfind(_TAIL)
     if not body.startswith(_HEAD) or end < 0:
         return None
-    try:
-        envelope = fastjson.loads(b"{" + body[end + len(_TAIL) - len(b'"cursor":') :])
+    try:  # the rest, from "cursor" on, as an object of its own
+        envelope = fastjson.loads(b"{" + body[end + len(b"],") :])
     except (ValueError, RecursionError):
         return None
-    if not _is_page({**envelope, "changes": []}) or "changes" in envelope:
+    if "changes" in envelope or not _is_page({**envelope, "changes": []}):
         return None
     items = body[len(_HEAD) : end]
     if not items:

@@ -636,7 +636,7 @@ class Transport:
         self, *, since: str | None, until: int | None, limit: int, device_id: str | None = None
     ) -> bytes:
         """``GET /sync/changes``: one page's body, as the server sent it. The caller reads
-        it with :func:`sdk._sync.page.read_page`, which checks that it is a
+        it with :class:`sdk._sync.page.PulledPage`, which checks that it is a
         :class:`~sdk.contract.PullResponse` and parses its items one at a time as they are
         written into the store (a large bootstrap builds no model per item).
 
