@@ -12,14 +12,12 @@ the same seq is refused and changes nothing::
 from __future__ import annotations
 
 import logging
-import operator
 import uuid
 from collections.abc import Sequence
-from itertools import repeat
 
 from backend_stub.bodies import Upload
 from backend_stub.events import Event, EventType
-from backend_stub.items import EncodedItem, parse_batch
+from backend_stub.items import EncodedItem, ParsedBatch, parse_batch
 from backend_stub.problems import ApiError
 from backend_stub.service import ensure_open, load_session, retrying, touch
 from backend_stub.settings import Settings
@@ -29,6 +27,7 @@ from backend_stub.storage import (
     Conflict,
     DuplicateItem,
     Key,
+    NewItems,
     Session,
     StagedItem,
     Storage,
@@ -38,8 +37,6 @@ from sdk.contract import BatchReceipt, Item, ItemVersion, ProblemCode, SessionSt
 __all__ = ["classify", "new_conflict", "put_batch"]
 
 logger = logging.getLogger(__name__)
-
-_STAGED_FIELDS = operator.itemgetter("collection", "key", "updatedAt", "deleted")
 
 
 def check_upload(session: Session, seq: int, upload: Upload) -> None:
@@ -128,9 +125,14 @@ def put_batch(
                 f"this batch would take the session past the manifest's"
                 f" {current.manifest.item_count} items",
             )
-        keys = [(row.item["collection"], row.item["key"]) for row in rows]
+        collections, names, _, _ = rows.fields()
+        keys = list(zip(collections, names, strict=True))
         staged, conflicts = classify(current.id, seq, rows, storage.cloud_items(user_id, keys))
-        new, unchanged, conflicted = _outcome_counts([s.outcome for s in staged])
+        new, unchanged, conflicted = (
+            (len(staged), 0, 0)
+            if isinstance(staged, NewItems)
+            else _outcome_counts([s.outcome for s in staged])
+        )
         batch = Batch(current.id, seq, upload.checksum, len(rows), new, unchanged, conflicted, now)
         received = current.received_count + 1
         _, unresolved = storage.conflict_counts(current.id)
@@ -186,7 +188,7 @@ def put_batch(
 
 def classify(
     session_id: str, seq: int, rows: Sequence[EncodedItem], cloud: dict[Key, CloudItem]
-) -> tuple[list[StagedItem], list[Conflict]]:
+) -> tuple[Sequence[StagedItem], list[Conflict]]:
     """Compare uploaded items with the cloud's: ``new``, ``unchanged`` or ``conflict``.
 
     Items are compared by canonical digest, so a tombstone against a live item, or the
@@ -200,23 +202,9 @@ def classify(
     ('new', [])
     """
     if rows and not cloud:  # most of a first migration: every item is new
-        items, texts, digests = zip(*rows, strict=True)
-        collections, keys, stamps, deletes = zip(*map(_STAGED_FIELDS, items), strict=True)
-        new = repeat("new")
-        return list(
-            map(
-                StagedItem,
-                collections,
-                keys,
-                repeat(seq),
-                texts,
-                stamps,
-                deletes,
-                digests,
-                new,
-                repeat(None),
-            )
-        ), []
+        parsed = ParsedBatch.of(rows)  # columns in, columns out: no tuple per item
+        collections, keys, stamps, deletes = parsed.fields()
+        return NewItems(seq, collections, keys, parsed.datas, stamps, deletes, parsed.digests), []
     staged: list[StagedItem] = []
     conflicts: list[Conflict] = []
     for item, data, digest in rows:

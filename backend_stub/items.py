@@ -15,9 +15,9 @@ import logging
 import operator
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import islice, repeat
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any, NamedTuple, overload
 
 from pydantic import ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
@@ -38,6 +38,7 @@ from sdk.contract import (
 __all__ = [
     "MAX_TIMESTAMP",
     "EncodedItem",
+    "ParsedBatch",
     "cloud_item",
     "parse_batch",
     "seed_cloud_items",
@@ -91,6 +92,66 @@ class EncodedItem(NamedTuple):
     digest: bytes
 
 
+#: An item's fields besides its data, as :meth:`ParsedBatch.fields` gives them by column.
+_FIELDS_BUT_DATA = operator.itemgetter("collection", "key", "updatedAt", "deleted")
+
+
+class ParsedBatch(Sequence[EncodedItem]):
+    """A valid batch's items as :func:`parse_batch` gives them: a sequence of
+    :class:`EncodedItem`, held as columns (the items, their data's canonical JSON, their
+    digests) so that what reads them by column (:func:`backend_stub.batches.classify`)
+    makes no tuple per item.
+
+    >>> batch = parse_batch(b'{"items":[{"collection":"c","data":{},"deleted":false,'
+    ...                     b'"key":"k","updatedAt":1}]}', max_items=1)
+    >>> len(batch), batch[0].data, batch.fields()
+    (1, '{}', (('c',), ('k',), (1,), (False,)))
+    """
+
+    __slots__ = ("_fields", "datas", "digests", "items")
+
+    def __init__(
+        self,
+        items: Sequence[Item],
+        datas: Sequence[str],
+        digests: Sequence[bytes],
+        fields: tuple[Sequence[str], Sequence[str], Sequence[int], Sequence[bool]] | None = None,
+    ) -> None:
+        self.items, self.datas, self.digests = items, datas, digests
+        self._fields = fields
+
+    @classmethod
+    def of(cls, rows: Sequence[EncodedItem]) -> ParsedBatch:
+        """The batch of ``rows`` (itself when it is one already)."""
+        if isinstance(rows, ParsedBatch):
+            return rows
+        return cls([r.item for r in rows], [r.data for r in rows], [r.digest for r in rows])
+
+    def fields(self) -> tuple[Sequence[str], Sequence[str], Sequence[int], Sequence[bool]]:
+        """The items' collections, keys, ``updatedAt`` and ``deleted``, a column each."""
+        if self._fields is None:
+            columns = tuple(zip(*map(_FIELDS_BUT_DATA, self.items), strict=True)) or ((),) * 4
+            self._fields = columns  # type: ignore[assignment]
+        return self._fields  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @overload
+    def __getitem__(self, index: int) -> EncodedItem: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[EncodedItem]: ...
+
+    def __getitem__(self, index: int | slice) -> EncodedItem | list[EncodedItem]:
+        if isinstance(index, slice):
+            return list(self)[index]
+        return EncodedItem(self.items[index], self.datas[index], self.digests[index])
+
+    def __iter__(self) -> Iterator[EncodedItem]:
+        return map(EncodedItem, self.items, self.datas, self.digests)
+
+
 def _encode(item: Item) -> tuple[EncodedItem, bytes]:
     """The encoded item, and its canonical bytes."""
     try:
@@ -104,7 +165,7 @@ def _encode(item: Item) -> tuple[EncodedItem, bytes]:
     return EncodedItem(item, data, hashlib.sha256(canonical).digest()), canonical
 
 
-def parse_batch(body: bytes, *, max_items: int) -> list[EncodedItem]:
+def parse_batch(body: bytes, *, max_items: int) -> ParsedBatch:
     """Validate a batch body and encode its items.
 
     400: not JSON (or NaN, or nested too deep); 422: wrong shape, an empty batch, or
@@ -119,7 +180,7 @@ def parse_batch(body: bytes, *, max_items: int) -> list[EncodedItem]:
     return fast if fast is not None else _parse_general(body, max_items)
 
 
-def _parse_general(body: bytes, max_items: int) -> list[EncodedItem]:
+def _parse_general(body: bytes, max_items: int) -> ParsedBatch:
     """:func:`parse_batch` for any body: pydantic validates it, and says what is wrong."""
     try:
         items: list[Item] = _BATCH.validate_json(body)["items"]  # type: ignore[assignment]
@@ -153,7 +214,7 @@ def _parse_general(body: bytes, max_items: int) -> list[EncodedItem]:
     # parsed once more to find out.
     if body != batch_body(canonical for _, canonical in encoded):
         reject_duplicate_members(body)
-    return [row for row, _ in encoded]
+    return ParsedBatch.of([row for row, _ in encoded])
 
 
 _ITEM_SEPARATOR = b'},{"collection":'
@@ -164,7 +225,7 @@ _NAME_MATCH = re.compile(NAME_PATTERN).fullmatch
 _KEY_MATCH = re.compile(KEY_PATTERN).fullmatch
 
 
-def _parse_canonical(body: bytes, max_items: int) -> list[EncodedItem] | None:
+def _parse_canonical(body: bytes, max_items: int) -> ParsedBatch | None:
     """The items of a valid canonical batch body (what the SDK sends), checked a column
     at a time in C instead of by pydantic item by item; ``None`` for any other body, which
     the general path then decides (with pydantic's own error when it is invalid).
@@ -193,7 +254,7 @@ def _parse_canonical(body: bytes, max_items: int) -> list[EncodedItem] | None:
         columns = list(zip(*map(_FIELDS, items), strict=True))  # KeyError: a member missing
         if list(map(set, map(map, repeat(type), columns))) != list(_FIELD_TYPES):
             return None
-        collections, keys, _, stamps, _ = columns
+        collections, keys, _, stamps, deletes = columns
         if min(stamps) < 0 or max(stamps) > MAX_TIMESTAMP:
             return None
         if not all(map(_NAME_MATCH, set(collections))) or not all(map(_KEY_MATCH, keys)):
@@ -201,12 +262,12 @@ def _parse_canonical(body: bytes, max_items: int) -> list[EncodedItem] | None:
         pairs = list(zip(collections, keys, strict=True))
         if not all(map(operator.lt, pairs, islice(pairs, 1, None))):
             return None
-        return _cut(body, items, collections)
+        return _cut(body, items, collections, (collections, keys, stamps, deletes))
     except (ValueError, TypeError, KeyError, RecursionError):
         return None
 
 
-def _cut_canonical(body: bytes, items: list[Item]) -> list[EncodedItem] | None:
+def _cut_canonical(body: bytes, items: list[Item]) -> ParsedBatch | None:
     """The encoded items cut out of ``body`` when it is exactly their canonical batch body
     (what the SDK sends); ``None`` otherwise (or without orjson), and each item is then
     encoded on its own.
@@ -229,7 +290,12 @@ def _cut_canonical(body: bytes, items: list[Item]) -> list[EncodedItem] | None:
     return _cut(body, items, [item["collection"] for item in items])
 
 
-def _cut(body: bytes, items: list[Item], collections: Sequence[str]) -> list[EncodedItem] | None:
+def _cut(
+    body: bytes,
+    items: list[Item],
+    collections: Sequence[str],
+    fields: tuple[Sequence[str], Sequence[str], Sequence[int], Sequence[bool]] | None = None,
+) -> ParsedBatch | None:
     """:func:`_cut_canonical` of a body known to be the canonical batch of ``items``."""
     # Each piece is an item without its first member's name and its closing brace.
     pieces = body[_ENVELOPE_HEAD + len(_ITEM_HEAD) : -_ENVELOPE_TAIL - 1].split(_ITEM_SEPARATOR)
@@ -241,7 +307,7 @@ def _cut(body: bytes, items: list[Item], collections: Sequence[str]) -> list[Enc
         for collection, piece in zip(collections, pieces, strict=True)
     ]
     digests = [sha256(head + piece + b"}").digest() for piece in pieces]
-    return list(map(EncodedItem._make, zip(items, texts, digests, strict=True)))
+    return ParsedBatch(items, texts, digests, fields)
 
 
 def validate_item(value: Mapping[str, Any]) -> Item:

@@ -327,6 +327,46 @@ def test_a_session_tallied_from_its_batches_adds_up_as_tallied_from_its_items(
         storage.close()
 
 
+def test_a_batch_of_new_items_is_stored_by_column_as_it_is_row_by_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A first migration's batches reach the store as columns (NewItems); handed over as
+    # StagedItem rows instead, the same batches must leave the same rows behind.
+    from server_fixtures import items_of
+
+    from backend_stub import batches
+    from backend_stub.storage import NewItems
+
+    items = items_of(9, collection="lessons") + items_of(4, collection="notes", deleted=1)
+    items[3]["deleted"] = True
+    classify = batches.classify
+    dumps = []
+    for by_column in (True, False):
+        staged_as: list[type] = []
+
+        def handing_over(*args: Any, by_column: bool = by_column, **kwargs: Any) -> Any:
+            staged, conflicts = classify(*args, **kwargs)
+            staged_as.append(type(staged))
+            return (staged if by_column else list(staged)), conflicts
+
+        monkeypatch.setattr(batches, "classify", handing_over)
+        storage = SQLiteStorage.open(tmp_path / f"by-column-{by_column}")
+        try:
+            _staged_session(storage, items, 4, [2, 0, 1, 3])
+            assert staged_as == [NewItems] * 4
+            batch_rows = storage._conn.execute("SELECT * FROM batches ORDER BY seq").fetchall()
+            dumps.append(
+                [
+                    [row[1:] for row in batch_rows],  # but the session's (random) id
+                    storage._conn.execute("SELECT * FROM staged_items ORDER BY 2, 3").fetchall(),
+                ]
+            )
+        finally:
+            storage.close()
+    by_column_rows, by_row = dumps
+    assert len(by_row[1]) == len(items) and by_column_rows == by_row
+
+
 def test_a_session_is_tallied_from_its_items_once_one_was_reclassified_or_out_of_order(
     storage: SQLiteStorage,
 ) -> None:

@@ -14,8 +14,10 @@ import dataclasses
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Iterator, Sequence
+from itertools import repeat
 from json.encoder import encode_basestring as _quote
-from typing import NamedTuple
+from typing import NamedTuple, overload
 
 from sdk.contract import (
     BatchReceipt,
@@ -40,6 +42,7 @@ __all__ = [
     "DuplicateItem",
     "DuplicateSession",
     "Key",
+    "NewItems",
     "PullPage",
     "PushRecord",
     "Session",
@@ -337,6 +340,76 @@ version=1, device_id='d')
             item: Item = json.loads(text)
             parts = (canonical_json(item["data"]), item["updatedAt"], item["deleted"])
         return cls(collection, key, seq, *parts, digest, outcome, cloud_version)
+
+
+class NewItems(Sequence[StagedItem]):
+    """A batch's staged items when every one is new (a first migration's batches), held as
+    the columns they were parsed into: a backend that writes columns
+    (:meth:`SQLiteStorage.insert_batch`) makes no tuple per item, and any other reads
+    them as :class:`StagedItem` values, made as it asks for each.
+
+    >>> items = NewItems(3, ["c", "c"], ["k", "l"], ['{"a":1}', "{}"], [7, 8], [False, True],
+    ...                  [b"1", b"2"])
+    >>> len(items), items[1]
+    (2, StagedItem(collection='c', key='l', seq=3, data='{}', updated_at=8, deleted=True, \
+digest=b'2', outcome='new', cloud_version=None))
+    >>> [item.key for item in items] == ["k", "l"] and items[:1] == [items[0]]
+    True
+    """
+
+    __slots__ = ("collections", "datas", "deletes", "digests", "keys", "seq", "stamps")
+
+    def __init__(
+        self,
+        seq: int,
+        collections: Sequence[str],
+        keys: Sequence[str],
+        datas: Sequence[str],
+        stamps: Sequence[int],
+        deletes: Sequence[bool],
+        digests: Sequence[bytes],
+    ) -> None:
+        self.seq = seq
+        self.collections, self.keys, self.datas = collections, keys, datas
+        self.stamps, self.deletes, self.digests = stamps, deletes, digests
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @overload
+    def __getitem__(self, index: int) -> StagedItem: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[StagedItem]: ...
+
+    def __getitem__(self, index: int | slice) -> StagedItem | list[StagedItem]:
+        if isinstance(index, slice):
+            return list(self)[index]
+        return StagedItem(
+            self.collections[index],
+            self.keys[index],
+            self.seq,
+            self.datas[index],
+            self.stamps[index],
+            self.deletes[index],
+            self.digests[index],
+            "new",
+            None,
+        )
+
+    def __iter__(self) -> Iterator[StagedItem]:
+        return map(
+            StagedItem,
+            self.collections,
+            self.keys,
+            repeat(self.seq),
+            self.datas,
+            self.stamps,
+            self.deletes,
+            self.digests,
+            repeat("new"),
+            repeat(None),
+        )
 
 
 class CloudItem(NamedTuple):

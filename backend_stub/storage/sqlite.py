@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import sqlite3
@@ -40,6 +41,7 @@ from backend_stub.storage import (
     DuplicateItem,
     DuplicateSession,
     Key,
+    NewItems,
     PullPage,
     PushRecord,
     Session,
@@ -52,7 +54,7 @@ from backend_stub.storage import (
 from backend_stub.storage.blobs import BlobStore, BlobUrls
 from backend_stub.storage.sqlite_blobs import BLOBS_SCHEMA, FileBlobs
 from backend_stub.storage.sqlite_checkpoints import Checkpointer
-from sdk._store.bulk import insert_rows
+from sdk._store.bulk import insert_columns, insert_rows
 from sdk.contract import (
     CompleteMigrationResponse,
     ItemVersion,
@@ -186,6 +188,7 @@ def m005_session_numbers(db: Database) -> None:
 
 
 _DIGEST = itemgetter(6)  # of a StagedItem
+_FROM_BIG = functools.partial(int.from_bytes, byteorder="big")
 _MULTISET = 1 << 256  # multiset sums are taken modulo this (sdk.contract.multiset_add)
 _BATCH_TALLY_COLUMNS = "first_collection, first_key, last_collection, last_key, digests, new_sum"
 _STAGED_SCHEMA = (
@@ -524,31 +527,17 @@ class SQLiteStorage:
         return Backlog([], [])
 
     def insert_batch(self, batch: Batch, items: Sequence[StagedItem]) -> None:
+        if isinstance(items, NewItems):
+            self._insert_new_batch(batch, items)
+            return
         with self.atomic():
             new = [item for item in items if item.outcome == "new"]
-            new_sum = sum(int.from_bytes(item.digest, "big") for item in new)
-            try:
-                self._conn.execute(
-                    "INSERT INTO batches (session_id, seq, checksum, item_count, new_count,"
-                    f" unchanged_count, conflict_count, received_at, {_BATCH_TALLY_COLUMNS})"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        batch.session_id,
-                        batch.seq,
-                        batch.checksum,
-                        batch.item_count,
-                        batch.new_count,
-                        batch.unchanged_count,
-                        batch.conflict_count,
-                        batch.received_at,
-                        *(items[0][:2] if items else ("", "")),
-                        *(items[-1][:2] if items else ("", "")),
-                        b"".join(map(_DIGEST, items)),
-                        multiset_hex(new_sum),
-                    ],
-                )
-            except sqlite3.IntegrityError as exc:
-                raise DuplicateBatch(f"{batch.session_id}/{batch.seq}") from exc
+            self._insert_batch_row(
+                batch,
+                (items[0][:2], items[-1][:2]) if items else None,
+                b"".join(map(_DIGEST, items)),
+                sum(int.from_bytes(item.digest, "big") for item in new),
+            )
             number = self._session_no(batch.session_id)
             try:
                 # A new item's outcome and cloud version are the columns' defaults. Rows
@@ -568,6 +557,70 @@ class SQLiteStorage:
                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         ((number, *item) for item in items if item.outcome != "new"),
                     )
+            except sqlite3.IntegrityError as exc:
+                raise DuplicateItem(batch.session_id) from exc
+
+    def _insert_batch_row(
+        self, batch: Batch, ends: tuple[Key, Key] | None, digests: bytes, new_sum: int
+    ) -> None:
+        """The batch's row: its receipt, first and last keys, its items' digests in order
+        and the multiset sum of its new items' digests (what the tally adds up)."""
+        first, last = ends or (("", ""), ("", ""))
+        try:
+            self._conn.execute(
+                "INSERT INTO batches (session_id, seq, checksum, item_count, new_count,"
+                f" unchanged_count, conflict_count, received_at, {_BATCH_TALLY_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    batch.session_id,
+                    batch.seq,
+                    batch.checksum,
+                    batch.item_count,
+                    batch.new_count,
+                    batch.unchanged_count,
+                    batch.conflict_count,
+                    batch.received_at,
+                    *first,
+                    *last,
+                    digests,
+                    multiset_hex(new_sum),
+                ],
+            )
+        except sqlite3.IntegrityError as exc:
+            raise DuplicateBatch(f"{batch.session_id}/{batch.seq}") from exc
+
+    def _insert_new_batch(self, batch: Batch, items: NewItems) -> None:
+        """:meth:`insert_batch` of a batch whose items are all new, by column: the same
+        rows, with no tuple per item (a new item's outcome and cloud version are the
+        columns' defaults)."""
+        count = len(items)
+        with self.atomic():
+            self._insert_batch_row(
+                batch,
+                ((items.collections[0], items.keys[0]), (items.collections[-1], items.keys[-1]))
+                if count
+                else None,
+                b"".join(items.digests),
+                sum(map(_FROM_BIG, items.digests)),
+            )
+            if not count:
+                return
+            try:
+                insert_columns(
+                    self._conn,
+                    "INSERT INTO staged_items (session_no, collection, key, seq, data,"
+                    " updated_at, deleted, digest) VALUES",
+                    [
+                        [self._session_no(batch.session_id)] * count,
+                        items.collections,
+                        items.keys,
+                        [items.seq] * count,
+                        items.datas,
+                        items.stamps,
+                        items.deletes,
+                        items.digests,
+                    ],
+                )
             except sqlite3.IntegrityError as exc:
                 raise DuplicateItem(batch.session_id) from exc
 

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from itertools import chain
 from typing import Any
 
-__all__ = ["MAX_PARAMETERS", "insert_rows"]
+__all__ = ["MAX_PARAMETERS", "insert_columns", "insert_rows"]
 
 #: SQLITE_MAX_VARIABLE_NUMBER before SQLite 3.32 (32766 since).
 MAX_PARAMETERS = 999
@@ -48,8 +48,38 @@ def insert_rows(
     rows = rows if isinstance(rows, list) else list(rows)
     if set(map(len, rows)) - {width}:
         raise ValueError(f"every row must hold {width} values")
-    flat = list(chain.from_iterable(rows))
-    count = len(rows)
+    return _insert_flat(conn, head, width, list(chain.from_iterable(rows)))
+
+
+def insert_columns(conn: sqlite3.Connection, head: str, columns: Sequence[Sequence[Any]]) -> int:
+    """:func:`insert_rows` of rows given as columns of equal length (the first column's
+    first value, the second's, ... make the first row), with no tuple made per row: the
+    columns are interleaved into the statements' parameters by slice assignment, in C.
+    Columns of unequal lengths are a ``ValueError`` before anything is written.
+
+    >>> conn = sqlite3.connect(":memory:")
+    >>> _ = conn.execute("CREATE TABLE t (a, b)")
+    >>> insert_columns(conn, "INSERT INTO t (a, b) VALUES", [[1, 2], ["x", "y"]])
+    2
+    >>> conn.execute("SELECT a, b FROM t ORDER BY a").fetchall()
+    [(1, 'x'), (2, 'y')]
+    >>> insert_columns(conn, "INSERT INTO t (a, b) VALUES", [[1, 2], ["x"]])
+    Traceback (most recent call last):
+    ...
+    ValueError: every column must hold 2 values
+    """
+    width, count = len(columns), len(columns[0])
+    if set(map(len, columns)) - {count}:
+        raise ValueError(f"every column must hold {count} values")
+    flat: list[Any] = [None] * (count * width)
+    for offset, column in enumerate(columns):
+        flat[offset::width] = column
+    return _insert_flat(conn, head, width, flat)
+
+
+def _insert_flat(conn: sqlite3.Connection, head: str, width: int, flat: list[Any]) -> int:
+    """The statements of :func:`insert_rows` over its rows' values laid end to end."""
+    count = len(flat) // width
     per = max(1, MAX_PARAMETERS // width)  # rows in a full statement
     group = "(" + ",".join("?" * width) + ")"
     full = f"{head} {','.join([group] * per)}"
