@@ -1,4 +1,5 @@
-"""``insert_rows`` and ``insert_columns``: what ``executemany`` writes, a multi-row statement at a time."""
+"""``insert_rows`` and ``insert_columns``: what ``executemany`` writes, a multi-row statement
+at a time."""
 
 from __future__ import annotations
 

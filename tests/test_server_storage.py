@@ -344,7 +344,12 @@ def test_a_batch_of_new_items_is_stored_by_column_as_it_is_row_by_row(
     for by_column in (True, False):
         staged_as: list[type] = []
 
-        def handing_over(*args: Any, by_column: bool = by_column, **kwargs: Any) -> Any:
+        def handing_over(
+            *args: Any,
+            by_column: bool = by_column,
+            staged_as: list[type] = staged_as,
+            **kwargs: Any,
+        ) -> Any:
             staged, conflicts = classify(*args, **kwargs)
             staged_as.append(type(staged))
             return (staged if by_column else list(staged)), conflicts
