@@ -41,6 +41,7 @@ __all__ = [
     "loader",
     "loads",
     "loads_canonical",
+    "loads_canonical_parts",
     "orjson_in_use",
 ]
 
@@ -174,6 +175,33 @@ def loads_canonical(text: bytes) -> Any:
     if _small_floats(text) or lib.dumps(value, option=_SORT_KEYS) != text:
         raise ValueError("not canonical JSON")
     return value
+
+
+def loads_canonical_parts(parts: list[bytes]) -> list[Any] | None:
+    """The values of ``parts``, JSON texts each the canonical JSON of its value, read in
+    one call (as :func:`loads_canonical` reads one text); ``None`` when orjson is missing
+    or a part is not one canonical JSON value.
+
+    The parts are read as one array: as many values as parts, written back unchanged,
+    means each part is its value's canonical text (a part holding less than a whole value
+    would put a joining comma inside a value, leaving fewer values than parts).
+
+    >>> not orjson_in_use() or loads_canonical_parts([b'{"a":1}', b"[2]"]) == [{"a": 1}, [2]]
+    True
+    >>> loads_canonical_parts([b'{"a":1', b"}"]), loads_canonical_parts([b'{"b":1,"a":2}'])
+    (None, None)
+    """
+    lib = _orjson if _orjson is not _UNSET else _lib()
+    if lib is None:
+        return None
+    text = b"[" + b",".join(parts) + b"]"
+    try:
+        values: list[Any] = lib.loads(text)
+    except ValueError:  # orjson.JSONDecodeError is one
+        return None
+    if len(values) != len(parts) or _small_floats(text):
+        return None
+    return values if lib.dumps(values, option=_SORT_KEYS) == text else None
 
 
 _DIGITS = frozenset(b"0123456789")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 import pytest
@@ -16,6 +17,8 @@ from backend_stub.storage.sqlite import SQLiteStorage
 from backend_stub.sync import pull_body
 from sdk import ProtocolError, _fastjson
 from sdk._sync.page import PulledPage
+from sdk._sync.pull import _pulled_page, _pulled_texts
+from sdk.contract import canonical_json, item_digest
 
 CHECKSUM = "ab" * 32
 ENVELOPE = {"cursor": "7", "hasMore": True, "seq": 7, "checksum": CHECKSUM, "itemCount": 3}
@@ -190,3 +193,107 @@ def test_an_item_that_is_not_json_is_a_protocol_error_when_the_items_are_read():
     page = PulledPage(body)  # the envelope is fine
     with pytest.raises(ProtocolError, match="not JSON"):
         page.rows(list)
+
+
+# Valid wire items as the server writes them: data whose text misleads a cut (the
+# separator, ',"deleted":' and ',"seq":' inside strings and as members), small floats and
+# integers beyond 64 bits (both left to the item-at-a-time path), keys with quotes and
+# escapes.
+MISLEADING = st.sampled_from(
+    [SEPARATOR, ',"deleted":true', ',"seq":1,"updatedAt":2}', 'k"\\', "1e-07", "\u2028"]
+)
+WIRE_DATA = st.recursive(
+    st.one_of(SCALARS, MISLEADING, st.floats(1e-9, 1e-4)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(
+            st.sampled_from(["collection", "seq", "deleted", "data", "z"]), inner, max_size=3
+        ),
+    ),
+    max_leaves=6,
+).map(lambda value: {"v": value})
+KEYS = MISLEADING | st.text(
+    st.characters(min_codepoint=0x20, exclude_categories=("Cs",)), min_size=1, max_size=5
+)
+
+
+def served(rows: dict[tuple[str, str], tuple[Any, int, bool]]) -> bytes:
+    """The page backend_stub writes of these cloud items."""
+    storage = SQLiteStorage.in_memory()
+    try:
+        storage.put_cloud_items(
+            "u",
+            [
+                CloudItem(c, k, canonical_json(data), at, deleted, 1, "dev")
+                for (c, k), (data, at, deleted) in rows.items()
+            ],
+            0,
+        )
+        body = pull_body(storage, Settings(), "u", since=None, until=None, limit=1000)
+    finally:
+        storage.close()
+    return body.encode() if isinstance(body, str) else body
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.dictionaries(
+        st.tuples(st.sampled_from(["c", "lesson_progress", "a.b-c"]), KEYS),
+        st.tuples(WIRE_DATA, st.integers(0, 2**63 - 1), st.booleans()),
+        min_size=1,
+        max_size=6,
+    ),
+    filler=st.integers(0, 600),
+)
+def test_a_page_read_in_chunks_of_columns_reads_as_item_by_item(rows, filler):
+    # ``filler`` plain items after them: the page spans chunks of _pulled_texts.
+    rows = {**rows, **{("z", f"k{i:04d}"): ({"n": i}, i, False) for i in range(filler)}}
+    body = served(rows)
+    by_item = PulledPage(body).rows(_pulled_page)
+    page = PulledPage(body)
+    by_chunk = _pulled_texts(page.texts() or [])
+    # No small float, no integer beyond 64 bits (20 digits), no data that cuts badly.
+    plain = not re.search(rb"[0-9]e-|0\.0000|[0-9]{20}", body)
+    if len(page.texts() or []) == len(rows) and plain and _fastjson.orjson_in_use():
+        assert by_chunk is not None  # the usual page takes the chunks' path
+    if by_chunk is not None:
+        assert (by_chunk.items(), list(by_chunk.digests)) == by_item
+    items, digests = by_item
+    assert [row[:2] for row, _ in items] == sorted(rows)
+    assert digests == [
+        item_digest(
+            {"collection": c, "key": k, "data": json.loads(d), "updatedAt": at, "deleted": bool(x)}
+        )
+        for (c, k, d, at, x), _ in items
+    ]
+
+
+@pytest.mark.parametrize("at", [0, 1, 248, 249, 250, 299])
+def test_an_item_whose_data_cuts_badly_sends_its_page_item_by_item(at):
+    # Its data holds an object whose first member is "collection", in an array: the page's
+    # texts hold one more than its items (wherever the chunks of _pulled_texts end).
+    data = {"a": [{"b": 1}, {"collection": "x", "deleted": False, "key": "k", "seq": 1}]}
+    rows = {("c", f"k{i:03d}"): (data if i == at else {"n": i}, i, False) for i in range(300)}
+    page = PulledPage(served(rows))
+    assert page.texts() is not None and len(page.texts() or []) == 301
+    assert _pulled_texts(page.texts() or []) is None
+
+
+@pytest.mark.parametrize(
+    "unusual",
+    [
+        pytest.param(lambda t: t.replace(b'"seq":', b'"seq":-'), id="negative-seq"),
+        pytest.param(lambda t: t.replace(b'"deleted":false', b'"deleted":0'), id="int-deleted"),
+        pytest.param(lambda t: t.replace(b'"key":"k1"', b'"key":"k\\u00011"'), id="control-key"),
+        pytest.param(lambda t: t.replace(b'"collection":"c"', b'"collection":"c c"'), id="name"),
+        pytest.param(lambda t: t.replace(b'{"n":1}', b'{"n": 1}'), id="not-canonical"),
+        # orjson writes 2.5e-05 so, and reads it back the same: the stdlib writes 2.5e-05.
+        pytest.param(lambda t: t.replace(b'{"n":1}', b'{"n":0.000025}'), id="small-float"),
+        pytest.param(lambda t: t.replace(b'"data"', b'"datum"'), id="member"),
+        pytest.param(lambda t: t.replace(b'"updatedAt":1', b'"updatedAt":1.5'), id="float-stamp"),
+    ],
+)
+def test_an_unusual_item_sends_its_page_item_by_item(unusual):
+    body = unusual(served({("c", f"k{i}"): ({"n": i}, i, False) for i in range(300)}))
+    page = PulledPage(body)
+    assert page.texts() is not None and _pulled_texts(page.texts() or []) is None

@@ -32,14 +32,15 @@ import hashlib
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import repeat
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from sdk._store import attachments as _attachments
-from sdk._store.bulk import insert_rows
+from sdk._store.bulk import insert_columns
 from sdk._store.rowcheck import UNVOUCHED_META, check_row, check_store, mark, row_digest, vouches
 from sdk._wire.canonical import multiset_add, multiset_checksum, multiset_hex
 
 __all__ = [
+    "Pulled",
     "acknowledge",
     "create_tables",
     "full_checksum",
@@ -55,6 +56,7 @@ __all__ = [
     "set_meta",
     "settle_migration",
     "settled",
+    "take_pulled",
     "take_remote",
 ]
 
@@ -380,6 +382,65 @@ def replace_rows(conn: sqlite3.Connection, pairs: Iterable[tuple[Row, Row]]) -> 
     return replaced
 
 
+class Pulled(NamedTuple):
+    """Pulled cloud versions as columns: each row ``(collections[i], keys[i], datas[i],
+    stamps[i], deletes[i])`` at ``seqs[i]``, whose :func:`row_digest` is ``digests[i]``."""
+
+    collections: Sequence[str]
+    keys: Sequence[str]
+    datas: Sequence[str]
+    stamps: Sequence[int]
+    deletes: Sequence[int]
+    seqs: Sequence[int]
+    digests: Sequence[bytes]
+
+    @classmethod
+    def of(cls, items: Sequence[tuple[Row, int]], digests: Sequence[bytes]) -> Pulled:
+        """The columns of ``(row, seq)`` pairs and their rows' digests."""
+        if not items:
+            return cls((), (), (), (), (), (), ())
+        collections, keys, datas, stamps, deletes = zip(*(row for row, _ in items), strict=True)
+        return cls(collections, keys, datas, stamps, deletes, [seq for _, seq in items], digests)
+
+    def items(self) -> list[tuple[Row, int]]:
+        """The rows with their seqs, as :func:`take_remote` takes them."""
+        rows = zip(self.collections, self.keys, self.datas, self.stamps, self.deletes, strict=True)
+        return list(zip(rows, self.seqs, strict=True))
+
+
+def take_pulled(conn: sqlite3.Connection, pulled: Pulled) -> int:
+    """:func:`take_remote` of rows given as columns. Where the store holds none of their
+    keys (a bootstrap's pages) they go in as they are, with no tuple per row.
+
+    >>> conn = sqlite3.connect(":memory:")
+    >>> _ = conn.execute("CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT)")
+    >>> _ = conn.execute("CREATE TABLE items (collection, key, data, updated_at, deleted,"
+    ...                  " digest, base_seq, pending, PRIMARY KEY (collection, key))")
+    >>> take_pulled(conn, Pulled(["c"], ["k"], ["{}"], [1], [0], [7], [bytes(32)]))
+    1
+    >>> conn.execute("SELECT key, base_seq, pending FROM items").fetchall()
+    [('k', 7, 0)]
+    """
+    if not pulled.keys:
+        return 0
+    keys = list(zip(pulled.collections, pulled.keys, strict=True))
+    if _any_between(conn, min(keys), max(keys)):
+        return take_remote(conn, pulled.items(), digests=pulled.digests)
+    return _insert_pulled(conn, pulled)
+
+
+def _insert_pulled(conn: sqlite3.Connection, pulled: Pulled) -> int:
+    """Where the store holds none of these keys (a bootstrap): no lookups, no checks per
+    row, one plain insert."""
+    count = len(pulled.keys)
+    insert_columns(conn, _INSERT_SYNCED, [*pulled[:5], pulled.digests, pulled.seqs, [0] * count])
+    _attachments.track(conn, list(zip(pulled.collections, pulled.keys, pulled.datas, strict=True)))
+    big: Literal["big"] = "big"
+    total = sum(map(int.from_bytes, pulled.digests, repeat(big)))
+    _add_checksum(conn, total % (1 << 256))
+    return count
+
+
 def take_remote(
     conn: sqlite3.Connection,
     items: Sequence[tuple[Row, int]],
@@ -396,19 +457,7 @@ def take_remote(
         return 0
     keys = [(r[0], r[1]) for r, _ in items]
     if digests is not None and not _any_between(conn, min(keys), max(keys)):
-        # Where the store holds none of these keys (a bootstrap): no lookups, no checks
-        # per row, one plain insert.
-        insert_rows(
-            conn,
-            _INSERT_SYNCED,
-            8,
-            [(*r, d, q, 0) for (r, q), d in zip(items, digests, strict=False)],
-        )
-        _attachments.track(conn, [r[:3] for r, _ in items])
-        big: Literal["big"] = "big"
-        total = sum(map(int.from_bytes, digests, repeat(big)))
-        _add_checksum(conn, total % (1 << 256))
-        return len(items)
+        return _insert_pulled(conn, Pulled.of(items, digests))
     old = _existing(conn, keys)
     through = settled(conn)
     delta = 0

@@ -67,6 +67,19 @@ class PulledPage:
         else:
             self.envelope, self._pieces = cut
 
+    def texts(self) -> list[bytes] | None:
+        """Each item's own JSON text in the page, in order, when the page was cut (a text
+        may still be part of an item, or more, when an item's data cut badly: the caller
+        must check that the texts read as as many items); ``None`` when it was not.
+
+        >>> PulledPage(b'{"changes":[{"collection":"c","k":1}],"cursor":"1","hasMore":false,'
+        ...            b'"seq":1,"checksum":"' + b"0" * 64 + b'","itemCount":1}').texts()
+        [b'{"collection":"c","k":1}']
+        """
+        if self._pieces is None:
+            return None
+        return [_ITEM_HEAD + piece + b"}" for piece in self._pieces]
+
     def rows(self, convert: Callable[[Iterable[Any]], T]) -> T:
         """``convert(the page's items)``, the items as parsed JSON, in order. ``convert``
         may be given them twice (the second time from the whole page) when the body turns

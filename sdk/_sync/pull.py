@@ -11,6 +11,8 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import repeat
+from operator import itemgetter
 from typing import Any
 
 from .. import _fastjson as fastjson
@@ -84,10 +86,13 @@ def _pull_range(run: _Sync, *, since_key: str, until: int | None) -> _Page:
 
 
 def _apply_page(run: _Sync, pulled: PulledPage, *, since_key: str, until: int | None) -> None:
-    items, digests = pulled.rows(_pulled_page)
+    texts = pulled.texts()
+    columns = None if texts is None else _pulled_texts(texts)
+    if columns is None:
+        columns = changes.Pulled.of(*pulled.rows(_pulled_page))
     page = pulled.envelope
     with run.store._writing("apply pulled changes") as conn:
-        written = changes.take_remote(conn, items, digests=digests)
+        written = changes.take_pulled(conn, columns)
         if until is not None and not page["hasMore"]:
             changes.set_meta(conn, sync_backfill_until=None, sync_backfill_cursor=None)
         else:
@@ -97,11 +102,77 @@ def _apply_page(run: _Sync, pulled: PulledPage, *, since_key: str, until: int | 
     failpoint("sync.pull.applied")
     run.pulled += written
     if written:
-        counts = Counter(row[0] for row, _seq in items)
+        counts = Counter(columns.collections)
         run.hooks.emit(RemoteChangesApplied(count=written, collections=dict(counts)))
     # The total is unknown until the last page: one more page is the honest guess.
     expected = run.pulled + (PULL_PAGE if page["hasMore"] else 0)
     run.hooks.progress(Progress(ProgressPhase.PULLING, run.pulled, expected))
+
+
+#: Items read at once by :func:`_pulled_texts`: few enough that they die young (a whole
+#: page of dicts alive together fills the oldest generation; see sdk/_sync/page.py).
+_CHUNK = 250
+_MEMBERS = itemgetter("seq", "collection", "key", "updatedAt", "deleted", "data")
+
+
+def _pulled_texts(texts: list[bytes]) -> changes.Pulled | None:
+    """:func:`_pulled_page` of a page whose items' texts are their canonical JSON (with
+    ``seq`` among the members), as the server writes them: a chunk of items is read and
+    checked in a few calls into C, a column at a time, and each item's data text and
+    canonical bytes are cut from its text. ``None`` when any item is not such a usual
+    item (or orjson is missing): the page then takes the item-at-a-time path.
+
+    The checks are :func:`_pulled_page`'s for a usual item. The item's members are in
+    canonical order (collection, data, deleted, key, seq, updatedAt): the data starts
+    after the collection's name (as long quoted as its length plus 2: it is a name) and
+    ends at the last ``,"deleted":``; the last ``,"seq":`` is the seq member's (what
+    follows the data is the deleted flag, the key, a JSON string where a quote is
+    escaped, and numbers). Without the seq member, the text is the item's canonical
+    bytes."""
+    name_ok, key_ok, sha256 = _NAME_RE.fullmatch, _KEY_RE.fullmatch, hashlib.sha256
+    collections: list[str] = []
+    keys: list[str] = []
+    datas: list[str] = []
+    stamps: list[int] = []
+    deletes: list[int] = []
+    seqs: list[int] = []
+    digests: list[bytes] = []
+    for start in range(0, len(texts), _CHUNK):
+        chunk = texts[start : start + _CHUNK]
+        values = fastjson.loads_canonical_parts(chunk)
+        if values is None or set(map(type, values)) != {dict} or set(map(len, values)) != {6}:
+            return None
+        try:
+            columns = zip(*map(_MEMBERS, values), strict=True)
+            seq_of, collection_of, key_of, stamp_of, deleted_of, data_of = columns
+        except KeyError:
+            return None
+        if (
+            list(map(set, map(map, repeat(type), (seq_of, stamp_of, collection_of, key_of))))
+            != [{int}, {int}, {str}, {str}]
+            or set(map(type, deleted_of)) != {bool}
+            or set(map(type, data_of)) != {dict}
+            or min(seq_of) < 0
+            or min(stamp_of) < 0
+            or not all(map(name_ok, set(collection_of)))
+            or not all(map(key_ok, key_of))
+        ):
+            return None
+        cuts = [text.rfind(b',"seq":') for text in chunk]
+        datas.extend(
+            text[len(collection) + 24 : text.rfind(b',"deleted":')].decode()
+            for text, collection in zip(chunk, collection_of, strict=True)
+        )
+        digests.extend(
+            sha256(text[:cut] + text[text.index(b",", cut + 7) :]).digest()
+            for text, cut in zip(chunk, cuts, strict=True)
+        )
+        collections.extend(collection_of)
+        keys.extend(key_of)
+        stamps.extend(stamp_of)
+        deletes.extend(map(int, deleted_of))
+        seqs.extend(seq_of)
+    return changes.Pulled(collections, keys, datas, stamps, deletes, seqs, digests)
 
 
 def _pulled_page(page: Iterable[Any]) -> tuple[list[tuple[changes.Row, int]], list[bytes]]:
