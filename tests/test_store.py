@@ -214,6 +214,7 @@ def test_put_many_keeps_given_timestamps_and_tombstones(store):
         pytest.param("c", "k", {}, -1, "updatedAt", id="negative time"),
         pytest.param("c", "k", {}, 1.5, "updatedAt", id="fractional time"),
         pytest.param("c", "k", {}, True, "updatedAt", id="boolean time"),
+        pytest.param("c", "k", {}, 2**63, "from 0 to 2\\*\\*63 - 1", id="time beyond 64 bits"),
     ],
 )
 def test_invalid_items_are_refused_with_a_message_naming_them(

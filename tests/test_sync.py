@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -99,25 +101,45 @@ def test_a_second_device_gets_the_whole_cloud_dataset_and_both_converge(server, 
 
 
 class _BrokenPages(httpx.BaseTransport):
-    """The real server's answers, but every page of changes cut short once ``broken``."""
+    """The real server's answers, but every page of changes damaged by ``damage`` once
+    ``broken``."""
 
-    def __init__(self, inner: httpx.BaseTransport) -> None:
-        self.inner, self.broken = inner, True
+    def __init__(self, inner: httpx.BaseTransport, damage: Callable[[bytes], bytes]) -> None:
+        self.inner, self.damage, self.broken = inner, damage, True
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         response = self.inner.handle_request(request)
         if not (self.broken and request.url.path.endswith("/sync/changes")):
             return response
-        body = response.read()
-        return httpx.Response(response.status_code, headers=response.headers, content=body[:-40])
+        body = self.damage(response.read())
+        return httpx.Response(response.status_code, headers=response.headers, content=body)
 
 
-def test_a_page_of_changes_cut_short_is_a_protocol_error_and_writes_nothing(server, tmp_path):
+@pytest.mark.parametrize(
+    ("damage", "error"),
+    [
+        pytest.param(lambda body: body[:-40], "not JSON", id="cut-short"),
+        # Integers SQLite cannot store: the server never writes them.
+        pytest.param(
+            lambda body: re.sub(rb'"updatedAt":\d+', b'"updatedAt":9223372036854775808', body),
+            "updatedAt .* beyond 64 bits",
+            id="updatedAt-beyond-64-bits",
+        ),
+        pytest.param(
+            lambda body: re.sub(rb'"seq":\d+', b'"seq":18446744073709551616', body),
+            "no valid seq",
+            id="seq-beyond-64-bits",
+        ),
+    ],
+)
+def test_a_damaged_page_of_changes_is_a_protocol_error_and_writes_nothing(
+    server, tmp_path, damage, error
+):
     phone, tablet = tmp_path / "phone", tmp_path / "tablet"
     make_store(phone / "store.sqlite3", learning_items(40))
     with device(server, phone) as first:
         assert first.migrate().verified
-    pages = _BrokenPages(server.client._transport)
+    pages = _BrokenPages(server.client._transport, damage)
     http = httpx.Client(base_url=server.client.base_url, transport=pages)
     new = MigrationClient(
         http_client=http,
@@ -127,7 +149,7 @@ def test_a_page_of_changes_cut_short_is_a_protocol_error_and_writes_nothing(serv
         options=MigrationOptions(cache_dir=tablet / "cache"),
         retry=RetryPolicy.none(),
     )
-    with new, pytest.raises(ProtocolError, match="not JSON"):
+    with new, pytest.raises(ProtocolError, match=error):
         new.sync()
     assert items_of(tablet / "store.sqlite3") == {}
     pages.broken = False

@@ -182,6 +182,10 @@ def item_label(collection: object, key: object) -> str:
     return label if len(label) <= 80 else label[:77] + "..."
 
 
+#: The largest integer SQLite stores (the server's too): an item's ``updatedAt``, a seq.
+MAX_INTEGER = 2**63 - 1
+
+
 def check_item(
     collection: Any,
     key: Any,
@@ -199,7 +203,7 @@ def check_item(
         and type(key) is str
         and type(data) is dict
         and type(updated_at) is int
-        and updated_at >= 0
+        and 0 <= updated_at <= MAX_INTEGER
         and type(deleted) is bool
         and _NAME_RE.fullmatch(collection)
         and _KEY_RE.fullmatch(key)
@@ -228,10 +232,10 @@ def check_item(
             f"item {where}: data must be a JSON object (a dict), got {type(data).__name__}; "
             "wrap the value, e.g. {'value': ...}"
         )
-    if type(updated_at) is not int or updated_at < 0:
+    if type(updated_at) is not int or not 0 <= updated_at <= MAX_INTEGER:
         raise InvalidItemError(
-            f"item {where}: updatedAt must be an integer >= 0 (milliseconds since the "
-            f"epoch), got {updated_at!r}"
+            f"item {where}: updatedAt must be an integer from 0 to 2**63 - 1 (milliseconds "
+            f"since the epoch), got {updated_at!r}"
         )
     if type(deleted) is not bool:
         raise InvalidItemError(f"item {where}: deleted must be True or False, got {deleted!r}")

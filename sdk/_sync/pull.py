@@ -20,7 +20,7 @@ from .._errors import ProtocolError
 from .._events import Progress, ProgressPhase, RemoteChangesApplied
 from .._failpoints import failpoint
 from .._store import changes
-from .._store.local import check_item
+from .._store.local import MAX_INTEGER, check_item
 from .._wire.canonical import KEY_PATTERN, NAME_PATTERN
 from .page import PulledPage
 from .run import PULL_PAGE, _Sync
@@ -154,6 +154,7 @@ def _pulled_texts(texts: list[bytes]) -> changes.Pulled | None:
             or set(map(type, data_of)) != {dict}
             or min(seq_of) < 0
             or min(stamp_of) < 0
+            or max(max(seq_of), max(stamp_of)) > MAX_INTEGER  # beyond 64 bits
             or not all(map(name_ok, set(collection_of)))
             or not all(map(key_ok, key_of))
         ):
@@ -195,12 +196,12 @@ def _pulled_page(page: Iterable[Any]) -> tuple[list[tuple[changes.Row, int]], li
             usual = (
                 len(raw) == 6
                 and type(seq) is int
-                and seq >= 0
+                and 0 <= seq <= MAX_INTEGER
                 and type(collection) is str
                 and type(key) is str
                 and type(raw["data"]) is dict
                 and type(updated_at) is int
-                and updated_at >= 0
+                and 0 <= updated_at <= MAX_INTEGER
                 and type(deleted) is bool
                 and name_ok(collection) is not None
                 and key_ok(key) is not None
@@ -236,8 +237,13 @@ def _pulled(raw: Any) -> tuple[changes.Row, int, bytes]:
             f"a pulled item is not a wire item ({exc!r}); the server and the SDK disagree on "
             "the wire contract, update whichever is older"
         ) from exc
-    if type(seq) is not int or seq < 0:
+    if type(seq) is not int or not 0 <= seq <= MAX_INTEGER:
         raise ProtocolError(f"a pulled item has no valid seq ({seq!r}); update the server")
+    if type(updated_at) is int and updated_at > MAX_INTEGER:
+        raise ProtocolError(
+            f"a pulled item's updatedAt ({updated_at}) is beyond 64 bits, which no server"
+            " stores; update the server"
+        )
     text = check_item(collection, key, raw["data"], updated_at, deleted, encode=fastjson.canonical)
     # One more C call gives the item's canonical bytes (what the checksum hashes).
     _, canonical = fastjson.encode_item(raw)
