@@ -198,6 +198,21 @@ def test_content_known_only_by_reference_raises_a_typed_error_naming_what_to_do(
         store.read_attachment("b" * 64)
 
 
+@pytest.mark.parametrize("tag", ["$attachment", "$large"])
+def test_a_pulled_reference_too_large_for_sqlite_stays_a_dict(store, tag):
+    # Only a server can send one; the store keeps sizes as SQLite integers (64 bits).
+    body = {"sha256": "a" * 64, "size": 2**63}
+    form = {tag: body | ({"mediaType": "image/png"} if tag == "$attachment" else {"type": "text"})}
+    with store._writing("test") as conn:
+        from sdk._store.changes import take_remote
+
+        take_remote(conn, [(("c", "k", canonical_json({"photo": form}), 1, 0), 1)])
+    assert store.get("c", "k")["data"] == {"photo": form}
+    assert refs(store) == set()
+    with pytest.raises(ValueError, match="from 0 to 2"):
+        Attachment("a" * 64, 2**63, "image/png")
+
+
 def test_bad_attachment_arguments_are_refused(store, tmp_path):
     from sdk import ConfigurationError
 

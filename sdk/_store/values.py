@@ -71,6 +71,10 @@ class ReservedValueError(ValueError):
     data too large for an item even with its large values kept apart."""
 
 
+#: The largest size a reference may give: the store keeps sizes as SQLite integers.
+_MAX_SIZE = 2**63 - 1
+
+
 @dataclass(frozen=True)
 class Attachment:
     """Content kept apart from the items (an image, a recording, a PDF), by its SHA-256.
@@ -93,8 +97,8 @@ class Attachment:
     def __post_init__(self) -> None:
         if not isinstance(self.sha256, str) or not _SHA256.fullmatch(self.sha256):
             raise ValueError(f"sha256 must be 64 lowercase hex digits, got {self.sha256!r}")
-        if type(self.size) is not int or self.size < 0:
-            raise ValueError(f"size must be an integer >= 0, got {self.size!r}")
+        if type(self.size) is not int or not 0 <= self.size <= _MAX_SIZE:
+            raise ValueError(f"size must be an integer from 0 to 2**63 - 1, got {self.size!r}")
         if not isinstance(self.media_type, str) or not _MEDIA_TYPE.fullmatch(self.media_type):
             raise ValueError(
                 f"media_type must be a media type such as 'image/png', got {self.media_type!r}"
@@ -133,7 +137,7 @@ class LargeValue:
         sha, size, kind = body["sha256"], body["size"], body["type"]
         if not (isinstance(sha, str) and _SHA256.fullmatch(sha)) or type(size) is not int:
             return None
-        if kind not in ("text", "bytes") or size < 0:
+        if kind not in ("text", "bytes") or not 0 <= size <= _MAX_SIZE:
             return None
         return cls(sha256=sha, size=size, text=kind == "text")
 
