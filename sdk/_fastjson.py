@@ -191,17 +191,11 @@ def loads_canonical_parts(parts: list[bytes]) -> list[Any] | None:
     >>> loads_canonical_parts([b'{"a":1', b"}"]), loads_canonical_parts([b'{"b":1,"a":2}'])
     (None, None)
     """
-    lib = _orjson if _orjson is not _UNSET else _lib()
-    if lib is None:
-        return None
-    text = b"[" + b",".join(parts) + b"]"
     try:
-        values: list[Any] = lib.loads(text)
-    except ValueError:  # orjson.JSONDecodeError is one
+        values: list[Any] = loads_canonical(b"[" + b",".join(parts) + b"]")
+    except ValueError:
         return None
-    if len(values) != len(parts) or _small_floats(text):
-        return None
-    return values if lib.dumps(values, option=_SORT_KEYS) == text else None
+    return values if len(values) == len(parts) else None
 
 
 _DIGITS = frozenset(b"0123456789")

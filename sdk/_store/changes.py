@@ -425,7 +425,7 @@ def take_pulled(conn: sqlite3.Connection, pulled: Pulled) -> int:
         return 0
     keys = list(zip(pulled.collections, pulled.keys, strict=True))
     if _any_between(conn, min(keys), max(keys)):
-        return take_remote(conn, pulled.items(), digests=pulled.digests)
+        return _merge_remote(conn, pulled.items(), keys, None, pulled.digests)
     return _insert_pulled(conn, pulled)
 
 
@@ -458,6 +458,18 @@ def take_remote(
     keys = [(r[0], r[1]) for r, _ in items]
     if digests is not None and not _any_between(conn, min(keys), max(keys)):
         return _insert_pulled(conn, Pulled.of(items, digests))
+    return _merge_remote(conn, items, keys, only_if_pending, digests)
+
+
+def _merge_remote(
+    conn: sqlite3.Connection,
+    items: Sequence[tuple[Row, int]],
+    keys: list[tuple[str, str]],
+    only_if_pending: dict[tuple[str, str], int] | None,
+    digests: Sequence[bytes] | None,
+) -> int:
+    """:func:`take_remote` row by row, where the store may hold some of ``keys`` (the
+    items' keys, in order)."""
     old = _existing(conn, keys)
     through = settled(conn)
     delta = 0

@@ -54,7 +54,7 @@ from sdk._store.schema import (
     store_error,
 )
 from sdk._store.values import LargeValue, ReservedValueError, decode_text
-from sdk._wire.canonical import KEY_PATTERN, NAME_PATTERN, Item, canonical_json
+from sdk._wire.canonical import KEY_PATTERN, MAX_INTEGER, NAME_PATTERN, Item, canonical_json
 
 __all__ = [
     "LocalStore",
@@ -180,10 +180,6 @@ def item_label(collection: object, key: object) -> str:
     """How messages name an item: unambiguous, and short even for huge keys."""
     label = f"{collection!r}/{key!r}"
     return label if len(label) <= 80 else label[:77] + "..."
-
-
-#: The largest integer SQLite stores (the server's too): an item's ``updatedAt``, a seq.
-MAX_INTEGER = 2**63 - 1
 
 
 def check_item(

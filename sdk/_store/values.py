@@ -39,6 +39,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sdk._wire.canonical import MAX_INTEGER
+
 __all__ = [
     "BYTES_TAG",
     "LARGE_TAG",
@@ -71,10 +73,6 @@ class ReservedValueError(ValueError):
     data too large for an item even with its large values kept apart."""
 
 
-#: The largest size a reference may give: the store keeps sizes as SQLite integers.
-_MAX_SIZE = 2**63 - 1
-
-
 @dataclass(frozen=True)
 class Attachment:
     """Content kept apart from the items (an image, a recording, a PDF), by its SHA-256.
@@ -97,7 +95,7 @@ class Attachment:
     def __post_init__(self) -> None:
         if not isinstance(self.sha256, str) or not _SHA256.fullmatch(self.sha256):
             raise ValueError(f"sha256 must be 64 lowercase hex digits, got {self.sha256!r}")
-        if type(self.size) is not int or not 0 <= self.size <= _MAX_SIZE:
+        if type(self.size) is not int or not 0 <= self.size <= MAX_INTEGER:
             raise ValueError(f"size must be an integer from 0 to 2**63 - 1, got {self.size!r}")
         if not isinstance(self.media_type, str) or not _MEDIA_TYPE.fullmatch(self.media_type):
             raise ValueError(
@@ -137,7 +135,7 @@ class LargeValue:
         sha, size, kind = body["sha256"], body["size"], body["type"]
         if not (isinstance(sha, str) and _SHA256.fullmatch(sha)) or type(size) is not int:
             return None
-        if kind not in ("text", "bytes") or not 0 <= size <= _MAX_SIZE:
+        if kind not in ("text", "bytes") or not 0 <= size <= MAX_INTEGER:
             return None
         return cls(sha256=sha, size=size, text=kind == "text")
 

@@ -20,8 +20,8 @@ from .._errors import ProtocolError
 from .._events import Progress, ProgressPhase, RemoteChangesApplied
 from .._failpoints import failpoint
 from .._store import changes
-from .._store.local import MAX_INTEGER, check_item
-from .._wire.canonical import KEY_PATTERN, NAME_PATTERN
+from .._store.local import check_item
+from .._wire.canonical import KEY_PATTERN, MAX_INTEGER, NAME_PATTERN
 from .page import PulledPage
 from .run import PULL_PAGE, _Sync
 

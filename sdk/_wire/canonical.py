@@ -30,6 +30,7 @@ __all__ = [
     "CHECKSUM_HEADER",
     "EMPTY_SHA256",
     "KEY_PATTERN",
+    "MAX_INTEGER",
     "NAME_PATTERN",
     "PROBLEM_CONTENT_TYPE",
     "SHA256_PATTERN",
@@ -63,6 +64,9 @@ USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$"
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
 #: Keys: any non-empty text up to 512 characters, without control characters.
 KEY_PATTERN = r"^[^\x00-\x1f]{1,512}$"
+#: The largest integer SQLite stores (the server's too): an item's ``updatedAt``, a seq,
+#: a size.
+MAX_INTEGER = 2**63 - 1
 
 
 # --------------------------------------------------------------------------- encoding
