@@ -23,7 +23,7 @@ and prints items/s, the ratios, and the client's and the servers' peak RSS. Targ
 1M items.
 
     .venv/bin/python bench/throughput.py [--sizes 100000 1000000] [--per-item 2000]
-                                         [--repeat 3] [--in-flight 2] [--batch 1000]
+                                         [--repeat 3] [--in-flight 2] [--batch 5000]
                                          [--without-orjson]
 """
 
@@ -194,6 +194,7 @@ def sdk_client(url: str, store: str, cache: str, in_flight: int) -> dict[str, fl
     marks = [*sorted(phases.items(), key=lambda kv: kv[1]), ("", ended)]
     return {
         "items": result.item_count,
+        "batches": result.batches_uploaded,
         "seconds": ended - started,
         "rss_before_kb": before,
         "orjson": float(_fastjson.orjson_in_use()),
@@ -311,7 +312,8 @@ def report(rows: list[dict[str, object]]) -> None:
     assert isinstance(sdk, dict)
     print(
         f"floors and SDK: the median of {last_row['runs']} runs each, taken in turns;"
-        f" {int(os.environ.get('BENCH_BATCH', BATCH)):,} items per batch"
+        f" {int(os.environ.get('BENCH_BATCH', BATCH)):,} items per batch (the SDK's"
+        f" {float(sdk['items']) / max(1.0, float(sdk['batches'])):,.0f} on average)"
     )
     for r in rows:
         honest_rates, sdk_rates = r["honest_rates"], r["sdk_rates"]

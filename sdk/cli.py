@@ -411,7 +411,13 @@ def _parser() -> argparse.ArgumentParser:
             help=f"conflict strategy, for all collections or one ({', '.join(_STRATEGIES)}); "
             "repeat for several collections",
         )
-    migrate.add_argument("--batch-size", type=int, default=None, help="items per batch")
+    migrate.add_argument("--batch-size", type=int, default=None, help="items per batch, at most")
+    migrate.add_argument(
+        "--batch-bytes",
+        type=int,
+        default=None,
+        help="bytes per batch body, at most (the unit a dropped link resends)",
+    )
     migrate.add_argument(
         "--parallel", type=int, default=None, help="batches uploaded at the same time"
     )
@@ -635,7 +641,11 @@ def _plan(args: argparse.Namespace) -> Answer:
 
 
 def _migrate(args: argparse.Namespace) -> Answer:
-    values = {"batch_size": args.batch_size, "max_in_flight": args.parallel}
+    values = {
+        "batch_size": args.batch_size,
+        "batch_bytes": args.batch_bytes,
+        "max_in_flight": args.parallel,
+    }
     options = MigrationOptions(
         conflicts=_policy(args.strategy), **{k: v for k, v in values.items() if v is not None}
     )

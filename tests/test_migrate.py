@@ -37,7 +37,7 @@ from sdk import (
     detect_local,
 )
 from sdk._migration.journal import Journal, journal_path_for
-from sdk.contract import Item, dataset_checksum_of
+from sdk.contract import Item, batch_body, canonical_item, dataset_checksum_of
 
 
 def client_for(server, store: Path, user: str, tmp_path: Path, **kwargs) -> MigrationClient:
@@ -297,6 +297,58 @@ def test_a_migration_runs_over_a_real_loopback_socket_in_parallel_and_gzipped(
     assert result.batches_uploaded == -(-len(items) // 97)
     assert summary.summary.verified and summary.summary.total_items == len(items)
     assert result.cloud_checksum == dataset_checksum_of(items)
+
+
+def planned_batches(items: list[Item], batch_size: int, budget: int) -> list[int]:
+    """Items per batch, worked out the obvious way: in key order, a batch closes before
+    the next item would take it past ``batch_size`` items or ``budget`` bytes."""
+    encoded = [canonical_item(i) for i in sorted(items, key=lambda i: (i["collection"], i["key"]))]
+    counts: list[int] = []
+    batch: list[bytes] = []
+    for item in encoded:
+        if batch and (len(batch) == batch_size or len(batch_body([*batch, item])) > budget):
+            counts.append(len(batch))
+            batch = []
+        batch.append(item)
+    return [*counts, len(batch)]
+
+
+@pytest.mark.parametrize(
+    ("options", "batch_size", "budget"),
+    [
+        # The default: 5,000 items (the server's limit) or 1 MiB, whichever comes first.
+        pytest.param({}, 5000, 1 << 20, id="default"),
+        pytest.param({"batch_bytes": 4096}, 5000, 4096, id="a byte budget"),
+        pytest.param({"batch_size": 10**6, "batch_bytes": 10**9}, 5000, 8 << 20, id="capped"),
+        pytest.param({"batch_size": 300, "batch_bytes": 60_000}, 300, 60_000, id="items first"),
+    ],
+)
+def test_batches_close_at_the_item_count_or_the_byte_budget_and_the_servers_limits_cap_both(
+    server, tmp_path, options, batch_size, budget
+):
+    items = learning_items(6_000)
+    store = make_store(tmp_path / "store.sqlite3", items)
+    expected = planned_batches(items, batch_size, budget)
+    with client_for(
+        server,
+        store,
+        "uma",
+        tmp_path,
+        options=MigrationOptions(cache_dir=tmp_path / "cache", **options),
+    ) as client:
+        result = client.migrate()
+    assert result.verified and result.cloud_checksum == dataset_checksum_of(items)
+    assert result.batches_uploaded == len(expected)
+    received = server.storage._conn.execute(
+        "SELECT item_count FROM batches WHERE session_id = ? ORDER BY seq", (result.session_id,)
+    ).fetchall()
+    assert [count for (count,) in received] == expected
+
+
+@pytest.mark.parametrize("bad", [0, 4095, 1.5e6, "1MiB", True])
+def test_a_bad_batch_bytes_is_a_configuration_error(bad):
+    with pytest.raises(ConfigurationError, match="batch_bytes must be an integer >= 4096"):
+        MigrationOptions(batch_bytes=bad)
 
 
 def make_token_source(server, user: str) -> Callable[[], str]:

@@ -160,6 +160,30 @@ def test_an_item_too_large_for_any_batch_is_named(tmp_path):
     assert list((tmp_path / "snaps").iterdir()) == []
 
 
+@pytest.mark.parametrize("trust", [False, True], ids=["checked", "trusted"])
+def test_an_item_larger_than_the_byte_budget_travels_alone_within_the_hard_limit(tmp_path, trust):
+    path = tmp_path / "store.sqlite3"
+    with LocalStore(path) as store:
+        for key in ("a", "b", "d", "e", "f"):
+            store.put("cards", key, {"n": key}, updated_at=1)
+        store.put("cards", "c", {"blob": "x" * 5000}, updated_at=1)
+        items = list(store.iter_items())
+    with take_snapshot(
+        path,
+        tmp_path / "snaps",
+        batch_size=10,
+        max_batch_bytes=MB,
+        batch_bytes=4096,
+        trust_digests=trust,
+    ) as snapshot:
+        sizes = snapshot.batch_sizes()
+        assert [count for _, count, _ in sizes] == [2, 1, 3]
+        assert sizes[1][2] > 5000 and all(size <= 4096 for _, _, size in (sizes[0], sizes[2]))
+        assert batch_items(snapshot) == items
+    with pytest.raises(ConfigurationError, match="batch_bytes must be an integer"):
+        take_snapshot(path, tmp_path / "snaps", batch_size=10, max_batch_bytes=MB, batch_bytes=9)
+
+
 def test_commits_still_only_in_the_wal_are_in_the_snapshot(store_path, items, tmp_path):
     writer = raw(store_path)
     try:

@@ -25,11 +25,26 @@ from sdk._store.schema import MIGRATIONS, STORE_APPLICATION_ID, STORE_FORMAT
 from sdk._store.snapshot import Snapshot, open_snapshot, take_snapshot
 from sdk.contract import batch_body
 
-SIZES = [(7, 1 << 20), (1000, 700), (50, 4096)]
+#: (batch_size, max_batch_bytes, batch_bytes). The byte budget: below the hard limit
+#: (items larger than it pass alone), above it (the limit caps it), and near the bytes of
+#: ``batch_size`` items, so that batches close at either.
+SIZES = [
+    (7, 1 << 20, None),
+    (1000, 700, None),
+    (50, 4096, None),
+    (1000, 1 << 20, 600),
+    (1000, 4096, 1 << 20),
+    (5, 1 << 20, 700),
+]
 
 
-def reference(store: Path, batch_size: int, max_batch_bytes: int) -> dict[str, object]:
-    """What the snapshot must give, computed the slow and obvious way."""
+def reference(
+    store: Path, batch_size: int, max_batch_bytes: int, batch_bytes: int | None = None
+) -> dict[str, object]:
+    """What the snapshot must give, computed the slow and obvious way: a batch closes
+    before the next item would take it past ``batch_bytes`` (at most ``max_batch_bytes``)
+    or ``batch_size``."""
+    budget = min(batch_bytes or max_batch_bytes, max_batch_bytes)
     conn = sqlite3.connect(store)
     try:
         rows = conn.execute("SELECT collection, key, data, updated_at, deleted FROM items")
@@ -48,8 +63,7 @@ def reference(store: Path, batch_size: int, max_batch_bytes: int) -> dict[str, o
 
     for key, item in encoded:
         if batch and (
-            len(batch) == batch_size
-            or len(batch_body([i for _, i in batch] + [item])) > max_batch_bytes
+            len(batch) == batch_size or len(batch_body([i for _, i in batch] + [item])) > budget
         ):
             close()
         batch.append((key, item))
@@ -101,13 +115,14 @@ def assert_like_reference(store: Path, tmp_path: Path) -> None:
     store vouches for as they are, except that each batch holding a row unlike its
     digest fails when it is rebuilt to be sent, and only then."""
     untrue = vouched_rows_unlike_their_digest(store)
-    for n, (batch_size, max_batch_bytes) in enumerate(SIZES):
-        expected = reference(store, batch_size, max_batch_bytes)
+    for n, (batch_size, max_batch_bytes, batch_bytes) in enumerate(SIZES):
+        expected = reference(store, batch_size, max_batch_bytes, batch_bytes)
         with take_snapshot(
             store,
             tmp_path / "snaps",
             batch_size=batch_size,
             max_batch_bytes=max_batch_bytes,
+            batch_bytes=batch_bytes,
             name=f"s{n}",
         ) as snapshot:
             assert not snapshot.trusts_store_digests
@@ -117,6 +132,7 @@ def assert_like_reference(store: Path, tmp_path: Path) -> None:
             tmp_path / "snaps",
             batch_size=batch_size,
             max_batch_bytes=max_batch_bytes,
+            batch_bytes=batch_bytes,
             name=f"t{n}",
             trust_digests=True,
         ) as snapshot:

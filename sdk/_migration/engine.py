@@ -243,6 +243,7 @@ def _prepare(run: Run) -> JournalRecord | MigrationResult:
         run.cache_dir,
         batch_size=min(run.options.batch_size, server.limits.max_batch_items),
         max_batch_bytes=server.limits.max_batch_bytes,
+        batch_bytes=run.options.batch_bytes,
         name=f"{prefix}-{migration_id}",
         # Each item is checked once, when its batch is built to be sent (see _upload).
         trust_digests=not run.check_every_item,

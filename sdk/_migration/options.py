@@ -10,7 +10,10 @@ from pathlib import Path
 from .._conflicts.policy import ConflictPolicy
 from .._errors import ConfigurationError
 
-__all__ = ["MigrationOptions"]
+__all__ = ["MIN_BATCH_BYTES", "MigrationOptions"]
+
+#: The smallest ``batch_bytes``: smaller bodies cost more in requests than any link saves.
+MIN_BATCH_BYTES = 4096
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -26,8 +29,12 @@ class MigrationOptions:
     batch_size must be at least 1, got 0
     """
 
-    #: Items per batch (the server's own limit caps it).
-    batch_size: int = 1000
+    #: Items per batch, at most (the server's own limit caps it).
+    batch_size: int = 5000
+    #: Bytes per batch body, at most: the unit a dropped link resends, so keep it small
+    #: on slow links. A batch closes before it would pass this; an item larger than it
+    #: alone travels in a batch of its own. The server's own limit caps both.
+    batch_bytes: int = 1 << 20
     #: Batches uploaded in parallel (the server's limit caps it).
     max_in_flight: int = 2
     #: gzip batch bodies when the server offers it.
@@ -44,6 +51,10 @@ class MigrationOptions:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigurationError(f"batch_size must be at least 1, got {self.batch_size}")
+        if type(self.batch_bytes) is not int or self.batch_bytes < MIN_BATCH_BYTES:
+            raise ConfigurationError(
+                f"batch_bytes must be an integer >= {MIN_BATCH_BYTES}, got {self.batch_bytes!r}"
+            )
         if self.max_in_flight < 1:
             raise ConfigurationError(f"max_in_flight must be at least 1, got {self.max_in_flight}")
         if self.fetch_attachments not in ("eager", "lazy"):

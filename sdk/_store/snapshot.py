@@ -515,6 +515,7 @@ def take_snapshot(
     *,
     batch_size: int,
     max_batch_bytes: int,
+    batch_bytes: int | None = None,
     name: str | None = None,
     trust_digests: bool = False,
 ) -> Snapshot:
@@ -523,6 +524,8 @@ def take_snapshot(
     The copy is checked (``quick_check``, ours, every item valid), checksummed and planned
     into batches of at most ``batch_size`` items and ``max_batch_bytes`` bytes, written to
     ``<name>.partial``, synced, then renamed into place: a snapshot file is always complete.
+    ``batch_bytes`` (at most ``max_batch_bytes``, the default) is the budget that closes a
+    batch: an item larger than it alone travels in a batch of its own.
 
     ``trust_digests`` takes the digests the store vouches for as they are, without reading
     or hashing those items (half the snapshot's time): each is checked once instead, when
@@ -547,6 +550,12 @@ def take_snapshot(
             f"max_batch_bytes must be an integer > {ENVELOPE} (the empty body), "
             f"got {max_batch_bytes!r}"
         )
+    if batch_bytes is None:
+        batch_bytes = max_batch_bytes
+    elif type(batch_bytes) is not int or batch_bytes <= ENVELOPE:
+        raise ConfigurationError(
+            f"batch_bytes must be an integer > {ENVELOPE} (the empty body), got {batch_bytes!r}"
+        )
     if name is None:
         name = f"snapshot-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
     elif not isinstance(name, str) or not _SNAPSHOT_NAME_RE.fullmatch(name):
@@ -568,7 +577,8 @@ def take_snapshot(
     try:
         dest.mkdir(parents=True, exist_ok=True)
         _remove(partial)  # left by a crash during an earlier attempt
-        info = _build(source, partial, batch_size, max_batch_bytes, trust_digests)
+        bounds = (max_batch_bytes, batch_bytes)
+        info = _build(source, partial, batch_size, bounds, trust_digests)
         _fsync(partial)
         os.replace(partial, final)
         _fsync_dir(dest)
@@ -626,7 +636,7 @@ def open_snapshot(path: str | os.PathLike[str]) -> Snapshot:
 
 
 def _build(
-    source: Path, partial: Path, batch_size: int, max_batch_bytes: int, trust: bool
+    source: Path, partial: Path, batch_size: int, bounds: tuple[int, int], trust: bool
 ) -> _Info:
     dst = sqlite3.connect(str(partial), isolation_level=None, check_same_thread=False)
     copy: _Copy | None = None
@@ -644,7 +654,7 @@ def _build(
                 copy = _Copy(src, dst, partial, source)
             failpoint("snapshot.during")
             try:
-                info = _plan(reader, source, batch_size, max_batch_bytes, trust, copy)
+                info = _plan(reader, source, batch_size, bounds, trust, copy)
             except BaseException:
                 copy.verdict(source)  # damage explains any other failure: it is named first
                 raise
@@ -807,13 +817,15 @@ def _plan(
     conn: sqlite3.Connection,
     source: Path,
     batch_size: int,
-    max_batch_bytes: int,
+    bounds: tuple[int, int],
     trust: bool,
     copy: _Copy,
 ) -> _Info:
     """Check and plan every item, reading ``conn`` (the store at the copy's point in
     time, or the copy) while ``copy`` is made and checked: the plan goes into
-    ``conn``'s temporary tables, and into the copy once it is checked."""
+    ``conn``'s temporary tables, and into the copy once it is checked. ``bounds``: a
+    batch's hard limit in bytes and the budget that closes it."""
+    max_batch_bytes, batch_bytes = bounds
     (app_id,) = conn.execute("PRAGMA application_id").fetchone()
     meta = dict(conn.execute("SELECT key, value FROM store_meta").fetchall())
     if app_id != STORE_APPLICATION_ID or meta.get("format") != STORE_FORMAT:
@@ -827,7 +839,9 @@ def _plan(
         )
     for statement in PLAN_SCHEMA:
         conn.execute(statement)
-    planner, invalid, problems = scan_items(conn, batch_size, max_batch_bytes, trust=trust)
+    planner, invalid, problems = scan_items(
+        conn, batch_size, max_batch_bytes, trust=trust, batch_bytes=batch_bytes
+    )
     copy.verdict(source)
     if invalid:
         raise SnapshotError(

@@ -138,7 +138,12 @@ def items_checksum(digests: list[bytes]) -> str:
 
 
 def scan_items(
-    conn: sqlite3.Connection, batch_size: int, max_batch_bytes: int, *, trust: bool = False
+    conn: sqlite3.Connection,
+    batch_size: int,
+    max_batch_bytes: int,
+    *,
+    trust: bool = False,
+    batch_bytes: int | None = None,
 ) -> tuple[Planner, int, list[str]]:
     """Check and plan every item row in ``(collection, key)`` order; rows whose data is
     not canonical JSON are noted in ``temp.normalized``. Returns the planner, the number
@@ -149,29 +154,35 @@ def scan_items(
     that are not UTF-8. Only then is the scan redone, decoding such bytes leniently so that
     the item is named: a Python text factory on every value costs about 5% of a snapshot.
 
+    A batch closes before its body would pass ``batch_bytes`` (default: the hard limit,
+    ``max_batch_bytes``); an item larger than that alone still travels, in a batch of its
+    own, as long as it fits ``max_batch_bytes``.
+
     With ``trust``, a row the store vouches for is planned with its stored digest and its
     encoded length, worked out from its fields' lengths without encoding or hashing the
     item; rebuilding each batch to send it (``Snapshot._prepare``) is then the one check
     of such a row, and ``Planner.trusted`` says so.
     """
     sql = _scan_sql(conn)
+    bounds = (max_batch_bytes, min(batch_bytes or max_batch_bytes, max_batch_bytes))
     conn.execute("SAVEPOINT scan")
     try:
-        scan = _scan_rows(conn, sql, batch_size, max_batch_bytes, trust)
+        scan = _scan_rows(conn, sql, batch_size, bounds, trust)
     except sqlite3.OperationalError as exc:
         if "Could not decode" not in str(exc):  # sqlite3's "Could not decode to UTF-8 ..."
             raise
         conn.execute("ROLLBACK TO scan")
         conn.text_factory = lenient_text
-        scan = _scan_rows(conn, sql, batch_size, max_batch_bytes, trust)
+        scan = _scan_rows(conn, sql, batch_size, bounds, trust)
     conn.execute("RELEASE scan")
     return scan
 
 
 def _scan_rows(
-    conn: sqlite3.Connection, sql: str, batch_size: int, max_batch_bytes: int, trust: bool
+    conn: sqlite3.Connection, sql: str, batch_size: int, bounds: tuple[int, int], trust: bool
 ) -> tuple[Planner, int, list[str]]:
-    """One pass of :func:`scan_items` with the connection's text factory.
+    """One pass of :func:`scan_items` with the connection's text factory; ``bounds``: the
+    batch's hard limit in bytes and the budget that closes it.
 
     A row the store vouches for is encoded around its data as it is (no parse) and
     hashed: when that gives the row's digest, the row is the valid, canonical item the
@@ -183,6 +194,7 @@ def _scan_rows(
     item; a method call per item cost a sixth of the scan); :class:`Planner` closes the
     batches.
     """
+    max_batch_bytes, batch_bytes = bounds
     planner = Planner(conn, batch_size, max_batch_bytes)
     planner.trusted = trust = trust and sql != _SCAN
     digests = planner.digests  # of the batch being planned
@@ -210,7 +222,7 @@ def _scan_rows(
         if not rows:
             break
         if trust and not digests and not invalid and rows[0][0] == last_collection:
-            whole = _trusted_batch(rows, last_key, head_sizes, max_batch_bytes)
+            whole = _trusted_batch(rows, last_key, head_sizes, batch_bytes)
             if whole is not None:
                 last_key, stored_digests, size_sum = whole
                 first = (last_collection, rows[0][1])
@@ -277,7 +289,7 @@ def _scan_rows(
                 last_collection, collection_start = collection, count
             last_key = key
             count += 1
-            if digests and (len(digests) == batch_size or size_sum + 1 + size > max_batch_bytes):
+            if digests and (len(digests) == batch_size or size_sum + 1 + size > batch_bytes):
                 planner.close(first, size_sum)
             if digests:
                 size_sum += 1 + size
