@@ -217,6 +217,7 @@ def measure(
     of the store and a fresh server; the median run of each counts (the per-item
     baselines run once: they are far from the target either way)."""
     store = fill_store(work / f"store-{size}.sqlite3", size)
+    os.sync()  # the fill's writes on disk before the first run, not during it
     floors: list[dict[str, float]] = []
     honests: list[dict[str, float]] = []
     sdks: list[dict[str, float]] = []
@@ -224,13 +225,16 @@ def measure(
     floor_rss = server_rss = 0
     for turn in range(repeat):
         here = work / f"{size}-{turn}"
-        floor = [sys.executable, str(ROOT / "bench" / "floor_server.py"), str(here / "floor")]
-        with serve(floor, here / "floor.log") as (url, proc):
-            floors.append(child("floor", url, str(store), "0"))
-            honests.append(child("honest", url, str(store)))
-            if turn == 0:
-                row["per_item"] = child("per-item", url, str(store), str(per_item))
-            floor_rss = max(floor_rss, rss_kb(proc.pid))
+        # Each run has a server and files of its own, and its files go once it is done:
+        # the kernel would otherwise write them back to disk during the next runs.
+        for kind, runs in (("floor", floors), ("honest", honests)):
+            floor = [sys.executable, str(ROOT / "bench" / "floor_server.py"), str(here / kind)]
+            with serve(floor, here / f"{kind}.log") as (url, proc):
+                runs.append(child(kind, url, str(store), *(["0"] if kind == "floor" else [])))
+                if turn == 0 and kind == "floor":
+                    row["per_item"] = child("per-item", url, str(store), str(per_item))
+                floor_rss = max(floor_rss, rss_kb(proc.pid))
+            shutil.rmtree(here / kind)
         copy = shutil.copy(store, here / "store.sqlite3")  # the SDK marks its store migrated
         with backend_stub(here / "server", without=without) as (url, proc):
             cache = str(here / "cache")
@@ -238,6 +242,7 @@ def measure(
             server_rss = max(server_rss, rss_kb(proc.pid))
             if turn == 0:
                 row["api_per_item"] = child("api-per-item", url, str(store), str(per_item))
+        shutil.rmtree(here)
     assert all(r["items"] == size for r in floors + honests + sdks), "a run moved too few"
     row.update(
         floor=_median(floors),
