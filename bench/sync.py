@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -148,7 +149,10 @@ def main() -> int:
                     for i in range(args.repeat)
                 ]
                 if size == sizes[-1]:
+                    os.sync()  # the fill's writes on disk before the floor, not during it
                     whole = child("floor", "", str(store), str(root / f"{size}" / "floor-all"))
+                    # The floor's files go: their writeback would land in the migration.
+                    shutil.rmtree(root / f"{size}" / "floor-all")
                 migrated = child(
                     "migrate", user, url, user, str(store), str(root / f"{size}" / "cache")
                 )
@@ -165,6 +169,7 @@ def main() -> int:
                 )
             largest = rows[-1]
             user = f"sync-{largest['size']}"
+            os.sync()  # the migrations' writes on disk before the bootstrap reads them
             pulled = child("bootstrap", user, url, user, str(root / "new-device.sqlite3"))
     print(f"incremental sync of {args.changes} changed items (median of {args.repeat}):")
     print(

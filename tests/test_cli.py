@@ -84,10 +84,11 @@ def test_migrate_shows_progress_and_a_readable_summary_and_exits_0_once_verified
     items = learning_items(500)
     store = make_store(tmp_path / "store.sqlite3", items)
 
-    code, out, err = run(capsys, "migrate", "--store", str(store), "--batch-size", "100")
+    code, out, err = run(capsys, "migrate", "--store", str(store), "--batch-bytes", "8192")
 
     assert code == EXIT_DONE
     assert "migrated 502 items, verified: yes" in out
+    assert "9 batches sent" in out  # about 60 items of 135 bytes each: the budget holds
     assert "collections: flashcards 168, lesson_progress 333, preferences 1" in out
     # Batches run in parallel, so which counts appear depends on which finishes first;
     # what must hold is a bar that starts at 0, never goes back, and ends full.
@@ -198,6 +199,11 @@ def test_cancel_drops_the_migration_in_progress_and_leaves_the_store(
             ["migrate", "--store", "s.db", "--batch-size", "0"],
             "batch_size must be at least 1",
             id="bad batch size",
+        ),
+        pytest.param(
+            ["migrate", "--store", "s.db", "--batch-bytes", "100"],
+            "batch_bytes must be an integer >= 4096",
+            id="bad batch bytes",
         ),
     ],
 )
