@@ -195,3 +195,19 @@ def test_the_sdk_waits_while_the_server_is_processing(
     assert result.verified
     assert "processing" in seen
     assert seen.index("processing") < len(seen) - 1
+
+
+def test_a_store_migrates_through_the_aws_backend_in_the_sdks_default_batches(
+    aws_server: AwsServer, tmp_path: Path
+) -> None:
+    # 5,000 items or 1 MiB per batch by default: a batch this large goes through the
+    # worker's queue, S3 and DynamoDB whole.
+    items = learning_items(5_100)
+    store = make_store(tmp_path / "store.sqlite3", items)
+    options = MigrationOptions(cache_dir=tmp_path / "cache")
+    with client_for(aws_server, store, "dora", tmp_path, options=options) as client:
+        result = client.migrate()
+    assert result.outcome is MigrationOutcome.COMPLETED and result.verified
+    assert result.batches_uploaded == 2
+    assert result.cloud_checksum == dataset_checksum_of(items)
+    assert local_of(store) == {(i["collection"], i["key"]): i for i in items}
