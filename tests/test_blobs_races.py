@@ -16,7 +16,10 @@ from aws_fixtures import Backend
 from blob_fixtures import BlobCalls, Content
 from server_fixtures import Server, running_server
 
-from sdk.contract import Limits
+from backend_stub.storage.aws import AwsStorage
+from backend_stub.storage.aws_blobs import S3Blobs
+from backend_stub.storage.blobs import ChunksMissing
+from sdk.contract import BlobState, Limits
 
 CHUNK = 1024
 
@@ -114,3 +117,56 @@ def test_an_aws_server_refuses_chunks_smaller_than_s3s_smallest_part() -> None:
     assert Settings(limits=small).limits == small
     moto = AwsSettings(endpoint_url="http://127.0.0.1:1")
     assert Settings(backend="aws", aws=moto, limits=small).limits == small
+
+
+def test_a_complete_whose_chunks_went_to_a_new_upload_verifies_the_object_another_placed(
+    aws_storage: AwsStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Device A sends every chunk and completes; device B, sending the same chunks in
+    reverse, is half way. A's complete places the object, and before it has verified it
+    and recorded it held, B's next chunk finds the upload gone and starts a new one, B
+    sends the rest there and completes. B sent every chunk, so B's complete must answer
+    held, not "chunks missing": the object in place is the content, and verifying it is
+    B's job as much as A's. The interleaving is forced by running B inside A's step
+    between placing and verifying."""
+    import moto.s3.models
+
+    monkeypatch.setattr(moto.s3.models, "S3_UPLOAD_PART_MIN_SIZE", 1)
+    blobs = aws_storage.blobs
+    assert isinstance(blobs, S3Blobs)
+    content = Content(6 * CHUNK + 1, CHUNK, seed=14)
+    sha, size, count = content.sha256, content.size, content.count
+
+    def put(index: int) -> list[int]:
+        return blobs.put_chunk("alice", sha, size, index, content.piece(index))
+
+    for index in range(count):  # A: every chunk
+        put(index)
+    reverse = list(range(count))[::-1]
+    for index in reverse[:3]:  # B: half way
+        put(index)
+
+    verify = S3Blobs._object_sha256
+    b_answer: list[object] = []
+
+    def between_placed_and_verified(self: S3Blobs, user: str, sha256: str, n: int) -> str:
+        if not b_answer:
+            b_answer.append(None)
+            for index in reverse[3:]:  # B: the rest, into a new upload
+                put(index)
+            try:
+                b_answer[0] = blobs.complete("alice", sha, size, count)
+            except ChunksMissing as exc:
+                b_answer[0] = exc
+        return verify(self, user, sha256, n)
+
+    monkeypatch.setattr(S3Blobs, "_object_sha256", between_placed_and_verified)
+    a_answer = blobs.complete("alice", sha, size, count)
+
+    assert a_answer == BlobState(sha256=sha, held=True, size=size)
+    assert b_answer == [BlobState(sha256=sha, held=True, size=size)]
+    assert blobs.state("alice", sha) == BlobState(sha256=sha, held=True, size=size)
+    # B's new upload does not linger, in the table or in S3.
+    assert aws_storage.table.get("USER#alice#BLOBS", f"UPLOAD#{sha}") is None
+    uploads = blobs.s3.list_multipart_uploads(Bucket=blobs.bucket).get("Uploads", [])
+    assert uploads == []

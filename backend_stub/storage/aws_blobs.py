@@ -226,12 +226,14 @@ class S3Blobs:
             try:
                 self._finish_upload(user_id, sha256, size, count)
                 found = self._object_sha256(user_id, sha256, count)
-            except ChunksMissing:
+            except ChunksMissing as missing:
                 # Another complete of the same blob may have just finished (and removed
                 # the upload): then it is held, and that is the answer.
                 if self.table.get(_pk(user_id), f"HELD#{sha256}") is not None:
                     return self.state(user_id, sha256)
-                raise
+                if not self._placed_by_another(user_id, sha256, count):
+                    raise missing
+                found = sha256
             if found != sha256:
                 self.s3.delete_object(Bucket=self.bucket, Key=self.object_name(user_id, sha256))
                 self._delete_row(user_id, f"UPLOAD#{sha256}")
@@ -239,6 +241,21 @@ class S3Blobs:
         self.table.put({**key(_pk(user_id), f"HELD#{sha256}"), "size": n(size)})
         self._delete_row(user_id, f"UPLOAD#{sha256}")
         return BlobState(sha256=sha256, held=True, size=size)
+
+    def _placed_by_another(self, user_id: str, sha256: str, count: int) -> bool:
+        """Whether another complete put the content in place and has not recorded it
+        held yet, while this call's chunks went to an upload started meanwhile (a chunk
+        that found the first upload completed starts a new one). Verifying the object is
+        then this call's job as much as the other's; the new upload is dropped."""
+        try:
+            if self._object_sha256(user_id, sha256, count) != sha256:
+                return False  # damaged: the call that placed it deletes it
+        except ChunksMissing:
+            return False  # nothing in place
+        upload = self.table.get(_pk(user_id), f"UPLOAD#{sha256}")
+        if upload is not None:
+            self._forget(user_id, sha256, upload, abort=True)
+        return True
 
     def _finish_upload(self, user_id: str, sha256: str, size: int, count: int) -> None:
         """Complete the multipart upload (all ``count`` parts present), or find it
