@@ -345,10 +345,26 @@ def test_batches_close_at_the_item_count_or_the_byte_budget_and_the_servers_limi
     assert [count for (count,) in received] == expected
 
 
-@pytest.mark.parametrize("bad", [0, 4095, 1.5e6, "1MiB", True])
-def test_a_bad_batch_bytes_is_a_configuration_error(bad):
-    with pytest.raises(ConfigurationError, match="batch_bytes must be an integer >= 4096"):
-        MigrationOptions(batch_bytes=bad)
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"batch_bytes": 0}, "batch_bytes must be an integer >= 4096, got 0"),
+        ({"batch_bytes": 4095}, "batch_bytes must be an integer >= 4096, got 4095"),
+        ({"batch_bytes": 1.5e6}, "batch_bytes must be an integer >= 4096, got 1500000.0"),
+        ({"batch_bytes": "1MiB"}, "batch_bytes must be an integer >= 4096, got '1MiB'"),
+        ({"batch_bytes": True}, "batch_bytes must be an integer >= 4096, got True"),
+        ({"batch_size": 0}, "batch_size must be at least 1, got 0"),
+        ({"batch_size": "500"}, "batch_size must be an integer, got '500'"),
+        ({"batch_size": 2.5}, "batch_size must be an integer, got 2.5"),
+        ({"batch_size": True}, "batch_size must be an integer, got True"),
+        ({"max_in_flight": 0}, "max_in_flight must be at least 1, got 0"),
+        ({"max_in_flight": None}, "max_in_flight must be an integer, got None"),
+    ],
+)
+def test_bad_batch_options_are_configuration_errors_that_name_the_option(options, message):
+    with pytest.raises(ConfigurationError) as raised:
+        MigrationOptions(**options)
+    assert str(raised.value) == message
 
 
 def make_token_source(server, user: str) -> Callable[[], str]:

@@ -49,14 +49,12 @@ class MigrationOptions:
     fetch_attachments: str = "eager"
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigurationError(f"batch_size must be at least 1, got {self.batch_size}")
+        _whole("batch_size", self.batch_size, 1)
         if type(self.batch_bytes) is not int or self.batch_bytes < MIN_BATCH_BYTES:
             raise ConfigurationError(
                 f"batch_bytes must be an integer >= {MIN_BATCH_BYTES}, got {self.batch_bytes!r}"
             )
-        if self.max_in_flight < 1:
-            raise ConfigurationError(f"max_in_flight must be at least 1, got {self.max_in_flight}")
+        _whole("max_in_flight", self.max_in_flight, 1)
         if self.fetch_attachments not in ("eager", "lazy"):
             raise ConfigurationError(
                 f"fetch_attachments must be 'eager' or 'lazy', got {self.fetch_attachments!r}"
@@ -65,3 +63,17 @@ class MigrationOptions:
             raise ConfigurationError(
                 f"conflicts must be a ConflictPolicy, got {type(self.conflicts).__name__}"
             )
+
+
+def _whole(name: str, value: object, least: int) -> None:
+    """A count option: an integer (not a bool) of at least ``least``.
+
+    >>> _whole("max_in_flight", "2", 1)
+    Traceback (most recent call last):
+    ...
+    sdk._errors.ConfigurationError: max_in_flight must be an integer, got '2'
+    """
+    if type(value) is not int:
+        raise ConfigurationError(f"{name} must be an integer, got {value!r}")
+    if value < least:
+        raise ConfigurationError(f"{name} must be at least {least}, got {value}")
