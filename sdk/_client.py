@@ -30,7 +30,7 @@ from ._migration.lock import MigrationLock, lock_path_for
 from ._migration.options import MigrationOptions
 from ._migration.plan import MigrationPlan, make_plan
 from ._stopping import stoppable_sleep
-from ._store.detect import LocalDetection, LocalState, detect_local, inspect_store
+from ._store.detect import LocalDetection, LocalState, detect_local, inspect_store, store_file
 from ._store.local import LocalStore, default_store_path
 from ._store.schema import connect_read_only
 from ._store.values import Attachment
@@ -119,10 +119,15 @@ class MigrationClient:
                 "default data folder for that app)"
             )
         self.options = options or MigrationOptions()
-        self.store_path = Path(store_path) if store_path else default_store_path(str(app_name))
+        self.store_path = (
+            store_file(store_path, "store_path")
+            if store_path is not None
+            else default_store_path(str(app_name))
+        )
         self.cache_dir = (
-            self.options.cache_dir
-            or Path(platformdirs.user_cache_dir(app_name or "offline-migrate", appauthor=False))
+            Path(self.options.cache_dir)
+            if self.options.cache_dir is not None
+            else Path(platformdirs.user_cache_dir(app_name or "offline-migrate", appauthor=False))
             / "snapshots"
         )
         self.hooks = Hooks(on_progress=on_progress, on_event=on_event)

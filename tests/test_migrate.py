@@ -359,12 +359,25 @@ def test_batches_close_at_the_item_count_or_the_byte_budget_and_the_servers_limi
         ({"batch_size": True}, "batch_size must be an integer, got True"),
         ({"max_in_flight": 0}, "max_in_flight must be at least 1, got 0"),
         ({"max_in_flight": None}, "max_in_flight must be an integer, got None"),
+        ({"compress": "yes"}, "compress must be True or False, got 'yes'"),
+        ({"cache_dir": 5}, "cache_dir must be a folder's path (a str or a Path), got 5"),
+        ({"cache_dir": ""}, "cache_dir must be a folder's path (a str or a Path), got ''"),
     ],
 )
-def test_bad_batch_options_are_configuration_errors_that_name_the_option(options, message):
+def test_bad_options_are_configuration_errors_that_name_the_option(options, message):
     with pytest.raises(ConfigurationError) as raised:
         MigrationOptions(**options)
     assert str(raised.value) == message
+
+
+def test_the_cache_folder_may_be_given_as_a_str(server, tmp_path):
+    items = learning_items(30)
+    store = make_store(tmp_path / "store.sqlite3", items)
+    options = MigrationOptions(cache_dir=str(tmp_path / "snapshots"))
+    assert options.cache_dir == tmp_path / "snapshots"
+    with client_for(server, store, "vic", tmp_path, options=options) as client:
+        result = client.migrate()
+    assert result.verified and result.cloud_checksum == dataset_checksum_of(items)
 
 
 def make_token_source(server, user: str) -> Callable[[], str]:

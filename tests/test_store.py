@@ -13,6 +13,7 @@ import pytest
 from sqlite_utils import Database
 
 import sdk._store.local
+from sdk import MigrationClient, detect_local
 from sdk._errors import (
     ConfigurationError,
     CorruptStoreError,
@@ -362,6 +363,19 @@ def test_open_refuses_bad_arguments(kwargs):
 def test_the_constructor_refuses_bad_arguments_before_touching_the_disk(tmp_path, kwargs):
     with pytest.raises(ConfigurationError):
         LocalStore(tmp_path / "s.sqlite3", **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("path", [5, None, "", b"store.sqlite3"], ids=repr)
+def test_a_path_that_is_not_a_path_is_a_configuration_error(tmp_path, monkeypatch, path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError, match=r"^path must be the store's file \(a str or"):
+        LocalStore(path)
+    with pytest.raises(ConfigurationError, match=r"^path must be the store's file"):
+        detect_local(path)
+    if path is not None:  # None: the client asks for store_path= or app_name=
+        with pytest.raises(ConfigurationError, match=r"^store_path must be the store's file"):
+            MigrationClient(server="http://127.0.0.1:9", user_id="u", token="t", store_path=path)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -5,6 +5,7 @@ import of the engine that drives it)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 from .._conflicts.policy import ConflictPolicy
@@ -39,8 +40,9 @@ class MigrationOptions:
     max_in_flight: int = 2
     #: gzip batch bodies when the server offers it.
     compress: bool = False
-    #: Where snapshots go; default: the user cache directory of the app.
-    cache_dir: Path | None = None
+    #: Where snapshots go (a path, as a ``str`` or ``Path``); default: the user cache
+    #: directory of the app.
+    cache_dir: str | os.PathLike[str] | None = None
     #: How conflicts with the cloud's items are decided (default: the cloud's version).
     conflicts: ConflictPolicy = dataclasses.field(default_factory=ConflictPolicy)
     #: When a sync fetches the attachments pulled items reference: ``"eager"`` (every
@@ -55,6 +57,14 @@ class MigrationOptions:
                 f"batch_bytes must be an integer >= {MIN_BATCH_BYTES}, got {self.batch_bytes!r}"
             )
         _whole("max_in_flight", self.max_in_flight, 1)
+        if type(self.compress) is not bool:
+            raise ConfigurationError(f"compress must be True or False, got {self.compress!r}")
+        if self.cache_dir is not None:
+            if not isinstance(self.cache_dir, (str, os.PathLike)) or not os.fspath(self.cache_dir):
+                raise ConfigurationError(
+                    f"cache_dir must be a folder's path (a str or a Path), got {self.cache_dir!r}"
+                )
+            object.__setattr__(self, "cache_dir", Path(self.cache_dir))
         if self.fetch_attachments not in ("eager", "lazy"):
             raise ConfigurationError(
                 f"fetch_attachments must be 'eager' or 'lazy', got {self.fetch_attachments!r}"

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sdk._errors import (
+    ConfigurationError,
     CorruptStoreError,
     ForeignStoreError,
     StoreBusyError,
@@ -41,7 +42,7 @@ from sdk._store.schema import (
     store_error,
 )
 
-__all__ = ["LocalDetection", "LocalState", "check_local", "detect_local"]
+__all__ = ["LocalDetection", "LocalState", "check_local", "detect_local", "store_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +123,22 @@ class LocalDetection:
         return self
 
 
+def store_file(path: object, name: str = "path") -> Path:
+    """``path`` as the store's file; a :class:`ConfigurationError` naming ``name`` when it
+    is not a path.
+
+    >>> store_file("s.sqlite3").name
+    's.sqlite3'
+    >>> store_file(5, "store_path")
+    Traceback (most recent call last):
+    ...
+    sdk._errors.ConfigurationError: store_path must be the store's file (a str or a Path), got 5
+    """
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise ConfigurationError(f"{name} must be the store's file (a str or a Path), got {path!r}")
+    return Path(path)
+
+
 def detect_local(path: str | os.PathLike[str]) -> LocalDetection:
     """Classify the store at ``path``, read-only and cheaply (one GROUP BY for the counts).
 
@@ -135,7 +152,7 @@ def detect_local(path: str | os.PathLike[str]) -> LocalDetection:
     (<LocalState.READY: 'ready'>, {'cards': 1})
     >>> tmp.cleanup()
     """
-    detection = inspect_store(Path(path), count=True)
+    detection = inspect_store(store_file(path), count=True)
     logger.debug("detected %s at %s: %s", detection.state.value, detection.path, detection.reason)
     return detection
 

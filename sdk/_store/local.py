@@ -41,7 +41,7 @@ from sdk._errors import (
     UnsupportedDataVersionError,
 )
 from sdk._store import changes as _changes
-from sdk._store.detect import LocalState, inspect_store
+from sdk._store.detect import LocalState, inspect_store, store_file
 from sdk._store.local_attachments import INLINE_LIMIT, MAX_INLINE_LIMIT, AttachmentMethods
 from sdk._store.schema import (
     CURRENT_DATA_VERSION,
@@ -316,7 +316,7 @@ class LocalStore(AttachmentMethods):
             raise ConfigurationError(f"busy_timeout must be seconds >= 0, got {busy_timeout!r}")
         if busy_timeout < 0:
             raise ConfigurationError(f"busy_timeout must be seconds >= 0, got {busy_timeout!r}")
-        self._path = Path(path)
+        self._path = store_file(path)
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._conn = self._connect(create=create, data_version=data_version, timeout=busy_timeout)
