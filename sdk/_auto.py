@@ -546,14 +546,12 @@ class AutoMigration:
                 self._cond.notify_all()
 
     def _run(self) -> None:
-        from pathlib import Path
-
-        from ._store.detect import LocalState, detect_local
+        from ._store.detect import LocalState, detect_local, store_file
         from ._store.local import default_store_path
 
         self._notify(self._on_state, self.status)  # start() set it without telling
         path = (
-            Path(self._store_path)
+            store_file(self._store_path, "store_path")
             if self._store_path is not None
             else default_store_path(str(self._app_name))
             if self._app_name is not None

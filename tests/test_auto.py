@@ -422,6 +422,7 @@ def test_callbacks_reach_the_app_thread_through_dispatch(server, tmp_path):
         pytest.param({"user_id": "not a valid id!"}, ConfigurationError, id="bad user id"),
         pytest.param({"token": None}, ConfigurationError, id="no token"),
         pytest.param({"store_path": None}, ConfigurationError, id="no store given"),
+        pytest.param({"store_path": 5}, ConfigurationError, id="a store path that is no path"),
         pytest.param({"foreign": True}, ForeignStoreError, id="another app's database"),
     ],
 )
