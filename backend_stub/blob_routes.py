@@ -27,6 +27,7 @@ from backend_stub.auth import UserId
 from backend_stub.bodies import json_body, read_body
 from backend_stub.problems import ApiError
 from backend_stub.routes import SettingsDep, StorageDep
+from backend_stub.storage.records import VersionConflict
 from sdk.contract import (
     API_PREFIX,
     BLOB_SIZE_HEADER,
@@ -110,9 +111,25 @@ async def put_chunk(
         request, limit=expected, advice=f"chunk {index} of this blob is {expected} bytes long"
     )
     blobs.check_chunk(data, expected=expected, index=int(index), checksum=checksum.lower())
-    received = await run_in_threadpool(
-        storage.blobs.put_chunk, user_id, sha256, int(size), int(index), data
-    )
+    try:
+        received = await run_in_threadpool(
+            storage.blobs.put_chunk, user_id, sha256, int(size), int(index), data
+        )
+    except VersionConflict:
+        raise ApiError(
+            409,
+            ProblemCode.VERSION_CONFLICT,
+            "the upload of this blob kept changing under this chunk: send it again",
+        ) from None
+    if not received:  # a complete racing this chunk finished the blob meanwhile
+        state = await run_in_threadpool(storage.blobs.state, user_id, sha256)
+        if state.held:
+            return blobs.held_receipt(settings, state, int(index))
+        raise ApiError(
+            409,
+            ProblemCode.VERSION_CONFLICT,
+            "the upload of this blob changed under this chunk: send it again",
+        )
     return BlobChunkReceipt(sha256=sha256, index=int(index), received_chunks=received)
 
 

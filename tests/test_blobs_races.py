@@ -10,6 +10,7 @@ import concurrent.futures
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aws_fixtures import Backend
@@ -170,3 +171,40 @@ def test_a_complete_whose_chunks_went_to_a_new_upload_verifies_the_object_anothe
     assert aws_storage.table.get("USER#alice#BLOBS", f"UPLOAD#{sha}") is None
     uploads = blobs.s3.list_multipart_uploads(Bucket=blobs.bucket).get("Uploads", [])
     assert uploads == []
+
+
+def test_a_chunk_written_while_a_complete_removes_the_upload_answers_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite backend: device B writes a chunk while device A's complete, which has every
+    chunk, places the blob and removes the upload's folder under B's file. B's chunk must
+    be answered (the blob is held: every chunk is there), not fail on a folder that is
+    gone (a 500 before). Forced by running A's complete while B's chunk is written."""
+    import backend_stub.storage.sqlite_blobs as sqlite_blobs
+
+    with running_server(tmp_path, limits=Limits(blob_chunk_bytes=CHUNK)) as server:
+        content = Content(4 * CHUNK + 1, CHUNK, seed=15)
+        blobs = BlobCalls(server.client, server.auth(), "alice")
+        blobs.send(content)  # A: every chunk
+        write = sqlite_blobs.copy_hashing
+        a_answer: list[BlobState] = []
+
+        def while_b_writes(pieces: Any, sink: Any, digest: Any) -> Any:
+            if not a_answer:
+                a_answer.append(BlobState(sha256=content.sha256, held=False))  # running
+                a_answer[0] = server.storage.blobs.complete(
+                    "alice", content.sha256, content.size, content.count
+                )
+            return write(pieces, sink, digest)
+
+        monkeypatch.setattr(sqlite_blobs, "copy_hashing", while_b_writes)
+        b_chunk = blobs.put_chunk(content.sha256, 0, content.piece(0), content.size)
+        monkeypatch.setattr(sqlite_blobs, "copy_hashing", write)
+
+        assert a_answer == [BlobState(sha256=content.sha256, held=True, size=content.size)]
+        assert b_chunk.status_code == 200, b_chunk.text
+        assert b_chunk.json()["receivedChunks"] == list(range(content.count))
+        assert blobs.complete(content.sha256, content.size).json()["held"] is True
+        assert blobs.get(content.sha256).content == content.whole()
+        leftovers = [p for p in (tmp_path / "blobs" / "uploads").rglob("*") if p.is_file()]
+        assert leftovers == []  # neither B's chunk nor its temporary file is left behind

@@ -43,6 +43,7 @@ from backend_stub.storage.blobs import (
     file_pieces,
     owner_folder,
 )
+from backend_stub.storage.records import VersionConflict
 from sdk.contract import BlobState
 
 __all__ = ["BLOBS_SCHEMA", "FileBlobs"]
@@ -143,14 +144,23 @@ class FileBlobs:
 
     def put_chunk(self, user_id: str, sha256: str, size: int, index: int, data: bytes) -> list[int]:
         folder = self._upload_dir(user_id, sha256)
-        for other in _listing(folder):
-            if other.name != str(size):
-                # Another size for the same content: only one of them can be right, and
-                # this client says it is this one. The other upload could never complete.
-                shutil.rmtree(other, ignore_errors=True)
-        _place(folder / str(size) / str(index), [data])
-        failpoint("blob.chunk.stored")
-        return sorted(int(p.name) for p in _listing(folder / str(size)) if p.name.isdigit())
+        for _attempt in range(3):
+            if self._held_size(user_id, sha256) is not None:
+                return []  # a racing complete finished the blob: this chunk is not needed
+            for other in _listing(folder):
+                if other.name != str(size):
+                    # Another size for the same content: only one of them can be right, and
+                    # this client says it is this one. The other upload could never complete.
+                    shutil.rmtree(other, ignore_errors=True)
+            try:
+                _place(folder / str(size) / str(index), [data])
+            except FileNotFoundError:
+                # A complete (or a chunk announcing another size) removed the upload's
+                # folder while this chunk was written: look again.
+                continue
+            failpoint("blob.chunk.stored")
+            return sorted(int(p.name) for p in _listing(folder / str(size)) if p.name.isdigit())
+        raise VersionConflict(f"the upload of blob {sha256[:8]}... kept changing: retry")
 
     def complete(self, user_id: str, sha256: str, size: int, count: int) -> BlobState:
         with self._lock(user_id, sha256):
