@@ -121,15 +121,10 @@ async def put_chunk(
             ProblemCode.VERSION_CONFLICT,
             "the upload of this blob kept changing under this chunk: send it again",
         ) from None
-    if not received:  # a complete racing this chunk finished the blob meanwhile
+    if not received:  # a complete racing this chunk finished the upload meanwhile
         state = await run_in_threadpool(storage.blobs.state, user_id, sha256)
         if state.held:
             return blobs.held_receipt(settings, state, int(index))
-        raise ApiError(
-            409,
-            ProblemCode.VERSION_CONFLICT,
-            "the upload of this blob changed under this chunk: send it again",
-        )
     return BlobChunkReceipt(sha256=sha256, index=int(index), received_chunks=received)
 
 
