@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -208,3 +209,38 @@ def test_a_chunk_written_while_a_complete_removes_the_upload_answers_held(
         assert blobs.get(content.sha256).content == content.whole()
         leftovers = [p for p in (tmp_path / "blobs" / "uploads").rglob("*") if p.is_file()]
         assert leftovers == []  # neither B's chunk nor its temporary file is left behind
+
+
+def test_a_chunk_whose_upload_keeps_vanishing_is_a_409_to_send_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite backend: the upload's folder removed under the chunk on every try (as by
+    chunks announcing another size, again and again): after three tries the chunk is a
+    409 problem to send again, not a 500, and nothing is left half-written."""
+    import backend_stub.storage.sqlite_blobs as sqlite_blobs
+
+    with running_server(tmp_path, limits=Limits(blob_chunk_bytes=CHUNK)) as server:
+        content = Content(2 * CHUNK, CHUNK, seed=16)
+        blobs = BlobCalls(server.client, server.auth(), "alice")
+        uploads = tmp_path / "blobs" / "uploads"
+        write = sqlite_blobs.copy_hashing
+        tries: list[int] = []
+
+        def upload_removed_meanwhile(pieces: Any, sink: Any, digest: Any) -> Any:
+            tries.append(1)
+            shutil.rmtree(uploads)
+            return write(pieces, sink, digest)
+
+        monkeypatch.setattr(sqlite_blobs, "copy_hashing", upload_removed_meanwhile)
+        answer = blobs.put_chunk(content.sha256, 0, content.piece(0), content.size)
+        monkeypatch.setattr(sqlite_blobs, "copy_hashing", write)
+
+        assert len(tries) == 3
+        assert answer.status_code == 409
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert answer.json()["code"] == "version-conflict"
+        assert "send it again" in answer.json()["detail"]
+        # Sent again, it is taken.
+        assert blobs.put_chunk(content.sha256, 0, content.piece(0), content.size).json()[
+            "receivedChunks"
+        ] == [0]
