@@ -145,8 +145,6 @@ class FileBlobs:
     def put_chunk(self, user_id: str, sha256: str, size: int, index: int, data: bytes) -> list[int]:
         folder = self._upload_dir(user_id, sha256)
         for _attempt in range(3):
-            if self._held_size(user_id, sha256) is not None:
-                return []  # a racing complete finished the blob: this chunk is not needed
             for other in _listing(folder):
                 if other.name != str(size):
                     # Another size for the same content: only one of them can be right, and
@@ -156,7 +154,10 @@ class FileBlobs:
                 _place(folder / str(size) / str(index), [data])
             except FileNotFoundError:
                 # A complete (or a chunk announcing another size) removed the upload's
-                # folder while this chunk was written: look again.
+                # folder while this chunk was written: a held blob needs it no more,
+                # otherwise look again.
+                if self._held_size(user_id, sha256) is not None:
+                    return []
                 continue
             failpoint("blob.chunk.stored")
             return sorted(int(p.name) for p in _listing(folder / str(size)) if p.name.isdigit())

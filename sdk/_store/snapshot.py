@@ -550,9 +550,7 @@ def take_snapshot(
             f"max_batch_bytes must be an integer > {ENVELOPE} (the empty body), "
             f"got {max_batch_bytes!r}"
         )
-    if batch_bytes is None:
-        batch_bytes = max_batch_bytes
-    elif type(batch_bytes) is not int or batch_bytes <= ENVELOPE:
+    if batch_bytes is not None and (type(batch_bytes) is not int or batch_bytes <= ENVELOPE):
         raise ConfigurationError(
             f"batch_bytes must be an integer > {ENVELOPE} (the empty body), got {batch_bytes!r}"
         )
@@ -577,8 +575,7 @@ def take_snapshot(
     try:
         dest.mkdir(parents=True, exist_ok=True)
         _remove(partial)  # left by a crash during an earlier attempt
-        bounds = (max_batch_bytes, batch_bytes)
-        info = _build(source, partial, batch_size, bounds, trust_digests)
+        info = _build(source, partial, batch_size, max_batch_bytes, batch_bytes, trust_digests)
         _fsync(partial)
         os.replace(partial, final)
         _fsync_dir(dest)
@@ -636,7 +633,12 @@ def open_snapshot(path: str | os.PathLike[str]) -> Snapshot:
 
 
 def _build(
-    source: Path, partial: Path, batch_size: int, bounds: tuple[int, int], trust: bool
+    source: Path,
+    partial: Path,
+    batch_size: int,
+    max_batch_bytes: int,
+    batch_bytes: int | None,
+    trust: bool,
 ) -> _Info:
     dst = sqlite3.connect(str(partial), isolation_level=None, check_same_thread=False)
     copy: _Copy | None = None
@@ -654,7 +656,7 @@ def _build(
                 copy = _Copy(src, dst, partial, source)
             failpoint("snapshot.during")
             try:
-                info = _plan(reader, source, batch_size, bounds, trust, copy)
+                info = _plan(reader, source, batch_size, max_batch_bytes, batch_bytes, trust, copy)
             except BaseException:
                 copy.verdict(source)  # damage explains any other failure: it is named first
                 raise
@@ -817,15 +819,14 @@ def _plan(
     conn: sqlite3.Connection,
     source: Path,
     batch_size: int,
-    bounds: tuple[int, int],
+    max_batch_bytes: int,
+    batch_bytes: int | None,
     trust: bool,
     copy: _Copy,
 ) -> _Info:
     """Check and plan every item, reading ``conn`` (the store at the copy's point in
     time, or the copy) while ``copy`` is made and checked: the plan goes into
-    ``conn``'s temporary tables, and into the copy once it is checked. ``bounds``: a
-    batch's hard limit in bytes and the budget that closes it."""
-    max_batch_bytes, batch_bytes = bounds
+    ``conn``'s temporary tables, and into the copy once it is checked."""
     (app_id,) = conn.execute("PRAGMA application_id").fetchone()
     meta = dict(conn.execute("SELECT key, value FROM store_meta").fetchall())
     if app_id != STORE_APPLICATION_ID or meta.get("format") != STORE_FORMAT:

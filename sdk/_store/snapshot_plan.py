@@ -164,25 +164,30 @@ def scan_items(
     of such a row, and ``Planner.trusted`` says so.
     """
     sql = _scan_sql(conn)
-    bounds = (max_batch_bytes, min(batch_bytes or max_batch_bytes, max_batch_bytes))
+    budget = min(batch_bytes or max_batch_bytes, max_batch_bytes)
     conn.execute("SAVEPOINT scan")
     try:
-        scan = _scan_rows(conn, sql, batch_size, bounds, trust)
+        scan = _scan_rows(conn, sql, batch_size, max_batch_bytes, budget, trust)
     except sqlite3.OperationalError as exc:
         if "Could not decode" not in str(exc):  # sqlite3's "Could not decode to UTF-8 ..."
             raise
         conn.execute("ROLLBACK TO scan")
         conn.text_factory = lenient_text
-        scan = _scan_rows(conn, sql, batch_size, bounds, trust)
+        scan = _scan_rows(conn, sql, batch_size, max_batch_bytes, budget, trust)
     conn.execute("RELEASE scan")
     return scan
 
 
 def _scan_rows(
-    conn: sqlite3.Connection, sql: str, batch_size: int, bounds: tuple[int, int], trust: bool
+    conn: sqlite3.Connection,
+    sql: str,
+    batch_size: int,
+    max_batch_bytes: int,
+    batch_bytes: int,
+    trust: bool,
 ) -> tuple[Planner, int, list[str]]:
-    """One pass of :func:`scan_items` with the connection's text factory; ``bounds``: the
-    batch's hard limit in bytes and the budget that closes it.
+    """One pass of :func:`scan_items` with the connection's text factory: a batch closes
+    at ``batch_bytes``, and an item is too large beyond ``max_batch_bytes``.
 
     A row the store vouches for is encoded around its data as it is (no parse) and
     hashed: when that gives the row's digest, the row is the valid, canonical item the
@@ -194,7 +199,6 @@ def _scan_rows(
     item; a method call per item cost a sixth of the scan); :class:`Planner` closes the
     batches.
     """
-    max_batch_bytes, batch_bytes = bounds
     planner = Planner(conn, batch_size, max_batch_bytes)
     planner.trusted = trust = trust and sql != _SCAN
     digests = planner.digests  # of the batch being planned
